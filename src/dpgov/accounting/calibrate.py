@@ -1,0 +1,96 @@
+"""Calibrating the noise multiplier against what a block has already spent.
+
+Opacus calibrates from a fresh budget. A block that already holds charges can only afford
+what remains, and "what remains" is not ``limit - spent``: ε composes sub-additively, so the
+right question is the smallest σ for which the composition of the prior charges *and* the new
+run stays within the limit. ε of a composition decreases monotonically in the new run's σ, so
+a bisection in log σ finds it; we return the upper end of the final bracket, so the result
+never overshoots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from dpgov.accounting.accountants import _check_delta, compose, get_accountant
+from dpgov.accounting.errors import AccountingInputError, InfeasibleBudget
+from dpgov.accounting.mechanism import DpSgdMechanism
+
+SIGMA_MIN = 0.1
+SIGMA_MAX = 500.0
+
+
+def calibrate_noise_multiplier(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior: Iterable[DpSgdMechanism] = (),
+    accountant: str = "pld",
+    tolerance: float = 0.005,
+) -> float:
+    """Smallest σ (within ``tolerance`` relative) with ε(prior ∘ DP-SGD(σ, q, T)) <= target.
+
+    Raises :class:`InfeasibleBudget` when even σ = ``SIGMA_MAX`` cannot meet the target (the
+    prior charges already use the budget up).
+    """
+    return calibrate_against_states(
+        target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps,
+        priors=[compose(list(prior), accountant)], accountant=accountant, tolerance=tolerance,
+    )
+
+
+def calibrate_against_states(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    priors: list[Any],
+    accountant: str = "pld",
+    tolerance: float = 0.005,
+    targets: list[float] | None = None,
+) -> float:
+    """As :func:`calibrate_noise_multiplier`, for several composed prior states at once.
+
+    ``priors`` are accountant states (one per block); ``targets`` the ε each may reach (default
+    ``target_epsilon`` for all). The result is the smallest σ that satisfies every one.
+    """
+    _check_delta(delta)
+    if not (isinstance(target_epsilon, int | float) and math.isfinite(target_epsilon)) or (
+        target_epsilon <= 0
+    ):
+        raise AccountingInputError(f"target epsilon must be > 0, found {target_epsilon!r}")
+    DpSgdMechanism(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps)  # validates q, T
+    if not 0 < tolerance < 1:
+        raise AccountingInputError(f"tolerance must be in (0, 1), found {tolerance!r}")
+    acc = get_accountant(accountant)
+    goals = targets if targets is not None else [target_epsilon] * len(priors)
+    if not priors:
+        priors, goals = [acc.empty()], [target_epsilon]
+
+    def fits(sigma: float) -> bool:
+        mech = DpSgdMechanism(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+        return all(
+            acc.epsilon(acc.add(state, mech), delta) <= goal
+            for state, goal in zip(priors, goals, strict=True)
+        )
+
+    if not fits(SIGMA_MAX):
+        raise InfeasibleBudget(
+            f"no noise multiplier up to {SIGMA_MAX:g} keeps ε within {min(goals):g} at δ={delta:g} "
+            f"for {steps} steps at sample rate {sample_rate:g}: the budget is spent"
+        )
+    lo, hi = SIGMA_MIN, SIGMA_MAX
+    if fits(lo):
+        return lo
+    while hi / lo > 1 + tolerance:
+        mid = math.sqrt(lo * hi)
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1,0 +1,103 @@
+"""Mechanisms as frozen value objects.
+
+A mechanism records what a run did to the data, and nothing else. Meanings never change: a new
+kind of mechanism is a new class with a new ``kind`` tag, so old ledger entries keep their
+meaning forever.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
+
+from dpgov.accounting.errors import AccountingInputError
+
+Neighbouring = Literal["add_remove"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DpSgdMechanism:
+    """DP-SGD: the Poisson-subsampled Gaussian mechanism, self-composed ``steps`` times.
+
+    Each step samples every record independently with probability ``sample_rate`` (Poisson
+    sampling), clips per-sample gradients to norm C and adds Gaussian noise of standard
+    deviation ``noise_multiplier`` · C. Neighbouring datasets differ by adding or removing one
+    privacy unit (one patient), which is what Opacus and dp_accounting assume.
+    """
+
+    kind: ClassVar[str] = "dp_sgd"
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    neighbouring: Neighbouring = "add_remove"
+
+    def __post_init__(self) -> None:
+        sigma, q, steps = self.noise_multiplier, self.sample_rate, self.steps
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float):
+            raise AccountingInputError(f"noise_multiplier must be a number, found {sigma!r}")
+        if not math.isfinite(sigma) or sigma <= 0:
+            raise AccountingInputError(f"noise_multiplier must be > 0 and finite, found {sigma!r}")
+        if isinstance(q, bool) or not isinstance(q, int | float):
+            raise AccountingInputError(f"sample_rate must be a number, found {q!r}")
+        if not math.isfinite(q) or not 0 < q <= 1:
+            raise AccountingInputError(f"sample_rate must be in (0, 1], found {q!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise AccountingInputError(f"steps must be an integer, found {steps!r}")
+        if steps < 1:
+            raise AccountingInputError(f"steps must be >= 1, found {steps!r}")
+        if self.neighbouring != "add_remove":
+            raise AccountingInputError(
+                f"neighbouring must be 'add_remove', found {self.neighbouring!r}"
+            )
+        # Normalise ints to floats so equal mechanisms serialise and hash identically.
+        object.__setattr__(self, "noise_multiplier", float(sigma))
+        object.__setattr__(self, "sample_rate", float(q))
+
+    def with_steps(self, steps: int) -> DpSgdMechanism:
+        """The same mechanism run for a different number of steps."""
+        return replace(self, steps=steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Lossless: JSON writes floats with ``repr``, which round-trips exactly."""
+        return {
+            "kind": self.kind,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "neighbouring": self.neighbouring,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DpSgdMechanism:
+        if not isinstance(data, dict) or data.get("kind") != cls.kind:
+            raise AccountingInputError(f"not a {cls.kind} mechanism: {data!r}")
+        unknown = set(data) - {"kind", "noise_multiplier", "sample_rate", "steps", "neighbouring"}
+        if unknown:
+            raise AccountingInputError(f"unknown mechanism keys: {sorted(unknown)}")
+        return cls(
+            noise_multiplier=data["noise_multiplier"],
+            sample_rate=data["sample_rate"],
+            steps=data["steps"],
+            neighbouring=data.get("neighbouring", "add_remove"),
+        )
+
+    def to_dp_event(self) -> Any:
+        """The equivalent dp_accounting event (imported lazily)."""
+        from dp_accounting import dp_event
+
+        return dp_event.SelfComposedDpEvent(
+            dp_event.PoissonSampledDpEvent(
+                self.sample_rate, dp_event.GaussianDpEvent(self.noise_multiplier)
+            ),
+            self.steps,
+        )
+
+
+def mechanism_from_dict(data: dict[str, Any]) -> DpSgdMechanism:
+    """Registry of mechanism kinds, for reading ledger payloads."""
+    kinds = {DpSgdMechanism.kind: DpSgdMechanism}
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in kinds:
+        raise AccountingInputError(f"unknown mechanism kind {kind!r}")
+    return kinds[kind].from_dict(data)

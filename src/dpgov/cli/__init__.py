@@ -1,0 +1,55 @@
+"""The ``dpgov`` command line (typer).
+
+Exit codes everywhere: 0 success; 1 refused, blocked, or findings; 2 bad input or usage (one
+clear line, no traceback). Command modules register themselves on :data:`app`; each keeps its
+heavy imports inside the command functions so ``dpgov --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="dpgov",
+    help="Differentially private training with a governed privacy budget.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# One module per command group; each defines ``register(app)``.
+_COMMAND_MODULES = [
+    "dpgov.cli.accounting",
+    "dpgov.cli.ledger",
+]
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name).register(app)
+
+
+def main() -> None:
+    """Entry point: run the app, turning dpgov errors into one line and their exit code."""
+    from dpgov.errors import DpgovError
+
+    try:
+        app(standalone_mode=False)
+    except DpgovError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except SystemExit:
+        raise
+    except _click_exceptions() as err:  # usage errors from click: exit 2, one line
+        err.show()
+        sys.exit(getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    import click
+
+    return (click.exceptions.ClickException, click.exceptions.Abort)

@@ -1,0 +1,61 @@
+"""Where state lives: the dpgov home folder and the services named by the environment.
+
+Embedded default: everything under ``$DPGOV_HOME`` (default ``.dpgov/`` in the working
+directory): the SQLite ledger, the MLflow store, the Prefect home and the DVC local remote.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_POLICY = Path("policies/default.yaml")
+
+
+def home() -> Path:
+    """The dpgov home folder (created on first use)."""
+    path = Path(os.environ.get("DPGOV_HOME", ".dpgov")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
+
+
+def ledger_url() -> str:
+    """SQLAlchemy URL of the ledger: ``DPGOV_LEDGER_URL`` or SQLite in the home folder."""
+    url = os.environ.get("DPGOV_LEDGER_URL")
+    if url:
+        return url
+    return f"sqlite:///{home() / 'ledger.db'}"
+
+
+def mlflow_tracking_uri() -> str:
+    """MLflow tracking URI: ``MLFLOW_TRACKING_URI`` or SQLite in the home folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def mlflow_artifact_root() -> Path:
+    return home() / "mlartifacts"
+
+
+def dvc_remote() -> Path:
+    """The default DVC remote: a folder in the home folder."""
+    return home() / "dvc-remote"
+
+
+def actor() -> str:
+    """Who is acting: ``DPGOV_ACTOR``, else the operating-system user."""
+    explicit = os.environ.get("DPGOV_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # pragma: no cover - no user database in some containers
+        return "unknown"
+
+
+def default_policy_path() -> Path:
+    """``policies/default.yaml`` in the working directory, else the copy shipped in the package."""
+    if DEFAULT_POLICY.exists():
+        return DEFAULT_POLICY
+    return Path(__file__).parent / "defaults" / "policy.yaml"

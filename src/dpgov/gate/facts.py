@@ -1,0 +1,85 @@
+"""What the gate knows about a candidate model: the contract between training/tracking and gate.
+
+Training writes these facts as ``candidate_facts.json`` in the MLflow run of every model
+version it registers (and the headline numbers as model-version tags); the gate reads them
+back. The gate is a pure function of (policy, facts, ledger facts, approvals).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Facts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubgroupMetric(_Facts):
+    """One subgroup's utility (bootstrap interval bounds may be None when not computed)."""
+
+    attribute: str  # e.g. "sex", "age_band"
+    group: str  # e.g. "F", "60-69"
+    n: int  # patients in the test split
+    positives: int
+    auroc: float | None  # None when the group holds one class only
+    auroc_lo: float | None = None
+    auroc_hi: float | None = None
+    fnr: float | None = None  # false-negative rate (underdiagnosis)
+    fnr_lo: float | None = None
+    fnr_hi: float | None = None
+
+
+class Gap(_Facts):
+    """Largest minus smallest subgroup value of one metric over one attribute."""
+
+    attribute: str
+    metric: Literal["auroc", "fnr"]
+    gap: float
+    lo: float | None = None  # bootstrap interval of the gap
+    hi: float | None = None
+    groups_judged: int  # subgroups that met the minimum size used to compute the gap
+    min_group_n: int
+
+
+class ReferenceFacts(_Facts):
+    """The non-private reference run on the same data (never promotable)."""
+
+    run_id: str
+    auroc: float
+    gaps: list[Gap]
+
+
+class CandidateFacts(_Facts):
+    model_name: str
+    model_version: str | None = None
+    run_id: str
+    private: bool  # False for the non-private reference: never promotable
+    author: str
+    dataset: str
+    data_version: str
+    blocks: list[str]
+    reservation_id: str | None
+    ledger_entries: list[int]
+    # privacy of this run alone (None for the non-private reference)
+    epsilon: float | None
+    delta: float | None
+    accountant: str | None
+    noise_multiplier: float | None
+    sample_rate: float | None
+    steps: int | None
+    max_grad_norm: float | None
+    secure_rng: bool
+    n_train_patients: int
+    # utility on the held-out test split
+    auroc: float
+    auroc_lo: float | None = None
+    auroc_hi: float | None = None
+    accuracy: float
+    brier: float
+    calibration_error: float  # expected calibration error, 10 equal-width bins
+    subgroups: list[SubgroupMetric]
+    gaps: list[Gap]
+    reference: ReferenceFacts | None = None
+    policy_sha256: str

@@ -1,0 +1,78 @@
+"""Loading a policy file: one clear line for every way it can be wrong."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpgov.errors import UsageError
+from dpgov.policy.schema import Policy
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    path: Path
+    sha256: str  # hash of the file's bytes: recorded with every charge and decision
+
+
+def load_policy(path: str | Path | None = None) -> LoadedPolicy:
+    """Read and validate a policy YAML file (default ``policies/default.yaml``)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from dpgov.config import default_policy_path
+
+    file = Path(path) if path is not None else default_policy_path()
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise UsageError(f"policy {file}: cannot read ({err.strerror or err})") from err
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else "invalid YAML"
+        raise UsageError(f"policy {file}: not valid YAML ({first})") from err
+    except (RecursionError, ValueError, OverflowError, TypeError) as err:
+        # PyYAML can fail outside YAMLError on pathological input (deep nesting, odd scalars)
+        raise UsageError(f"policy {file}: not valid YAML ({type(err).__name__})") from err
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"policy {file}: expected a mapping at top level, found {type(data).__name__}"
+        )
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as err:
+        raise UsageError(f"policy {file}: {describe_validation_error(err)}") from err
+    except RecursionError as err:
+        raise UsageError(f"policy {file}: nested too deeply") from err
+    return LoadedPolicy(policy=policy, path=file, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def describe_validation_error(err: Any) -> str:
+    """First problem of a pydantic ValidationError as one line: where, what, value found."""
+    errors = err.errors()
+    e = errors[0]
+    where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    kind = e.get("type", "")
+    msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        text = f"{where}: unknown key"
+    elif kind == "missing":
+        text = f"{where}: required key is missing"
+    else:
+        text = f"{where}: {msg} (found {_short(e.get('input'))})"
+    more = len(errors) - 1
+    if more:
+        text += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return " ".join(text.split())  # always one line
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # pragma: no cover - a repr that fails: name the type instead
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,199 @@
+"""Policy schema (pydantic, strict, unknown keys rejected).
+
+The budget section is what the ledger needs: the ε each block may spend at the policy's δ,
+and the accountant that composes charges. The other sections are what the promotion gate
+judges a candidate model against: per-release privacy limits, utility floors, fairness limits,
+approvals, and the registry alias a release moves. Every section except ``budget`` has
+defaults, so a policy holding only ``version`` and ``budget`` is complete.
+
+Thresholds are plain numbers on the scale of the metric they bound (AUROC and rates in [0, 1]);
+``null`` switches an optional check off. Meanings never change: a new kind of limit is a new key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # MLflow alias / attribute names we accept
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# A probability-like threshold: finite, in [0, 1].
+_Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class Budget(_Strict):
+    epsilon_per_block: float = Field(gt=0, le=100, description="ε each block may spend in all")
+    delta: float = Field(gt=0, lt=1, description="δ at which every ε is stated")
+    accountant: Literal["pld", "prv", "rdp"] = "pld"
+
+
+class Release(_Strict):
+    """Limits on one released model, and how a release is made."""
+
+    alias: str = Field(
+        default="champion", min_length=1, max_length=64,
+        description="registry alias that promotion moves (only the gate moves it)",
+    )
+    max_epsilon: float | None = Field(
+        default=None, gt=0, le=100, allow_inf_nan=False,
+        description="largest ε of one model on its own (null: the block budget)",
+    )
+    max_delta: float | None = Field(
+        default=None, gt=0, lt=1, allow_inf_nan=False,
+        description="largest δ of one model (null: budget.delta)",
+    )
+    delta_below_inverse_patients: bool = Field(
+        default=True, description="require δ < 1 / (patients the model was trained on)"
+    )
+    require_secure_rng: bool = Field(
+        default=False,
+        description="require a cryptographically secure noise generator (Opacus secure_mode)",
+    )
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("alias may hold only letters, digits, '_', '.', '-'")
+        if re.fullmatch(r"[vV]\d+", value) or value.lower() == "latest":
+            raise ValueError("alias may not be 'latest' or look like a version ('v3')")
+        return value
+
+
+class Utility(_Strict):
+    """Utility floors on the held-out test split."""
+
+    min_auroc: _Unit | None = Field(default=0.6, description="AUROC floor (null: off)")
+    max_calibration_error: _Unit | None = Field(
+        default=0.1, description="expected calibration error ceiling, 10 bins (null: off)"
+    )
+    judge_on: Literal["point", "interval"] = Field(
+        default="point",
+        description="interval: the AUROC's bootstrap lower bound must meet the floor",
+    )
+
+
+class Fairness(_Strict):
+    """Limits on subgroup gaps (largest minus smallest subgroup value of one metric)."""
+
+    sensitive_attributes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: ["sex", "age_band"], max_length=16,
+        description="attributes whose subgroups are compared",
+    )
+    max_auroc_gap: _Unit | None = Field(default=0.15, description="null: off")
+    max_fnr_gap: _Unit | None = Field(
+        default=0.2, description="largest underdiagnosis (false-negative rate) gap; null: off"
+    )
+    max_auroc_gap_widening: _Unit | None = Field(
+        default=0.05, description="how much wider than the non-private reference's; null: off"
+    )
+    max_fnr_gap_widening: _Unit | None = Field(
+        default=0.05, description="how much wider than the non-private reference's; null: off"
+    )
+    judge_on: Literal["point", "interval"] = Field(
+        default="point",
+        description="interval: the upper bound of the gap's bootstrap interval must be within",
+    )
+    min_group_size: int = Field(
+        default=30, ge=1, le=1_000_000_000,
+        description="subgroups with fewer test patients are not judged",
+    )
+    min_group_positives: int = Field(
+        default=10, ge=0, le=1_000_000_000,
+        description="subgroups with fewer positive test patients are not judged",
+    )
+    require_judgeable: bool = Field(
+        default=True,
+        description="block when fewer than two subgroups of an attribute can be judged",
+    )
+
+    @field_validator("sensitive_attributes")
+    @classmethod
+    def _attributes(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"attribute {name!r} may hold only letters, digits, '_', '.', '-'"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("attributes must not repeat")
+        return value
+
+
+class Approvals(_Strict):
+    """Who must sign a release off before promotion."""
+
+    required: int = Field(default=1, ge=0, le=100, description="distinct approvers needed")
+    approvers: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=1000, description="who may approve or refuse (null: anyone)"
+    )
+    allow_author: bool = Field(
+        default=False, description="whether the run's author may approve their own model"
+    )
+
+    @field_validator("approvers")
+    @classmethod
+    def _approvers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        folded = [approver_key(v) for v in value]
+        if any(not f for f in folded):
+            raise ValueError("approver names must not be blank")
+        if len(set(folded)) != len(folded):
+            raise ValueError("approver names must not repeat (compared case-insensitively)")
+        return value
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> Approvals:
+        if self.approvers is not None and len(self.approvers) < self.required:
+            raise ValueError(
+                f"required is {self.required} but only {len(self.approvers)} approvers are "
+                "listed: no release could ever be approved"
+            )
+        return self
+
+    def may_approve(self, name: str) -> bool:
+        """Whether ``name`` is on the list of approvers (anyone when no list is given)."""
+        if self.approvers is None:
+            return True
+        return approver_key(name) in {approver_key(a) for a in self.approvers}
+
+
+def approver_key(name: str) -> str:
+    """Approver identity used for comparisons: whitespace collapsed, case folded."""
+    return " ".join(name.split()).casefold()
+
+
+class Policy(_Strict):
+    version: Literal[1]
+    budget: Budget
+    release: Release = Field(default_factory=Release)
+    utility: Utility = Field(default_factory=Utility)
+    fairness: Fairness = Field(default_factory=Fairness)
+    approvals: Approvals = Field(default_factory=Approvals)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_int(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # Literal[1] would take True
+            raise ValueError("version must be the integer 1")
+        return value
+
+    def release_max_epsilon(self) -> float:
+        """ε limit of one model: ``release.max_epsilon``, else the block budget."""
+        if self.release.max_epsilon is not None:
+            return self.release.max_epsilon
+        return self.budget.epsilon_per_block
+
+    def release_max_delta(self) -> float:
+        """δ limit of one model: ``release.max_delta``, else ``budget.delta``."""
+        if self.release.max_delta is not None:
+            return self.release.max_delta
+        return self.budget.delta

@@ -1,0 +1,153 @@
+"""The run parameters (``params.yaml``): pydantic schema, unknown keys rejected.
+
+``train:`` and ``model:`` belong to training; ``data:`` belongs to :mod:`dpgov.data` and is
+passed through untouched here. The embedded defaults ship in ``dpgov/defaults/params.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from dpgov.errors import UsageError
+
+DEFAULT_PARAMS = Path("params.yaml")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelParams(_Strict):
+    name: str = Field("mlp", description="registry key: mlp, logreg or cnn")
+    hidden: list[int] = Field(default_factory=lambda: [64, 32], description="MLP widths")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN widths")
+    groups: int = Field(4, ge=1, description="GroupNorm groups per CNN block (at most)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from dpgov.training.models import model_names
+
+        if value not in model_names():
+            raise ValueError(f"unknown model {value!r}; known: {', '.join(model_names())}")
+        return value
+
+    @field_validator("hidden", "channels")
+    @classmethod
+    def _positive_widths(cls, value: list[int]) -> list[int]:
+        if any(v < 1 for v in value):
+            raise ValueError(f"every width must be at least 1, found {value}")
+        return value
+
+
+class TrainParams(_Strict):
+    data: str = Field("data/prepared/flchain", description="prepared data folder")
+    blocks: list[str] | None = Field(None, description="blocks to train on; None = all active")
+    target_epsilon: float = Field(3.0, gt=0, description="ε of this run alone, at policy δ")
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="fixed σ; None = calibrate σ for target_epsilon"
+    )
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(256, ge=1, description="expected logical batch (Poisson)")
+    max_physical_batch_size: int = Field(512, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = Field(0.5, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    sampling: str = Field("poisson", description="only poisson matches the accounting")
+    grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"
+    device: str = "auto"
+    seed: int = 0
+    secure_rng: bool = False
+    reference: bool = Field(True, description="also train a non-private reference")
+    threshold: float | Literal["prevalence"] = Field(
+        "prevalence", description="score cut-off for 0/1 predictions; prevalence = test rate"
+    )
+    min_group_n: int = Field(30, ge=1, description="smallest subgroup judged for gaps")
+    n_boot: int = Field(100, ge=0, description="bootstrap resamples (0 = no intervals)")
+    model_name: str = Field("dpgov-flchain", min_length=1, description="registered model")
+    experiment: str = Field("dpgov", min_length=1, description="MLflow experiment")
+
+    @field_validator("sampling")
+    @classmethod
+    def _poisson_only(cls, value: str) -> str:
+        if value != "poisson":
+            raise ValueError(
+                f"only 'poisson' sampling is allowed, found {value!r}: the privacy accounting "
+                "assumes Poisson subsampling, and shuffled or fixed-size batches would make the "
+                "reported ε wrong"
+            )
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        base = value.split(":", 1)[0]
+        if base not in DEVICES or (":" in value and (base != "cuda" or not _is_index(value))):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_range(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not 0.0 < float(value) < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1) or be 'prevalence', found {value}")
+        return value
+
+
+def _is_index(device: str) -> bool:
+    return device.split(":", 1)[1].isdigit()
+
+
+class RunParams(_Strict):
+    data: dict[str, Any] | None = Field(None, description="owned by dpgov.data; passed through")
+    train: TrainParams = Field(default_factory=TrainParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+
+
+def default_params_path() -> Path:
+    """``params.yaml`` in the working directory, else the copy shipped in the package."""
+    if DEFAULT_PARAMS.exists():
+        return DEFAULT_PARAMS
+    return embedded_params_path()
+
+
+def embedded_params_path() -> Path:
+    return Path(__file__).resolve().parents[1] / "defaults" / "params.yaml"
+
+
+def parse_params(data: Any, *, source: str = "params") -> RunParams:
+    """Validate a mapping into :class:`RunParams`; one line naming the key on failure."""
+    from pydantic import ValidationError
+
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: expected a mapping at top level, found {type(data).__name__}")
+    try:
+        return RunParams.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        raise UsageError(f"{source}: {where}: {msg} (found {e.get('input')!r})") from err
+
+
+def load_params(path: str | Path | None = None) -> RunParams:
+    """Read and validate a params YAML file (default ``params.yaml``, else the embedded one)."""
+    import yaml
+
+    file = Path(path) if path is not None else default_params_path()
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise UsageError(f"params {file}: cannot read ({err.strerror or err})") from err
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else "invalid YAML"
+        raise UsageError(f"params {file}: not valid YAML ({first})") from err
+    return parse_params(data, source=f"params {file}")
