@@ -30,7 +30,7 @@ def calibrate_noise_multiplier(
     steps: int,
     prior: Iterable[DpSgdMechanism] = (),
     accountant: str = "pld",
-    tolerance: float = 0.005,
+    tolerance: float = 0.01,
 ) -> float:
     """Smallest σ (within ``tolerance`` relative) with ε(prior ∘ DP-SGD(σ, q, T)) <= target.
 
@@ -51,7 +51,7 @@ def calibrate_against_states(
     steps: int,
     priors: list[Any],
     accountant: str = "pld",
-    tolerance: float = 0.005,
+    tolerance: float = 0.01,
     targets: list[float] | None = None,
 ) -> float:
     """As :func:`calibrate_noise_multiplier`, for several composed prior states at once.
@@ -79,14 +79,30 @@ def calibrate_against_states(
             for state, goal in zip(priors, goals, strict=True)
         )
 
-    if not fits(SIGMA_MAX):
-        raise InfeasibleBudget(
-            f"no noise multiplier up to {SIGMA_MAX:g} keeps ε within {min(goals):g} at δ={delta:g} "
-            f"for {steps} steps at sample rate {sample_rate:g}: the budget is spent"
-        )
-    lo, hi = SIGMA_MIN, SIGMA_MAX
-    if fits(lo):
-        return lo
+    # RDP is a looser upper bound than PLD or PRV, so the RDP σ of the new run alone is a
+    # cheap starting bracket; widen it geometrically until it holds (priors need more noise).
+    hi = 1.0
+    if acc.name != "rdp":
+        try:
+            hi = min(SIGMA_MAX, _rdp_bracket(target_epsilon=min(goals), delta=delta,
+                                             sample_rate=sample_rate, steps=steps))
+        except InfeasibleBudget:
+            hi = SIGMA_MAX
+    lo = None
+    while not fits(hi):
+        if hi >= SIGMA_MAX:
+            raise InfeasibleBudget(
+                f"no noise multiplier up to {SIGMA_MAX:g} keeps ε within {min(goals):g} at "
+                f"δ={delta:g} for {steps} steps at sample rate {sample_rate:g}: the budget "
+                f"is spent"
+            )
+        lo, hi = hi, min(SIGMA_MAX, hi * 2)
+    if lo is None:  # hi fits: find a lower end that does not
+        lo = max(SIGMA_MIN, hi / 2)
+        while fits(lo):
+            if lo <= SIGMA_MIN:
+                return SIGMA_MIN
+            hi, lo = lo, max(SIGMA_MIN, lo / 2)
     while hi / lo > 1 + tolerance:
         mid = math.sqrt(lo * hi)
         if fits(mid):
@@ -94,3 +110,10 @@ def calibrate_against_states(
         else:
             lo = mid
     return hi
+
+
+def _rdp_bracket(*, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
+    """σ meeting the target for the new run alone under RDP (cheap; an upper bracket)."""
+    return calibrate_against_states(target_epsilon=target_epsilon, delta=delta,
+                                    sample_rate=sample_rate, steps=steps, priors=[],
+                                    accountant="rdp", tolerance=0.01)

@@ -24,6 +24,9 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "dpgov.cli.accounting",
     "dpgov.cli.ledger",
+    "dpgov.cli.data",
+    "dpgov.cli.gate",
+    "dpgov.cli.run",
 ]
 
 for _name in _COMMAND_MODULES:
@@ -39,6 +42,9 @@ def main() -> None:
     except DpgovError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except _accounting_errors() as err:  # accounting is pure and has its own error types
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1 if type(err).__name__ == "InfeasibleBudget" else 2)
     except SystemExit:
         raise
     except _click_exceptions() as err:  # usage errors from click: exit 2, one line
@@ -47,6 +53,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _accounting_errors() -> tuple[type[BaseException], ...]:
+    from dpgov.accounting.errors import AccountingInputError, InfeasibleBudget
+
+    return (AccountingInputError, InfeasibleBudget)
 
 
 def _click_exceptions() -> tuple[type[BaseException], ...]:

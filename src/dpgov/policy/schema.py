@@ -38,15 +38,23 @@ class Release(_Strict):
     """Limits on one released model, and how a release is made."""
 
     alias: str = Field(
-        default="champion", min_length=1, max_length=64,
+        default="champion",
+        min_length=1,
+        max_length=64,
         description="registry alias that promotion moves (only the gate moves it)",
     )
     max_epsilon: float | None = Field(
-        default=None, gt=0, le=100, allow_inf_nan=False,
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
         description="largest ε of one model on its own (null: the block budget)",
     )
     max_delta: float | None = Field(
-        default=None, gt=0, lt=1, allow_inf_nan=False,
+        default=None,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
         description="largest δ of one model (null: budget.delta)",
     )
     delta_below_inverse_patients: bool = Field(
@@ -60,10 +68,9 @@ class Release(_Strict):
     @field_validator("alias")
     @classmethod
     def _alias_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("alias may hold only letters, digits, '_', '.', '-'")
-        if re.fullmatch(r"[vV]\d+", value) or value.lower() == "latest":
-            raise ValueError("alias may not be 'latest' or look like a version ('v3')")
+        problem = alias_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
@@ -84,7 +91,8 @@ class Fairness(_Strict):
     """Limits on subgroup gaps (largest minus smallest subgroup value of one metric)."""
 
     sensitive_attributes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        default_factory=lambda: ["sex", "age_band"], max_length=16,
+        default_factory=lambda: ["sex", "age_band"],
+        max_length=16,
         description="attributes whose subgroups are compared",
     )
     max_auroc_gap: _Unit | None = Field(default=0.15, description="null: off")
@@ -102,11 +110,15 @@ class Fairness(_Strict):
         description="interval: the upper bound of the gap's bootstrap interval must be within",
     )
     min_group_size: int = Field(
-        default=30, ge=1, le=1_000_000_000,
+        default=30,
+        ge=1,
+        le=1_000_000_000,
         description="subgroups with fewer test patients are not judged",
     )
     min_group_positives: int = Field(
-        default=10, ge=0, le=1_000_000_000,
+        default=10,
+        ge=0,
+        le=1_000_000_000,
         description="subgroups with fewer positive test patients are not judged",
     )
     require_judgeable: bool = Field(
@@ -119,9 +131,7 @@ class Fairness(_Strict):
     def _attributes(cls, value: list[str]) -> list[str]:
         for name in value:
             if not _NAME.match(name):
-                raise ValueError(
-                    f"attribute {name!r} may hold only letters, digits, '_', '.', '-'"
-                )
+                raise ValueError(f"attribute {name!r} may hold only letters, digits, '_', '.', '-'")
         if len(set(value)) != len(value):
             raise ValueError("attributes must not repeat")
         return value
@@ -164,6 +174,17 @@ class Approvals(_Strict):
         if self.approvers is None:
             return True
         return approver_key(name) in {approver_key(a) for a in self.approvers}
+
+
+def alias_problem(alias: str) -> str | None:
+    """Why ``alias`` cannot be a registry alias, or None when it can."""
+    if not alias or len(alias) > 64:
+        return "alias must hold 1 to 64 characters"
+    if not _NAME.match(alias):
+        return "alias may hold only letters, digits, '_', '.', '-'"
+    if re.fullmatch(r"[vV]\d+", alias) or alias.lower() == "latest":
+        return "alias may not be 'latest' or look like a version ('v3')"
+    return None
 
 
 def approver_key(name: str) -> str:

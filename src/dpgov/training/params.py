@@ -46,7 +46,9 @@ class ModelParams(_Strict):
 
 
 class TrainParams(_Strict):
-    data: str = Field("data/prepared/flchain", description="prepared data folder")
+    data: str | None = Field(
+        None, description="prepared data folder; None: data/prepared/<data.dataset>"
+    )
     blocks: list[str] | None = Field(None, description="blocks to train on; None = all active")
     target_epsilon: float = Field(3.0, gt=0, description="ε of this run alone, at policy δ")
     noise_multiplier: float | None = Field(
@@ -108,6 +110,14 @@ class RunParams(_Strict):
     data: dict[str, Any] | None = Field(None, description="owned by dpgov.data; passed through")
     train: TrainParams = Field(default_factory=TrainParams)
     model: ModelParams = Field(default_factory=ModelParams)
+
+
+def prepared_path(params: RunParams) -> Path:
+    """``train.data``, else ``data/prepared/<data.dataset>`` (default dataset flchain)."""
+    if params.train.data:
+        return Path(params.train.data)
+    dataset = (params.data or {}).get("dataset") or "flchain"
+    return Path("data/prepared") / str(dataset)
 
 
 def default_params_path() -> Path:

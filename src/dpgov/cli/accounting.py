@@ -1,0 +1,137 @@
+"""``dpgov cost``, ``dpgov calibrate`` and ``dpgov budget``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_down, eps_up
+
+ACCOUNTANT_HELP = "Accountant: pld (tight, default), prv, or rdp."
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cost")(cost)
+    app.command("calibrate")(calibrate)
+    app.command("budget")(budget)
+
+
+def _mechanism(noise_multiplier: float, sample_rate: float, steps: int) -> Any:
+    from dpgov.accounting import AccountingInputError, DpSgdMechanism
+    from dpgov.errors import UsageError
+
+    try:
+        return DpSgdMechanism(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                              steps=steps)
+    except AccountingInputError as err:
+        raise UsageError(str(err)) from err
+
+
+def cost(
+    noise_multiplier: float = typer.Option(..., "--noise-multiplier", help="σ of DP-SGD."),
+    sample_rate: float = typer.Option(..., "--sample-rate", help="Poisson sampling rate q."),
+    steps: int = typer.Option(..., "--steps", help="Number of optimizer steps T."),
+    delta: float = typer.Option(1e-5, "--delta", help="δ at which ε is stated."),
+    accountant: str = typer.Option("pld", "--accountant", help=ACCOUNTANT_HELP),
+    as_json: bool = JsonOption,
+) -> None:
+    """ε of one DP-SGD run (Poisson-subsampled Gaussian, add/remove one patient)."""
+    from dpgov.accounting import AccountantFailed, AccountingInputError, epsilon
+    from dpgov.errors import Refused, UsageError
+
+    mech = _mechanism(noise_multiplier, sample_rate, steps)
+    try:
+        eps = epsilon([mech], delta=delta, accountant=accountant)
+    except AccountingInputError as err:
+        raise UsageError(str(err)) from err
+    except AccountantFailed as err:
+        raise Refused(str(err)) from err
+    data = {"epsilon": eps, "delta": delta, "accountant": accountant,
+            "mechanism": mech.to_dict()}
+    emit(as_json, data, lambda: typer.echo(
+        f"ε = {eps_up(eps)} at δ = {delta:g} ({accountant}; σ={noise_multiplier:g}, "
+        f"q={sample_rate:g}, T={steps})"))
+
+
+def calibrate(
+    target_epsilon: float = typer.Option(..., "--target-epsilon", help="ε the run may reach."),
+    sample_rate: float = typer.Option(..., "--sample-rate", help="Poisson sampling rate q."),
+    steps: int = typer.Option(..., "--steps", help="Number of optimizer steps T."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Calibrate against this "
+                                       "dataset's blocks (with --block)."),
+    block: list[str] = typer.Option([], "--block", help="Block the run will use (repeat)."),
+    policy: Path | None = PolicyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Smallest σ meeting the target ε, given what the named blocks have already spent."""
+    from dpgov.accounting import AccountingInputError, InfeasibleBudget, calibrate_noise_multiplier
+    from dpgov.errors import Refused, UsageError
+    from dpgov.policy import load_policy
+
+    budget_cfg = load_policy(policy).policy.budget
+    try:
+        if dataset or block:
+            if not (dataset and block):
+                raise UsageError("--dataset and --block go together")
+            from dpgov.ledger import Ledger
+
+            sigma = Ledger.open().calibrate(dataset=dataset, blocks=block,
+                                            target_epsilon=target_epsilon,
+                                            sample_rate=sample_rate, steps=steps,
+                                            budget=budget_cfg)
+        else:
+            sigma = calibrate_noise_multiplier(target_epsilon=target_epsilon,
+                                               delta=budget_cfg.delta, sample_rate=sample_rate,
+                                               steps=steps, accountant=budget_cfg.accountant)
+    except AccountingInputError as err:
+        raise UsageError(str(err)) from err
+    except InfeasibleBudget as err:
+        raise Refused(str(err)) from err
+    data = {"noise_multiplier": sigma, "target_epsilon": target_epsilon,
+            "delta": budget_cfg.delta, "accountant": budget_cfg.accountant,
+            "sample_rate": sample_rate, "steps": steps, "dataset": dataset, "blocks": block}
+    emit(as_json, data, lambda: typer.echo(
+        f"σ = {sigma:.4f} keeps ε ≤ {target_epsilon:g} at δ = {budget_cfg.delta:g}"
+        + (f" on blocks {', '.join(block)} (given their spend)" if block else "")))
+
+
+def budget(
+    dataset: str | None = typer.Option(None, "--dataset", help="Only this dataset."),
+    policy: Path | None = PolicyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Per block: ε spent (composed), limit, remaining, charges."""
+    from dpgov.ledger import Ledger
+    from dpgov.policy import load_policy
+
+    loaded = load_policy(policy)
+    statuses = Ledger.open().budget(loaded.policy.budget, dataset=dataset)
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for s in statuses:
+        grouped.setdefault(s.dataset, []).append(s.to_dict())
+    data = {"datasets": [{"dataset": d, "blocks": b} for d, b in grouped.items()],
+            "policy": str(loaded.path), "policy_sha256": loaded.sha256}
+
+    def render() -> None:
+        from rich.table import Table
+
+        if not statuses:
+            typer.echo("no blocks registered yet (dpgov data prepare, or dpgov ledger add-block)")
+            return
+        b = loaded.policy.budget
+        table = Table(title=f"Privacy budget per block (ε at δ={b.delta:g}, {b.accountant})")
+        for col in ("dataset", "block", "patients", "ε spent", "limit", "remaining", "used",
+                    "charges", "pending", "state"):
+            table.add_column(col, justify="right" if col not in ("dataset", "block") else "left")
+        for s in statuses:
+            used = s.epsilon_spent / s.epsilon_limit
+            bar = "█" * min(10, round(used * 10)) + "░" * max(0, 10 - round(used * 10))
+            state = "retired" if s.retired else ("exhausted" if s.remaining <= 1e-9 else "open")
+            table.add_row(s.dataset, s.block, str(s.patients), eps_up(s.epsilon_spent),
+                          f"{s.epsilon_limit:g}", eps_down(s.remaining), bar, str(s.charges),
+                          str(s.pending), state)
+        console().print(table)
+
+    emit(as_json, data, render)

@@ -1,0 +1,179 @@
+"""``dpgov ledger show | verify | reserve | commit | release | abort | add-block | retire``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
+
+ledger_app = typer.Typer(help="Read, verify and charge the privacy ledger.",
+                         no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ledger_app, name="ledger")
+
+
+def _open() -> Any:
+    from dpgov.ledger import Ledger
+
+    return Ledger.open()
+
+
+def _summary(kind: str, payload: dict[str, Any]) -> str:
+    p = payload
+    if kind == "block_added":
+        return f"{p['dataset']}/{p['block']}: {p['patients']} patients"
+    if kind == "reservation":
+        m = p["mechanism"]
+        return (f"{p['reservation'][:8]} {p['dataset']}/{','.join(p['blocks'])} "
+                f"σ={m['noise_multiplier']:.4g} q={m['sample_rate']:.4g} T={m['steps']} "
+                f"ε_run={eps_up(p['epsilon_run'])}")
+    if kind == "commit":
+        return f"{p['reservation'][:8]} steps={p['steps']}"
+    if kind in ("release", "abort"):
+        return f"{p['reservation'][:8]} {p.get('reason', '')}"
+    text = json.dumps(p, sort_keys=True)
+    return text if len(text) <= 90 else text[:89] + "…"
+
+
+@ledger_app.command("show")
+def show(
+    kind: str | None = typer.Option(None, "--kind", help="Only entries of this kind."),
+    last: int = typer.Option(0, "--last", min=0, help="Only the newest N entries (0: all)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List ledger entries, oldest first."""
+    entries = _open().entries(kind)
+    if last:
+        entries = entries[-last:]
+
+    def render() -> None:
+        from rich.table import Table
+
+        table = Table(title="Privacy ledger")
+        for col in ("seq", "time", "kind", "actor", "what", "hash"):
+            table.add_column(col)
+        for e in entries:
+            table.add_row(str(e.seq), e.time[:19].replace("T", " "), e.kind, e.actor,
+                          _summary(e.kind, e.payload), e.hash[:12])
+        console().print(table)
+
+    emit(as_json, {"entries": [e.to_dict() for e in entries]}, render)
+
+
+@ledger_app.command("verify")
+def verify(as_json: bool = JsonOption) -> None:
+    """Check the hash chain; exit 1 naming the first bad entry."""
+    result = _open().verify()
+
+    def render() -> None:
+        if result.ok:
+            extra = f" ({result.unsigned} unsigned)" if result.unsigned else ""
+            typer.echo(f"ledger verified: {result.entries} entries, head {result.head[:16]}"
+                       f"{extra}")
+        else:
+            typer.echo(f"ledger verification FAILED at entry {result.first_bad_seq}: "
+                       f"{result.reason}", err=True)
+
+    emit(as_json, result.to_dict(), render)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@ledger_app.command("add-block")
+def add_block(
+    dataset: str = typer.Option(..., "--dataset"),
+    block: str = typer.Option(..., "--block"),
+    patients: int = typer.Option(..., "--patients", help="Number of patients in the block."),
+    data_version: str | None = typer.Option(None, "--data-version"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Register a block of patients (for training jobs run outside dpgov)."""
+    entry = _open().add_block(dataset=dataset, block=block, patients=patients,
+                              data_version=data_version)
+    data = {"dataset": dataset, "block": block, "patients": patients,
+            "seq": entry.seq if entry else None, "created": entry is not None}
+    emit(as_json, data, lambda: typer.echo(
+        f"block {dataset}/{block} registered ({patients} patients, entry {entry.seq})"
+        if entry else f"block {dataset}/{block} already registered with {patients} patients"))
+
+
+@ledger_app.command("retire")
+def retire(
+    dataset: str = typer.Option(..., "--dataset"),
+    block: str = typer.Option(..., "--block"),
+    reason: str = typer.Option(..., "--reason"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Retire a block from training."""
+    entry = _open().retire_block(dataset=dataset, block=block, reason=reason)
+    emit(as_json, {"seq": entry.seq, "dataset": dataset, "block": block},
+         lambda: typer.echo(f"block {dataset}/{block} retired (entry {entry.seq})"))
+
+
+@ledger_app.command("reserve")
+def reserve(
+    dataset: str = typer.Option(..., "--dataset"),
+    block: list[str] = typer.Option(..., "--block", help="Block to charge (repeat)."),
+    noise_multiplier: float = typer.Option(..., "--noise-multiplier"),
+    sample_rate: float = typer.Option(..., "--sample-rate"),
+    steps: int = typer.Option(..., "--steps"),
+    run_id: str | None = typer.Option(None, "--run-id"),
+    policy: Path | None = PolicyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Atomically check and charge a planned DP-SGD run to every named block."""
+    from dpgov.cli.accounting import _mechanism
+    from dpgov.policy import load_policy
+
+    loaded = load_policy(policy)
+    mech = _mechanism(noise_multiplier, sample_rate, steps)
+    res = _open().reserve(dataset=dataset, blocks=block, mechanism=mech,
+                          budget=loaded.policy.budget, policy_sha256=loaded.sha256,
+                          run_id=run_id)
+    emit(as_json, res.to_dict(), lambda: typer.echo(
+        f"reservation {res.id} (entry {res.seq}): ε_run={eps_up(res.epsilon_run)}; blocks now "
+        + ", ".join(f"{b} ε={eps_up(e)}" for b, e in res.epsilon_after.items())))
+
+
+@ledger_app.command("commit")
+def commit(
+    reservation: str = typer.Argument(..., help="Reservation id."),
+    steps: int | None = typer.Option(None, "--steps", help="Steps actually taken (default all)."),
+    run_id: str | None = typer.Option(None, "--run-id"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Record the steps a reserved run actually took."""
+    entry = _open().commit(reservation, steps=steps, run_id=run_id)
+    emit(as_json, {"reservation": reservation, "seq": entry.seq, "steps": entry.payload["steps"]},
+         lambda: typer.echo(f"committed {reservation}: {entry.payload['steps']} steps "
+                            f"(entry {entry.seq})"))
+
+
+@ledger_app.command("release")
+def release(
+    reservation: str = typer.Argument(..., help="Reservation id."),
+    reason: str = typer.Option("no step ran", "--reason"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Return a reservation's budget (only when no training step ran)."""
+    entry = _open().release(reservation, reason=reason)
+    emit(as_json, {"reservation": reservation, "seq": entry.seq},
+         lambda: typer.echo(f"released {reservation} (entry {entry.seq})"))
+
+
+@ledger_app.command("abort")
+def abort(
+    reservation: str = typer.Argument(..., help="Reservation id."),
+    reason: str = typer.Option(..., "--reason"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Mark a crashed run: its reservation stays fully charged."""
+    entry = _open().abort(reservation, reason=reason)
+    emit(as_json, {"reservation": reservation, "seq": entry.seq},
+         lambda: typer.echo(f"aborted {reservation}: stays charged (entry {entry.seq})"))

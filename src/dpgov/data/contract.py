@@ -1,0 +1,272 @@
+"""Data contracts: what a dataset must look like before any privacy budget is spent on it.
+
+A contract is a YAML file (pydantic, unknown keys rejected) naming the columns and their types,
+the label, the patient id (the privacy unit), the block column, the sensitive attributes, the
+allowed ranges and sets, and the privacy unit's bound. ``docs/data.md`` explains every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dpgov.errors import UsageError
+
+ColumnType = Literal["integer", "float", "string", "boolean"]
+NUMERIC_TYPES = ("integer", "float")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# Columns that prepare writes itself; a feature with one of these names is renamed.
+RESERVED_COLUMNS = ("patient_id", "block", "label", "sex", "age_band", "image_index")
+# Columns every image metadata table carries besides those the contract declares.
+IMAGE_KEY_COLUMNS = ("split", "index")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    """One column: its type, whether it may be missing, and the values it may take."""
+
+    type: ColumnType
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str | int | float | bool] | None = Field(default=None, min_length=1)
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and self.type not in NUMERIC_TYPES:
+            raise ValueError(f"min/max apply to integer or float columns, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        if (
+            self.allowed is not None
+            and self.type == "string"
+            and any(isinstance(v, bool) for v in self.allowed)
+        ):
+            raise ValueError(
+                "allowed holds a boolean for a string column: quote yes/no/true/false in YAML"
+            )
+        return self
+
+    def allowed_values(self) -> list[str | int | float | bool] | None:
+        """Allowed values in the column's own type (strings stay strings)."""
+        if self.allowed is None:
+            return None
+        if self.type == "string":
+            return [str(v) for v in self.allowed]
+        return list(self.allowed)
+
+
+class BlockSpec(_Strict):
+    """Which block (unit of budget) each record belongs to."""
+
+    column: str | None = None  # a column of the table
+    constant: str | None = None  # or one block for everything (images without a block column)
+    # integer block column: adjacent values are grouped until each group holds enough training
+    # patients (params.yaml data.min_block_patients); the last short group joins the one before
+    group_adjacent: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BlockSpec:
+        if (self.column is None) == (self.constant is None):
+            raise ValueError("give exactly one of block.column or block.constant")
+        if self.constant is not None and not _NAME.match(self.constant):
+            raise ValueError(f"block.constant {self.constant!r} must be a short plain name")
+        if self.group_adjacent and self.column is None:
+            raise ValueError("block.group_adjacent needs block.column")
+        return self
+
+
+class SensitiveSpec(_Strict):
+    """Columns holding the sensitive attributes used for subgroup (fairness) evaluation."""
+
+    sex: str | None = None
+    age: str | None = None  # age in years; prepared data carries it banded as age_band
+    age_bands: list[float] = Field(default=[40, 50, 60, 70, 80], min_length=1)
+
+    @model_validator(mode="after")
+    def _sorted(self) -> SensitiveSpec:
+        if list(self.age_bands) != sorted(set(self.age_bands)):
+            raise ValueError("age_bands must be strictly increasing")
+        return self
+
+
+class PrivacyUnit(_Strict):
+    """How many records one patient may contribute. More than one needs group privacy."""
+
+    max_records_per_patient: int = Field(default=1, ge=1, le=1000)
+    group_privacy: bool = False
+
+    @model_validator(mode="after")
+    def _group(self) -> PrivacyUnit:
+        if self.max_records_per_patient > 1 and not self.group_privacy:
+            raise ValueError(
+                "max_records_per_patient > 1 needs group_privacy: true (record-level DP-SGD "
+                "protects a patient only if each patient has one record)"
+            )
+        return self
+
+
+class Minimums(_Strict):
+    patients_per_block: int = Field(default=100, ge=1)
+    patients_per_subgroup: int = Field(default=30, ge=1)
+
+
+class Contract(_Strict):
+    """A data contract. ``columns`` lists every column of the table (tabular) or of the image
+    metadata plus the label (image)."""
+
+    version: Literal[1]
+    dataset: str
+    kind: Literal["tabular", "image"] = "tabular"
+    patient_id: str | None = None
+    label: str
+    positive_labels: list[str | int | float | bool] | None = Field(default=None, min_length=1)
+    block: BlockSpec
+    sensitive: SensitiveSpec = SensitiveSpec()
+    features: list[str] | None = None
+    columns: dict[str, ColumnSpec] = Field(min_length=1)
+    privacy: PrivacyUnit = PrivacyUnit()
+    minimum: Minimums = Minimums()
+    allow_extra_columns: bool = False
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _cross(self) -> Contract:
+        if not _NAME.match(self.dataset):
+            raise ValueError(
+                f"dataset {self.dataset!r} must be 1-64 letters, digits, '_', '.', '-'"
+            )
+
+        def need(role: str, col: str | None) -> None:
+            if col is not None and col not in self.columns:
+                raise ValueError(f"{role} column {col!r} is not listed under columns")
+
+        if self.kind == "tabular" and self.patient_id is None:
+            raise ValueError("patient_id is required for tabular data")
+        need("patient_id", self.patient_id)
+        need("label", self.label)
+        need("block", self.block.column)
+        need("sensitive.sex", self.sensitive.sex)
+        need("sensitive.age", self.sensitive.age)
+        label = self.columns[self.label]
+        if self.positive_labels is None and label.type not in ("integer", "boolean"):
+            raise ValueError(
+                f"label column {self.label!r} is {label.type}: declare positive_labels to map "
+                "it to 0/1"
+            )
+        if self.block.group_adjacent and self.columns[self.block.column or ""].type != "integer":
+            raise ValueError("block.group_adjacent needs an integer block column")
+        if self.block.column and self.columns[self.block.column].type not in ("integer", "string"):
+            raise ValueError("the block column must be integer or string")
+        if self.sensitive.age and self.columns[self.sensitive.age].type not in NUMERIC_TYPES:
+            raise ValueError(f"sensitive.age column {self.sensitive.age!r} must be numeric")
+        roles = {self.patient_id, self.label, self.block.column} - {None}
+        if self.kind == "image":
+            clash = set(IMAGE_KEY_COLUMNS) & set(self.columns)
+            if clash:
+                raise ValueError(f"image contracts must not list {sorted(clash)}: implied")
+            if self.features:
+                raise ValueError("image contracts take no features: the pixels are the features")
+        for feature in self.features or []:
+            need("feature", feature)
+            if feature in roles:
+                raise ValueError(f"feature {feature!r} is the patient id, label or block column")
+        if self.features is not None and len(set(self.features)) != len(self.features):
+            raise ValueError("features lists a column twice")
+        return self
+
+    def feature_columns(self) -> list[str]:
+        """Feature columns: those listed, else every column not used as id, label or block."""
+        if self.kind == "image":
+            return []
+        if self.features is not None:
+            return list(self.features)
+        roles = {self.patient_id, self.label, self.block.column}
+        return [c for c in self.columns if c not in roles]
+
+    def sensitive_names(self) -> list[str]:
+        """Names of the sensitive attributes in prepared data (``sex``, ``age_band``)."""
+        out = []
+        if self.sensitive.sex:
+            out.append("sex")
+        if self.sensitive.age:
+            out.append("age_band")
+        return out
+
+    def required_columns(self) -> list[str]:
+        """Columns that must never be missing: id, label, block, sensitive, non-nullable."""
+        must = [
+            self.patient_id,
+            self.label,
+            self.block.column,
+            self.sensitive.sex,
+            self.sensitive.age,
+        ]
+        out = [c for c in must if c is not None]
+        out += [c for c, spec in self.columns.items() if not spec.nullable and c not in out]
+        return out
+
+
+@dataclass(frozen=True)
+class LoadedContract:
+    contract: Contract
+    path: str  # file path, or "builtin:flchain"
+    sha256: str  # hash of the YAML bytes
+
+
+def parse_contract(text: str | bytes, where: str) -> LoadedContract:
+    """Validate contract YAML text; ``where`` names it in error messages."""
+    import yaml
+    from pydantic import ValidationError
+
+    raw = text.encode() if isinstance(text, str) else text
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else "invalid YAML"
+        raise UsageError(f"contract {where}: not valid YAML ({first})") from err
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"contract {where}: expected a mapping at top level, found {type(data).__name__}"
+        )
+    try:
+        contract = Contract.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        found = "" if e["type"] in ("missing", "value_error") else f" (found {e.get('input')!r})"
+        at = f"{loc}: " if loc else ""
+        raise UsageError(f"contract {where}: {at}{msg}{found}") from err
+    return LoadedContract(contract, where, hashlib.sha256(raw).hexdigest())
+
+
+def load_contract(path: str | Path | None = None) -> LoadedContract:
+    """Read a contract file; ``None`` gives the bundled flchain contract
+    (``contracts/flchain.yaml`` in the working directory, else the copy inside dpgov)."""
+    if path is None:
+        local = Path("contracts/flchain.yaml")
+        if local.is_file():
+            path = local
+        else:
+            from dpgov.data.flchain import CONTRACT_YAML
+
+            return parse_contract(CONTRACT_YAML, "builtin:flchain")
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise UsageError(f"contract {file}: cannot read ({err.strerror or err})") from err
+    return parse_contract(raw, str(file))

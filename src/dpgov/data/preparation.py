@@ -1,0 +1,509 @@
+"""Prepare: a dataset and its contract → ``data/prepared/<dataset>/`` (train, test, meta).
+
+What it does, in order (every step deterministic for a given input, contract, params and
+pseudonym key, so DVC sees the same data version again):
+
+1. read and type the source per the contract (unusable input: one line, exit 2);
+2. replace source patient ids by keyed hashes (``pseudonym.py``);
+3. split patients (not records) into train and test, stratified by source block and label
+   (images keep their MedMNIST split: train + val → train, test → test);
+4. assign blocks; with ``group_adjacent``, adjacent integer block values are grouped until each
+   group holds ``min_block_patients`` training patients (a short last group joins the previous);
+5. encode features with training statistics only: numbers imputed with the training median
+   (plus a ``<col>_missing`` indicator for nullable columns) and standardised; booleans 0/1;
+   strings one-hot; everything float32;
+6. write into a temporary folder, compute its DVC md5, register the blocks in the ledger, then
+   rename into place: a failure leaves the previous output untouched and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from dpgov.data.contract import RESERVED_COLUMNS, Contract, LoadedContract, load_contract
+from dpgov.data.params import DataParams
+from dpgov.data.sources import Source, is_bundled, load_source
+from dpgov.errors import UsageError
+
+FORMAT = 1
+PREPARED_ROOT = Path("data/prepared")
+IMAGE_FILES = {"train": "train_images.npy", "test": "test_images.npy"}
+MAX_CATEGORIES = 50
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    dataset: str
+    path: str
+    data_version: str
+    kind: str
+    blocks: dict[str, int]  # block → training patients
+    n_train: int
+    n_test: int
+    features: list[str]
+    registered: list[str] = field(default_factory=list)  # blocks newly added to the ledger
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_output(dataset: str) -> Path:
+    return PREPARED_ROOT / dataset
+
+
+def prepare(
+    source: str | Path | None = None,
+    contract: str | Path | LoadedContract | None = None,
+    *,
+    dataset: str | None = None,
+    out: str | Path | None = None,
+    metadata: str | Path | None = None,
+    params: DataParams | None = None,
+    register: bool = True,
+    ledger_url: str | None = None,
+) -> PrepareResult:
+    """Prepare ``source`` (default: the bundled flchain cohort) under its contract.
+
+    Registers each block with its number of training patients in the ledger
+    (``Ledger.add_block``) unless ``register`` is false. Raises UsageError for unusable input.
+    """
+    params = params or DataParams()
+    loaded = contract if isinstance(contract, LoadedContract) else load_contract(contract)
+    if source is None and loaded.contract.dataset != "flchain":
+        raise UsageError(
+            f"contract {loaded.path} describes dataset {loaded.contract.dataset!r}: give its "
+            "data with --data"
+        )
+    name = dataset or loaded.contract.dataset
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+        raise UsageError(f"dataset name {name!r} must be 1-64 letters, digits, '_', '.', '-'")
+    src = load_source(
+        source, loaded.contract, metadata=metadata, horizon_years=params.horizon_years
+    )
+    train, test, meta, arrays = build_prepared(src, loaded, name, params)
+    target = Path(out) if out is not None else default_output(name)
+    registered: list[str] = []
+
+    def register_blocks(version: str) -> None:
+        registered.extend(_register(name, meta["blocks"], version, ledger_url))
+
+    version = write_prepared(
+        target, train, test, meta, arrays, before_commit=register_blocks if register else None
+    )
+    return PrepareResult(
+        dataset=name,
+        path=str(target),
+        data_version=version,
+        kind=meta["kind"],
+        blocks=dict(meta["blocks"]),
+        n_train=len(train),
+        n_test=len(test),
+        features=list(meta["features"]),
+        registered=registered,
+    )
+
+
+def _register(dataset: str, blocks: dict[str, int], version: str, url: str | None) -> list[str]:
+    """Add every block to the ledger; check all first, so a conflict changes nothing.
+    Returns the blocks newly added."""
+    from dpgov.ledger import Ledger
+
+    led = Ledger.open(url)
+    try:
+        known = {b.block: b for b in led.blocks(dataset)}
+        for block, patients in blocks.items():
+            info = known.get(block)
+            if info is not None and info.patients != patients:
+                raise UsageError(
+                    f"prepare {dataset}: block {block!r} is registered in the ledger with "
+                    f"{info.patients} patients, this preparation gives {patients}: new patients "
+                    f"arrive as a new block (keep the seed, test_fraction and source of the "
+                    f"registered data, or use another dataset name)"
+                )
+        added = []
+        for block, patients in blocks.items():
+            if block in known:
+                continue
+            entry = led.add_block(
+                dataset=dataset, block=block, patients=int(patients), data_version=version
+            )
+            if entry is not None:
+                added.append(block)
+        return added
+    finally:
+        led.close()
+
+
+# --- building the prepared tables ------------------------------------------------------------
+
+
+def build_prepared(
+    src: Source, loaded: LoadedContract, dataset: str, params: DataParams
+) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """The prepared train and test tables, meta.json and (images) the pixel arrays."""
+    import numpy as np
+    import pandas as pd
+
+    from dpgov.data.pseudonym import METHOD as PSEUDONYM_METHOD
+    from dpgov.data.pseudonym import key_source, pseudonymise
+
+    c = loaded.contract
+    frame = src.frame
+    if c.patient_id is not None and c.patient_id in frame.columns:
+        raw_ids = frame[c.patient_id]
+        if raw_ids.isna().any():
+            pos = int(raw_ids.isna().to_numpy().nonzero()[0][0])
+            raise UsageError(
+                f"data {src.name}: column {c.patient_id!r} (patient id): missing value at row "
+                f"{pos + 1}; every record needs a patient"
+            )
+    else:  # images without a patient id: each image is one patient
+        raw_ids = frame["split"].astype(str) + ":" + frame["index"].astype(str)
+    pid = pseudonymise(dataset, raw_ids)
+    label = frame[c.label].astype("int64")
+
+    # blocks as the source gives them
+    if c.block.column is not None:
+        raw_block = frame[c.block.column]
+        if raw_block.isna().any():
+            pos = int(raw_block.isna().to_numpy().nonzero()[0][0])
+            raise UsageError(
+                f"data {src.name}: column {c.block.column!r} (block): missing value at row "
+                f"{pos + 1}; every record needs a block"
+            )
+    else:
+        raw_block = pd.Series([c.block.constant] * len(frame), index=frame.index, dtype=object)
+
+    # split by patient
+    if c.kind == "image":
+        is_test = (frame["split"] == "test").to_numpy()
+    else:
+        is_test = _split_patients(pid, raw_block, label, params.test_fraction, params.seed)
+
+    # blocks as prepared
+    grouped: dict[str, list[Any]] = {}
+    if c.block.group_adjacent:
+        block, grouped = _group_adjacent(raw_block, pid, is_test, params.min_block_patients)
+    else:
+        block = raw_block.astype(str).astype(object)
+
+    base = pd.DataFrame({"patient_id": pid, "block": block, "label": label})
+    sensitive: list[str] = []
+    if c.sensitive.sex:
+        sex = frame[c.sensitive.sex]
+        base["sex"] = sex.astype(object).where(sex.notna(), "unknown").astype(str).astype(object)
+        sensitive.append("sex")
+    if c.sensitive.age:
+        base["age_band"] = age_bands(frame[c.sensitive.age], c.sensitive.age_bands)
+        sensitive.append("age_band")
+
+    train_mask = ~is_test
+    feats, encoding = _encode_features(frame, c, train_mask)
+    table = pd.concat([base, feats], axis=1) if len(feats.columns) else base
+    arrays: dict[str, Any] = {}
+    image_shape = None
+    images_meta = None
+    if c.kind == "image":
+        assert src.images is not None
+        order = {"train": 0, "val": 1}
+        offsets = {"train": 0, "val": len(src.images["train"]), "test": 0}
+        table["image_index"] = (frame["index"] + frame["split"].map(offsets)).astype("int64")
+        train_parts = [src.images[s] for s in sorted(order, key=order.get) if s in src.images]
+        arrays["train"] = np.concatenate(train_parts, axis=0)
+        arrays["test"] = src.images["test"]
+        image_shape = [int(x) for x in arrays["train"].shape[1:]]
+        dtype = arrays["train"].dtype
+        if np.issubdtype(dtype, np.integer):
+            scale = 1.0 / 255.0 if dtype == np.uint8 else 1.0
+            if dtype != np.uint8:
+                arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
+        else:
+            arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
+            scale = 1.0
+        images_meta = {
+            "files": dict(IMAGE_FILES),
+            "index_column": "image_index",
+            "layout": "NCHW",
+            "dtype": str(arrays["train"].dtype),
+            "scale": scale,
+            "note": "features(split) = images[split][image_index] * scale, float32; "
+            "train holds the source train then val images",
+        }
+
+    train = table[train_mask].reset_index(drop=True)
+    test = table[is_test].reset_index(drop=True)
+    if len(train) == 0:
+        raise UsageError(f"data {src.name}: no records left for training")
+    if len(test) == 0:
+        raise UsageError(
+            f"data {src.name}: the test split is empty ({len(table)} records, test_fraction "
+            f"{params.test_fraction})"
+        )
+    blocks = {
+        str(k): int(v) for k, v in train.groupby("block", sort=True)["patient_id"].nunique().items()
+    }
+    test_blocks = {
+        str(k): int(v) for k, v in test.groupby("block", sort=True)["patient_id"].nunique().items()
+    }
+    from dpgov import __version__
+
+    run_params: dict[str, Any] = {
+        "test_fraction": params.test_fraction,
+        "seed": params.seed,
+        "min_block_patients": params.min_block_patients,
+    }
+    if is_bundled(src.name):
+        run_params["horizon_years"] = params.horizon_years
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "dataset": dataset,
+        "kind": c.kind,
+        "features": [col for col in feats.columns],
+        "label": "label",
+        "patient_id": "patient_id",
+        "block": "block",
+        "sensitive": sensitive,
+        "blocks": blocks,
+        "test_blocks": test_blocks,
+        "image_shape": image_shape,
+        "images": images_meta,
+        "n_train": len(train),
+        "n_test": len(test),
+        "n_train_patients": int(train["patient_id"].nunique()),
+        "n_test_patients": int(test["patient_id"].nunique()),
+        "positives": {"train": int(train["label"].sum()), "test": int(test["label"].sum())},
+        # file names only, so the data version does not depend on where the files lie
+        "source": {"name": _base(src.name), "sha256": src.sha256},
+        "contract": {"name": _base(loaded.path), "sha256": loaded.sha256},
+        "params": run_params,
+        "block_source": {
+            "column": c.block.column,
+            "constant": c.block.constant,
+            "grouped": grouped or None,
+        },
+        "pseudonymisation": {
+            "method": PSEUDONYM_METHOD,
+            "key": key_source(),
+        },
+        "privacy_unit": {
+            "max_records_per_patient": c.privacy.max_records_per_patient,
+            "group_privacy": c.privacy.group_privacy,
+        },
+        "encoding": encoding,
+        "created_by": f"dpgov {__version__}",
+    }
+    return train, test, meta, arrays
+
+
+def _base(name: str) -> str:
+    if name.startswith(("bundled:", "builtin:")):
+        return name.split(":", 1)[1] + (".yaml" if name.startswith("builtin:") else "")
+    return Path(name).name
+
+
+def _split_patients(pid: Any, raw_block: Any, label: Any, fraction: float, seed: int) -> Any:
+    """Test membership per record: whole patients, stratified by (source block, label).
+
+    Patients are taken in pseudonym order within each stratum, so the split does not depend on
+    the order of the source rows."""
+    import numpy as np
+    import pandas as pd
+
+    codes, _ = pd.factorize(pid, sort=True)
+    per = pd.DataFrame(
+        {"code": codes, "block": raw_block.astype(str).to_numpy(), "label": np.asarray(label)}
+    )
+    patients = per.groupby("code", sort=True).agg(block=("block", "first"), label=("label", "max"))
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(patients), dtype=bool)
+    for _, group in patients.groupby(["block", "label"], sort=True):
+        ids = group.index.to_numpy()
+        k = math.floor(fraction * len(ids) + 0.5)
+        picked = rng.permutation(ids)  # drawn for every stratum: the stream stays aligned
+        chosen[picked[:k]] = True
+    return chosen[codes]
+
+
+def _group_adjacent(
+    raw_block: Any, pid: Any, is_test: Any, minimum: int
+) -> tuple[Any, dict[str, list[Any]]]:
+    """Group adjacent integer block values until each group has ``minimum`` training patients."""
+    import pandas as pd
+
+    values = raw_block.astype("int64")
+    train = pd.DataFrame({"v": values[~is_test], "pid": pid[~is_test]})
+    counts = train.groupby("v")["pid"].nunique().to_dict()
+    groups: list[list[int]] = []
+    current: list[int] = []
+    n = 0
+    for v in sorted(pd.unique(values).tolist()):
+        current.append(int(v))
+        n += int(counts.get(v, 0))
+        if n >= minimum:
+            groups.append(current)
+            current, n = [], 0
+    if current:
+        if groups:
+            groups[-1].extend(current)
+        else:
+            groups.append(current)
+    names: dict[int, str] = {}
+    grouped: dict[str, list[Any]] = {}
+    for g in groups:
+        name = str(g[0]) if len(g) == 1 else f"{g[0]}-{g[-1]}"
+        grouped[name] = g
+        for v in g:
+            names[v] = name
+    return values.map(names).astype(object), grouped
+
+
+def age_bands(age: Any, edges: list[float]) -> Any:
+    """Band ages: edges [60, 70, 80] → '<60', '60-69', '70-79', '80+'; missing → 'unknown'."""
+    import numpy as np
+    import pandas as pd
+
+    integral = all(float(e).is_integer() for e in edges)
+
+    def fmt(x: float) -> str:
+        return f"{int(x)}" if float(x).is_integer() else f"{x:g}"
+
+    labels = [f"<{fmt(edges[0])}"]
+    for lo, hi in pairwise(edges):
+        labels.append(f"{fmt(lo)}-{fmt(hi - 1)}" if integral else f"{fmt(lo)}-<{fmt(hi)}")
+    labels.append(f"{fmt(edges[-1])}+")
+    values = age.astype("float64").to_numpy()
+    idx = np.searchsorted(np.asarray(edges, dtype=float), values, side="right")
+    out = np.asarray(labels, dtype=object)[np.clip(idx, 0, len(labels) - 1)]
+    out[np.isnan(values)] = "unknown"
+    return pd.Series(out, index=age.index, dtype=object)
+
+
+def _feature_name(name: str, taken: set[str]) -> str:
+    out = name if name not in RESERVED_COLUMNS else f"{name}_value"
+    while out in taken:
+        out += "_"
+    taken.add(out)
+    return out
+
+
+def _encode_features(frame: Any, c: Contract, train_mask: Any) -> tuple[Any, list[dict]]:
+    """float32 features from training statistics only; the recipe goes into meta.json."""
+    import numpy as np
+    import pandas as pd
+
+    columns: dict[str, Any] = {}
+    encoding: list[dict[str, Any]] = []
+    taken: set[str] = set()
+    for col in c.feature_columns():
+        spec = c.columns[col]
+        values = frame[col]
+        missing = values.isna().to_numpy()
+        step: dict[str, Any] = {"column": col, "type": spec.type}
+        if spec.type in ("integer", "float", "boolean"):
+            x = values.astype("float64").to_numpy(na_value=np.nan)
+            observed = x[train_mask & ~missing]
+            if spec.type == "boolean":
+                fill = float(np.round(observed.mean())) if observed.size else 0.0
+                mean, std = 0.0, 1.0
+            else:
+                fill = float(np.median(observed)) if observed.size else 0.0
+                mean = float(observed.mean()) if observed.size else 0.0
+                std = float(observed.std()) if observed.size > 1 else 1.0
+                std = std if std > 0 and math.isfinite(std) else 1.0
+            x = np.where(np.isnan(x), fill, x)
+            out_name = _feature_name(col, taken)
+            columns[out_name] = ((x - mean) / std).astype(np.float32)
+            step.update(outputs=[out_name], mean=mean, std=std)
+            if missing.any() or spec.nullable:
+                step["impute"] = {
+                    "value": fill,
+                    "statistic": "training mode" if spec.type == "boolean" else "training median",
+                    "missing_train": int((missing & train_mask).sum()),
+                    "missing_test": int((missing & ~train_mask).sum()),
+                }
+        else:  # string: one-hot
+            allowed = spec.allowed_values()
+            cats = (
+                [str(v) for v in allowed]
+                if allowed is not None
+                else sorted(pd.unique(values[train_mask & ~missing].astype(str)).tolist())
+            )
+            if len(cats) > MAX_CATEGORIES:
+                raise UsageError(
+                    f"feature column {col!r} has {len(cats)} categories (limit "
+                    f"{MAX_CATEGORIES}): list the allowed values or leave it out of features"
+                )
+            text = values.astype(str)
+            outs = []
+            for cat in cats:
+                out_name = _feature_name(f"{col}_{re.sub(r'[^A-Za-z0-9_.-]', '_', cat)}", taken)
+                columns[out_name] = ((text == cat) & ~missing).to_numpy().astype(np.float32)
+                outs.append(out_name)
+            step.update(outputs=outs, categories=cats)
+        if spec.nullable:
+            ind = _feature_name(f"{col}_missing", taken)
+            columns[ind] = missing.astype(np.float32)
+            step["outputs"].append(ind)
+            step["missing_indicator"] = ind
+        encoding.append(step)
+    return pd.DataFrame(columns, index=frame.index), encoding
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def write_prepared(
+    target: Path,
+    train: Any,
+    test: Any,
+    meta: dict[str, Any],
+    arrays: dict[str, Any],
+    before_commit: Any = None,
+) -> str:
+    """Write into a temporary sibling folder, hash it, call ``before_commit(version)``, then
+    swap it into place. Returns the data version (DVC md5)."""
+    import numpy as np
+
+    from dpgov.data.versioning import compute_md5
+
+    target = Path(target)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"output {parent}: cannot create ({err.strerror or err})") from err
+    tmp = parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    backup = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        train.to_parquet(tmp / "train.parquet", index=False)
+        test.to_parquet(tmp / "test.parquet", index=False)
+        for split, arr in arrays.items():
+            np.save(tmp / IMAGE_FILES[split], arr, allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        version = compute_md5(tmp)
+        if before_commit is not None:
+            before_commit(version)
+        if target.exists():
+            target.rename(backup)
+        tmp.rename(target)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if backup.exists() and not target.exists():
+            backup.rename(target)
+        raise UsageError(f"output {target}: cannot write ({err.strerror or err})") from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if backup.exists() and not target.exists():
+            backup.rename(target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    return version

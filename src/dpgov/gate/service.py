@@ -1,0 +1,220 @@
+"""Gathering what the gate judges, and recording what it decided.
+
+:func:`run_gate` reads the candidate's facts from the registry, the ledger facts and approvals
+from the ledger, calls the pure :func:`dpgov.gate.decision.evaluate`, then records the decision
+as a ledger entry (kind ``gate_decision``, with the policy file's SHA-256) and as tags on the
+model version. Bad input (unknown model or version, facts that contradict the registry) raises
+:class:`UsageError` before anything is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dpgov.errors import DpgovError, UsageError
+from dpgov.gate.approvals import ApprovalRecord, read_records
+from dpgov.gate.decision import BlockFacts, Decision, LedgerFacts, evaluate
+from dpgov.gate.facts import CandidateFacts
+from dpgov.gate.ports import ModelVersionInfo, RegistryPort
+
+if TYPE_CHECKING:
+    from dpgov.ledger import Entry, Ledger
+    from dpgov.policy import LoadedPolicy, Policy
+
+TAG_LIMIT = 4000  # characters of one tag value we write (MLflow stores at most 5000)
+
+
+def parse_version(version: str | int) -> str:
+    """A registry version number as MLflow writes it ("3"); UsageError otherwise."""
+    text = str(version).strip()
+    if not text.isdigit() or int(text) < 1 or len(text) > 12:
+        raise UsageError(f"VERSION must be a model version number such as 3, found {version!r}")
+    return str(int(text))
+
+
+def load_candidate(
+    registry: RegistryPort, model: str, version: str
+) -> tuple[CandidateFacts, ModelVersionInfo]:
+    """The version's facts, checked against the registry. Tags that mark the version as the
+    non-private reference win over facts that claim otherwise (never promotable)."""
+    version = parse_version(version)
+    info = registry.model_version(model, version)
+    facts = registry.candidate_facts(model, version)
+    where = f"model {model!r} version {version}"
+    if facts.model_name != model:
+        raise UsageError(f"{where}: candidate_facts.json names model {facts.model_name!r}")
+    if facts.model_version is not None and str(facts.model_version) != version:
+        raise UsageError(f"{where}: candidate_facts.json names version {facts.model_version}")
+    if info.run_id is not None and facts.run_id != info.run_id:
+        raise UsageError(
+            f"{where}: candidate_facts.json names run {facts.run_id}, the registry {info.run_id}"
+        )
+    update: dict[str, Any] = {"model_version": version}
+    tags = info.tags
+    if tags.get("dpgov.status") == "reference" or tags.get("dpgov.private", "").lower() == "false":
+        update["private"] = False
+    return facts.model_copy(update=update), info
+
+
+def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) -> LedgerFacts:
+    """What the ledger says now about the candidate's blocks, reservation and chain."""
+    from dpgov.accounting import AccountantFailed, epsilon
+
+    blocks = []
+    for name in facts.blocks:
+        try:
+            st = ledger.block_status(facts.dataset, name, policy.budget)
+        except UsageError:
+            continue  # unknown block: the gate fails it as "not in the ledger"
+        except DpgovError as err:  # the accountant could not compose: never assume it is fine
+            blocks.append(
+                BlockFacts(
+                    facts.dataset,
+                    name,
+                    math.inf,
+                    policy.budget.epsilon_per_block,
+                    policy.budget.delta,
+                    note=f"cannot compose the block's charges: {err}",
+                )
+            )
+            continue
+        blocks.append(
+            BlockFacts(
+                dataset=st.dataset,
+                block=st.block,
+                epsilon_spent=st.epsilon_spent,
+                epsilon_limit=st.epsilon_limit,
+                delta=st.delta,
+                charges=st.charges,
+                pending=st.pending,
+                patients=st.patients,
+            )
+        )
+    rid, state, r_dataset, r_blocks, run_eps = None, "missing", None, None, None
+    if facts.reservation_id is not None:
+        try:
+            res = ledger.reservation(facts.reservation_id)
+        except UsageError:
+            res = None
+        if res is not None:
+            rid, state, r_dataset, r_blocks = res.id, res.status, res.dataset, tuple(res.blocks)
+            delta = facts.delta if facts.delta is not None else policy.budget.delta
+            try:
+                run_eps = epsilon([res.mechanism], delta=delta, accountant=policy.budget.accountant)
+            except (AccountantFailed, ValueError):
+                run_eps = math.inf
+    verification = ledger.verify()
+    return LedgerFacts(
+        blocks=tuple(blocks),
+        reservation_id=rid,
+        reservation_state=state,
+        reservation_dataset=r_dataset,
+        reservation_blocks=r_blocks,
+        run_epsilon=run_eps,
+        chain_ok=verification.ok,
+        chain_reason=verification.reason or "",
+    )
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    facts: CandidateFacts
+    info: ModelVersionInfo
+    ledger_facts: LedgerFacts
+    approvals: tuple[ApprovalRecord, ...]
+
+
+def gather(
+    model: str, version: str, policy: LoadedPolicy, ledger: Ledger, registry: RegistryPort
+) -> GateInputs:
+    facts, info = load_candidate(registry, model, version)
+    return GateInputs(
+        facts=facts,
+        info=info,
+        ledger_facts=collect_ledger_facts(ledger, facts, policy.policy),
+        approvals=tuple(read_records(ledger, model, str(facts.model_version))),
+    )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    decision: Decision
+    inputs: GateInputs
+    entry: Entry | None  # the gate_decision ledger entry, when recorded
+
+
+def run_gate(
+    model: str,
+    version: str,
+    policy: LoadedPolicy,
+    ledger: Ledger,
+    registry: RegistryPort,
+    *,
+    record: bool = True,
+    purpose: str = "gate",
+) -> GateResult:
+    """Evaluate the gate now; record the decision in the ledger and as model-version tags."""
+    inputs = gather(model, version, policy, ledger, registry)
+    decision = evaluate(
+        policy.policy,
+        inputs.facts,
+        inputs.ledger_facts,
+        inputs.approvals,
+        policy_sha256=policy.sha256,
+    )
+    entry = record_decision(decision, inputs, policy, ledger, registry, purpose) if record else None
+    return GateResult(decision=decision, inputs=inputs, entry=entry)
+
+
+def record_decision(
+    decision: Decision,
+    inputs: GateInputs,
+    policy: LoadedPolicy,
+    ledger: Ledger,
+    registry: RegistryPort,
+    purpose: str,
+) -> Entry:
+    payload = {
+        **decision.to_dict(),
+        "purpose": purpose,
+        "policy_path": str(policy.path),
+        "run_id": inputs.facts.run_id,
+        "reservation": inputs.facts.reservation_id,
+        "approvals_seen": [r.seq for r in inputs.approvals],
+    }
+    entry = ledger.append(kind="gate_decision", payload=_finite(payload))
+    failing = ",".join(c.name for c in decision.failing)
+    registry.set_tags(
+        decision.model,
+        decision.version,
+        {
+            "dpgov.gate.allowed": "true" if decision.allowed else "false",
+            "dpgov.gate.failing": fit(failing),
+            "dpgov.gate.policy_sha256": policy.sha256,
+            "dpgov.gate.seq": str(entry.seq),
+            "dpgov.gate.time": entry.time,
+            "dpgov.gate.summary": fit(
+                json.dumps({c.name: c.passed for c in decision.checks}, separators=(",", ":"))
+            ),
+        },
+    )
+    return entry
+
+
+def fit(text: str) -> str:
+    """Cut a tag value to what MLflow stores."""
+    return text if len(text) <= TAG_LIMIT else text[: TAG_LIMIT - 1] + "…"
+
+
+def _finite(obj: Any) -> Any:
+    """Ledger payloads are strict JSON: infinities become strings, NaN becomes None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj

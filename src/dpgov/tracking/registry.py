@@ -1,0 +1,155 @@
+"""MLflow model registry access for the gate: versions, tags, facts, aliases.
+
+Only :mod:`dpgov.tracking` imports mlflow (lazily, inside methods). Releases are registry
+aliases (stages are deprecated in MLflow 3); in dpgov only :mod:`dpgov.gate.promotion` moves
+them. :class:`Registry` satisfies :class:`dpgov.gate.ports.RegistryPort`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dpgov.errors import UsageError
+from dpgov.gate.facts import CandidateFacts
+from dpgov.gate.ports import ModelVersionInfo
+
+FACTS_ARTIFACT = "candidate_facts.json"
+
+
+class Registry:
+    """The MLflow model registry at ``tracking_uri`` (default: :func:`dpgov.config`'s)."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        from dpgov import config
+
+        self.uri = tracking_uri or config.mlflow_tracking_uri()
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        return self._client
+
+    # ------------------------------------------------------------------ reading
+    def model_version(self, name: str, version: str) -> ModelVersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(name, str(version))
+        except MlflowException as err:
+            if _not_found(err):
+                raise UsageError(self._unknown(name, version)) from err
+            raise
+        return ModelVersionInfo(
+            name=mv.name,
+            version=str(mv.version),
+            run_id=mv.run_id or None,
+            tags=dict(mv.tags or {}),
+            aliases=tuple(mv.aliases or ()),
+            source=mv.source,
+        )
+
+    def _unknown(self, name: str, version: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as err:
+            if _not_found(err):
+                return f"unknown model {name!r} in the registry at {self.uri}"
+            raise
+        return f"model {name!r} has no version {version}"
+
+    def candidate_facts(self, name: str, version: str) -> CandidateFacts:
+        """The version's run's ``candidate_facts.json``, validated against the contract."""
+        from mlflow.exceptions import MlflowException
+        from pydantic import ValidationError
+
+        info = self.model_version(name, version)
+        where = f"model {name!r} version {version}"
+        if info.run_id is None:
+            raise UsageError(f"{where} has no run: it was not registered by dpgov")
+        with tempfile.TemporaryDirectory(prefix="dpgov-facts-") as tmp:
+            try:
+                with _quiet_progress():
+                    path = self.client.download_artifacts(info.run_id, FACTS_ARTIFACT, tmp)
+            except MlflowException as err:
+                raise UsageError(
+                    f"{where}: run {info.run_id} has no {FACTS_ARTIFACT} (not registered by "
+                    f"dpgov training)"
+                ) from err
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+                return CandidateFacts.model_validate_json(text)
+            except (OSError, UnicodeDecodeError) as err:
+                raise UsageError(f"{where}: cannot read {FACTS_ARTIFACT}: {err}") from err
+            except ValidationError as err:
+                e = err.errors()[0]
+                loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+                raise UsageError(
+                    f"{where}: {FACTS_ARTIFACT} does not match the contract: {loc}: {e['msg']}"
+                ) from err
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as err:
+            if _not_found(err) or "alias" in str(err).lower():
+                self._require_model(name)
+                return None
+            raise
+        return str(mv.version)
+
+    def _require_model(self, name: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException as err:
+            if _not_found(err):
+                raise UsageError(f"unknown model {name!r} in the registry at {self.uri}") from err
+            raise
+
+    # ------------------------------------------------------------------ writing
+    def set_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``alias`` at ``version``. Call only from :func:`dpgov.gate.promotion.promote`."""
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No download progress bar on a one-file read (it would clutter the command's output)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _not_found(err: Any) -> bool:
+    return getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def facts_json(facts: CandidateFacts) -> str:
+    """The artifact text training writes (kept here so reader and writers agree)."""
+    return json.dumps(facts.model_dump(mode="json"), indent=2, sort_keys=True)

@@ -1,0 +1,202 @@
+"""MLflow runs: parameters, metrics, tags, the model, the privacy statement, candidate facts.
+
+The only place (with :mod:`dpgov.tracking.registry`) that imports mlflow. The store is SQLite
+at ``$DPGOV_HOME/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names another; with a local store,
+artifacts live under ``$DPGOV_HOME/mlartifacts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from dpgov import config
+
+CANDIDATE_FACTS = "candidate_facts.json"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+def _mlflow() -> Any:
+    """mlflow, pointed at the configured store, with its chatter kept to warnings."""
+    import mlflow
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(config.mlflow_tracking_uri())
+    return mlflow
+
+
+def _local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def experiment_id(name: str) -> str:
+    """The experiment's id, created on first use (artifacts under the home folder locally)."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if _local_store(config.mlflow_tracking_uri()):
+        root = config.mlflow_artifact_root()
+        root.mkdir(parents=True, exist_ok=True)
+        location = (root / name).as_uri()
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except Exception:  # created by a concurrent run meanwhile
+        again = client.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return str(again.experiment_id)
+
+
+def start_run(
+    *, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
+) -> str:
+    """Create a run (status RUNNING) with its parameters and tags; returns the run id."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id(experiment), run_name=run_name, tags=tags)
+    run_id = str(run.info.run_id)
+    log_params(run_id, params)
+    return run_id
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    client = _mlflow().MlflowClient()
+    batch = [Param(str(k), _param_value(v)) for k, v in params.items()]
+    for start in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[start : start + 100])
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], *, step: int = 0) -> None:
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    client = _mlflow().MlflowClient()
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(str(k), float(v), now, step)
+        for k, v in metrics.items()
+        if v is not None and math.isfinite(float(v))
+    ]
+    for start in range(0, len(batch), 500):
+        client.log_batch(run_id, metrics=batch[start : start + 500])
+
+
+def log_series(run_id: str, key: str, values: list[float]) -> None:
+    """One metric over steps 1..n (for example the loss per epoch)."""
+    for step, value in enumerate(values, start=1):
+        log_metrics(run_id, {key: value}, step=step)
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = _mlflow().MlflowClient()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+
+
+def log_text(run_id: str, text: str, name: str) -> None:
+    _mlflow().MlflowClient().log_text(run_id, text, name)
+
+
+def log_json(run_id: str, data: Any, name: str) -> None:
+    _mlflow().MlflowClient().log_dict(run_id, data, name)
+
+
+def log_model(
+    run_id: str,
+    model: Any,
+    *,
+    input_example: Any,
+    register_as: str | None = None,
+    version_tags: dict[str, str] | None = None,
+) -> ModelVersionRef | None:
+    """Log a torch module (pt2 export, loadable without dpgov) and register it as a version."""
+    import torch
+
+    mlflow = _mlflow()
+    torch_version = torch.__version__.split("+", 1)[0]
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        info = mlflow.pytorch.log_model(
+            model,
+            name=MODEL_ARTIFACT,
+            input_example=input_example,
+            pip_requirements=[f"torch=={torch_version}"],
+        )
+    if register_as is None:
+        return None
+    with contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered model ..."
+        version = mlflow.register_model(
+            info.model_uri, register_as,
+            tags={k: str(v) for k, v in (version_tags or {}).items()},
+        )
+    return ModelVersionRef(
+        name=register_as, version=str(version.version), run_id=run_id,
+        model_uri=f"models:/{register_as}/{version.version}",
+    )
+
+
+def end_run(run_id: str, *, failed: bool = False, reason: str | None = None) -> None:
+    client = _mlflow().MlflowClient()
+    if reason:
+        client.set_tag(run_id, "dpgov.failure", reason[:4000])
+    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def read_run(run_id: str) -> dict[str, Any]:
+    """Parameters, metrics, tags and top-level artifact paths of a run, from the store."""
+    client = _mlflow().MlflowClient()
+    run = client.get_run(run_id)
+    return {
+        "run_id": run_id,
+        "status": run.info.status,
+        "experiment_id": run.info.experiment_id,
+        "artifact_uri": run.info.artifact_uri,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+        "artifacts": sorted(a.path for a in client.list_artifacts(run_id)),
+    }
+
+
+def read_json(run_id: str, name: str) -> Any:
+    """A JSON artifact of a run (for example ``candidate_facts.json``)."""
+    import mlflow.artifacts
+
+    _mlflow()
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
+
+
+def read_model_version(name: str, version: str) -> dict[str, Any]:
+    client = _mlflow().MlflowClient()
+    mv = client.get_model_version(name, version)
+    return {"name": name, "version": str(mv.version), "run_id": mv.run_id,
+            "source": mv.source, "tags": dict(mv.tags)}
+
+
+def load_model(model_uri: str) -> Any:
+    return _mlflow().pytorch.load_model(model_uri)

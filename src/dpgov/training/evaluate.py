@@ -1,0 +1,263 @@
+"""Utility and fairness on the held-out test split.
+
+Overall: AUROC, accuracy, Brier score, expected calibration error (10 equal-width bins).
+Per subgroup of each sensitive attribute (fairlearn ``MetricFrame``): AUROC from scores and the
+false-negative rate (underdiagnosis) from 0/1 predictions, two frames, with percentile
+bootstrap intervals (``n_boot`` resamples of the test rows, seeded). A gap is the largest minus
+the smallest subgroup value over the groups *judged*: at least ``min_group_n`` patients and the
+metric defined (both classes for AUROC, a positive for FNR). With fewer than two judged
+groups a gap is reported as 0.0 with ``groups_judged`` < 2: no evidence either way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dpgov.gate.facts import Gap, ReferenceFacts, SubgroupMetric
+
+CI = [0.025, 0.975]
+
+
+def auroc(y_true: Any, y_score: Any) -> float:
+    """Area under the ROC curve; NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true)
+    if y.size == 0 or np.unique(y).size < 2:
+        return float("nan")
+    return float(roc_auc_score(y, np.asarray(y_score)))
+
+
+def false_negative_rate(y_true: Any, y_pred: Any) -> float:
+    """Missed positives / positives; NaN when the group has no positive (not 0 as fairlearn)."""
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(y_pred).astype(int)
+    positives = int((y == 1).sum())
+    if positives == 0:
+        return float("nan")
+    return float(((y == 1) & (p == 0)).sum() / positives)
+
+
+def expected_calibration_error(y_true: Any, y_prob: Any, *, bins: int = 10) -> float:
+    """ECE: Σ_b (n_b/n)·|mean(y in b) − mean(p in b)| over ``bins`` equal-width bins of p."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.clip(np.asarray(y_prob, dtype=float), 0.0, 1.0)
+    if y.size == 0:
+        return float("nan")
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            ece += mask.mean() * abs(y[mask].mean() - p[mask].mean())
+    return float(ece)
+
+
+def brier(y_true: Any, y_prob: Any) -> float:
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(y_prob, dtype=float)
+    return float(np.mean((p - y) ** 2)) if y.size else float("nan")
+
+
+def _none(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+@dataclass
+class Evaluation:
+    """What one model scored on the test split."""
+
+    n: int
+    positives: int
+    threshold: float
+    auroc: float
+    accuracy: float
+    brier: float
+    calibration_error: float
+    auroc_lo: float | None = None
+    auroc_hi: float | None = None
+    subgroups: list[SubgroupMetric] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names → values (finite values only) for MLflow."""
+        out: dict[str, float] = {
+            "auroc": self.auroc,
+            "accuracy": self.accuracy,
+            "brier": self.brier,
+            "calibration_error": self.calibration_error,
+            "threshold": self.threshold,
+        }
+        if self.auroc_lo is not None and self.auroc_hi is not None:
+            out["auroc_lo"], out["auroc_hi"] = self.auroc_lo, self.auroc_hi
+        for s in self.subgroups:
+            key = f"{_safe(s.attribute)}.{_safe(s.group)}"
+            out[f"subgroup.{key}.n"] = float(s.n)
+            if s.auroc is not None:
+                out[f"subgroup.{key}.auroc"] = s.auroc
+            if s.fnr is not None:
+                out[f"subgroup.{key}.fnr"] = s.fnr
+        for g in self.gaps:
+            out[f"gap.{_safe(g.attribute)}.{g.metric}"] = g.gap
+        return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+    def table(self) -> list[dict[str, Any]]:
+        """The subgroup table, one row per (attribute, group)."""
+        return [s.model_dump() for s in self.subgroups]
+
+
+def _safe(text: str) -> str:
+    """MLflow metric keys allow alphanumerics, _ - . / and space; map anything else to _."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in str(text))
+
+
+def resolve_threshold(threshold: float | str, y_test: np.ndarray) -> float:
+    """``prevalence``: predict positive when the score reaches the test split's positive rate."""
+    if threshold == "prevalence":
+        rate = float(np.mean(y_test)) if len(y_test) else 0.5
+        return min(max(rate, 1e-6), 1 - 1e-6)
+    return float(threshold)
+
+
+def evaluate(
+    y_true: Any,
+    scores: Any,
+    sensitive: pd.DataFrame,
+    *,
+    threshold: float | str = "prevalence",
+    n_boot: int = 100,
+    seed: int = 0,
+    min_group_n: int = 30,
+) -> Evaluation:
+    """Overall and subgroup metrics of ``scores`` (probabilities) against ``y_true`` (0/1)."""
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(scores, dtype=float)
+    if y.shape != p.shape:
+        raise ValueError(f"labels {y.shape} and scores {p.shape} differ in shape")
+    cut = resolve_threshold(threshold, y)
+    pred = (p >= cut).astype(int)
+    ev = Evaluation(
+        n=int(y.size),
+        positives=int(y.sum()),
+        threshold=cut,
+        auroc=auroc(y, p),
+        accuracy=float((pred == y).mean()) if y.size else float("nan"),
+        brier=brier(y, p),
+        calibration_error=expected_calibration_error(y, p),
+    )
+    if n_boot > 0 and y.size:
+        ev.auroc_lo, ev.auroc_hi = _overall_ci(y, p, n_boot=n_boot, seed=seed)
+    for attribute in sensitive.columns:
+        groups = sensitive[attribute].astype(str).to_numpy()
+        subs, gaps = _attribute(
+            attribute, y, p, pred, groups, n_boot=n_boot, seed=seed, min_group_n=min_group_n
+        )
+        ev.subgroups.extend(subs)
+        ev.gaps.extend(gaps)
+    return ev
+
+
+def _overall_ci(y: np.ndarray, p: np.ndarray, *, n_boot: int, seed: int) -> tuple[Any, Any]:
+    from fairlearn.metrics import MetricFrame
+
+    frame = MetricFrame(
+        metrics={"auroc": auroc}, y_true=y, y_pred=p,
+        sensitive_features=pd.Series(np.zeros(len(y), dtype=int), name="all"),
+        n_boot=n_boot, ci_quantiles=CI, random_state=seed,
+    )
+    lo, hi = frame.overall_ci
+    return _none(lo["auroc"]), _none(hi["auroc"])
+
+
+def _attribute(
+    attribute: str, y: np.ndarray, p: np.ndarray, pred: np.ndarray, groups: np.ndarray, *,
+    n_boot: int, seed: int, min_group_n: int,
+) -> tuple[list[SubgroupMetric], list[Gap]]:
+    """Subgroup rows and the AUROC / FNR gaps of one sensitive attribute."""
+    from fairlearn.metrics import MetricFrame
+
+    sf = pd.Series(groups, name=attribute)
+    # point estimates for every group (two frames: scores for AUROC, 0/1 predictions for rates)
+    scores_all = MetricFrame(metrics={"auroc": auroc}, y_true=y, y_pred=p, sensitive_features=sf)
+    rates_all = MetricFrame(
+        metrics={"fnr": false_negative_rate}, y_true=y, y_pred=pred, sensitive_features=sf
+    )
+    counts = pd.DataFrame({"g": groups, "y": y}).groupby("g")["y"].agg(["size", "sum"])
+
+    judged = {
+        "auroc": [
+            g for g in counts.index
+            if counts.loc[g, "size"] >= min_group_n and 0 < counts.loc[g, "sum"] < counts.loc[g, "size"]
+        ],
+        "fnr": [
+            g for g in counts.index
+            if counts.loc[g, "size"] >= min_group_n and counts.loc[g, "sum"] > 0
+        ],
+    }
+    # bootstrap intervals on the rows of judged groups (per group and for the gap)
+    group_ci: dict[str, dict[str, tuple[float | None, float | None]]] = {"auroc": {}, "fnr": {}}
+    gap_ci: dict[str, tuple[float | None, float | None]] = {}
+    for metric, fn, y_pred in (("auroc", auroc, p), ("fnr", false_negative_rate, pred)):
+        keep = np.isin(groups, judged[metric])
+        if n_boot <= 0 or not keep.any():
+            continue
+        frame = MetricFrame(
+            metrics={metric: fn}, y_true=y[keep], y_pred=y_pred[keep],
+            sensitive_features=pd.Series(groups[keep], name=attribute),
+            n_boot=n_boot, ci_quantiles=CI, random_state=seed,
+        )
+        lo, hi = frame.by_group_ci
+        for g in judged[metric]:
+            group_ci[metric][g] = (_none(lo.loc[g, metric]), _none(hi.loc[g, metric]))
+        if len(judged[metric]) >= 2:
+            dlo, dhi = frame.difference_ci()
+            gap_ci[metric] = (_none(dlo[metric]), _none(dhi[metric]))
+
+    rows: list[SubgroupMetric] = []
+    for g in counts.index:
+        a_lo, a_hi = group_ci["auroc"].get(g, (None, None))
+        f_lo, f_hi = group_ci["fnr"].get(g, (None, None))
+        rows.append(
+            SubgroupMetric(
+                attribute=attribute, group=str(g), n=int(counts.loc[g, "size"]),
+                positives=int(counts.loc[g, "sum"]),
+                auroc=_none(scores_all.by_group.loc[g, "auroc"]), auroc_lo=a_lo, auroc_hi=a_hi,
+                fnr=_none(rates_all.by_group.loc[g, "fnr"]), fnr_lo=f_lo, fnr_hi=f_hi,
+            )
+        )
+    gaps: list[Gap] = []
+    for metric, frame_all in (("auroc", scores_all), ("fnr", rates_all)):
+        values = [frame_all.by_group.loc[g, metric] for g in judged[metric]]
+        values = [v for v in values if _none(v) is not None]
+        gap = float(max(values) - min(values)) if len(values) >= 2 else 0.0
+        lo, hi = gap_ci.get(metric, (None, None))
+        gaps.append(
+            Gap(
+                attribute=attribute, metric=metric, gap=gap, lo=lo, hi=hi,  # type: ignore[arg-type]
+                groups_judged=len(values), min_group_n=min_group_n,
+            )
+        )
+    return rows, gaps
+
+
+def reference_facts(run_id: str, ev: Evaluation) -> ReferenceFacts:
+    return ReferenceFacts(run_id=run_id, auroc=ev.auroc, gaps=list(ev.gaps))
+
+
+def price_of_privacy(private: Evaluation, reference: Evaluation) -> dict[str, float]:
+    """What privacy cost: reference minus private AUROC, and private minus reference gaps."""
+    out = {"auroc_drop": reference.auroc - private.auroc}
+    ref = {(g.attribute, g.metric): g.gap for g in reference.gaps}
+    for g in private.gaps:
+        if (g.attribute, g.metric) in ref:
+            out[f"gap_increase.{_safe(g.attribute)}.{g.metric}"] = g.gap - ref[(g.attribute, g.metric)]
+    return {k: float(v) for k, v in out.items() if math.isfinite(v)}

@@ -1,0 +1,469 @@
+"""DP-SGD with Opacus (and the plain-SGD reference), on CPU or CUDA.
+
+The mechanism is a Poisson-subsampled Gaussian mechanism, add/remove-one neighbouring:
+each optimizer step includes every training example independently with probability ``q``,
+clips each example's gradient to L2 norm ``C`` (``max_grad_norm``), sums, adds
+``N(0, σ²C²)`` and divides by the expected batch size ``qN``. ``T`` steps of it are charged.
+
+``q`` and the steps per epoch are exactly what Opacus runs: a loader of ``ceil(N/B)`` batches
+becomes a Poisson loader with ``q = 1/ceil(N/B)`` and ``int(1/q)`` steps per epoch
+(:func:`sampling_plan`). After training, Opacus's own accountant history must equal the
+mechanism the ledger was charged for (:func:`check_history`); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dpgov.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Poisson sampling as Opacus runs it: rate ``q``, ``steps_per_epoch`` steps per epoch."""
+
+    n: int
+    batch_size: int  # requested expected logical batch size
+    sample_rate: float
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def expected_batch_size(self) -> float:
+        return self.sample_rate * self.n
+
+
+def sampling_plan(*, n: int, batch_size: int, epochs: int) -> SamplingPlan:
+    """The sample rate and steps Opacus will run for ``n`` examples and batch ``batch_size``.
+
+    Opacus derives ``q = 1/len(loader)`` from a loader of ``ceil(n/batch_size)`` batches and
+    runs ``int(1/q)`` Poisson batches per epoch; the expected batch size is ``q·n``.
+    """
+    if n < 1:
+        raise UsageError("training data: no examples to train on (n = 0)")
+    if batch_size > n:
+        raise UsageError(
+            f"train.batch_size: {batch_size} is more than the {n} training examples; "
+            f"use at most {n}"
+        )
+    if epochs < 1:
+        raise UsageError(f"train.epochs: must be at least 1, found {epochs}")
+    loader_len = math.ceil(n / batch_size)
+    sample_rate = 1.0 / loader_len
+    steps_per_epoch = int(1 / sample_rate)  # UniformWithReplacementSampler's default
+    return SamplingPlan(
+        n=n, batch_size=batch_size, sample_rate=sample_rate, steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` where none exists is a usage error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"train.device: {name!r} requested but no CUDA device is available")
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(
+                f"train.device: {name!r} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) exist"
+            )
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UsageError(f"train.device: unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def supports_ghost(model: nn.Module) -> bool:
+    """Ghost clipping needs a norm sampler for every layer that holds trainable weights."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    samplers = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if own and type(module) not in samplers:
+            return False
+    return True
+
+
+def choose_grad_sample_mode(requested: str, model: nn.Module) -> str:
+    """``auto`` → "ghost" where every weighted layer supports it, else "hooks"."""
+    if requested == "auto":
+        return "ghost" if supports_ghost(model) else "hooks"
+    if requested == "ghost" and not supports_ghost(model):
+        raise UsageError(
+            "train.grad_sample_mode: 'ghost' needs ghost-clipping support in every weighted "
+            "layer (Linear, Embedding); this model has others: use 'hooks' or 'auto'"
+        )
+    if requested not in ("ghost", "hooks"):
+        raise UsageError(f"train.grad_sample_mode: unknown {requested!r}; use auto, ghost, hooks")
+    return requested
+
+
+def check_secure_rng(wanted: bool) -> None:
+    """Refuse clearly when a cryptographically secure generator is asked for but missing."""
+    if not wanted:
+        return
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError as err:
+        raise UsageError(
+            "train.secure_rng: true needs torchcsprng, which is not installed (its last "
+            "release has no build for Python 3.11); refusing rather than falling back"
+        ) from err
+
+
+@dataclass
+class StepCounter:
+    """Optimizer steps taken so far (shared with the caller, which needs it after a crash)."""
+
+    steps: int = 0
+    examples_seen: int = 0
+
+
+@dataclass
+class TrainResult:
+    model: Any  # the trained torch module, unwrapped from Opacus, on the CPU
+    steps: int
+    history: list[tuple[float, float, int]]  # Opacus accountant history (σ, q, steps)
+    epoch_losses: list[float]
+    seconds: float
+    epoch_seconds: list[float]
+    device: str
+    grad_sample_mode: str | None
+    peak_memory_bytes: int | None = None
+    private: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+StepCallback = Callable[[int, float], None]  # (steps so far, loss of the last batch)
+EpsilonFn = Callable[[int], float]  # steps so far → ε of this run so far
+
+
+def _tensors(x: np.ndarray, y: np.ndarray) -> Any:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
+    return TensorDataset(xt, yt)
+
+
+def _optimizer(params: Any, cfg: Any) -> torch.optim.Optimizer:
+    import torch
+
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate)
+    return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum)
+
+
+class _Progress:
+    """A rich progress bar on stderr showing loss and ε spent so far (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int, label: str, with_epsilon: bool) -> None:
+        self._bar: Any = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        columns: list[Any] = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+        ]
+        if with_epsilon:
+            columns.append(TextColumn("ε spent {task.fields[eps]}"))
+        columns.append(TimeElapsedColumn())
+        self._bar = Progress(*columns, console=Console(stderr=True), transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task(label, total=total, loss="-", eps="0.000")
+
+    def update(self, *, steps: int, loss: float | None = None, eps: float | None = None) -> None:
+        if self._bar is None:
+            return
+        fields: dict[str, Any] = {"completed": steps}
+        if loss is not None and math.isfinite(loss):
+            fields["loss"] = f"{loss:.4f}"
+        if eps is not None:
+            fields["eps"] = f"{math.ceil(eps * 1000) / 1000:.3f}"
+        self._bar.update(self._task, **fields)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def train_private(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    plan: SamplingPlan,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    cfg: Any,
+    device: torch.device,
+    grad_sample_mode: str,
+    counter: StepCounter | None = None,
+    on_step: StepCallback | None = None,
+    epsilon_fn: EpsilonFn | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """DP-SGD for ``plan.epochs`` epochs of Poisson batches; returns the unwrapped model.
+
+    ``cfg`` is a :class:`~dpgov.training.params.TrainParams` (optimizer, learning rate, seed,
+    physical batch size, secure RNG). ``counter.steps`` always holds the optimizer steps taken
+    so far, also when this function raises.
+    """
+    import torch
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from torch.utils.data import DataLoader
+
+    if len(x) != plan.n:
+        raise ValueError(f"plan was made for {plan.n} examples, got {len(x)}")
+    check_secure_rng(cfg.secure_rng)
+    counter = counter if counter is not None else StepCounter()
+    seed_everything(cfg.seed)
+    model = model.to(device)
+    model.train()
+    dataset = _tensors(x, y)
+    sampler_gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(dataset, batch_size=plan.batch_size, generator=sampler_gen)
+    optimizer = _optimizer(model.parameters(), cfg)
+    criterion = torch.nn.BCEWithLogitsLoss(reduction="mean")
+    # The engine's accountant only records history here; dpgov's ledger does the accounting
+    # (RDP keeps one merged (σ, q, steps) segment and never fails numerically).
+    with warnings.catch_warnings():  # the secure-RNG notice: secure_rng is a stated param
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp", secure_mode=bool(cfg.secure_rng))
+    noise_gen = None
+    if not cfg.secure_rng:
+        noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    wrapped = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=grad_sample_mode,
+        noise_generator=noise_gen,
+    )
+    if grad_sample_mode == "ghost":
+        dp_model, dp_optimizer, dp_criterion, dp_loader = wrapped
+    else:
+        dp_model, dp_optimizer, dp_loader = wrapped
+        dp_criterion = criterion
+    if dp_loader.sample_rate != plan.sample_rate or len(dp_loader) != plan.steps_per_epoch:
+        raise RuntimeError(  # a bug or an Opacus change: the charge would not match the run
+            f"Opacus samples at q={dp_loader.sample_rate} for {len(dp_loader)} steps per epoch, "
+            f"planned q={plan.sample_rate} for {plan.steps_per_epoch}"
+        )
+
+    bar = _Progress(progress, plan.steps, "DP-SGD", with_epsilon=epsilon_fn is not None)
+    epoch_losses: list[float] = []
+    epoch_seconds: list[float] = []
+    started = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    quiet = warnings.catch_warnings()
+    quiet.__enter__()
+    # ghost clipping's second backward pass fires full backward hooks on inputs without grad
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    try:
+        for _epoch in range(plan.epochs):
+            t0 = time.perf_counter()
+            total, batches = 0.0, 0
+            with BatchMemoryManager(
+                data_loader=dp_loader,
+                max_physical_batch_size=cfg.max_physical_batch_size,
+                optimizer=dp_optimizer,
+            ) as physical:
+                for xb, yb in physical:
+                    xb, yb = xb.to(device), yb.to(device)
+                    dp_optimizer.zero_grad()
+                    loss = dp_criterion(dp_model(xb), yb)
+                    loss.backward()
+                    dp_optimizer.step()
+                    counter.steps = _accounted_steps(engine)
+                    counter.examples_seen += len(xb)
+                    value = float(loss.item()) if len(xb) else float("nan")
+                    if math.isfinite(value):
+                        total += value
+                        batches += 1
+                    if on_step is not None:
+                        on_step(counter.steps, value)
+                    bar.update(steps=counter.steps, loss=value)
+            epoch_seconds.append(time.perf_counter() - t0)
+            epoch_losses.append(total / max(batches, 1))
+            if epsilon_fn is not None:
+                bar.update(steps=counter.steps, eps=epsilon_fn(counter.steps))
+    finally:
+        quiet.__exit__(None, None, None)
+        bar.close()
+    seconds = time.perf_counter() - started
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    history = [(float(s), float(q), int(t)) for s, q, t in engine.accountant.history]
+    _cleanup(dp_model)
+    return TrainResult(
+        model=model.to("cpu").eval(),
+        steps=counter.steps,
+        history=history,
+        epoch_losses=epoch_losses,
+        seconds=seconds,
+        epoch_seconds=epoch_seconds,
+        device=str(device),
+        grad_sample_mode=grad_sample_mode,
+        peak_memory_bytes=peak,
+    )
+
+
+def _accounted_steps(engine: Any) -> int:
+    """Steps Opacus's accountant has recorded (its hook runs before the parameter update)."""
+    return sum(int(steps) for _s, _q, steps in engine.accountant.history)
+
+
+def _cleanup(dp_model: Any) -> None:
+    """Remove Opacus hooks so the plain module can be saved and reused."""
+    for name in ("_close", "remove_hooks", "cleanup"):
+        fn = getattr(dp_model, name, None)
+        if callable(fn):
+            try:
+                fn()
+            except Exception:  # already removed: nothing left to clean
+                pass
+            return
+
+
+def check_history(
+    history: list[tuple[float, float, int]], *, noise_multiplier: float, sample_rate: float,
+    steps: int,
+) -> None:
+    """Opacus's accountant history must be the one mechanism charged: (σ, q, steps)."""
+    if steps == 0 and not history:
+        return
+    merged: dict[tuple[float, float], int] = {}
+    for s, q, t in history:
+        merged[(s, q)] = merged.get((s, q), 0) + t
+    expected = {(float(noise_multiplier), float(sample_rate)): int(steps)}
+    if merged != expected:
+        raise RuntimeError(
+            f"Opacus ran {history} but the ledger holds (σ={noise_multiplier}, "
+            f"q={sample_rate}, steps={steps})"
+        )
+
+
+def train_nonprivate(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    epochs: int,
+    cfg: Any,
+    device: torch.device,
+    progress: bool = False,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """The non-private reference: same model, data, epochs and optimizer, shuffled batches."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    seed_everything(cfg.seed)
+    model = model.to(device)
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(_tensors(x, y), batch_size=batch_size, shuffle=True, generator=gen)
+    optimizer = _optimizer(model.parameters(), cfg)
+    criterion = torch.nn.BCEWithLogitsLoss(reduction="mean")
+    bar = _Progress(progress, epochs * len(loader), "non-private", with_epsilon=False)
+    epoch_losses: list[float] = []
+    epoch_seconds: list[float] = []
+    steps = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    try:
+        for _epoch in range(epochs):
+            t0 = time.perf_counter()
+            total = 0.0
+            for xb, yb in loader:
+                xb, yb = xb.to(device), yb.to(device)
+                optimizer.zero_grad()
+                loss = criterion(model(xb), yb)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                total += float(loss.item())
+                if on_step is not None:
+                    on_step(steps, float(loss.item()))
+                bar.update(steps=steps, loss=float(loss.item()))
+            epoch_seconds.append(time.perf_counter() - t0)
+            epoch_losses.append(total / max(len(loader), 1))
+    finally:
+        bar.close()
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    return TrainResult(
+        model=model.to("cpu").eval(),
+        steps=steps,
+        history=[],
+        epoch_losses=epoch_losses,
+        seconds=time.perf_counter() - started,
+        epoch_seconds=epoch_seconds,
+        device=str(device),
+        grad_sample_mode=None,
+        peak_memory_bytes=peak,
+        private=False,
+    )
+
+
+def predict_scores(model: nn.Module, x: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
+    """Probabilities ``sigmoid(logit)`` for every row of ``x`` (model in eval mode, on CPU)."""
+    import torch
+
+    model = model.to("cpu").eval()
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = torch.as_tensor(np.ascontiguousarray(x[start : start + batch_size]))
+            out.append(torch.sigmoid(model(xb.float())).reshape(-1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

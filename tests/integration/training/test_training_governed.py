@@ -1,0 +1,222 @@
+"""Governed spending against a real SQLite ledger: what Opacus runs is what the ledger holds,
+crashes stay charged, and bad input or a refused budget charges nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpgov.accounting import DpSgdMechanism, epsilon
+from dpgov.errors import BudgetExceeded, Refused, UsageError
+from dpgov.ledger import Ledger
+from dpgov.policy import load_policy
+from dpgov.training import governed
+
+
+def _steps(params: Any, policy: Path, data: Any, ledger: Ledger) -> tuple[Any, ...]:
+    """plan → reserve → train → commit, returning everything each step gave."""
+    loaded = load_policy(policy)
+    p = governed.plan(params, loaded, data, ledger=ledger)
+    reservation = governed.reserve(p, ledger=ledger)
+    outcome = governed.train(p, reservation, ledger=ledger)
+    entry = governed.commit(reservation, outcome, ledger=ledger)
+    return p, reservation, outcome, entry
+
+
+def _status(ledger: Ledger, policy: Path, dataset: str, block: str) -> Any:
+    return ledger.block_status(dataset, block, load_policy(policy).policy.budget)
+
+
+def test_spent_epsilon_from_opacus_equals_the_ledger_charge(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    policy = write_policy()
+    ledger = Ledger.open()
+    params = small_params(noise_multiplier=None, target_epsilon=2.0)
+    p, reservation, outcome, entry = _steps(params, policy, small_data, ledger)
+
+    [(sigma, q, steps)] = outcome.result.history  # what Opacus's accountant recorded
+    ran = DpSgdMechanism(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    assert DpSgdMechanism.from_dict(entry.payload["mechanism"]) == ran
+    assert ran == p.mechanism  # nothing was lost or added between plan and run
+    opacus_eps = epsilon([ran], delta=1e-5, accountant="pld")
+    for block in p.blocks:
+        status = _status(ledger, policy, p.dataset, block)
+        assert status.epsilon_spent == pytest.approx(opacus_eps, rel=1e-9)
+        assert status.charges == 1 and status.pending == 0
+    assert opacus_eps <= 2.0
+
+
+def test_opacus_rdp_epsilon_agrees_with_an_rdp_ledger(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    from opacus.accountants import RDPAccountant
+
+    policy = write_policy(accountant="rdp")
+    ledger = Ledger.open()
+    p, _, outcome, _ = _steps(small_params(), policy, small_data, ledger)
+    acc = RDPAccountant()
+    acc.history = list(outcome.result.history)
+    opacus_eps = acc.get_epsilon(delta=1e-5)
+    ledger_eps = _status(ledger, policy, p.dataset, p.blocks[0]).epsilon_spent
+    assert ledger_eps == pytest.approx(opacus_eps, rel=0.02)
+
+
+def test_second_run_is_calibrated_against_what_the_blocks_already_spent(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    policy = write_policy(epsilon_per_block=2.5)
+    ledger = Ledger.open()
+    params = small_params(noise_multiplier=None, target_epsilon=2.0)
+    first, *_ = _steps(params, policy, small_data, ledger)
+    second, *_ = _steps(params, policy, small_data, ledger)
+    assert second.noise_multiplier > first.noise_multiplier
+    for block in second.blocks:
+        assert _status(ledger, policy, second.dataset, block).epsilon_spent <= 2.5
+
+
+def test_exception_mid_training_leaves_the_reservation_charged_and_aborted(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    policy = write_policy()
+    ledger = Ledger.open()
+    p = governed.plan(small_params(epochs=5), load_policy(policy), small_data, ledger=ledger)
+    reservation = governed.reserve(p, ledger=ledger)
+
+    def interrupt(steps: int, _loss: float) -> None:
+        if steps == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        governed.train(p, reservation, ledger=ledger, on_step=interrupt)
+    assert ledger.reservation(reservation.id).status == "aborted"
+    full = epsilon([p.mechanism], delta=1e-5, accountant="pld")
+    assert _status(ledger, policy, p.dataset, p.blocks[0]).epsilon_spent == pytest.approx(full)
+
+
+def test_failure_before_the_first_step_releases_the_reservation(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dpgov.training import trainer
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("out of memory before the first batch")
+
+    monkeypatch.setattr(trainer, "train_private", broken)
+    policy = write_policy()
+    ledger = Ledger.open()
+    p = governed.plan(small_params(), load_policy(policy), small_data, ledger=ledger)
+    reservation = governed.reserve(p, ledger=ledger)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        governed.train(p, reservation, ledger=ledger)
+    assert ledger.reservation(reservation.id).status == "released"
+    assert _status(ledger, policy, p.dataset, p.blocks[0]).epsilon_spent == 0.0
+
+
+def test_no_training_under_a_reservation_for_another_mechanism(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    policy = write_policy()
+    ledger = Ledger.open()
+    loaded = load_policy(policy)
+    p1 = governed.plan(small_params(), loaded, small_data, ledger=ledger)
+    p2 = governed.plan(small_params(epochs=3), loaded, small_data, ledger=ledger)
+    reservation = governed.reserve(p1, ledger=ledger)
+    with pytest.raises(UsageError, match="does not hold this plan's mechanism"):
+        governed.train(p2, reservation, ledger=ledger)
+
+
+def test_fixed_sigma_over_the_target_is_bad_input_and_charges_nothing(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    ledger = Ledger.open()
+    params = small_params(noise_multiplier=0.3, target_epsilon=1.0)
+    with pytest.raises(UsageError, match=r"train\.noise_multiplier: σ=0.3 .* over "
+                                         r"train\.target_epsilon 1"):
+        governed.run_governed(params, write_policy(), data=small_data, ledger=ledger)
+    assert ledger.entries("reservation") == []
+
+
+def test_budget_refusal_exits_1_and_charges_nothing(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    policy = write_policy(epsilon_per_block=2.0)
+    ledger = Ledger.open()
+    params = small_params(noise_multiplier=1.5, target_epsilon=2.0)  # ε ≈ 1.69, two ≈ 2.28
+    _steps(params, policy, small_data, ledger)
+    before = len(ledger.entries())
+    with pytest.raises(BudgetExceeded, match="budget refused for block") as err:
+        governed.run_governed(params, policy, data=small_data, ledger=ledger)
+    assert err.value.exit_code == 1
+    assert len(ledger.entries()) == before
+
+
+def test_cuda_requested_where_absent_is_bad_input_and_charges_nothing(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    ledger = Ledger.open()
+    with pytest.raises(UsageError, match="no CUDA device"):
+        governed.run_governed(small_params(device="cuda"), write_policy(), data=small_data,
+                              ledger=ledger)
+    assert ledger.entries() == []
+
+
+def test_unknown_block_is_bad_input(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    ledger = Ledger.open()
+    with pytest.raises(UsageError, match=r"train\.blocks: unknown block\(s\) \['nope'\]"):
+        governed.plan(small_params(blocks=["nope"]), load_policy(write_policy()), small_data,
+                      ledger=ledger)
+
+
+def test_several_records_per_patient_are_refused(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    small_data.train.loc[1, "patient_id"] = small_data.train.loc[0, "patient_id"]
+    with pytest.raises(Refused, match="unit of privacy: patient 'p000000' has 2 training"):
+        governed.plan(small_params(), load_policy(write_policy()), small_data,
+                      ledger=Ledger.open())
+
+
+def test_training_on_named_blocks_charges_only_those(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    policy = write_policy()
+    ledger = Ledger.open()
+    p, *_ = _steps(small_params(blocks=["b1"]), policy, small_data, ledger)
+    assert len(p.train.y) == small_data.meta["blocks"]["b1"]
+    assert _status(ledger, policy, p.dataset, "b1").charges == 1
+    assert [b.block for b in ledger.blocks(p.dataset)] == ["b1"]  # b0 never touched
+
+
+def test_cnn_on_images_runs_governed_with_per_sample_hooks(
+    home: Path, small_params: Callable[..., Any], write_policy: Callable[..., Path],
+) -> None:
+    from dpgov.training.synthetic import make_images
+
+    data = make_images(n_train=160, n_test=80, size=12)
+    params = small_params(model="cnn", epochs=1, batch_size=32, min_group_n=5)
+    summary = governed.run_governed(params, write_policy(), data=data, ledger=Ledger.open())
+    assert summary.plan["grad_sample_mode"] == "hooks"
+    assert summary.steps == summary.plan["steps"]
+    assert 0.0 <= summary.auroc <= 1.0
