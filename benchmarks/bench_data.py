@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS_data.md"))
     args = ap.parse_args()
 
+    load_start = os.getloadavg()[0]
     t = time.perf_counter()
     import great_expectations  # noqa: F401  (import cost measured once, outside the timings)
 
@@ -248,6 +249,7 @@ def main() -> None:
             )
         )
 
+    load_end = os.getloadavg()[0]
     uname = " ".join(platform.uname())
     nproc = os.cpu_count()
     command = (
@@ -269,7 +271,9 @@ def main() -> None:
         "## Data: prepare and validate (issue 3)",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- machine: `{uname}`, {nproc} CPUs (`nproc`), no GPU used",
+        f"- machine: `{uname}`, {nproc} CPUs (`nproc`), no GPU used; 1-minute load average "
+        f"{load_start:.1f} at the start, {load_end:.1f} at the end (the machine is shared: "
+        "other work ran beside this)",
         f"- versions: {versions}",
         f"- command: `{command}`",
         f"- one process; `import great_expectations` took {gx_import:.1f} s once, before "

@@ -38,7 +38,7 @@ def main() -> None:
     from dpgov.errors import DpgovError
 
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns typer.Exit codes instead of raising them
     except DpgovError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
@@ -53,6 +53,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 def _accounting_errors() -> tuple[type[BaseException], ...]:

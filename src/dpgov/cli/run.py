@@ -52,8 +52,7 @@ def demo(as_json: bool = JsonOption) -> None:
         ) from err
     embedded = load_params(embedded_params_path())
     policy = Path(__file__).resolve().parents[1] / "defaults" / "policy.yaml"
-    out = config.home() / "demo" / "prepared" / "flchain"
-    steps = _prepare_and_validate(out, policy, quiet=as_json)
+    out, steps = _prepare_and_validate(config.home() / "demo", policy, quiet=as_json)
     params = embedded.model_copy(
         update={"train": embedded.train.model_copy(update={"data": str(out)})}
     )
@@ -62,38 +61,32 @@ def demo(as_json: bool = JsonOption) -> None:
     emit(as_json, data, lambda: _render(data))
 
 
-def _prepare_and_validate(out: Path, policy: Path, *, quiet: bool) -> dict[str, Any]:
+def _prepare_and_validate(home: Path, policy: Path, *, quiet: bool) -> tuple[Path, dict]:
     """The data module's prepare and validate steps; a failed validation stops the run."""
-    import dpgov.data as data_module
+    from dpgov.data import prepare, validate
     from dpgov.errors import Refused
 
-    prepare = getattr(data_module, "prepare", None)
-    if prepare is None:  # pragma: no cover - until the data package exports it
-        from dpgov.data.prepare import prepare
+    out = home / "prepared" / "flchain"
     result = prepare(None, None, out=out)
-    info: dict[str, Any] = {"prepare": result.to_dict()}
     if not quiet:
         typer.echo(
             f"prepared {result.dataset}: {result.n_train} train / {result.n_test} test "
             f"patients in {len(result.blocks)} blocks, data version {result.data_version}",
             err=True,
         )
-    validate = getattr(data_module, "validate", None)
-    if validate is None:
-        try:
-            from dpgov.data.validate import validate  # type: ignore[no-redef]
-        except ImportError:  # pragma: no cover - validation not installed yet
-            validate = None
-    if validate is not None:
-        report = validate(out, None, policy=policy)
-        ok = bool(getattr(report, "ok", getattr(report, "success", True)))
-        to_dict = getattr(report, "to_dict", None)
-        info["validate"] = to_dict() if callable(to_dict) else {"ok": ok}
-        if not ok:
-            raise Refused(f"validation of {out} failed: nothing was reserved")
-        if not quiet:
-            typer.echo(f"validated {out}: data contract holds", err=True)
-    return info
+    report = validate(None, None, prepared=out, policy=policy, out=home / "validation" / "flchain")
+    if not report.ok:
+        failed = ", ".join(c.name for c in report.failed[:3])
+        raise Refused(f"validation of {out} failed ({failed}): nothing was reserved")
+    if not quiet:
+        typer.echo(f"validated {out}: {len(report.checks)} checks of the data contract hold",
+                   err=True)
+    info = {
+        "prepare": result.to_dict(),
+        "validate": {"ok": report.ok, "checks": len(report.checks),
+                     "data_version": report.data_version},
+    }
+    return out, info
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

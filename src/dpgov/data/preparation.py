@@ -213,10 +213,9 @@ def build_prepared(
     images_meta = None
     if c.kind == "image":
         assert src.images is not None
-        order = {"train": 0, "val": 1}
         offsets = {"train": 0, "val": len(src.images["train"]), "test": 0}
         table["image_index"] = (frame["index"] + frame["split"].map(offsets)).astype("int64")
-        train_parts = [src.images[s] for s in sorted(order, key=order.get) if s in src.images]
+        train_parts = [src.images[s] for s in ("train", "val") if s in src.images]
         arrays["train"] = np.concatenate(train_parts, axis=0)
         arrays["test"] = src.images["test"]
         image_shape = [int(x) for x in arrays["train"].shape[1:]]

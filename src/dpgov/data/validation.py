@@ -26,15 +26,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from dpgov.data.contract import IMAGE_KEY_COLUMNS, Contract, LoadedContract, load_contract
 from dpgov.data.params import DataParams
 from dpgov.errors import UsageError
 
 VALIDATION_ROOT = Path("data/validation")
-GX = "great_expectations"
-PANDAS = "pandas"
+GX: Final = "great_expectations"
+PANDAS: Final = "pandas"
 PANDAS_NOTE = "computed in pandas: Great Expectations has no expectation for this"
 
 # pandas dtypes that satisfy each contract type (names as GX's type-list expectation reads them)
@@ -338,8 +338,13 @@ def _gx_checks(frame: Any, c: Contract, dataset: str) -> list[Check]:
     )
     run = checkpoint.run(batch_parameters={"dataframe": frame})
     results = [r for vr in run.run_results.values() for r in vr.results]
-    results.sort(key=lambda r: r.expectation_config.meta.get("order", 0))
+    results.sort(key=_order)
     return [_from_gx(r, len(frame)) for r in results]
+
+
+def _order(r: Any) -> int:
+    cfg = r.expectation_config
+    return int(((cfg.meta if cfg is not None else None) or {}).get("order", 0))
 
 
 def _from_gx(r: Any, n: int) -> Check:
@@ -562,7 +567,10 @@ def prepared_checks(prep: Any, c: Contract, *, delta: float, images: bool = Fals
             )
         )
 
-    shared = int(test.loc[test["patient_id"].isin(train["patient_id"]), "patient_id"].nunique())
+    # object arrays: pandas' hash-table isin (the Arrow string path builds Python lists)
+    test_ids = test["patient_id"].astype(object)
+    in_train = test_ids.isin(train["patient_id"].astype(object).to_numpy())
+    shared = int(test_ids[in_train].nunique())
     add(
         "disjoint_split",
         "train and test hold different patients",

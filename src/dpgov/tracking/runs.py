@@ -183,6 +183,17 @@ def read_run(run_id: str) -> dict[str, Any]:
     }
 
 
+def find_runs(experiment: str, tag: str, value: str) -> list[dict[str, Any]]:
+    """Runs of ``experiment`` whose tag ``tag`` equals ``value`` (for example a reservation)."""
+    client = _mlflow().MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    escaped = value.replace("'", "\\'")
+    hits = client.search_runs([found.experiment_id], f"tags.`{tag}` = '{escaped}'")
+    return [read_run(r.info.run_id) for r in hits]
+
+
 def read_json(run_id: str, name: str) -> Any:
     """A JSON artifact of a run (for example ``candidate_facts.json``)."""
     import mlflow.artifacts

@@ -71,7 +71,7 @@ def test_second_run_is_calibrated_against_what_the_blocks_already_spent(
     home: Path, small_data: Any, small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
-    policy = write_policy(epsilon_per_block=2.5)
+    policy = write_policy(epsilon_per_block=2.5, accountant="rdp")  # RDP: quick bisection
     ledger = Ledger.open()
     params = small_params(noise_multiplier=None, target_epsilon=2.0)
     first, *_ = _steps(params, policy, small_data, ledger)
@@ -99,6 +99,26 @@ def test_exception_mid_training_leaves_the_reservation_charged_and_aborted(
     assert ledger.reservation(reservation.id).status == "aborted"
     full = epsilon([p.mechanism], delta=1e-5, accountant="pld")
     assert _status(ledger, policy, p.dataset, p.blocks[0]).epsilon_spent == pytest.approx(full)
+
+
+def test_a_crashed_run_is_marked_failed_in_mlflow_with_its_reservation(
+    home: Path, small_data: Any, small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+) -> None:
+    from dpgov.tracking import runs
+
+    ledger = Ledger.open()
+    p = governed.plan(small_params(), load_policy(write_policy()), small_data, ledger=ledger)
+    reservation = governed.reserve(p, ledger=ledger)
+
+    def crash(steps: int, _loss: float) -> None:
+        raise ValueError("disk full")
+
+    with pytest.raises(ValueError, match="disk full"):
+        governed.train(p, reservation, ledger=ledger, on_step=crash)
+    [run] = runs.find_runs("dpgov", "dpgov.reservation", reservation.id)
+    assert run["status"] == "FAILED"
+    assert run["tags"]["dpgov.failure"] == "ValueError: disk full"
 
 
 def test_failure_before_the_first_step_releases_the_reservation(

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Lint, type-check and run the whole test suite (real SQLite, PostgreSQL, MLflow, DVC, GX,
+# Prefect, Opacus). PostgreSQL tests skip with the reason when none answers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false PREFECT_SERVER_ANALYTICS_ENABLED=false \
+       DO_NOT_TRACK=1 MLFLOW_ENABLE_TELEMETRY=false
+.venv/bin/ruff check src pipelines tests benchmarks
+.venv/bin/mypy
+.venv/bin/python -m pytest -n "${DPGOV_TEST_WORKERS:-2}" "$@"

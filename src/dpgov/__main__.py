@@ -1,0 +1,3 @@
+from dpgov.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""A training process killed outright (SIGKILL) mid-training leaves its reservation charged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dpgov.accounting import epsilon
+from dpgov.ledger import Ledger
+from dpgov.policy import load_policy
+
+REPO = Path(__file__).resolve().parents[3]
+
+SCRIPT = """
+import sys
+from dpgov.ledger import Ledger
+from dpgov.training.governed import run_governed
+from dpgov.training.params import parse_params
+from dpgov.training.synthetic import make_tabular
+
+def report(steps, loss):
+    print(f"STEP {steps}", flush=True)
+
+params = parse_params({"train": {"epochs": 1000, "batch_size": 30, "noise_multiplier": 50.0,
+                                 "target_epsilon": 3.0, "reference": False, "n_boot": 0,
+                                 "device": "cpu"},
+                       "model": {"name": "logreg"}})
+run_governed(params, sys.argv[1], data=make_tabular(n_train=300, n_test=100),
+             ledger=Ledger.open(), on_step=report)
+print("FINISHED", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_killed_run_stays_charged(dpgov_home: Path, tmp_path: Path) -> None:
+    policy = REPO / "policies" / "default.yaml"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(policy)], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, env=os.environ.copy(),
+    )
+    deadline = time.monotonic() + 150
+    seen = ""
+    try:
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            seen = proc.stdout.readline()
+            if not seen or seen.startswith("STEP 5"):
+                break
+        assert seen.startswith("STEP 5"), f"training never reached step 5 (last line {seen!r})"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    ledger = Ledger.open()
+    [reservation] = ledger.reservations()
+    assert reservation.status == "pending"  # nobody settled it: it still counts as spent
+    budget = load_policy(policy).policy.budget
+    status = ledger.block_status(reservation.dataset, reservation.blocks[0], budget)
+    assert status.pending == 1
+    planned = epsilon([reservation.mechanism], delta=budget.delta, accountant=budget.accountant)
+    assert status.epsilon_spent == pytest.approx(planned)
+    assert reservation.mechanism.steps == 1000 * 10  # the whole plan, not the 5 steps taken

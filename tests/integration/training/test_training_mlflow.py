@@ -1,0 +1,154 @@
+"""What a governed run leaves in MLflow, read back from the real SQLite store.
+
+One governed run (with its non-private reference) is shared by the tests of this module; its
+home folder is set up exactly as the ``dpgov_home`` fixture does, at module scope.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dpgov.gate.facts import CandidateFacts
+from dpgov.tracking import runs
+
+REPO = Path(__file__).resolve().parents[3]
+INTERFACE_TAGS = {
+    "dpgov.status", "dpgov.private", "dpgov.run_id", "dpgov.data_version", "dpgov.dataset",
+    "dpgov.blocks", "dpgov.reservation", "dpgov.ledger_entries", "dpgov.policy_sha256",
+    "dpgov.author", "dpgov.epsilon", "dpgov.delta",
+}
+
+
+@pytest.fixture(scope="module")
+def governed_run(tmp_path_factory: pytest.TempPathFactory,
+                 mlflow_store_template: Path) -> Iterator[tuple[Any, Any, Path]]:
+    from dpgov.ledger import Ledger
+    from dpgov.training.governed import run_governed
+    from dpgov.training.params import parse_params
+    from dpgov.training.synthetic import make_tabular
+
+    root = tmp_path_factory.mktemp("governed")
+    home = root / "dpgov-home"
+    home.mkdir()
+    shutil.copy(mlflow_store_template, home / "mlflow.db")
+    policy = root / "policy.yaml"
+    policy.write_text((REPO / "policies" / "default.yaml").read_text())
+    data = make_tabular(n_train=300, n_test=200, blocks=2, seed=1)
+    params = parse_params({
+        "train": {"epochs": 2, "batch_size": 30, "n_boot": 5, "reference": True,
+                  "min_group_n": 10, "noise_multiplier": 1.5, "target_epsilon": 3.0,
+                  "model_name": "readback", "device": "cpu"},
+        "model": {"name": "mlp", "hidden": [8]},
+    })
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DPGOV_HOME", str(home))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        mp.delenv("DPGOV_LEDGER_URL", raising=False)
+        mp.delenv("DPGOV_LEDGER_HMAC_KEY", raising=False)
+        summary = run_governed(params, policy, data=data, ledger=Ledger.open())
+        yield summary, data, policy
+
+
+def test_run_records_every_privacy_parameter(governed_run: Any) -> None:
+    summary, _, _ = governed_run
+    params = runs.read_run(summary.run_id)["params"]
+    expected = {
+        "noise_multiplier": "1.5", "sample_rate": "0.1", "steps": "20", "epochs": "2",
+        "batch_size": "30", "max_grad_norm": "1.0", "accountant": "pld", "delta": "1e-05",
+        "sampling": "poisson", "neighbouring": "add_remove", "unit_of_privacy": "patient",
+        "device": "cpu",
+    }
+    assert {k: params[k] for k in expected} == expected
+
+
+def test_run_metrics_hold_epsilon_block_totals_utility_and_gaps(governed_run: Any) -> None:
+    summary, _, _ = governed_run
+    metrics = runs.read_run(summary.run_id)["metrics"]
+    assert metrics["epsilon"] == pytest.approx(summary.epsilon)
+    assert metrics["epsilon_block.b0"] == pytest.approx(summary.block_epsilon["b0"])
+    assert metrics["auroc"] == pytest.approx(summary.auroc)
+    assert {"accuracy", "brier", "calibration_error", "gap.sex.auroc", "gap.age_band.fnr",
+            "subgroup.sex.F.auroc", "price.auroc_drop", "reference_auroc"} <= set(metrics)
+
+
+def test_run_tags_link_data_version_ledger_and_policy(governed_run: Any) -> None:
+    from dpgov.ledger import Ledger
+    from dpgov.policy import load_policy
+
+    summary, data, policy = governed_run
+    tags = runs.read_run(summary.run_id)["tags"]
+    assert tags["dpgov.data_version"] == data.meta["data_version"]
+    assert tags["dpgov.reservation"] == summary.reservation
+    assert json.loads(tags["dpgov.ledger_entries"]) == summary.ledger_entries
+    assert tags["dpgov.policy_sha256"] == load_policy(policy).sha256
+    kinds = {e.seq: e.kind for e in Ledger.open().entries()}
+    assert [kinds[s] for s in summary.ledger_entries] == ["reservation", "commit"]
+
+
+def test_candidate_facts_artifact_is_the_gate_contract(governed_run: Any) -> None:
+    summary, _, _ = governed_run
+    facts = CandidateFacts.model_validate(runs.read_json(summary.run_id, "candidate_facts.json"))
+    assert (facts.model_name, facts.model_version) == ("readback", summary.model_version)
+    assert facts.private and facts.epsilon == pytest.approx(summary.epsilon)
+    assert facts.reservation_id == summary.reservation
+    assert facts.reference is not None
+    assert facts.reference.run_id == summary.reference_run_id
+    assert {s.attribute for s in facts.subgroups} == {"sex", "age_band"}
+
+
+def test_model_version_carries_the_interface_tags(governed_run: Any) -> None:
+    summary, data, _ = governed_run
+    version = runs.read_model_version("readback", summary.model_version)
+    tags = version["tags"]
+    assert set(tags) >= INTERFACE_TAGS
+    assert (tags["dpgov.status"], tags["dpgov.private"]) == ("candidate", "true")
+    assert tags["dpgov.run_id"] == version["run_id"] == summary.run_id
+    assert float(tags["dpgov.epsilon"]) == pytest.approx(summary.epsilon)
+    assert json.loads(tags["dpgov.blocks"]) == ["b0", "b1"]
+
+
+def test_reference_is_registered_as_a_non_private_reference(governed_run: Any) -> None:
+    summary, _, _ = governed_run
+    tags = runs.read_model_version("readback", summary.reference_version)["tags"]
+    assert (tags["dpgov.status"], tags["dpgov.private"]) == ("reference", "false")
+    assert tags["dpgov.epsilon"] == "inf" and tags["dpgov.reservation"] == ""
+    facts = CandidateFacts.model_validate(
+        runs.read_json(summary.reference_run_id, "candidate_facts.json"))
+    assert not facts.private and facts.epsilon is None
+
+
+def test_privacy_statement_names_what_the_guarantee_covers(governed_run: Any) -> None:
+    summary, data, _ = governed_run
+    statement = runs.read_json(summary.run_id, "privacy_statement.json")
+    assert statement["epsilon"] == pytest.approx(summary.epsilon)
+    assert (statement["delta"], statement["accountant"], statement["sampling"]) == (
+        1e-5, "pld", "poisson")
+    assert statement["unit_of_privacy"] == "patient"
+    assert statement["covers"] == {
+        "dataset": "synth", "blocks": ["b0", "b1"], "data_version": data.meta["data_version"],
+        "n_train_patients": 300, "split": "train",
+    }
+    artifacts = runs.read_run(summary.run_id)["artifacts"]
+    assert {"privacy_statement.txt", "subgroups.csv", "candidate_facts.json"} <= set(artifacts)
+
+
+def test_registered_model_gives_the_evaluated_scores(governed_run: Any) -> None:
+    import torch
+
+    summary, data, _ = governed_run
+    model = runs.load_model(f"models:/readback/{summary.model_version}")
+    x = torch.from_numpy(data.features("test"))
+    with torch.no_grad():
+        scores = torch.sigmoid(model(x)).reshape(-1).numpy()
+    from dpgov.training.evaluate import auroc
+
+    assert auroc(data.labels("test"), scores) == pytest.approx(summary.auroc, abs=1e-6)
+    assert np.all((scores >= 0) & (scores <= 1))
+
