@@ -48,7 +48,9 @@ def main() -> None:
     except SystemExit:
         raise
     except _click_exceptions() as err:  # usage errors from click: exit 2, one line
-        err.show()
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
         sys.exit(getattr(err, "exit_code", 2))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

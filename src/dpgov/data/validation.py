@@ -383,7 +383,13 @@ def _from_gx(r: Any, n: int) -> Check:
         if rule == "identifiers":
             observed["kinds"] = value_kinds([str(v) for v in examples])  # never the values
         elif rule in ("range", "allowed", "type") and examples:
-            observed["examples"] = examples
+            # a value that looks like an identifier is named, never copied
+            observed["examples"] = [
+                f"<redacted: looks like {', '.join(kinds)}>"
+                if (kinds := value_kinds([v] if isinstance(v, str) else []))
+                else v
+                for v in examples
+            ]
     success = bool(r.success)
     if rule == "identifiers":
         kwargs = {

@@ -85,9 +85,9 @@ def verify_chain(rows: Iterable[tuple[int, str, str, str, str, str, str, str | N
     for seq, kind, payload_text, time, actor, prev_hash, digest, signature in rows:
         count += 1
 
-        def bad(reason: str, at: int = seq) -> Verification:
-            return Verification(ok=False, entries=count, head=expected_prev, first_bad_seq=at,
-                                reason=reason)
+        def bad(reason: str, at: int = seq, n: int = count, head: str = expected_prev
+                ) -> Verification:
+            return Verification(ok=False, entries=n, head=head, first_bad_seq=at, reason=reason)
 
         if seq != expected_seq:
             what = "missing (deleted?)" if seq > expected_seq else "duplicated or out of order"

@@ -44,9 +44,16 @@ from dpgov.accounting import (
     mechanism_from_dict,
 )
 from dpgov.errors import BudgetExceeded, LedgerUnavailable, Refused, UsageError
-from dpgov.ledger.chain import GENESIS, Entry, Verification, canonical, entry_hash, hmac_key
+from dpgov.ledger.chain import (
+    GENESIS,
+    Entry,
+    Verification,
+    canonical,
+    entry_hash,
+    hmac_key,
+    verify_chain,
+)
 from dpgov.ledger.chain import sign as sign_hash
-from dpgov.ledger.chain import verify_chain
 from dpgov.policy.schema import Budget
 
 metadata = sa.MetaData()
@@ -466,14 +473,14 @@ class Ledger:
             if blocks is not None:
                 if dataset is None:
                     raise UsageError("naming blocks needs a dataset")
-                rows = [self._block_row(conn, dataset, b) for b in blocks]
+                rows: list[Any] = [self._block_row(conn, dataset, b) for b in blocks]
             else:
                 if dataset is not None:
                     self._check_dataset(conn, dataset)
                 query = sa.select(blocks_t).order_by(blocks_t.c.dataset, blocks_t.c.block)
                 if dataset is not None:
                     query = query.where(blocks_t.c.dataset == dataset)
-                rows = conn.execute(query).all()
+                rows = list(conn.execute(query).all())
             out, stale = [], []
             for row in rows:
                 multiset, n_charges, pending = self._multiset(conn, row.dataset, row.block)

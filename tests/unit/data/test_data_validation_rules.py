@@ -184,3 +184,11 @@ def test_record_number_like_integers_fail(contract_dict) -> None:
         if c.name.startswith("no integer column")
     )
     assert ok.success
+
+
+def test_examples_of_bad_values_never_copy_an_identifier(small_table, contract_dict) -> None:
+    frame = small_table.astype({"sex": object})
+    frame.loc[1, "sex"] = "jane.roe@example.org"
+    check = only(run(frame, contract_dict), "allowed", "sex")
+    assert not check.success
+    assert check.observed["examples"] == ["<redacted: looks like e-mail address>"]
