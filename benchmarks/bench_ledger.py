@@ -60,7 +60,7 @@ def budget_speed(charges: int, blocks: int, rng: random.Random) -> dict:
     home = Path(tempfile.mkdtemp(prefix="dpgov-bench-"))
     url = f"sqlite:///{home / 'ledger.db'}"
     ledger = Ledger.open(url)
-    big = Budget(epsilon_per_block=1e6, delta=DELTA)
+    big = Budget(epsilon_per_block=100.0, delta=DELTA)
     names = [f"block-{i:02d}" for i in range(blocks)]
     for b in names:
         ledger.add_block(dataset="bench", block=b, patients=1000)
@@ -107,7 +107,7 @@ def budget_speed(charges: int, blocks: int, rng: random.Random) -> dict:
 
 def _racer(url: str, n: int, barrier, out) -> None:
     ledger = Ledger.open(url)
-    budget = Budget(epsilon_per_block=1e6, delta=DELTA)
+    budget = Budget(epsilon_per_block=100.0, delta=DELTA)
     run = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=100)
     barrier.wait()
     lat = []

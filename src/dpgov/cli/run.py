@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
 
 def run(
     params: Path | None = typer.Option(
-        None, "--params", help="Params YAML (default ./params.yaml, else the embedded one).",
+        None,
+        "--params",
+        help="Params YAML (default ./params.yaml, else the embedded one).",
         show_default=False,
     ),
     policy: Path | None = PolicyOption,
@@ -79,12 +81,16 @@ def _prepare_and_validate(home: Path, policy: Path, *, quiet: bool) -> tuple[Pat
         failed = ", ".join(c.name for c in report.failed[:3])
         raise Refused(f"validation of {out} failed ({failed}): nothing was reserved")
     if not quiet:
-        typer.echo(f"validated {out}: {len(report.checks)} checks of the data contract hold",
-                   err=True)
+        typer.echo(
+            f"validated {out}: {len(report.checks)} checks of the data contract hold", err=True
+        )
     info = {
         "prepare": result.to_dict(),
-        "validate": {"ok": report.ok, "checks": len(report.checks),
-                     "data_version": report.data_version},
+        "validate": {
+            "ok": report.ok,
+            "checks": len(report.checks),
+            "data_version": report.data_version,
+        },
     }
     return out, info
 
@@ -124,7 +130,10 @@ def _render(data: dict[str, Any]) -> None:
         table.add_column(col)
     for s in data["subgroups"]:
         table.add_row(
-            s["attribute"], s["group"], str(s["n"]), str(s["positives"]),
+            s["attribute"],
+            s["group"],
+            str(s["n"]),
+            str(s["positives"]),
             _fmt(s["auroc"]) + _ci(s["auroc_lo"], s["auroc_hi"]),
             _fmt(s["fnr"]) + _ci(s["fnr_lo"], s["fnr_hi"]),
         )

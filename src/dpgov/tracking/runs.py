@@ -151,11 +151,14 @@ def log_model(
         return None
     with contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered model ..."
         version = mlflow.register_model(
-            info.model_uri, register_as,
+            info.model_uri,
+            register_as,
             tags={k: str(v) for k, v in (version_tags or {}).items()},
         )
     return ModelVersionRef(
-        name=register_as, version=str(version.version), run_id=run_id,
+        name=register_as,
+        version=str(version.version),
+        run_id=run_id,
         model_uri=f"models:/{register_as}/{version.version}",
     )
 
@@ -205,8 +208,13 @@ def read_json(run_id: str, name: str) -> Any:
 def read_model_version(name: str, version: str) -> dict[str, Any]:
     client = _mlflow().MlflowClient()
     mv = client.get_model_version(name, version)
-    return {"name": name, "version": str(mv.version), "run_id": mv.run_id,
-            "source": mv.source, "tags": dict(mv.tags)}
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "tags": dict(mv.tags),
+    }
 
 
 def load_model(model_uri: str) -> Any:

@@ -170,17 +170,28 @@ def _overall_ci(y: np.ndarray, p: np.ndarray, *, n_boot: int, seed: int) -> tupl
     from fairlearn.metrics import MetricFrame
 
     frame = MetricFrame(
-        metrics={"auroc": auroc}, y_true=y, y_pred=p,
+        metrics={"auroc": auroc},
+        y_true=y,
+        y_pred=p,
         sensitive_features=pd.Series(np.zeros(len(y), dtype=int), name="all"),
-        n_boot=n_boot, ci_quantiles=CI, random_state=seed,
+        n_boot=n_boot,
+        ci_quantiles=CI,
+        random_state=seed,
     )
     lo, hi = frame.overall_ci
     return _none(lo["auroc"]), _none(hi["auroc"])
 
 
 def _attribute(
-    attribute: str, y: np.ndarray, p: np.ndarray, pred: np.ndarray, groups: np.ndarray, *,
-    n_boot: int, seed: int, min_group_n: int,
+    attribute: str,
+    y: np.ndarray,
+    p: np.ndarray,
+    pred: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+    min_group_n: int,
 ) -> tuple[list[SubgroupMetric], list[Gap]]:
     """Subgroup rows and the AUROC / FNR gaps of one sensitive attribute."""
     from fairlearn.metrics import MetricFrame
@@ -195,11 +206,14 @@ def _attribute(
 
     judged = {
         "auroc": [
-            g for g in counts.index
-            if counts.loc[g, "size"] >= min_group_n and 0 < counts.loc[g, "sum"] < counts.loc[g, "size"]
+            g
+            for g in counts.index
+            if counts.loc[g, "size"] >= min_group_n
+            and 0 < counts.loc[g, "sum"] < counts.loc[g, "size"]
         ],
         "fnr": [
-            g for g in counts.index
+            g
+            for g in counts.index
             if counts.loc[g, "size"] >= min_group_n and counts.loc[g, "sum"] > 0
         ],
     }
@@ -211,9 +225,13 @@ def _attribute(
         if n_boot <= 0 or not keep.any():
             continue
         frame = MetricFrame(
-            metrics={metric: fn}, y_true=y[keep], y_pred=y_pred[keep],
+            metrics={metric: fn},
+            y_true=y[keep],
+            y_pred=y_pred[keep],
             sensitive_features=pd.Series(groups[keep], name=attribute),
-            n_boot=n_boot, ci_quantiles=CI, random_state=seed,
+            n_boot=n_boot,
+            ci_quantiles=CI,
+            random_state=seed,
         )
         lo, hi = frame.by_group_ci
         for g in judged[metric]:
@@ -228,10 +246,16 @@ def _attribute(
         f_lo, f_hi = group_ci["fnr"].get(g, (None, None))
         rows.append(
             SubgroupMetric(
-                attribute=attribute, group=str(g), n=int(counts.loc[g, "size"]),
+                attribute=attribute,
+                group=str(g),
+                n=int(counts.loc[g, "size"]),
                 positives=int(counts.loc[g, "sum"]),
-                auroc=_none(scores_all.by_group.loc[g, "auroc"]), auroc_lo=a_lo, auroc_hi=a_hi,
-                fnr=_none(rates_all.by_group.loc[g, "fnr"]), fnr_lo=f_lo, fnr_hi=f_hi,
+                auroc=_none(scores_all.by_group.loc[g, "auroc"]),
+                auroc_lo=a_lo,
+                auroc_hi=a_hi,
+                fnr=_none(rates_all.by_group.loc[g, "fnr"]),
+                fnr_lo=f_lo,
+                fnr_hi=f_hi,
             )
         )
     gaps: list[Gap] = []
@@ -242,8 +266,13 @@ def _attribute(
         lo, hi = gap_ci.get(metric, (None, None))
         gaps.append(
             Gap(
-                attribute=attribute, metric=metric, gap=gap, lo=lo, hi=hi,  # type: ignore[arg-type]
-                groups_judged=len(values), min_group_n=min_group_n,
+                attribute=attribute,
+                metric=metric,
+                gap=gap,
+                lo=lo,
+                hi=hi,  # type: ignore[arg-type]
+                groups_judged=len(values),
+                min_group_n=min_group_n,
             )
         )
     return rows, gaps
@@ -259,5 +288,7 @@ def price_of_privacy(private: Evaluation, reference: Evaluation) -> dict[str, fl
     ref = {(g.attribute, g.metric): g.gap for g in reference.gaps}
     for g in private.gaps:
         if (g.attribute, g.metric) in ref:
-            out[f"gap_increase.{_safe(g.attribute)}.{g.metric}"] = g.gap - ref[(g.attribute, g.metric)]
+            out[f"gap_increase.{_safe(g.attribute)}.{g.metric}"] = (
+                g.gap - ref[(g.attribute, g.metric)]
+            )
     return {k: float(v) for k, v in out.items() if math.isfinite(v)}

@@ -96,8 +96,8 @@ class RunPlan:
             "dataset": self.dataset,
             "data_version": self.data_version,
             "blocks": self.blocks,
-            "n_train_patients": int(len(self.train.y)),
-            "n_test_patients": int(len(self.test.y)),
+            "n_train_patients": len(self.train.y),
+            "n_test_patients": len(self.test.y),
             "noise_multiplier": self.noise_multiplier,
             "calibrated": self.calibrated,
             "sample_rate": self.sampling.sample_rate,
@@ -177,7 +177,10 @@ def arrays(data: PreparedLike, split: str) -> Arrays:
 
 def _subset(a: Arrays, mask: np.ndarray) -> Arrays:
     return Arrays(
-        x=a.x[mask], y=a.y[mask], patient_id=a.patient_id[mask], block=a.block[mask],
+        x=a.x[mask],
+        y=a.y[mask],
+        patient_id=a.patient_id[mask],
+        block=a.block[mask],
         sensitive=a.sensitive[mask].reset_index(drop=True),
     )
 
@@ -267,14 +270,20 @@ def plan(
             calibrated = False
         elif known:
             sigma = ledger.calibrate(
-                dataset=dataset, blocks=known, target_epsilon=cfg.target_epsilon,
-                sample_rate=sampling.sample_rate, steps=sampling.steps, budget=budget,
+                dataset=dataset,
+                blocks=known,
+                target_epsilon=cfg.target_epsilon,
+                sample_rate=sampling.sample_rate,
+                steps=sampling.steps,
+                budget=budget,
             )
             calibrated = True
         else:  # blocks not yet in the ledger: nothing spent on them
             sigma = calibrate_noise_multiplier(
-                target_epsilon=cfg.target_epsilon, delta=budget.delta,
-                sample_rate=sampling.sample_rate, steps=sampling.steps,
+                target_epsilon=cfg.target_epsilon,
+                delta=budget.delta,
+                sample_rate=sampling.sample_rate,
+                steps=sampling.steps,
                 accountant=budget.accountant,
             )
             calibrated = True
@@ -294,11 +303,24 @@ def plan(
             "batch_size, or leave noise_multiplier unset to calibrate it"
         )
     return RunPlan(
-        params=params, policy=policy, dataset=dataset, data_version=version, blocks=blocks,
-        block_patients={b: int(meta["blocks"][b]) for b in blocks}, train=train, test=test,
-        meta=meta, sampling=sampling, noise_multiplier=sigma, mechanism=mechanism,
-        epsilon_run=eps_run, delta=budget.delta, accountant=budget.accountant,
-        device=str(device), grad_sample_mode=mode, calibrated=calibrated,
+        params=params,
+        policy=policy,
+        dataset=dataset,
+        data_version=version,
+        blocks=blocks,
+        block_patients={b: int(meta["blocks"][b]) for b in blocks},
+        train=train,
+        test=test,
+        meta=meta,
+        sampling=sampling,
+        noise_multiplier=sigma,
+        mechanism=mechanism,
+        epsilon_run=eps_run,
+        delta=budget.delta,
+        accountant=budget.accountant,
+        device=str(device),
+        grad_sample_mode=mode,
+        calibrated=calibrated,
     )
 
 
@@ -307,8 +329,12 @@ def _registered_blocks(ledger: Ledger, dataset: str) -> dict[str, Any]:
 
 
 def _choose_blocks(
-    wanted: list[str] | None, meta: dict[str, Any], train: Arrays, dataset: str,
-    ledger: Ledger, budget: Any,
+    wanted: list[str] | None,
+    meta: dict[str, Any],
+    train: Arrays,
+    dataset: str,
+    ledger: Ledger,
+    budget: Any,
 ) -> list[str]:
     """The named blocks, or every block of the data that is active with budget left."""
     available = list((meta.get("blocks") or {}).keys())
@@ -332,9 +358,9 @@ def _choose_blocks(
         chosen = []
         for b in available:
             info = registered.get(b)
-            if info is None:
-                chosen.append(b)
-            elif not info.retired and ledger.block_status(dataset, b, budget).remaining > 0:
+            if info is None or (
+                not info.retired and ledger.block_status(dataset, b, budget).remaining > 0
+            ):
                 chosen.append(b)
         if not chosen:
             raise Refused(f"dataset {dataset!r}: every block is retired or has no budget left")
@@ -371,8 +397,12 @@ def reserve(p: RunPlan, *, ledger: Ledger) -> Reservation:
             dataset=p.dataset, block=b, patients=p.block_patients[b], data_version=p.data_version
         )
     return ledger.reserve(
-        dataset=p.dataset, blocks=p.blocks, mechanism=p.mechanism, budget=p.policy.policy.budget,
-        policy_sha256=p.policy.sha256, data_version=p.data_version,
+        dataset=p.dataset,
+        blocks=p.blocks,
+        mechanism=p.mechanism,
+        budget=p.policy.policy.budget,
+        policy_sha256=p.policy.sha256,
+        data_version=p.data_version,
         max_run_epsilon=p.target_epsilon * (1 + 1e-9),
     )
 
@@ -386,7 +416,7 @@ def _run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) -
         "private": private,
         "dataset": p.dataset,
         "blocks": p.blocks,
-        "n_train": int(len(p.train.y)),
+        "n_train": len(p.train.y),
         "model": p.params.model.name,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
@@ -398,25 +428,31 @@ def _run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) -
         "unit_of_privacy": "patient",
     }
     if private:
-        out.update({
-            "noise_multiplier": p.noise_multiplier,
-            "noise_calibrated": p.calibrated,
-            "sample_rate": p.sampling.sample_rate,
-            "expected_batch_size": p.sampling.expected_batch_size,
-            "max_physical_batch_size": cfg.max_physical_batch_size,
-            "steps": p.sampling.steps,
-            "max_grad_norm": cfg.max_grad_norm,
-            "accountant": p.accountant,
-            "delta": p.delta,
-            "target_epsilon": cfg.target_epsilon,
-            "sampling": SAMPLING,
-            "neighbouring": NEIGHBOURING,
-            "grad_sample_mode": p.grad_sample_mode,
-            "secure_rng": cfg.secure_rng,
-        })
+        out.update(
+            {
+                "noise_multiplier": p.noise_multiplier,
+                "noise_calibrated": p.calibrated,
+                "sample_rate": p.sampling.sample_rate,
+                "expected_batch_size": p.sampling.expected_batch_size,
+                "max_physical_batch_size": cfg.max_physical_batch_size,
+                "steps": p.sampling.steps,
+                "max_grad_norm": cfg.max_grad_norm,
+                "accountant": p.accountant,
+                "delta": p.delta,
+                "target_epsilon": cfg.target_epsilon,
+                "sampling": SAMPLING,
+                "neighbouring": NEIGHBOURING,
+                "grad_sample_mode": p.grad_sample_mode,
+                "secure_rng": cfg.secure_rng,
+            }
+        )
     else:
-        out.update({"sampling": "shuffled minibatches", "steps_per_epoch":
-                    math.ceil(len(p.train.y) / cfg.batch_size)})
+        out.update(
+            {
+                "sampling": "shuffled minibatches",
+                "steps_per_epoch": math.ceil(len(p.train.y) / cfg.batch_size),
+            }
+        )
     return out
 
 
@@ -470,7 +506,8 @@ def train(
     run_id: str | None = None
     try:
         run_id = runs.start_run(
-            experiment=p.params.train.experiment, run_name=f"dp-{p.params.model.name}",
+            experiment=p.params.train.experiment,
+            run_name=f"dp-{p.params.model.name}",
             params=_run_params(p, reservation, private=True),
             tags=_run_tags(p, reservation, private=True),
         )
@@ -478,26 +515,36 @@ def train(
         def eps_so_far(steps: int) -> float:
             if steps < 1:
                 return 0.0
-            return epsilon(
-                [p.mechanism.with_steps(steps)], delta=p.delta, accountant=p.accountant
-            )
+            return epsilon([p.mechanism.with_steps(steps)], delta=p.delta, accountant=p.accountant)
 
         seed_everything(p.params.train.seed)
         model = build_model(p.params.model, input_spec(p.meta))
         result = train_private(
-            model, p.train.x, p.train.y, plan=p.sampling, noise_multiplier=p.noise_multiplier,
-            max_grad_norm=p.params.train.max_grad_norm, cfg=p.params.train,
-            device=resolve_device(p.device), grad_sample_mode=p.grad_sample_mode,
-            counter=counter, on_step=on_step, epsilon_fn=eps_so_far, progress=progress,
+            model,
+            p.train.x,
+            p.train.y,
+            plan=p.sampling,
+            noise_multiplier=p.noise_multiplier,
+            max_grad_norm=p.params.train.max_grad_norm,
+            cfg=p.params.train,
+            device=resolve_device(p.device),
+            grad_sample_mode=p.grad_sample_mode,
+            counter=counter,
+            on_step=on_step,
+            epsilon_fn=eps_so_far,
+            progress=progress,
         )
         check_history(
-            result.history, noise_multiplier=p.noise_multiplier,
-            sample_rate=p.sampling.sample_rate, steps=result.steps,
+            result.history,
+            noise_multiplier=p.noise_multiplier,
+            sample_rate=p.sampling.sample_rate,
+            steps=result.steps,
         )
     except BaseException as err:
         _settle_failure(ledger, reservation, counter.steps, err)
         if run_id is not None:
-            _quiet(lambda: runs.end_run(run_id, failed=True, reason=_reason(err)))
+            failed_run, why = run_id, _reason(err)
+            _quiet(lambda: runs.end_run(failed_run, failed=True, reason=why))
         raise
     return TrainOutcome(result=result, run_id=run_id)
 
@@ -507,8 +554,9 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _settle_failure(ledger: Ledger, reservation: Reservation, steps: int,
-                    err: BaseException) -> None:
+def _settle_failure(
+    ledger: Ledger, reservation: Reservation, steps: int, err: BaseException
+) -> None:
     """Release when no step ran; otherwise abort (the reservation stays fully charged)."""
     reason = _reason(err)
     if steps == 0:
@@ -553,8 +601,12 @@ def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> Ev
 
     def judge(model: Any) -> Evaluation:
         return score(
-            p.test.y, predict_scores(model, p.test.x), p.test.sensitive,
-            threshold=cfg.threshold, n_boot=cfg.n_boot, seed=cfg.seed,
+            p.test.y,
+            predict_scores(model, p.test.x),
+            p.test.sensitive,
+            threshold=cfg.threshold,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
             min_group_n=cfg.min_group_n,
         )
 
@@ -563,8 +615,14 @@ def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> Ev
         seed_everything(cfg.seed)
         ref_model = build_model(p.params.model, input_spec(p.meta))
         ref = train_nonprivate(
-            ref_model, p.train.x, p.train.y, batch_size=cfg.batch_size, epochs=cfg.epochs,
-            cfg=cfg, device=resolve_device(p.device), progress=progress,
+            ref_model,
+            p.train.x,
+            p.train.y,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            cfg=cfg,
+            device=resolve_device(p.device),
+            progress=progress,
         )
         out.reference_result = ref
         out.reference = judge(ref.model)
@@ -575,7 +633,10 @@ def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> Ev
 
 
 def privacy_statement(
-    p: RunPlan, reservation: Reservation, commit_entry: Entry, steps: int,
+    p: RunPlan,
+    reservation: Reservation,
+    commit_entry: Entry,
+    steps: int,
     block_epsilon: dict[str, float],
 ) -> dict[str, Any]:
     """What this model's guarantee is, for whom, and what it does not cover."""
@@ -604,7 +665,7 @@ def privacy_statement(
             "dataset": p.dataset,
             "blocks": p.blocks,
             "data_version": p.data_version,
-            "n_train_patients": int(len(p.train.y)),
+            "n_train_patients": len(p.train.y),
             "split": "train",
         },
         "cumulative_epsilon_per_block": block_epsilon,
@@ -614,8 +675,7 @@ def privacy_statement(
             "the non-private reference model (never promotable)",
             "choices made outside this run (hyperparameters, preprocessing fitted on data)",
         ],
-        "ledger": {"reservation": reservation.id,
-                   "entries": [reservation.seq, commit_entry.seq]},
+        "ledger": {"reservation": reservation.id, "entries": [reservation.seq, commit_entry.seq]},
         "policy_sha256": p.policy.sha256,
     }
 
@@ -650,30 +710,52 @@ def _input_example(x: np.ndarray) -> np.ndarray:
 
 
 def _facts(
-    p: RunPlan, *, run_id: str, private: bool, ev: Evaluation, model_name: str,
-    model_version: str | None, reservation: Reservation | None, entries: list[int],
-    steps: int | None, eps: float | None, reference: Any = None,
+    p: RunPlan,
+    *,
+    run_id: str,
+    private: bool,
+    ev: Evaluation,
+    model_name: str,
+    model_version: str | None,
+    reservation: Reservation | None,
+    entries: list[int],
+    steps: int | None,
+    eps: float | None,
+    reference: Any = None,
 ) -> dict[str, Any]:
     from dpgov import config
     from dpgov.gate.facts import CandidateFacts
 
     cfg = p.params.train
     facts = CandidateFacts(
-        model_name=model_name, model_version=model_version, run_id=run_id, private=private,
-        author=config.actor(), dataset=p.dataset, data_version=p.data_version,
-        blocks=list(p.blocks), reservation_id=reservation.id if reservation else None,
+        model_name=model_name,
+        model_version=model_version,
+        run_id=run_id,
+        private=private,
+        author=config.actor(),
+        dataset=p.dataset,
+        data_version=p.data_version,
+        blocks=list(p.blocks),
+        reservation_id=reservation.id if reservation else None,
         ledger_entries=entries,
-        epsilon=eps if private else None, delta=p.delta if private else None,
+        epsilon=eps if private else None,
+        delta=p.delta if private else None,
         accountant=p.accountant if private else None,
         noise_multiplier=p.noise_multiplier if private else None,
         sample_rate=p.sampling.sample_rate if private else None,
         steps=steps if private else None,
         max_grad_norm=cfg.max_grad_norm if private else None,
         secure_rng=bool(cfg.secure_rng) if private else False,
-        n_train_patients=int(len(p.train.y)),
-        auroc=ev.auroc, auroc_lo=ev.auroc_lo, auroc_hi=ev.auroc_hi, accuracy=ev.accuracy,
-        brier=ev.brier, calibration_error=ev.calibration_error,
-        subgroups=list(ev.subgroups), gaps=list(ev.gaps), reference=reference,
+        n_train_patients=len(p.train.y),
+        auroc=ev.auroc,
+        auroc_lo=ev.auroc_lo,
+        auroc_hi=ev.auroc_hi,
+        accuracy=ev.accuracy,
+        brier=ev.brier,
+        calibration_error=ev.calibration_error,
+        subgroups=list(ev.subgroups),
+        gaps=list(ev.gaps),
+        reference=reference,
         policy_sha256=p.policy.sha256,
     )
     return facts.model_dump(mode="json")
@@ -708,21 +790,31 @@ def _subgroup_csv(ev: Evaluation) -> str:
 
 
 def _register(
-    run_id: str, model: Any, p: RunPlan, facts: dict[str, Any], ev: Evaluation,
+    run_id: str,
+    model: Any,
+    p: RunPlan,
+    facts: dict[str, Any],
+    ev: Evaluation,
 ) -> str:
     """Log the model, register a version with the tags, then its candidate facts."""
     from dpgov.tracking import runs
 
     ref = runs.log_model(
-        run_id, model, input_example=_input_example(p.test.x if len(p.test.x) else p.train.x),
-        register_as=facts["model_name"], version_tags=_version_tags(facts),
+        run_id,
+        model,
+        input_example=_input_example(p.test.x if len(p.test.x) else p.train.x),
+        register_as=facts["model_name"],
+        version_tags=_version_tags(facts),
     )
     assert ref is not None
     facts["model_version"] = ref.version
     runs.log_json(run_id, facts, runs.CANDIDATE_FACTS)
     runs.log_text(run_id, _subgroup_csv(ev), "subgroups.csv")
-    runs.log_json(run_id, {"subgroups": ev.table(),
-                           "gaps": [g.model_dump() for g in ev.gaps]}, "subgroups.json")
+    runs.log_json(
+        run_id,
+        {"subgroups": ev.table(), "gaps": [g.model_dump() for g in ev.gaps]},
+        "subgroups.json",
+    )
     return ref.version
 
 
@@ -745,7 +837,8 @@ def track(
     try:
         return _track(p, reservation, outcome, commit_entry, evals, ledger=ledger)
     except BaseException as err:
-        _quiet(lambda: runs.end_run(outcome.run_id, failed=True, reason=_reason(err)))
+        why = _reason(err)
+        _quiet(lambda: runs.end_run(outcome.run_id, failed=True, reason=why))
         raise
 
 
@@ -764,9 +857,7 @@ def _track(
     cfg = p.params.train
     model_name = cfg.model_name
     budget = p.policy.policy.budget
-    block_eps = {
-        b: ledger.block_status(p.dataset, b, budget).epsilon_spent for b in p.blocks
-    }
+    block_eps = {b: ledger.block_status(p.dataset, b, budget).epsilon_spent for b in p.blocks}
     steps = outcome.result.steps
     entries = [reservation.seq, commit_entry.seq]
 
@@ -775,15 +866,27 @@ def _track(
     if evals.reference is not None and evals.reference_result is not None:
         ref_ev, ref_res = evals.reference, evals.reference_result
         ref_run_id = runs.start_run(
-            experiment=cfg.experiment, run_name=f"reference-{p.params.model.name}",
+            experiment=cfg.experiment,
+            run_name=f"reference-{p.params.model.name}",
             params=_run_params(p, None, private=False),
             tags={**_run_tags(p, None, private=False), "dpgov.private_run": outcome.run_id},
         )
-        runs.log_metrics(ref_run_id, {**ref_ev.metrics(),
-                                      "seconds_per_epoch": _mean(ref_res.epoch_seconds)})
+        runs.log_metrics(
+            ref_run_id, {**ref_ev.metrics(), "seconds_per_epoch": _mean(ref_res.epoch_seconds)}
+        )
         runs.log_series(ref_run_id, "train_loss", ref_res.epoch_losses)
-        facts = _facts(p, run_id=ref_run_id, private=False, ev=ref_ev, model_name=model_name,
-                       model_version=None, reservation=None, entries=[], steps=None, eps=None)
+        facts = _facts(
+            p,
+            run_id=ref_run_id,
+            private=False,
+            ev=ref_ev,
+            model_name=model_name,
+            model_version=None,
+            reservation=None,
+            entries=[],
+            steps=None,
+            eps=None,
+        )
         ref_version = _register(ref_run_id, ref_res.model, p, facts, ref_ev)
         runs.end_run(ref_run_id)
         ref_facts = reference_facts(ref_run_id, ref_ev)
@@ -799,28 +902,42 @@ def _track(
         **ev.metrics(),
     }
     if evals.reference is not None:
-        metrics.update({f"price.{k}": v for k, v in
-                        price_of_privacy(ev, evals.reference).items()})
+        metrics.update({f"price.{k}": v for k, v in price_of_privacy(ev, evals.reference).items()})
         metrics["reference_auroc"] = evals.reference.auroc
     runs.log_metrics(run_id, metrics)
     runs.log_series(run_id, "train_loss", outcome.result.epoch_losses)
-    runs.set_tags(run_id, {
-        "dpgov.ledger_entries": _json(entries),
-        "dpgov.commit": str(commit_entry.seq),
-        **({"dpgov.reference_run": ref_run_id} if ref_run_id else {}),
-    })
+    runs.set_tags(
+        run_id,
+        {
+            "dpgov.ledger_entries": _json(entries),
+            "dpgov.commit": str(commit_entry.seq),
+            **({"dpgov.reference_run": ref_run_id} if ref_run_id else {}),
+        },
+    )
     runs.log_json(run_id, statement, "privacy_statement.json")
     runs.log_text(run_id, statement_text(statement), "privacy_statement.txt")
     facts = _facts(
-        p, run_id=run_id, private=True, ev=ev, model_name=model_name, model_version=None,
-        reservation=reservation, entries=entries, steps=steps, eps=statement["epsilon"],
+        p,
+        run_id=run_id,
+        private=True,
+        ev=ev,
+        model_name=model_name,
+        model_version=None,
+        reservation=reservation,
+        entries=entries,
+        steps=steps,
+        eps=statement["epsilon"],
         reference=ref_facts,
     )
     version = _register(run_id, outcome.result.model, p, facts, ev)
     runs.end_run(run_id)
     return TrackOutcome(
-        run_id=run_id, model_name=model_name, model_version=version,
-        reference_run_id=ref_run_id, reference_version=ref_version, facts=facts,
+        run_id=run_id,
+        model_name=model_name,
+        model_version=version,
+        reference_run_id=ref_run_id,
+        reference_version=ref_version,
+        facts=facts,
         block_epsilon=block_eps,
     )
 

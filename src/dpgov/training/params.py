@@ -50,16 +50,16 @@ class TrainParams(_Strict):
         None, description="prepared data folder; None: data/prepared/<data.dataset>"
     )
     blocks: list[str] | None = Field(None, description="blocks to train on; None = all active")
-    target_epsilon: float = Field(3.0, gt=0, description="ε of this run alone, at policy δ")
+    target_epsilon: float = Field(2.0, gt=0, description="ε of this run alone, at policy δ")
     noise_multiplier: float | None = Field(
         None, gt=0, description="fixed σ; None = calibrate σ for target_epsilon"
     )
     epochs: int = Field(10, ge=1, le=100_000)
-    batch_size: int = Field(256, ge=1, description="expected logical batch (Poisson)")
-    max_physical_batch_size: int = Field(512, ge=1)
-    max_grad_norm: float = Field(1.0, gt=0)
+    batch_size: int = Field(512, ge=1, description="expected logical batch (Poisson)")
+    max_physical_batch_size: int = Field(1024, ge=1)
+    max_grad_norm: float = Field(5.0, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.5, gt=0)
+    learning_rate: float = Field(0.2, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     sampling: str = Field("poisson", description="only poisson matches the accounting")
     grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"
@@ -70,8 +70,8 @@ class TrainParams(_Strict):
     threshold: float | Literal["prevalence"] = Field(
         "prevalence", description="score cut-off for 0/1 predictions; prevalence = test rate"
     )
-    min_group_n: int = Field(30, ge=1, description="smallest subgroup judged for gaps")
-    n_boot: int = Field(100, ge=0, description="bootstrap resamples (0 = no intervals)")
+    min_group_n: int = Field(50, ge=1, description="smallest subgroup judged for gaps")
+    n_boot: int = Field(50, ge=0, description="bootstrap resamples (0 = no intervals)")
     model_name: str = Field("dpgov-flchain", min_length=1, description="registered model")
     experiment: str = Field("dpgov", min_length=1, description="MLflow experiment")
 

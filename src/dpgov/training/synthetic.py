@@ -38,8 +38,14 @@ class SyntheticPrepared:
 
 
 def make_tabular(
-    *, n_train: int = 600, n_test: int = 300, n_features: int = 6, blocks: int = 2,
-    seed: int = 0, dataset: str = "synth", signal: float = 1.5,
+    *,
+    n_train: int = 600,
+    n_test: int = 300,
+    n_features: int = 6,
+    blocks: int = 2,
+    seed: int = 0,
+    dataset: str = "synth",
+    signal: float = 1.5,
 ) -> SyntheticPrepared:
     rng = np.random.default_rng(seed)
     n = n_train + n_test
@@ -73,18 +79,23 @@ def make_tabular(
 
 
 def make_images(
-    *, n_train: int = 300, n_test: int = 150, size: int = 16, seed: int = 0,
+    *,
+    n_train: int = 300,
+    n_test: int = 150,
+    size: int = 16,
+    seed: int = 0,
     dataset: str = "synth-img",
 ) -> SyntheticPrepared:
-    base = make_tabular(n_train=n_train, n_test=n_test, n_features=1, seed=seed,
-                        dataset=dataset)
+    base = make_tabular(n_train=n_train, n_test=n_test, n_features=1, seed=seed, dataset=dataset)
     rng = np.random.default_rng(seed + 1)
     images: dict[str, np.ndarray] = {}
     for split, frame in (("train", base.train), ("test", base.test)):
         n = len(frame)
         img = rng.normal(0, 0.3, size=(n, 1, size, size)).astype(np.float32)
         upper = frame["label"].to_numpy() == 1
-        rows = np.where(upper, rng.integers(1, size // 2 - 2, n), rng.integers(size // 2, size - 3, n))
+        rows = np.where(
+            upper, rng.integers(1, size // 2 - 2, n), rng.integers(size // 2, size - 3, n)
+        )
         cols = rng.integers(1, size - 3, n)
         for i in range(n):
             img[i, 0, rows[i] : rows[i] + 3, cols[i] : cols[i] + 3] += 2.0

@@ -13,6 +13,7 @@ mechanism the ledger was charged for (:func:`check_history`); anything else is a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -67,7 +68,10 @@ def sampling_plan(*, n: int, batch_size: int, epochs: int) -> SamplingPlan:
     sample_rate = 1.0 / loader_len
     steps_per_epoch = int(1 / sample_rate)  # UniformWithReplacementSampler's default
     return SamplingPlan(
-        n=n, batch_size=batch_size, sample_rate=sample_rate, steps_per_epoch=steps_per_epoch,
+        n=n,
+        batch_size=batch_size,
+        sample_rate=sample_rate,
+        steps_per_epoch=steps_per_epoch,
         epochs=epochs,
     )
 
@@ -367,15 +371,16 @@ def _cleanup(dp_model: Any) -> None:
     for name in ("_close", "remove_hooks", "cleanup"):
         fn = getattr(dp_model, name, None)
         if callable(fn):
-            try:
+            with contextlib.suppress(Exception):  # already removed: nothing left to clean
                 fn()
-            except Exception:  # already removed: nothing left to clean
-                pass
             return
 
 
 def check_history(
-    history: list[tuple[float, float, int]], *, noise_multiplier: float, sample_rate: float,
+    history: list[tuple[float, float, int]],
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
     steps: int,
 ) -> None:
     """Opacus's accountant history must be the one mechanism charged: (σ, q, steps)."""

@@ -59,10 +59,18 @@ def small_params() -> Callable[..., Any]:
     from dpgov.training.params import parse_params
 
     def make(model: str = "logreg", **train: Any) -> Any:
-        base = {"epochs": 2, "batch_size": 30, "n_boot": 0, "reference": False,
-                "min_group_n": 10, "learning_rate": 0.5, "target_epsilon": 3.0,
-                "noise_multiplier": 1.5,
-                "model_name": "test-model", "device": "cpu"}
+        base = {
+            "epochs": 2,
+            "batch_size": 30,
+            "n_boot": 0,
+            "reference": False,
+            "min_group_n": 10,
+            "learning_rate": 0.5,
+            "target_epsilon": 3.0,
+            "noise_multiplier": 1.5,
+            "model_name": "test-model",
+            "device": "cpu",
+        }
         return parse_params({"train": {**base, **train}, "model": {"name": model}})
 
     return make

@@ -31,13 +31,15 @@ def _status(ledger: Ledger, policy: Path, dataset: str, block: str) -> Any:
 
 
 def test_spent_epsilon_from_opacus_equals_the_ledger_charge(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     policy = write_policy()
     ledger = Ledger.open()
     params = small_params(noise_multiplier=None, target_epsilon=2.0)
-    p, reservation, outcome, entry = _steps(params, policy, small_data, ledger)
+    p, _, outcome, entry = _steps(params, policy, small_data, ledger)
 
     [(sigma, q, steps)] = outcome.result.history  # what Opacus's accountant recorded
     ran = DpSgdMechanism(noise_multiplier=sigma, sample_rate=q, steps=steps)
@@ -52,7 +54,9 @@ def test_spent_epsilon_from_opacus_equals_the_ledger_charge(
 
 
 def test_opacus_rdp_epsilon_agrees_with_an_rdp_ledger(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     from opacus.accountants import RDPAccountant
@@ -68,7 +72,9 @@ def test_opacus_rdp_epsilon_agrees_with_an_rdp_ledger(
 
 
 def test_second_run_is_calibrated_against_what_the_blocks_already_spent(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     policy = write_policy(epsilon_per_block=2.5, accountant="rdp")  # RDP: quick bisection
@@ -82,7 +88,9 @@ def test_second_run_is_calibrated_against_what_the_blocks_already_spent(
 
 
 def test_exception_mid_training_leaves_the_reservation_charged_and_aborted(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     policy = write_policy()
@@ -102,7 +110,9 @@ def test_exception_mid_training_leaves_the_reservation_charged_and_aborted(
 
 
 def test_a_crashed_run_is_marked_failed_in_mlflow_with_its_reservation(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     from dpgov.tracking import runs
@@ -122,8 +132,11 @@ def test_a_crashed_run_is_marked_failed_in_mlflow_with_its_reservation(
 
 
 def test_failure_before_the_first_step_releases_the_reservation(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
-    write_policy: Callable[..., Path], monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dpgov.training import trainer
 
@@ -142,7 +155,9 @@ def test_failure_before_the_first_step_releases_the_reservation(
 
 
 def test_no_training_under_a_reservation_for_another_mechanism(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     policy = write_policy()
@@ -156,19 +171,26 @@ def test_no_training_under_a_reservation_for_another_mechanism(
 
 
 def test_fixed_sigma_over_the_target_is_bad_input_and_charges_nothing(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     ledger = Ledger.open()
     params = small_params(noise_multiplier=0.3, target_epsilon=1.0)
-    with pytest.raises(UsageError, match=r"train\.noise_multiplier: σ=0.3 .* over "
-                                         r"train\.target_epsilon 1"):
+    with pytest.raises(
+        UsageError,
+        match=r"train\.noise_multiplier: σ=0.3 .* over "
+        r"train\.target_epsilon 1",
+    ):
         governed.run_governed(params, write_policy(), data=small_data, ledger=ledger)
     assert ledger.entries("reservation") == []
 
 
 def test_budget_refusal_exits_1_and_charges_nothing(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     policy = write_policy(epsilon_per_block=2.0)
@@ -183,7 +205,9 @@ def test_budget_refusal_exits_1_and_charges_nothing(
 
 
 def test_cuda_requested_where_absent_is_bad_input_and_charges_nothing(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     import torch
@@ -192,33 +216,40 @@ def test_cuda_requested_where_absent_is_bad_input_and_charges_nothing(
         pytest.skip("this machine has CUDA")
     ledger = Ledger.open()
     with pytest.raises(UsageError, match="no CUDA device"):
-        governed.run_governed(small_params(device="cuda"), write_policy(), data=small_data,
-                              ledger=ledger)
+        governed.run_governed(
+            small_params(device="cuda"), write_policy(), data=small_data, ledger=ledger
+        )
     assert ledger.entries() == []
 
 
 def test_unknown_block_is_bad_input(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     ledger = Ledger.open()
     with pytest.raises(UsageError, match=r"train\.blocks: unknown block\(s\) \['nope'\]"):
-        governed.plan(small_params(blocks=["nope"]), load_policy(write_policy()), small_data,
-                      ledger=ledger)
+        governed.plan(
+            small_params(blocks=["nope"]), load_policy(write_policy()), small_data, ledger=ledger
+        )
 
 
 def test_several_records_per_patient_are_refused(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     small_data.train.loc[1, "patient_id"] = small_data.train.loc[0, "patient_id"]
     with pytest.raises(Refused, match="unit of privacy: patient 'p000000' has 2 training"):
-        governed.plan(small_params(), load_policy(write_policy()), small_data,
-                      ledger=Ledger.open())
+        governed.plan(small_params(), load_policy(write_policy()), small_data, ledger=Ledger.open())
 
 
 def test_training_on_named_blocks_charges_only_those(
-    home: Path, small_data: Any, small_params: Callable[..., Any],
+    home: Path,
+    small_data: Any,
+    small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     policy = write_policy()
@@ -230,7 +261,9 @@ def test_training_on_named_blocks_charges_only_those(
 
 
 def test_cnn_on_images_runs_governed_with_per_sample_hooks(
-    home: Path, small_params: Callable[..., Any], write_policy: Callable[..., Path],
+    home: Path,
+    small_params: Callable[..., Any],
+    write_policy: Callable[..., Path],
 ) -> None:
     from dpgov.training.synthetic import make_images
 

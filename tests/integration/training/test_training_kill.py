@@ -41,8 +41,11 @@ print("FINISHED", flush=True)
 def test_killed_run_stays_charged(dpgov_home: Path, tmp_path: Path) -> None:
     policy = REPO / "policies" / "default.yaml"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(policy)], stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, env=os.environ.copy(),
+        [sys.executable, "-c", SCRIPT, str(policy)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
     )
     deadline = time.monotonic() + 150
     seen = ""

@@ -20,15 +20,25 @@ from dpgov.tracking import runs
 
 REPO = Path(__file__).resolve().parents[3]
 INTERFACE_TAGS = {
-    "dpgov.status", "dpgov.private", "dpgov.run_id", "dpgov.data_version", "dpgov.dataset",
-    "dpgov.blocks", "dpgov.reservation", "dpgov.ledger_entries", "dpgov.policy_sha256",
-    "dpgov.author", "dpgov.epsilon", "dpgov.delta",
+    "dpgov.status",
+    "dpgov.private",
+    "dpgov.run_id",
+    "dpgov.data_version",
+    "dpgov.dataset",
+    "dpgov.blocks",
+    "dpgov.reservation",
+    "dpgov.ledger_entries",
+    "dpgov.policy_sha256",
+    "dpgov.author",
+    "dpgov.epsilon",
+    "dpgov.delta",
 }
 
 
 @pytest.fixture(scope="module")
-def governed_run(tmp_path_factory: pytest.TempPathFactory,
-                 mlflow_store_template: Path) -> Iterator[tuple[Any, Any, Path]]:
+def governed_run(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path
+) -> Iterator[tuple[Any, Any, Path]]:
     from dpgov.ledger import Ledger
     from dpgov.training.governed import run_governed
     from dpgov.training.params import parse_params
@@ -41,12 +51,23 @@ def governed_run(tmp_path_factory: pytest.TempPathFactory,
     policy = root / "policy.yaml"
     policy.write_text((REPO / "policies" / "default.yaml").read_text())
     data = make_tabular(n_train=300, n_test=200, blocks=2, seed=1)
-    params = parse_params({
-        "train": {"epochs": 2, "batch_size": 30, "n_boot": 5, "reference": True,
-                  "min_group_n": 10, "noise_multiplier": 1.5, "target_epsilon": 3.0,
-                  "model_name": "readback", "device": "cpu"},
-        "model": {"name": "mlp", "hidden": [8]},
-    })
+    params = parse_params(
+        {
+            "train": {
+                "epochs": 2,
+                "batch_size": 30,
+                "n_boot": 5,
+                "reference": True,
+                "min_group_n": 10,
+                "noise_multiplier": 1.5,
+                "max_grad_norm": 1.0,
+                "target_epsilon": 3.0,
+                "model_name": "readback",
+                "device": "cpu",
+            },
+            "model": {"name": "mlp", "hidden": [8]},
+        }
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DPGOV_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
@@ -60,9 +81,17 @@ def test_run_records_every_privacy_parameter(governed_run: Any) -> None:
     summary, _, _ = governed_run
     params = runs.read_run(summary.run_id)["params"]
     expected = {
-        "noise_multiplier": "1.5", "sample_rate": "0.1", "steps": "20", "epochs": "2",
-        "batch_size": "30", "max_grad_norm": "1.0", "accountant": "pld", "delta": "1e-05",
-        "sampling": "poisson", "neighbouring": "add_remove", "unit_of_privacy": "patient",
+        "noise_multiplier": "1.5",
+        "sample_rate": "0.1",
+        "steps": "20",
+        "epochs": "2",
+        "batch_size": "30",
+        "max_grad_norm": "1.0",
+        "accountant": "pld",
+        "delta": "1e-05",
+        "sampling": "poisson",
+        "neighbouring": "add_remove",
+        "unit_of_privacy": "patient",
         "device": "cpu",
     }
     assert {k: params[k] for k in expected} == expected
@@ -74,8 +103,16 @@ def test_run_metrics_hold_epsilon_block_totals_utility_and_gaps(governed_run: An
     assert metrics["epsilon"] == pytest.approx(summary.epsilon)
     assert metrics["epsilon_block.b0"] == pytest.approx(summary.block_epsilon["b0"])
     assert metrics["auroc"] == pytest.approx(summary.auroc)
-    assert {"accuracy", "brier", "calibration_error", "gap.sex.auroc", "gap.age_band.fnr",
-            "subgroup.sex.F.auroc", "price.auroc_drop", "reference_auroc"} <= set(metrics)
+    assert {
+        "accuracy",
+        "brier",
+        "calibration_error",
+        "gap.sex.auroc",
+        "gap.age_band.fnr",
+        "subgroup.sex.F.auroc",
+        "price.auroc_drop",
+        "reference_auroc",
+    } <= set(metrics)
 
 
 def test_run_tags_link_data_version_ledger_and_policy(governed_run: Any) -> None:
@@ -104,7 +141,7 @@ def test_candidate_facts_artifact_is_the_gate_contract(governed_run: Any) -> Non
 
 
 def test_model_version_carries_the_interface_tags(governed_run: Any) -> None:
-    summary, data, _ = governed_run
+    summary, _, _ = governed_run
     version = runs.read_model_version("readback", summary.model_version)
     tags = version["tags"]
     assert set(tags) >= INTERFACE_TAGS
@@ -120,7 +157,8 @@ def test_reference_is_registered_as_a_non_private_reference(governed_run: Any) -
     assert (tags["dpgov.status"], tags["dpgov.private"]) == ("reference", "false")
     assert tags["dpgov.epsilon"] == "inf" and tags["dpgov.reservation"] == ""
     facts = CandidateFacts.model_validate(
-        runs.read_json(summary.reference_run_id, "candidate_facts.json"))
+        runs.read_json(summary.reference_run_id, "candidate_facts.json")
+    )
     assert not facts.private and facts.epsilon is None
 
 
@@ -129,11 +167,17 @@ def test_privacy_statement_names_what_the_guarantee_covers(governed_run: Any) ->
     statement = runs.read_json(summary.run_id, "privacy_statement.json")
     assert statement["epsilon"] == pytest.approx(summary.epsilon)
     assert (statement["delta"], statement["accountant"], statement["sampling"]) == (
-        1e-5, "pld", "poisson")
+        1e-5,
+        "pld",
+        "poisson",
+    )
     assert statement["unit_of_privacy"] == "patient"
     assert statement["covers"] == {
-        "dataset": "synth", "blocks": ["b0", "b1"], "data_version": data.meta["data_version"],
-        "n_train_patients": 300, "split": "train",
+        "dataset": "synth",
+        "blocks": ["b0", "b1"],
+        "data_version": data.meta["data_version"],
+        "n_train_patients": 300,
+        "split": "train",
     }
     artifacts = runs.read_run(summary.run_id)["artifacts"]
     assert {"privacy_statement.txt", "subgroups.csv", "candidate_facts.json"} <= set(artifacts)
@@ -151,4 +195,3 @@ def test_registered_model_gives_the_evaluated_scores(governed_run: Any) -> None:
 
     assert auroc(data.labels("test"), scores) == pytest.approx(summary.auroc, abs=1e-6)
     assert np.all((scores >= 0) & (scores <= 1))
-

@@ -18,11 +18,17 @@ def test_registry_holds_the_three_models() -> None:
     assert set(MODELS) == {"mlp", "logreg", "cnn"}
 
 
-@pytest.mark.parametrize(("name", "spec", "shape"), [
-    ("mlp", TABULAR, (5, 7)), ("logreg", TABULAR, (5, 7)), ("cnn", IMAGE, (5, 3, 12, 12)),
-])
-def test_each_model_gives_one_logit_per_example(name: str, spec: InputSpec,
-                                                shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize(
+    ("name", "spec", "shape"),
+    [
+        ("mlp", TABULAR, (5, 7)),
+        ("logreg", TABULAR, (5, 7)),
+        ("cnn", IMAGE, (5, 3, 12, 12)),
+    ],
+)
+def test_each_model_gives_one_logit_per_example(
+    name: str, spec: InputSpec, shape: tuple[int, ...]
+) -> None:
     model = build_model(ModelParams(name=name), spec)
     assert model(torch.zeros(shape)).shape == (5,)
 
@@ -41,10 +47,10 @@ def test_cnn_uses_group_norm_and_no_inplace_activation() -> None:
 
 
 def test_tabular_model_on_images_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="model.name 'mlp' needs tabular data"):
+    with pytest.raises(UsageError, match=r"model\.name 'mlp' needs tabular data"):
         build_model(ModelParams(name="mlp"), IMAGE)
 
 
 def test_cnn_on_tabular_data_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="model.name 'cnn' needs image data"):
+    with pytest.raises(UsageError, match=r"model\.name 'cnn' needs image data"):
         build_model(ModelParams(name="cnn"), TABULAR)

@@ -44,7 +44,7 @@ def test_sampling_plan_matches_what_opacus_runs(n: int, batch: int) -> None:
 
 
 def test_batch_larger_than_the_data_is_a_usage_error() -> None:
-    with pytest.raises(UsageError, match="train.batch_size: 500 is more than the 100"):
+    with pytest.raises(UsageError, match=r"train\.batch_size: 500 is more than the 100"):
         sampling_plan(n=100, batch_size=500, epochs=1)
 
 
@@ -61,15 +61,17 @@ def test_auto_device_is_cuda_when_present_else_cpu() -> None:
 
 def test_auto_mode_is_ghost_for_the_mlp_and_hooks_for_the_cnn() -> None:
     mlp = build_model(ModelParams(name="mlp"), SPEC)
-    cnn = build_model(ModelParams(name="cnn"),
-                      InputSpec(kind="image", n_features=64, image_shape=(1, 8, 8)))
+    cnn = build_model(
+        ModelParams(name="cnn"), InputSpec(kind="image", n_features=64, image_shape=(1, 8, 8))
+    )
     assert choose_grad_sample_mode("auto", mlp) == "ghost"
     assert choose_grad_sample_mode("auto", cnn) == "hooks"
 
 
 def test_ghost_on_a_model_without_support_is_a_usage_error() -> None:
-    cnn = build_model(ModelParams(name="cnn"),
-                      InputSpec(kind="image", n_features=64, image_shape=(1, 8, 8)))
+    cnn = build_model(
+        ModelParams(name="cnn"), InputSpec(kind="image", n_features=64, image_shape=(1, 8, 8))
+    )
     with pytest.raises(UsageError, match="'ghost' needs ghost-clipping support"):
         choose_grad_sample_mode("ghost", cnn)
 
@@ -87,8 +89,15 @@ def test_private_training_equals_ordinary_with_noise_and_clipping_off(mode: str)
     plan = sampling_plan(n=64, batch_size=64, epochs=3)
     assert plan.sample_rate == 1.0
     private = train_private(
-        model, x, y, plan=plan, noise_multiplier=0.0, max_grad_norm=1e6, cfg=cfg,
-        device=torch.device("cpu"), grad_sample_mode=mode,
+        model,
+        x,
+        y,
+        plan=plan,
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        cfg=cfg,
+        device=torch.device("cpu"),
+        grad_sample_mode=mode,
     ).model
 
     opt = torch.optim.SGD(plain.parameters(), lr=0.3)
@@ -107,14 +116,22 @@ def test_opacus_history_is_the_planned_mechanism() -> None:
     plan = sampling_plan(n=120, batch_size=12, epochs=2)
     counter = StepCounter()
     result = train_private(
-        build_model(ModelParams(name="logreg"), SPEC), x, y, plan=plan, noise_multiplier=1.3,
-        max_grad_norm=1.0, cfg=cfg, device=torch.device("cpu"), grad_sample_mode="ghost",
+        build_model(ModelParams(name="logreg"), SPEC),
+        x,
+        y,
+        plan=plan,
+        noise_multiplier=1.3,
+        max_grad_norm=1.0,
+        cfg=cfg,
+        device=torch.device("cpu"),
+        grad_sample_mode="ghost",
         counter=counter,
     )
     assert result.history == [(1.3, plan.sample_rate, plan.steps)]
     assert counter.steps == result.steps == plan.steps
-    check_history(result.history, noise_multiplier=1.3, sample_rate=plan.sample_rate,
-                  steps=plan.steps)
+    check_history(
+        result.history, noise_multiplier=1.3, sample_rate=plan.sample_rate, steps=plan.steps
+    )
 
 
 def test_history_check_refuses_a_mismatch() -> None:
@@ -134,8 +151,16 @@ def test_counter_holds_the_steps_taken_when_training_is_interrupted() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         train_private(
-            build_model(ModelParams(name="logreg"), SPEC), x, y, plan=plan,
-            noise_multiplier=1.0, max_grad_norm=1.0, cfg=cfg, device=torch.device("cpu"),
-            grad_sample_mode="hooks", counter=counter, on_step=stop,
+            build_model(ModelParams(name="logreg"), SPEC),
+            x,
+            y,
+            plan=plan,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            cfg=cfg,
+            device=torch.device("cpu"),
+            grad_sample_mode="hooks",
+            counter=counter,
+            on_step=stop,
         )
     assert counter.steps == 4

@@ -1,0 +1,359 @@
+"""Rebuild the ledger's state from its entries alone, and recompute ε from scratch.
+
+The ledger keeps projections (blocks, reservations, charges) and a composition cache beside
+its entries. The audit trusts none of them: :func:`replay` walks the entries in order and
+rebuilds every block and every charge, checking each state change against the protocol
+(reserve → commit | release | abort, blocks registered before they are charged, commits never
+longer than reserved and of the same σ and q). :class:`Epsilons` then composes a block's
+charges from scratch.
+
+The math it relies on: a DP-SGD mechanism ``(σ, q, T)`` is the T-fold self-composition of one
+Poisson-subsampled Gaussian step, and composition is commutative and associative, so the
+charges of a block compose exactly like one mechanism per distinct ``(σ, q)`` run for the sum
+of their steps. Composing that multiset is the same accounting the ledger does (it groups
+identical mechanisms only), reached by an independent path; the two agree to rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpgov.accounting import AccountingInputError, DpSgdMechanism, mechanism_from_dict
+from dpgov.report.findings import Finding, finding
+
+BUDGET_KINDS = ("block_added", "block_retired", "reservation", "commit", "release", "abort")
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One row of the entries table as stored; ``payload`` is None when the stored text is
+    not a JSON object (a corrupted or edited row)."""
+
+    seq: int
+    kind: str
+    payload_text: str
+    time: str
+    actor: str
+    prev_hash: str
+    hash: str
+    signature: str | None
+    payload: dict[str, Any] | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> RawEntry:
+        seq, kind, text, time, actor, prev, digest, signature = row
+        try:
+            payload = json.loads(text)
+        except (TypeError, ValueError):
+            payload = None
+        if not isinstance(payload, dict):
+            payload = None
+        try:
+            number = int(seq)
+        except (TypeError, ValueError):
+            number = -1
+        return cls(number, str(kind), str(text), str(time), str(actor), str(prev), str(digest),
+                   None if signature is None else str(signature), payload)
+
+
+@dataclass
+class BlockRecord:
+    dataset: str
+    block: str
+    patients: int
+    data_version: str | None
+    seq: int
+    time: str
+    retired: bool = False
+    retired_seq: int | None = None
+
+
+@dataclass
+class Charge:
+    """One reservation rebuilt from its entries: what it charges, and to which blocks."""
+
+    id: str
+    seq: int
+    time: str
+    actor: str
+    dataset: str
+    blocks: tuple[str, ...]
+    planned: DpSgdMechanism
+    mechanism: DpSgdMechanism  # what is charged now (the committed one once committed)
+    status: str = "pending"  # pending | committed | released | aborted
+    closed_seq: int | None = None
+    closed_time: str | None = None
+    close_reason: str | None = None
+    run_id: str | None = None
+    data_version: str | None = None
+    policy_sha256: str | None = None
+    delta: float | None = None
+    accountant: str | None = None
+    epsilon_limit: float | None = None
+    epsilon_run: float | None = None  # as recorded at reservation (planned mechanism)
+    epsilon_after: dict[str, float] = field(default_factory=dict)  # as recorded, per block
+
+    def mechanism_at(self, seq: int) -> DpSgdMechanism | None:
+        """What this reservation charged just after entry ``seq`` (None: nothing)."""
+        if seq < self.seq:
+            return None
+        if self.closed_seq is None or self.closed_seq > seq:
+            return self.planned
+        if self.status == "released":
+            return None
+        return self.mechanism if self.status == "committed" else self.planned
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("pending", "committed", "aborted")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reservation": self.id,
+            "seq": self.seq,
+            "time": self.time,
+            "actor": self.actor,
+            "dataset": self.dataset,
+            "blocks": list(self.blocks),
+            "status": self.status,
+            "planned": self.planned.to_dict(),
+            "mechanism": self.mechanism.to_dict(),
+            "closed_seq": self.closed_seq,
+            "closed_time": self.closed_time,
+            "reason": self.close_reason,
+            "run_id": self.run_id,
+            "data_version": self.data_version,
+            "policy_sha256": self.policy_sha256,
+            "delta": self.delta,
+            "accountant": self.accountant,
+        }
+
+
+@dataclass
+class Replay:
+    blocks: dict[tuple[str, str], BlockRecord] = field(default_factory=dict)
+    charges: dict[str, Charge] = field(default_factory=dict)  # in ledger order
+    problems: list[Finding] = field(default_factory=list)
+    by_block: dict[tuple[str, str], list[Charge]] = field(default_factory=dict)
+    head_seq: int = 0
+
+    def block_mechanisms(self, dataset: str, block: str,
+                         at_seq: int | None = None) -> list[DpSgdMechanism]:
+        """Every mechanism charged to a block just after entry ``at_seq`` (default: now)."""
+        at = self.head_seq if at_seq is None else at_seq
+        out = []
+        for c in self.by_block.get((dataset, block), []):
+            m = c.mechanism_at(at)
+            if m is not None:
+                out.append(m)
+        return out
+
+    def change_seqs(self, dataset: str, block: str) -> list[int]:
+        """Entries that changed what a block is charged, in order."""
+        seqs = set()
+        for c in self.by_block.get((dataset, block), []):
+            seqs.add(c.seq)
+            if c.closed_seq is not None and c.mechanism_at(c.closed_seq) != c.planned:
+                seqs.add(c.closed_seq)
+        return sorted(seqs)
+
+
+def _text(p: dict[str, Any], key: str) -> str:
+    value = p[key]
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key!r} is {value!r}, not a name")
+    return value
+
+
+def replay(entries: Iterable[RawEntry]) -> Replay:
+    """Rebuild blocks and charges from the entries; every protocol violation is a finding."""
+    r = Replay()
+    for e in entries:
+        r.head_seq = max(r.head_seq, e.seq)
+        if e.kind not in BUDGET_KINDS:
+            continue
+        if e.payload is None:
+            r.problems.append(finding(
+                "row_corrupted", f"entry {e.seq} ({e.kind}): payload is not a JSON object, so "
+                "what it changed cannot be rebuilt", seq=e.seq, time=e.time))
+            continue
+        try:
+            _apply(r, e)
+        except (KeyError, ValueError, TypeError, AccountingInputError) as err:
+            what = f"lacks {err}" if isinstance(err, KeyError) else str(err)
+            r.problems.append(finding(
+                "row_corrupted", f"entry {e.seq} ({e.kind}): payload {what}", seq=e.seq,
+                time=e.time))
+    return r
+
+
+def _bad(r: Replay, e: RawEntry, detail: str, **where: Any) -> None:
+    r.problems.append(finding("replay_inconsistent", f"entry {e.seq} ({e.kind}): {detail}",
+                              seq=e.seq, time=e.time, **where))
+
+
+def _apply(r: Replay, e: RawEntry) -> None:
+    p = e.payload or {}
+    if e.kind == "block_added":
+        key = (_text(p, "dataset"), _text(p, "block"))
+        patients = p["patients"]
+        if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
+            raise ValueError(f"'patients' is {patients!r}, not a positive integer")
+        if key in r.blocks:
+            _bad(r, e, f"block {key[0]}/{key[1]} registered again (first at entry "
+                 f"{r.blocks[key].seq})", dataset=key[0], block=key[1])
+            return
+        version = p.get("data_version")
+        r.blocks[key] = BlockRecord(key[0], key[1], patients,
+                                    str(version) if version else None, e.seq, e.time)
+        r.by_block.setdefault(key, [])
+    elif e.kind == "block_retired":
+        key = (_text(p, "dataset"), _text(p, "block"))
+        rec = r.blocks.get(key)
+        if rec is None:
+            _bad(r, e, f"retires block {key[0]}/{key[1]}, which was never registered",
+                 dataset=key[0], block=key[1])
+        elif rec.retired:
+            _bad(r, e, f"retires block {key[0]}/{key[1]} again", dataset=key[0], block=key[1])
+        else:
+            rec.retired, rec.retired_seq = True, e.seq
+    elif e.kind == "reservation":
+        _reserve(r, e, p)
+    else:
+        _close(r, e, p)
+
+
+def _reserve(r: Replay, e: RawEntry, p: dict[str, Any]) -> None:
+    rid, dataset = _text(p, "reservation"), _text(p, "dataset")
+    blocks = p["blocks"]
+    if not isinstance(blocks, list) or not blocks or not all(isinstance(b, str) for b in blocks):
+        raise ValueError(f"'blocks' is {blocks!r}, not a list of block names")
+    mech = mechanism_from_dict(p["mechanism"])
+    if rid in r.charges:
+        _bad(r, e, f"reservation id {rid} used again (first at entry {r.charges[rid].seq})",
+             reservation=rid)
+        return
+    for b in blocks:
+        rec = r.blocks.get((dataset, b))
+        if rec is None:
+            _bad(r, e, f"charges block {dataset}/{b}, which was not registered before",
+                 reservation=rid, dataset=dataset, block=b)
+        elif rec.retired:
+            _bad(r, e, f"charges block {dataset}/{b}, retired at entry {rec.retired_seq}",
+                 reservation=rid, dataset=dataset, block=b)
+    if len(set(blocks)) != len(blocks):
+        _bad(r, e, f"names a block twice: {blocks}", reservation=rid)
+    budget = p.get("budget") if isinstance(p.get("budget"), dict) else {}
+    after = p.get("epsilon_after") if isinstance(p.get("epsilon_after"), dict) else {}
+    charge = Charge(
+        id=rid, seq=e.seq, time=e.time, actor=e.actor, dataset=dataset,
+        blocks=tuple(dict.fromkeys(blocks)), planned=mech, mechanism=mech,
+        run_id=_opt_str(p.get("run_id")), data_version=_opt_str(p.get("data_version")),
+        policy_sha256=_opt_str(p.get("policy_sha256")),
+        delta=_opt_float(budget.get("delta")), accountant=_opt_str(budget.get("accountant")),
+        epsilon_limit=_opt_float(budget.get("epsilon_per_block")),
+        epsilon_run=_opt_float(p.get("epsilon_run")),
+        epsilon_after={str(k): v for k, v in after.items()
+                       if isinstance(v, int | float) and not isinstance(v, bool)},
+    )
+    r.charges[rid] = charge
+    for b in charge.blocks:
+        r.by_block.setdefault((dataset, b), []).append(charge)
+
+
+def _close(r: Replay, e: RawEntry, p: dict[str, Any]) -> None:
+    rid = _text(p, "reservation")
+    charge = r.charges.get(rid)
+    if charge is None:
+        _bad(r, e, f"closes reservation {rid}, which was never made", reservation=rid)
+        return
+    if charge.status != "pending":
+        _bad(r, e, f"closes reservation {rid} again: it was {charge.status} at entry "
+             f"{charge.closed_seq}", reservation=rid)
+        return
+    if e.kind == "commit":
+        mech = mechanism_from_dict(p["mechanism"])
+        steps = p.get("steps", mech.steps)
+        if mech != charge.planned.with_steps(mech.steps):
+            _bad(r, e, f"commits a mechanism (σ={mech.noise_multiplier:g}, "
+                 f"q={mech.sample_rate:g}) other than the one reserved "
+                 f"(σ={charge.planned.noise_multiplier:g}, q={charge.planned.sample_rate:g})",
+                 reservation=rid)
+        if mech.steps > charge.planned.steps:
+            _bad(r, e, f"commits {mech.steps} steps, more than the {charge.planned.steps} "
+                 f"reserved", reservation=rid)
+        if steps != mech.steps:
+            _bad(r, e, f"says {steps} steps but its mechanism holds {mech.steps}",
+                 reservation=rid)
+        charge.mechanism, charge.status = mech, "committed"
+        charge.run_id = _opt_str(p.get("run_id")) or charge.run_id
+    else:
+        charge.status = "released" if e.kind == "release" else "aborted"
+        charge.close_reason = _opt_str(p.get("reason"))
+    charge.closed_seq, charge.closed_time = e.seq, e.time
+
+
+def _opt_str(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and value else None
+
+
+def _opt_float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------- epsilon
+
+
+def merge_steps(mechanisms: Iterable[DpSgdMechanism]) -> list[DpSgdMechanism]:
+    """One mechanism per distinct (σ, q, neighbouring), run for the sum of the steps: the
+    same composition (see the module docstring), with far fewer self-compositions."""
+    steps: dict[tuple[float, float, str], int] = {}
+    for m in mechanisms:
+        key = (m.noise_multiplier, m.sample_rate, m.neighbouring)
+        steps[key] = steps.get(key, 0) + m.steps
+    return [DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=n, neighbouring=nb)  # type: ignore[arg-type]
+            for (s, q, nb), n in sorted(steps.items())]
+
+
+class Epsilons:
+    """ε of a multiset of mechanisms at (δ, accountant), composed from scratch and memoised
+    by the merged multiset (blocks charged by the same runs share one computation)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[Any, ...], float] = {}
+        self._accountants: dict[str, Any] = {}
+        self.computed = 0
+
+    def of(self, mechanisms: Iterable[DpSgdMechanism], *, delta: float,
+           accountant: str) -> float:
+        from dpgov.accounting import get_accountant
+
+        merged = merge_steps(mechanisms)
+        if not merged:
+            return 0.0
+        key = (accountant, delta, tuple((m.noise_multiplier, m.sample_rate, m.steps)
+                                        for m in merged))
+        if key not in self._cache:
+            if accountant not in self._accountants:
+                self._accountants[accountant] = get_accountant(accountant)
+            acc = self._accountants[accountant]
+            state = acc.empty()
+            for m in merged:
+                state = acc.add(state, m)
+            self._cache[key] = float(acc.epsilon(state, delta))
+            self.computed += 1
+        return self._cache[key]
+
+
+def close_enough(a: float, b: float, *, rel: float = 1e-4, abs_: float = 1e-6) -> bool:
+    """Two ε computed along different composition paths agree (PLD discretisation and float
+    rounding differ in the last digits, never in the fourth significant one)."""
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= max(abs_, rel * max(abs(a), abs(b)))
