@@ -65,30 +65,52 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(int(spec.get("threads", torch.get_num_threads())))
-    data = _flchain(Path(spec["home"])) if spec["data"] == "flchain" else _images(
-        spec["n_train"], 200)
+    data = (
+        _flchain(Path(spec["home"])) if spec["data"] == "flchain" else _images(spec["n_train"], 200)
+    )
     x = data.features("train").astype("float32")
     if data.meta["kind"] == "image":
         x = x.reshape(len(x), *data.meta["image_shape"])
     y = data.labels("train").astype("float32")
-    params = parse_params({
-        "train": {"epochs": spec["epochs"], "batch_size": spec["batch"],
-                  "max_physical_batch_size": spec["batch"] * 4, "learning_rate": 0.2,
-                  "max_grad_norm": 5.0, "device": spec["device"]},
-        "model": {"name": spec["model"]},
-    })
+    params = parse_params(
+        {
+            "train": {
+                "epochs": spec["epochs"],
+                "batch_size": spec["batch"],
+                "max_physical_batch_size": spec["batch"] * 4,
+                "learning_rate": 0.2,
+                "max_grad_norm": 5.0,
+                "device": spec["device"],
+            },
+            "model": {"name": spec["model"]},
+        }
+    )
     device = trainer.resolve_device(spec["device"])
     model = build_model(params.model, input_spec(data.meta))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if spec["variant"] == "nonprivate":
-        result = trainer.train_nonprivate(model, x, y, batch_size=spec["batch"],
-                                          epochs=spec["epochs"], cfg=params.train,
-                                          device=device)
+        result = trainer.train_nonprivate(
+            model,
+            x,
+            y,
+            batch_size=spec["batch"],
+            epochs=spec["epochs"],
+            cfg=params.train,
+            device=device,
+        )
     else:
         plan = trainer.sampling_plan(n=len(y), batch_size=spec["batch"], epochs=spec["epochs"])
-        result = trainer.train_private(model, x, y, plan=plan, noise_multiplier=1.0,
-                                       max_grad_norm=5.0, cfg=params.train, device=device,
-                                       grad_sample_mode=spec["variant"])
+        result = trainer.train_private(
+            model,
+            x,
+            y,
+            plan=plan,
+            noise_multiplier=1.0,
+            max_grad_norm=5.0,
+            cfg=params.train,
+            device=device,
+            grad_sample_mode=spec["variant"],
+        )
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     epochs = result.epoch_seconds[1:] or result.epoch_seconds  # first epoch warms up
     return {
@@ -103,8 +125,10 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-        text=True, check=False,
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"child {spec} failed:\n{proc.stderr[-3000:]}")
@@ -113,19 +137,35 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def speed(home: Path, *, repeats: int, quick: bool, device: str) -> list[dict[str, Any]]:
     cases = [
-        {"name": "tabular MLP (flchain)", "data": "flchain", "model": "mlp", "batch": 512,
-         "epochs": 4 if quick else 20, "variants": ["nonprivate", "ghost", "hooks"]},
-        {"name": "CNN (1×28×28 generated)", "data": "images", "model": "cnn", "batch": 128,
-         "n_train": 1024 if quick else 4096, "epochs": 2 if quick else 3,
-         "variants": ["nonprivate", "hooks", "ghost"]},
+        {
+            "name": "tabular MLP (flchain)",
+            "data": "flchain",
+            "model": "mlp",
+            "batch": 512,
+            "epochs": 4 if quick else 20,
+            "variants": ["nonprivate", "ghost", "hooks"],
+        },
+        {
+            "name": "CNN (1×28×28 generated)",
+            "data": "images",
+            "model": "cnn",
+            "batch": 128,
+            "n_train": 1024 if quick else 4096,
+            "epochs": 2 if quick else 3,
+            "variants": ["nonprivate", "hooks", "ghost"],
+        },
     ]
     rows = []
     for case in cases:
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in case["variants"]}
         for _ in range(repeats):
             for variant in case["variants"]:
-                spec = {**{k: v for k, v in case.items() if k not in ("name", "variants")},
-                        "variant": variant, "home": str(home), "device": device}
+                spec = {
+                    **{k: v for k, v in case.items() if k not in ("name", "variants")},
+                    "variant": variant,
+                    "home": str(home),
+                    "device": device,
+                }
                 spec.setdefault("n_train", 0)
                 results[variant].append(_run_child(spec))
         base_t = min(r["seconds_per_epoch"] for r in results["nonprivate"])
@@ -135,16 +175,22 @@ def speed(home: Path, *, repeats: int, quick: bool, device: str) -> list[dict[st
             t = min(r["seconds_per_epoch"] for r in runs)
             m = min(r["peak_rss_bytes"] for r in runs)
             g = [r["peak_cuda_bytes"] for r in runs]
-            rows.append({
-                "case": case["name"], "variant": variant, "batch": case["batch"],
-                "n_train": runs[0]["n_train"], "seconds_per_epoch": t,
-                "seconds_per_epoch_all": [r["seconds_per_epoch"] for r in runs],
-                "samples_per_second": runs[0]["n_train"] / t,
-                "time_ratio": t / base_t, "peak_rss_mib": m / 2**20,
-                "memory_ratio": m / base_m,
-                "peak_cuda_mib": (min(g) / 2**20) if g[0] is not None else None,
-                "cuda_memory_ratio": (min(g) / min(base_g)) if g[0] is not None else None,
-            })
+            rows.append(
+                {
+                    "case": case["name"],
+                    "variant": variant,
+                    "batch": case["batch"],
+                    "n_train": runs[0]["n_train"],
+                    "seconds_per_epoch": t,
+                    "seconds_per_epoch_all": [r["seconds_per_epoch"] for r in runs],
+                    "samples_per_second": runs[0]["n_train"] / t,
+                    "time_ratio": t / base_t,
+                    "peak_rss_mib": m / 2**20,
+                    "memory_ratio": m / base_m,
+                    "peak_cuda_mib": (min(g) / 2**20) if g[0] is not None else None,
+                    "cuda_memory_ratio": (min(g) / min(base_g)) if g[0] is not None else None,
+                }
+            )
     return rows
 
 
@@ -172,16 +218,29 @@ def utility(home: Path, *, seeds: int, quick: bool) -> dict[str, Any]:
     plan = trainer.sampling_plan(n=len(y), batch_size=cfg0.batch_size, epochs=cfg0.epochs)
     cpu = trainer.resolve_device("cpu")
     eps_grid = [1.0, 3.0, 8.0]
-    out: dict[str, Any] = {"settings": {
-        "model": defaults.model.name, "hidden": defaults.model.hidden, "epochs": cfg0.epochs,
-        "batch_size": cfg0.batch_size, "sample_rate": plan.sample_rate, "steps": plan.steps,
-        "learning_rate": cfg0.learning_rate, "max_grad_norm": cfg0.max_grad_norm,
-        "delta": 1e-5, "accountant": "pld", "n_train": len(y), "n_test": len(yt),
-        "min_group_n": cfg0.min_group_n, "n_boot": 0 if quick else cfg0.n_boot,
-    }, "rows": []}
+    out: dict[str, Any] = {
+        "settings": {
+            "model": defaults.model.name,
+            "hidden": defaults.model.hidden,
+            "epochs": cfg0.epochs,
+            "batch_size": cfg0.batch_size,
+            "sample_rate": plan.sample_rate,
+            "steps": plan.steps,
+            "learning_rate": cfg0.learning_rate,
+            "max_grad_norm": cfg0.max_grad_norm,
+            "delta": 1e-5,
+            "accountant": "pld",
+            "n_train": len(y),
+            "n_test": len(yt),
+            "min_group_n": cfg0.min_group_n,
+            "n_boot": 0 if quick else cfg0.n_boot,
+        },
+        "rows": [],
+    }
     sigmas = {
-        e: calibrate_noise_multiplier(target_epsilon=e, delta=1e-5,
-                                      sample_rate=plan.sample_rate, steps=plan.steps)
+        e: calibrate_noise_multiplier(
+            target_epsilon=e, delta=1e-5, sample_rate=plan.sample_rate, steps=plan.steps
+        )
         for e in eps_grid
     }
     out["settings"]["noise_multipliers"] = sigmas
@@ -193,22 +252,43 @@ def utility(home: Path, *, seeds: int, quick: bool) -> dict[str, Any]:
             trainer.seed_everything(seed)
             model = build_model(defaults.model, input_spec(data.meta))
             if sigma is None:
-                res = trainer.train_nonprivate(model, x, y, batch_size=cfg.batch_size,
-                                               epochs=cfg.epochs, cfg=cfg, device=cpu)
+                res = trainer.train_nonprivate(
+                    model, x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, cfg=cfg, device=cpu
+                )
             else:
-                res = trainer.train_private(model, x, y, plan=plan, noise_multiplier=sigma,
-                                            max_grad_norm=cfg.max_grad_norm, cfg=cfg,
-                                            device=cpu, grad_sample_mode="ghost")
-            ev = evaluate(yt, trainer.predict_scores(res.model, xt), sens,
-                          threshold=cfg.threshold, n_boot=out["settings"]["n_boot"],
-                          seed=seed, min_group_n=cfg.min_group_n)
-            out["rows"].append({
-                "seed": seed, "variant": label, "auroc": ev.auroc, "auroc_lo": ev.auroc_lo,
-                "auroc_hi": ev.auroc_hi, "calibration_error": ev.calibration_error,
-                "brier": ev.brier,
-                "subgroup_auroc": {f"{s.attribute}={s.group}": s.auroc for s in ev.subgroups},
-                "gaps": {f"{g.attribute}.{g.metric}": g.gap for g in ev.gaps},
-            })
+                res = trainer.train_private(
+                    model,
+                    x,
+                    y,
+                    plan=plan,
+                    noise_multiplier=sigma,
+                    max_grad_norm=cfg.max_grad_norm,
+                    cfg=cfg,
+                    device=cpu,
+                    grad_sample_mode="ghost",
+                )
+            ev = evaluate(
+                yt,
+                trainer.predict_scores(res.model, xt),
+                sens,
+                threshold=cfg.threshold,
+                n_boot=out["settings"]["n_boot"],
+                seed=seed,
+                min_group_n=cfg.min_group_n,
+            )
+            out["rows"].append(
+                {
+                    "seed": seed,
+                    "variant": label,
+                    "auroc": ev.auroc,
+                    "auroc_lo": ev.auroc_lo,
+                    "auroc_hi": ev.auroc_hi,
+                    "calibration_error": ev.calibration_error,
+                    "brier": ev.brier,
+                    "subgroup_auroc": {f"{s.attribute}={s.group}": s.auroc for s in ev.subgroups},
+                    "gaps": {f"{g.attribute}.{g.metric}": g.gap for g in ev.gaps},
+                }
+            )
     return out
 
 
@@ -227,9 +307,13 @@ def _mean_sd(values: list[float]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Run {result['date']} on {result['machine']}; command `{result['command']}`.", ""]
     if result.get("speed"):
-        lines += ["### DP-SGD against plain SGD (same model, data, batch, run)", "",
-                  "| case | variant | N | batch | s/epoch (min of rounds) | samples/s | time × | "
-                  "peak RSS MiB | memory × |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "### DP-SGD against plain SGD (same model, data, batch, run)",
+            "",
+            "| case | variant | N | batch | s/epoch (min of rounds) | samples/s | time × | "
+            "peak RSS MiB | memory × |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in result["speed"]:
             lines.append(
                 f"| {r['case']} | {r['variant']} | {r['n_train']} | {r['batch']} | "
@@ -240,16 +324,20 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("utility"):
         u = result["utility"]
         s = u["settings"]
-        lines += ["### Utility on flchain (test split)", "",
-                  f"MLP {s['hidden']}, {s['epochs']} epochs, expected batch "
-                  f"{s['sample_rate'] * s['n_train']:.0f} (q = {s['sample_rate']:.4g}, "
-                  f"T = {s['steps']}), lr {s['learning_rate']}, C = {s['max_grad_norm']}, "
-                  f"δ = 1e-5, PLD; σ: "
-                  + ", ".join(f"ε={float(k):g} → {v:.3f}" for k, v in
-                              s["noise_multipliers"].items()) + ".", "",
-                  "| variant | AUROC (mean ± sd over seeds) | ECE | gap sex AUROC | "
-                  "gap age AUROC | gap sex FNR | gap age FNR |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Utility on flchain (test split)",
+            "",
+            f"MLP {s['hidden']}, {s['epochs']} epochs, expected batch "
+            f"{s['sample_rate'] * s['n_train']:.0f} (q = {s['sample_rate']:.4g}, "
+            f"T = {s['steps']}), lr {s['learning_rate']}, C = {s['max_grad_norm']}, "
+            f"δ = 1e-5, PLD; σ: "
+            + ", ".join(f"ε={float(k):g} → {v:.3f}" for k, v in s["noise_multipliers"].items())
+            + ".",
+            "",
+            "| variant | AUROC (mean ± sd over seeds) | ECE | gap sex AUROC | "
+            "gap age AUROC | gap sex FNR | gap age FNR |",
+            "|---|---|---|---|---|---|---|",
+        ]
         variants = list(dict.fromkeys(r["variant"] for r in u["rows"]))
         for v in variants:
             rows = [r for r in u["rows"] if r["variant"] == v]
@@ -262,9 +350,13 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_mean_sd([r['gaps'].get('age_band.fnr') for r in rows])} |"
             )
         groups = list(u["rows"][0]["subgroup_auroc"])
-        lines += ["", "Subgroup AUROC (mean over seeds):", "",
-                  "| variant | " + " | ".join(groups) + " |",
-                  "|---|" + "---|" * len(groups)]
+        lines += [
+            "",
+            "Subgroup AUROC (mean over seeds):",
+            "",
+            "| variant | " + " | ".join(groups) + " |",
+            "|---|" + "---|" * len(groups),
+        ]
         for v in variants:
             rows = [r for r in u["rows"] if r["variant"] == v]
             cells = []
@@ -299,13 +391,14 @@ def main() -> None:
         result: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                       f"{platform.python_implementation()} {platform.python_version()}, "
-                       f"device {args.device}",
+            f"{platform.python_implementation()} {platform.python_version()}, "
+            f"device {args.device}",
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         }
         if not args.skip_speed:
-            result["speed"] = speed(home, repeats=args.repeats, quick=args.quick,
-                                    device=args.device)
+            result["speed"] = speed(
+                home, repeats=args.repeats, quick=args.quick, device=args.device
+            )
         if not args.skip_utility:
             result["utility"] = utility(home, seeds=args.seeds, quick=args.quick)
     result["seconds"] = time.time() - started

@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "dpgov.cli.data",
     "dpgov.cli.gate",
     "dpgov.cli.run",
+    "dpgov.cli.audit",
 ]
 
 for _name in _COMMAND_MODULES:

@@ -96,14 +96,18 @@ def open_ledger(url: str | None = None) -> Ledger:
             )
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                tables = {r[0] for r in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                tables = {
+                    r[0]
+                    for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
         except sqlite3.DatabaseError as err:
             raise LedgerUnavailable(
-                f"ledger database {shown_url(url)} is unreadable: {err}") from err
+                f"ledger database {shown_url(url)} is unreadable: {err}"
+            ) from err
         if "dpgov_entries" not in tables:
             raise LedgerUnavailable(
-                f"{shown_url(url)} holds no dpgov ledger (no dpgov_entries table)")
+                f"{shown_url(url)} holds no dpgov ledger (no dpgov_entries table)"
+            )
     return Ledger.open(url)
 
 
@@ -117,13 +121,19 @@ def snapshot_ledger(ledger: Ledger, budget: Budget) -> LedgerSnapshot:
     c = entries_t.c
     try:
         with ledger.engine.connect() as conn:
-            rows = [tuple(r) for r in conn.execute(
-                sa.select(c.seq, c.kind, c.payload, c.time, c.actor, c.prev_hash, c.hash,
-                          c.signature).order_by(c.seq))]
+            rows = [
+                tuple(r)
+                for r in conn.execute(
+                    sa.select(
+                        c.seq, c.kind, c.payload, c.time, c.actor, c.prev_hash, c.hash, c.signature
+                    ).order_by(c.seq)
+                )
+            ]
     except sa.exc.SQLAlchemyError as err:
         raise LedgerUnavailable(
             f"ledger database {shown_url(str(ledger.engine.url))}: cannot read its entries: "
-            f"{_first_line(err)}") from err
+            f"{_first_line(err)}"
+        ) from err
     key = hmac_key()
     snap = LedgerSnapshot(
         url=ledger.engine.url.render_as_string(hide_password=True),
@@ -135,9 +145,12 @@ def snapshot_ledger(ledger: Ledger, budget: Budget) -> LedgerSnapshot:
     try:
         snap.budget = {(s.dataset, s.block): s.epsilon_spent for s in ledger.budget(budget)}
     except Exception as err:  # a corrupted projection or cache: report, never trust
-        snap.problems.append(finding(
-            "projection_unreadable", f"the ledger cannot compute its own budget figures: "
-            f"{_first_line(err)}"))
+        snap.problems.append(
+            finding(
+                "projection_unreadable",
+                f"the ledger cannot compute its own budget figures: {_first_line(err)}",
+            )
+        )
     return snap
 
 
@@ -152,13 +165,20 @@ def _read_projections(ledger: Ledger, snap: LedgerSnapshot) -> None:
             reservations = conn.execute(sa.select(reservations_t)).all()
             charges = conn.execute(sa.select(charges_t)).all()
     except sa.exc.SQLAlchemyError as err:
-        snap.problems.append(finding(
-            "projection_unreadable", f"cannot read the ledger's projection tables: "
-            f"{_first_line(err)}"))
+        snap.problems.append(
+            finding(
+                "projection_unreadable",
+                f"cannot read the ledger's projection tables: {_first_line(err)}",
+            )
+        )
         return
     snap.blocks = {
-        (str(b.dataset), str(b.block)): {"patients": b.patients, "retired": bool(b.retired),
-                                         "data_version": b.data_version, "seq": b.seq}
+        (str(b.dataset), str(b.block)): {
+            "patients": b.patients,
+            "retired": bool(b.retired),
+            "data_version": b.data_version,
+            "seq": b.seq,
+        }
         for b in blocks
     }
     per: dict[str, list[str]] = {}
@@ -172,9 +192,16 @@ def _read_projections(ledger: Ledger, snap: LedgerSnapshot) -> None:
         except (TypeError, ValueError):
             mech = None
         out[str(r.id)] = ProjectedReservation(
-            id=str(r.id), dataset=str(r.dataset), status=str(r.status), mechanism=mech,
-            planned_steps=int(r.planned_steps), run_id=r.run_id, seq=int(r.seq),
-            closed_seq=r.closed_seq, blocks=sorted(per.get(str(r.id), [])))
+            id=str(r.id),
+            dataset=str(r.dataset),
+            status=str(r.status),
+            mechanism=mech,
+            planned_steps=int(r.planned_steps),
+            run_id=r.run_id,
+            seq=int(r.seq),
+            closed_seq=r.closed_seq,
+            blocks=sorted(per.get(str(r.id), [])),
+        )
     snap.reservations = out
 
 
@@ -246,7 +273,7 @@ def quiet_mlflow_client_defaults() -> None:
 def _sqlite_store_problem(uri: str) -> str | None:
     """Why a sqlite tracking URI cannot be audited (it must exist and hold MLflow's tables;
     MLflow would otherwise create an empty store), or None."""
-    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
     if path is None or path in ("", ":memory:"):
         return None
     if not Path(path).is_file():
@@ -256,8 +283,9 @@ def _sqlite_store_problem(uri: str) -> str | None:
             if fh.read(16) != b"SQLite format 3\x00":
                 return f"tracking store {uri} is not a SQLite database"
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            tables = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
     except (OSError, sqlite3.DatabaseError) as err:
         return f"tracking store {uri} is unreadable: {err}"
     if "runs" not in tables or "experiments" not in tables:
@@ -265,8 +293,9 @@ def _sqlite_store_problem(uri: str) -> str | None:
     return None
 
 
-def snapshot_tracking(uri: str | None = None, *, release_artifacts: bool = True
-                      ) -> TrackingSnapshot:
+def snapshot_tracking(
+    uri: str | None = None, *, release_artifacts: bool = True
+) -> TrackingSnapshot:
     """Anchors, every run (deleted ones too), every registered model with its versions and
     aliases, and the facts and privacy statement of every version holding an alias."""
     from dpgov import config
@@ -283,16 +312,24 @@ def snapshot_tracking(uri: str | None = None, *, release_artifacts: bool = True
         from dpgov.tracking.registry import Registry
 
         client = Registry(uri).client
-        experiments = {str(e.experiment_id): e for e in _pages(
-            lambda token: client.search_experiments(view_type=VIEW_ALL, page_token=token))}
+        experiments = {
+            str(e.experiment_id): e
+            for e in _pages(
+                lambda token: client.search_experiments(view_type=VIEW_ALL, page_token=token)
+            )
+        }
         ids = [i for i, e in experiments.items() if e.name != ANCHOR_EXPERIMENT]
         for start in range(0, len(ids), 100):
-            chunk = ids[start:start + 100]
-            for run in _pages(lambda token, chunk=chunk: client.search_runs(
-                    chunk, run_view_type=VIEW_ALL, max_results=1000, page_token=token)):
+            chunk = ids[start : start + 100]
+            for run in _pages(
+                lambda token, chunk=chunk: client.search_runs(
+                    chunk, run_view_type=VIEW_ALL, max_results=1000, page_token=token
+                )
+            ):
                 snap.runs.append(_run_record(run, experiments))
-        for rm in _pages(lambda token: client.search_registered_models(
-                max_results=100, page_token=token)):
+        for rm in _pages(
+            lambda token: client.search_registered_models(max_results=100, page_token=token)
+        ):
             snap.models.append(_model_record(client, rm))
     except Exception as err:  # unreadable store: a finding, and the ledger checks still run
         snap.error = f"tracking store {uri} is unreadable: {_first_line(err)}"
@@ -328,8 +365,8 @@ def _run_record(run: Any, experiments: dict[str, Any]) -> RunRecord:
         experiment=str(exp.name) if exp is not None else "",
         name=str(info.run_name or ""),
         status=str(info.status),
-        deleted=info.lifecycle_stage == "deleted" or (
-            exp is not None and exp.lifecycle_stage == "deleted"),
+        deleted=info.lifecycle_stage == "deleted"
+        or (exp is not None and exp.lifecycle_stage == "deleted"),
         start_time=millis_iso(info.start_time) or "",
         end_time=millis_iso(info.end_time),
         tags=dict(data.tags),
@@ -345,14 +382,24 @@ def _model_record(client: Any, rm: Any) -> ModelRecord:
         aliases = {a.alias: a.version for a in aliases}
     escaped = name.replace("'", "\\'")
     versions = {}
-    for mv in _pages(lambda token: client.search_model_versions(
-            f"name='{escaped}'", page_token=token)):
+    for mv in _pages(
+        lambda token: client.search_model_versions(f"name='{escaped}'", page_token=token)
+    ):
         v = str(mv.version)
-        versions[v] = VersionRecord(model=name, version=v, run_id=mv.run_id or None,
-                                    tags=dict(mv.tags or {}), source=mv.source,
-                                    created=millis_iso(mv.creation_timestamp) or "")
-    return ModelRecord(name=name, aliases={str(k): str(v) for k, v in aliases.items()},
-                       tags=dict(rm.tags or {}), versions=versions)
+        versions[v] = VersionRecord(
+            model=name,
+            version=v,
+            run_id=mv.run_id or None,
+            tags=dict(mv.tags or {}),
+            source=mv.source,
+            created=millis_iso(mv.creation_timestamp) or "",
+        )
+    return ModelRecord(
+        name=name,
+        aliases={str(k): str(v) for k, v in aliases.items()},
+        tags=dict(rm.tags or {}),
+        versions=versions,
+    )
 
 
 @contextmanager
@@ -409,8 +456,10 @@ class DvcIndex:
             return None
         for kind, folders in (("cache", self.caches), ("remote", self.remotes)):
             for folder in folders:
-                for candidate in (folder / "files" / "md5" / version[:2] / version[2:],
-                                  folder / version[:2] / version[2:]):
+                for candidate in (
+                    folder / "files" / "md5" / version[:2] / version[2:],
+                    folder / version[:2] / version[2:],
+                ):
                     if candidate.is_file():
                         return f"DVC {kind} {folder}"
         return None
@@ -492,7 +541,7 @@ def _local_remotes(dvc_dir: Path) -> list[Path]:
                 urls[section] = str(values["url"])
     for url in urls.values():
         if url.startswith("file://"):
-            url = url[len("file://"):]
+            url = url[len("file://") :]
         elif "://" in url:
             continue  # s3, ssh, ...: not looked into here
         path = Path(url) if Path(url).is_absolute() else dvc_dir / url

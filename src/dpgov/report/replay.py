@@ -16,14 +16,20 @@ identical mechanisms only), reached by an independent path; the two agree to rou
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
+import multiprocessing as mp
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dpgov.accounting import AccountingInputError, DpSgdMechanism, mechanism_from_dict
 from dpgov.report.findings import Finding, finding
+
+# A block's charges, merged: ((σ, q, neighbouring, total steps), ...) in a canonical order.
+StateKey = tuple[tuple[float, float, str, int], ...]
 
 BUDGET_KINDS = ("block_added", "block_retired", "reservation", "commit", "release", "abort")
 
@@ -56,8 +62,17 @@ class RawEntry:
             number = int(seq)
         except (TypeError, ValueError):
             number = -1
-        return cls(number, str(kind), str(text), str(time), str(actor), str(prev), str(digest),
-                   None if signature is None else str(signature), payload)
+        return cls(
+            number,
+            str(kind),
+            str(text),
+            str(time),
+            str(actor),
+            str(prev),
+            str(digest),
+            None if signature is None else str(signature),
+            payload,
+        )
 
 
 @dataclass
@@ -140,9 +155,13 @@ class Replay:
     problems: list[Finding] = field(default_factory=list)
     by_block: dict[tuple[str, str], list[Charge]] = field(default_factory=dict)
     head_seq: int = 0
+    _timelines: dict[tuple[str, str], tuple[list[int], list[StateKey]]] = field(
+        default_factory=dict, repr=False
+    )
 
-    def block_mechanisms(self, dataset: str, block: str,
-                         at_seq: int | None = None) -> list[DpSgdMechanism]:
+    def block_mechanisms(
+        self, dataset: str, block: str, at_seq: int | None = None
+    ) -> list[DpSgdMechanism]:
         """Every mechanism charged to a block just after entry ``at_seq`` (default: now)."""
         at = self.head_seq if at_seq is None else at_seq
         out = []
@@ -152,14 +171,43 @@ class Replay:
                 out.append(m)
         return out
 
+    def state(self, dataset: str, block: str, at_seq: int | None = None) -> StateKey:
+        """What a block is charged just after entry ``at_seq`` (default: now), merged."""
+        seqs, keys = self._timeline(dataset, block)
+        i = bisect.bisect_right(seqs, self.head_seq if at_seq is None else at_seq) - 1
+        return keys[i] if i >= 0 else ()
+
     def change_seqs(self, dataset: str, block: str) -> list[int]:
         """Entries that changed what a block is charged, in order."""
-        seqs = set()
-        for c in self.by_block.get((dataset, block), []):
-            seqs.add(c.seq)
-            if c.closed_seq is not None and c.mechanism_at(c.closed_seq) != c.planned:
-                seqs.add(c.closed_seq)
-        return sorted(seqs)
+        return list(self._timeline(dataset, block)[0])
+
+    def _timeline(self, dataset: str, block: str) -> tuple[list[int], list[StateKey]]:
+        """The block's merged state after each entry that changed it (built once: a walk
+        over its charges, not a recomposition per entry)."""
+        key = (dataset, block)
+        if key not in self._timelines:
+            events: dict[int, list[tuple[DpSgdMechanism, int]]] = {}
+            for c in self.by_block.get(key, []):
+                events.setdefault(c.seq, []).append((c.planned, 1))
+                if c.closed_seq is not None:
+                    after = c.mechanism_at(c.closed_seq)
+                    if after != c.planned:
+                        events.setdefault(c.closed_seq, []).append((c.planned, -1))
+                        if after is not None:
+                            events[c.closed_seq].append((after, 1))
+            steps: dict[tuple[float, float, str], int] = {}
+            seqs: list[int] = []
+            keys: list[StateKey] = []
+            for seq in sorted(events):
+                for m, sign in events[seq]:
+                    k = (m.noise_multiplier, m.sample_rate, m.neighbouring)
+                    steps[k] = steps.get(k, 0) + sign * m.steps
+                    if steps[k] == 0:
+                        del steps[k]
+                seqs.append(seq)
+                keys.append(tuple(sorted((s, q, nb, n) for (s, q, nb), n in steps.items())))
+            self._timelines[key] = (seqs, keys)
+        return self._timelines[key]
 
 
 def _text(p: dict[str, Any], key: str) -> str:
@@ -177,23 +225,41 @@ def replay(entries: Iterable[RawEntry]) -> Replay:
         if e.kind not in BUDGET_KINDS:
             continue
         if e.payload is None:
-            r.problems.append(finding(
-                "row_corrupted", f"entry {e.seq} ({e.kind}): payload is not a JSON object, so "
-                "what it changed cannot be rebuilt", seq=e.seq, time=e.time))
+            r.problems.append(
+                finding(
+                    "row_corrupted",
+                    f"entry {e.seq} ({e.kind}): payload is not a JSON object, so "
+                    "what it changed cannot be rebuilt",
+                    seq=e.seq,
+                    time=e.time,
+                )
+            )
             continue
         try:
             _apply(r, e)
         except (KeyError, ValueError, TypeError, AccountingInputError) as err:
             what = f"lacks {err}" if isinstance(err, KeyError) else str(err)
-            r.problems.append(finding(
-                "row_corrupted", f"entry {e.seq} ({e.kind}): payload {what}", seq=e.seq,
-                time=e.time))
+            r.problems.append(
+                finding(
+                    "row_corrupted",
+                    f"entry {e.seq} ({e.kind}): payload {what}",
+                    seq=e.seq,
+                    time=e.time,
+                )
+            )
     return r
 
 
 def _bad(r: Replay, e: RawEntry, detail: str, **where: Any) -> None:
-    r.problems.append(finding("replay_inconsistent", f"entry {e.seq} ({e.kind}): {detail}",
-                              seq=e.seq, time=e.time, **where))
+    r.problems.append(
+        finding(
+            "replay_inconsistent",
+            f"entry {e.seq} ({e.kind}): {detail}",
+            seq=e.seq,
+            time=e.time,
+            **where,
+        )
+    )
 
 
 def _apply(r: Replay, e: RawEntry) -> None:
@@ -204,19 +270,30 @@ def _apply(r: Replay, e: RawEntry) -> None:
         if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
             raise ValueError(f"'patients' is {patients!r}, not a positive integer")
         if key in r.blocks:
-            _bad(r, e, f"block {key[0]}/{key[1]} registered again (first at entry "
-                 f"{r.blocks[key].seq})", dataset=key[0], block=key[1])
+            _bad(
+                r,
+                e,
+                f"block {key[0]}/{key[1]} registered again (first at entry {r.blocks[key].seq})",
+                dataset=key[0],
+                block=key[1],
+            )
             return
         version = p.get("data_version")
-        r.blocks[key] = BlockRecord(key[0], key[1], patients,
-                                    str(version) if version else None, e.seq, e.time)
+        r.blocks[key] = BlockRecord(
+            key[0], key[1], patients, str(version) if version else None, e.seq, e.time
+        )
         r.by_block.setdefault(key, [])
     elif e.kind == "block_retired":
         key = (_text(p, "dataset"), _text(p, "block"))
         rec = r.blocks.get(key)
         if rec is None:
-            _bad(r, e, f"retires block {key[0]}/{key[1]}, which was never registered",
-                 dataset=key[0], block=key[1])
+            _bad(
+                r,
+                e,
+                f"retires block {key[0]}/{key[1]}, which was never registered",
+                dataset=key[0],
+                block=key[1],
+            )
         elif rec.retired:
             _bad(r, e, f"retires block {key[0]}/{key[1]} again", dataset=key[0], block=key[1])
         else:
@@ -234,31 +311,58 @@ def _reserve(r: Replay, e: RawEntry, p: dict[str, Any]) -> None:
         raise ValueError(f"'blocks' is {blocks!r}, not a list of block names")
     mech = mechanism_from_dict(p["mechanism"])
     if rid in r.charges:
-        _bad(r, e, f"reservation id {rid} used again (first at entry {r.charges[rid].seq})",
-             reservation=rid)
+        _bad(
+            r,
+            e,
+            f"reservation id {rid} used again (first at entry {r.charges[rid].seq})",
+            reservation=rid,
+        )
         return
     for b in blocks:
         rec = r.blocks.get((dataset, b))
         if rec is None:
-            _bad(r, e, f"charges block {dataset}/{b}, which was not registered before",
-                 reservation=rid, dataset=dataset, block=b)
+            _bad(
+                r,
+                e,
+                f"charges block {dataset}/{b}, which was not registered before",
+                reservation=rid,
+                dataset=dataset,
+                block=b,
+            )
         elif rec.retired:
-            _bad(r, e, f"charges block {dataset}/{b}, retired at entry {rec.retired_seq}",
-                 reservation=rid, dataset=dataset, block=b)
+            _bad(
+                r,
+                e,
+                f"charges block {dataset}/{b}, retired at entry {rec.retired_seq}",
+                reservation=rid,
+                dataset=dataset,
+                block=b,
+            )
     if len(set(blocks)) != len(blocks):
         _bad(r, e, f"names a block twice: {blocks}", reservation=rid)
-    budget = p.get("budget") if isinstance(p.get("budget"), dict) else {}
-    after = p.get("epsilon_after") if isinstance(p.get("epsilon_after"), dict) else {}
+    budget: dict[str, Any] = p["budget"] if isinstance(p.get("budget"), dict) else {}
+    after: dict[str, Any] = p["epsilon_after"] if isinstance(p.get("epsilon_after"), dict) else {}
     charge = Charge(
-        id=rid, seq=e.seq, time=e.time, actor=e.actor, dataset=dataset,
-        blocks=tuple(dict.fromkeys(blocks)), planned=mech, mechanism=mech,
-        run_id=_opt_str(p.get("run_id")), data_version=_opt_str(p.get("data_version")),
+        id=rid,
+        seq=e.seq,
+        time=e.time,
+        actor=e.actor,
+        dataset=dataset,
+        blocks=tuple(dict.fromkeys(blocks)),
+        planned=mech,
+        mechanism=mech,
+        run_id=_opt_str(p.get("run_id")),
+        data_version=_opt_str(p.get("data_version")),
         policy_sha256=_opt_str(p.get("policy_sha256")),
-        delta=_opt_float(budget.get("delta")), accountant=_opt_str(budget.get("accountant")),
+        delta=_opt_float(budget.get("delta")),
+        accountant=_opt_str(budget.get("accountant")),
         epsilon_limit=_opt_float(budget.get("epsilon_per_block")),
         epsilon_run=_opt_float(p.get("epsilon_run")),
-        epsilon_after={str(k): v for k, v in after.items()
-                       if isinstance(v, int | float) and not isinstance(v, bool)},
+        epsilon_after={
+            str(k): v
+            for k, v in after.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        },
     )
     r.charges[rid] = charge
     for b in charge.blocks:
@@ -272,23 +376,34 @@ def _close(r: Replay, e: RawEntry, p: dict[str, Any]) -> None:
         _bad(r, e, f"closes reservation {rid}, which was never made", reservation=rid)
         return
     if charge.status != "pending":
-        _bad(r, e, f"closes reservation {rid} again: it was {charge.status} at entry "
-             f"{charge.closed_seq}", reservation=rid)
+        _bad(
+            r,
+            e,
+            f"closes reservation {rid} again: it was {charge.status} at entry {charge.closed_seq}",
+            reservation=rid,
+        )
         return
     if e.kind == "commit":
         mech = mechanism_from_dict(p["mechanism"])
         steps = p.get("steps", mech.steps)
         if mech != charge.planned.with_steps(mech.steps):
-            _bad(r, e, f"commits a mechanism (σ={mech.noise_multiplier:g}, "
-                 f"q={mech.sample_rate:g}) other than the one reserved "
-                 f"(σ={charge.planned.noise_multiplier:g}, q={charge.planned.sample_rate:g})",
-                 reservation=rid)
+            _bad(
+                r,
+                e,
+                f"commits a mechanism (σ={mech.noise_multiplier:g}, "
+                f"q={mech.sample_rate:g}) other than the one reserved "
+                f"(σ={charge.planned.noise_multiplier:g}, q={charge.planned.sample_rate:g})",
+                reservation=rid,
+            )
         if mech.steps > charge.planned.steps:
-            _bad(r, e, f"commits {mech.steps} steps, more than the {charge.planned.steps} "
-                 f"reserved", reservation=rid)
+            _bad(
+                r,
+                e,
+                f"commits {mech.steps} steps, more than the {charge.planned.steps} reserved",
+                reservation=rid,
+            )
         if steps != mech.steps:
-            _bad(r, e, f"says {steps} steps but its mechanism holds {mech.steps}",
-                 reservation=rid)
+            _bad(r, e, f"says {steps} steps but its mechanism holds {mech.steps}", reservation=rid)
         charge.mechanism, charge.status = mech, "committed"
         charge.run_id = _opt_str(p.get("run_id")) or charge.run_id
     else:
@@ -310,45 +425,108 @@ def _opt_float(value: Any) -> float | None:
 # ---------------------------------------------------------------------------------- epsilon
 
 
-def merge_steps(mechanisms: Iterable[DpSgdMechanism]) -> list[DpSgdMechanism]:
-    """One mechanism per distinct (σ, q, neighbouring), run for the sum of the steps: the
-    same composition (see the module docstring), with far fewer self-compositions."""
+def merge_key(mechanisms: Iterable[DpSgdMechanism]) -> StateKey:
+    """One entry per distinct (σ, q, neighbouring) with the sum of the steps: the same
+    composition (see the module docstring), with far fewer self-compositions."""
     steps: dict[tuple[float, float, str], int] = {}
     for m in mechanisms:
         key = (m.noise_multiplier, m.sample_rate, m.neighbouring)
         steps[key] = steps.get(key, 0) + m.steps
-    return [DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=n, neighbouring=nb)  # type: ignore[arg-type]
-            for (s, q, nb), n in sorted(steps.items())]
+    return tuple(sorted((s, q, nb, n) for (s, q, nb), n in steps.items()))
+
+
+def key_mechanisms(key: StateKey) -> list[DpSgdMechanism]:
+    return [
+        DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=n, neighbouring=nb)  # type: ignore[arg-type]
+        for s, q, nb, n in key
+    ]
+
+
+def merge_steps(mechanisms: Iterable[DpSgdMechanism]) -> list[DpSgdMechanism]:
+    return key_mechanisms(merge_key(mechanisms))
+
+
+def compose_epsilon(key: StateKey, delta: float, accountant: str) -> float:
+    """ε at ``delta`` of the merged multiset ``key``, composed from nothing."""
+    from dpgov.accounting import get_accountant
+
+    if not key:
+        return 0.0
+    acc = get_accountant(accountant)
+    state = acc.empty()
+    for m in key_mechanisms(key):
+        state = acc.add(state, m)
+    return float(acc.epsilon(state, delta))
+
+
+def _compose_task(task: tuple[StateKey, float, str]) -> float | None:
+    try:
+        return compose_epsilon(*task)
+    except Exception:  # the parent recomposes it and reports the error itself
+        return None
+
+
+def _cost(key: StateKey) -> float:
+    """A rough cost of composing ``key`` (wide privacy-loss supports are slow)."""
+    return sum(n * q / s for s, q, _, n in key)
 
 
 class Epsilons:
     """ε of a multiset of mechanisms at (δ, accountant), composed from scratch and memoised
-    by the merged multiset (blocks charged by the same runs share one computation)."""
+    by the merged multiset (blocks charged by the same runs share one computation).
 
-    def __init__(self) -> None:
-        self._cache: dict[tuple[Any, ...], float] = {}
-        self._accountants: dict[str, Any] = {}
+    :meth:`prefetch` composes many at once, in worker processes when the machine has more
+    than one core (``DPGOV_AUDIT_WORKERS`` caps them; 1 keeps everything in-process)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self._cache: dict[tuple[str, float, StateKey], float] = {}
         self.computed = 0
+        env = os.environ.get("DPGOV_AUDIT_WORKERS", "")
+        self.workers = (
+            workers
+            or (int(env) if env.isdigit() and int(env) > 0 else None)
+            or (os.cpu_count() or 1)
+        )
 
-    def of(self, mechanisms: Iterable[DpSgdMechanism], *, delta: float,
-           accountant: str) -> float:
-        from dpgov.accounting import get_accountant
+    def of(self, mechanisms: Iterable[DpSgdMechanism], *, delta: float, accountant: str) -> float:
+        return self.of_key(merge_key(mechanisms), delta=delta, accountant=accountant)
 
-        merged = merge_steps(mechanisms)
-        if not merged:
+    def of_key(self, key: StateKey, *, delta: float, accountant: str) -> float:
+        if not key:
             return 0.0
-        key = (accountant, delta, tuple((m.noise_multiplier, m.sample_rate, m.steps)
-                                        for m in merged))
-        if key not in self._cache:
-            if accountant not in self._accountants:
-                self._accountants[accountant] = get_accountant(accountant)
-            acc = self._accountants[accountant]
-            state = acc.empty()
-            for m in merged:
-                state = acc.add(state, m)
-            self._cache[key] = float(acc.epsilon(state, delta))
+        k = (accountant, delta, key)
+        if k not in self._cache:
+            self._cache[k] = compose_epsilon(key, delta, accountant)
             self.computed += 1
-        return self._cache[key]
+        return self._cache[k]
+
+    def known(self, key: StateKey, *, delta: float, accountant: str) -> float | None:
+        """The ε of ``key`` if it was composed already (no work)."""
+        return 0.0 if not key else self._cache.get((accountant, delta, key))
+
+    def prefetch(self, requests: Iterable[tuple[StateKey, float, str]]) -> None:
+        """Compose every request not composed yet, in parallel where possible. Failures are
+        left for :meth:`of_key` to raise where the caller handles them."""
+        todo = sorted(
+            {
+                (key, delta, acc)
+                for key, delta, acc in requests
+                if key and (acc, delta, key) not in self._cache
+            },
+            key=lambda t: -_cost(t[0]),
+        )
+        workers = min(self.workers, len(todo))
+        if workers < 2 or len(todo) < 4 or "fork" not in mp.get_all_start_methods():
+            return  # composed on demand by of_key
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+            for (key, delta, acc), value in zip(
+                todo, pool.map(_compose_task, todo, chunksize=1), strict=True
+            ):
+                if value is not None:
+                    self._cache[(acc, delta, key)] = value
+                    self.computed += 1
 
 
 def close_enough(a: float, b: float, *, rel: float = 1e-4, abs_: float = 1e-6) -> bool:

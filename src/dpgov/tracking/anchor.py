@@ -238,8 +238,8 @@ def _view_all() -> int:
 
 def _anchor_of(run: Any, exp_deleted: bool) -> Anchor:
     params, tags = dict(run.data.params), dict(run.data.tags)
-    seq_text = params.get(PARAM_SEQ, tags.get(TAG_SEQ, ""))
-    digest = params.get(PARAM_HASH, tags.get(TAG_HASH, ""))
+    seq_text = str(params.get(PARAM_SEQ, tags.get(TAG_SEQ, "")))
+    digest = str(params.get(PARAM_HASH, tags.get(TAG_HASH, "")))
     try:
         seq = int(seq_text)
     except ValueError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -259,18 +259,19 @@ def _attribute(
             )
         )
     gaps: list[Gap] = []
-    for metric, frame_all in (("auroc", scores_all), ("fnr", rates_all)):
-        values = [frame_all.by_group.loc[g, metric] for g in judged[metric]]
+    kinds: list[tuple[Literal["auroc", "fnr"], Any]] = [("auroc", scores_all), ("fnr", rates_all)]
+    for kind, frame_all in kinds:
+        values = [frame_all.by_group.loc[g, kind] for g in judged[kind]]
         values = [v for v in values if _none(v) is not None]
         gap = float(max(values) - min(values)) if len(values) >= 2 else 0.0
-        lo, hi = gap_ci.get(metric, (None, None))
+        lo, hi = gap_ci.get(kind, (None, None))
         gaps.append(
             Gap(
                 attribute=attribute,
-                metric=metric,
+                metric=kind,
                 gap=gap,
                 lo=lo,
-                hi=hi,  # type: ignore[arg-type]
+                hi=hi,
                 groups_judged=len(values),
                 min_group_n=min_group_n,
             )

@@ -19,7 +19,6 @@ calls them in order. The rules they keep:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from dpgov.errors import Refused, UsageError
+from dpgov.training import records
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -38,9 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from dpgov.training.evaluate import Evaluation
     from dpgov.training.params import RunParams
     from dpgov.training.trainer import SamplingPlan, TrainResult
-
-SAMPLING = "poisson"
-NEIGHBOURING = "add_remove"
 
 
 class PreparedLike(Protocol):
@@ -410,76 +407,6 @@ def reserve(p: RunPlan, *, ledger: Ledger) -> Reservation:
 # --------------------------------------------------------------------------- train
 
 
-def _run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) -> dict[str, Any]:
-    cfg = p.params.train
-    out: dict[str, Any] = {
-        "private": private,
-        "dataset": p.dataset,
-        "blocks": p.blocks,
-        "n_train": len(p.train.y),
-        "model": p.params.model.name,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "optimizer": cfg.optimizer,
-        "learning_rate": cfg.learning_rate,
-        "momentum": cfg.momentum,
-        "seed": cfg.seed,
-        "device": p.device,
-        "unit_of_privacy": "patient",
-    }
-    if private:
-        out.update(
-            {
-                "noise_multiplier": p.noise_multiplier,
-                "noise_calibrated": p.calibrated,
-                "sample_rate": p.sampling.sample_rate,
-                "expected_batch_size": p.sampling.expected_batch_size,
-                "max_physical_batch_size": cfg.max_physical_batch_size,
-                "steps": p.sampling.steps,
-                "max_grad_norm": cfg.max_grad_norm,
-                "accountant": p.accountant,
-                "delta": p.delta,
-                "target_epsilon": cfg.target_epsilon,
-                "sampling": SAMPLING,
-                "neighbouring": NEIGHBOURING,
-                "grad_sample_mode": p.grad_sample_mode,
-                "secure_rng": cfg.secure_rng,
-            }
-        )
-    else:
-        out.update(
-            {
-                "sampling": "shuffled minibatches",
-                "steps_per_epoch": math.ceil(len(p.train.y) / cfg.batch_size),
-            }
-        )
-    return out
-
-
-def _run_tags(p: RunPlan, reservation: Reservation | None, *, private: bool) -> dict[str, str]:
-    from dpgov import config
-
-    tags = {
-        "dpgov.private": str(private).lower(),
-        "dpgov.status": "candidate" if private else "reference",
-        "dpgov.dataset": p.dataset,
-        "dpgov.blocks": _json(p.blocks),
-        "dpgov.data_version": p.data_version,
-        "dpgov.policy_sha256": p.policy.sha256,
-        "dpgov.author": config.actor(),
-    }
-    if reservation is not None:
-        tags["dpgov.reservation"] = reservation.id
-        tags["dpgov.ledger_entries"] = _json([reservation.seq])
-    return tags
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"))
-
-
 def train(
     p: RunPlan,
     reservation: Reservation,
@@ -508,8 +435,8 @@ def train(
         run_id = runs.start_run(
             experiment=p.params.train.experiment,
             run_name=f"dp-{p.params.model.name}",
-            params=_run_params(p, reservation, private=True),
-            tags=_run_tags(p, reservation, private=True),
+            params=records.run_params(p, reservation, private=True),
+            tags=records.run_tags(p, reservation, private=True),
         )
 
         def eps_so_far(steps: int) -> float:
@@ -632,163 +559,6 @@ def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> Ev
 # --------------------------------------------------------------------------- track
 
 
-def privacy_statement(
-    p: RunPlan,
-    reservation: Reservation,
-    commit_entry: Entry,
-    steps: int,
-    block_epsilon: dict[str, float],
-) -> dict[str, Any]:
-    """What this model's guarantee is, for whom, and what it does not cover."""
-    from dpgov.accounting import epsilon
-
-    eps = epsilon([p.mechanism.with_steps(steps)], delta=p.delta, accountant=p.accountant)
-    return {
-        "private": True,
-        "epsilon": eps,
-        "delta": p.delta,
-        "accountant": p.accountant,
-        "mechanism": p.mechanism.with_steps(steps).to_dict(),
-        "noise_multiplier": p.noise_multiplier,
-        "sample_rate": p.sampling.sample_rate,
-        "expected_batch_size": p.sampling.expected_batch_size,
-        "steps": steps,
-        "epochs": p.sampling.epochs,
-        "max_grad_norm": p.params.train.max_grad_norm,
-        "sampling": SAMPLING,
-        "neighbouring": NEIGHBOURING,
-        "unit_of_privacy": "patient",
-        "unit_of_privacy_column": p.meta.get("patient_id", "patient_id"),
-        "records_per_patient": 1,
-        "secure_rng": p.params.train.secure_rng,
-        "covers": {
-            "dataset": p.dataset,
-            "blocks": p.blocks,
-            "data_version": p.data_version,
-            "n_train_patients": len(p.train.y),
-            "split": "train",
-        },
-        "cumulative_epsilon_per_block": block_epsilon,
-        "epsilon_per_block_limit": p.policy.policy.budget.epsilon_per_block,
-        "not_covered": [
-            "the held-out test split (used for evaluation, released as metrics)",
-            "the non-private reference model (never promotable)",
-            "choices made outside this run (hyperparameters, preprocessing fitted on data)",
-        ],
-        "ledger": {"reservation": reservation.id, "entries": [reservation.seq, commit_entry.seq]},
-        "policy_sha256": p.policy.sha256,
-    }
-
-
-def statement_text(s: dict[str, Any]) -> str:
-    covers = s["covers"]
-    return (
-        f"This model was trained with differential privacy: (ε = {s['epsilon']:.4f}, "
-        f"δ = {s['delta']:g}) for this run alone, computed with the {s['accountant'].upper()} "
-        f"accountant.\n"
-        f"Mechanism: DP-SGD, {SAMPLING} sampling at rate q = {s['sample_rate']:.6g} "
-        f"(expected batch {s['expected_batch_size']:.1f}), noise multiplier σ = "
-        f"{s['noise_multiplier']:.6g}, per-example clipping norm C = {s['max_grad_norm']:g}, "
-        f"{s['steps']} steps ({s['epochs']} epochs).\n"
-        f"Unit of privacy: one patient (column {s['unit_of_privacy_column']!r}, one training "
-        f"record per patient), add/remove-one neighbouring datasets.\n"
-        f"Covers: dataset {covers['dataset']!r}, blocks {', '.join(covers['blocks'])}, data "
-        f"version {covers['data_version']}, {covers['n_train_patients']} training patients.\n"
-        "Cumulative ε per block after this run (all charges composed, limit "
-        f"{s['epsilon_per_block_limit']:g}): "
-        + ", ".join(f"{b} {v:.4f}" for b, v in s["cumulative_epsilon_per_block"].items())
-        + ".\n"
-        "Not covered: " + "; ".join(s["not_covered"]) + ".\n"
-        f"Ledger: reservation {s['ledger']['reservation']}, entries "
-        f"{', '.join(str(e) for e in s['ledger']['entries'])}; policy sha256 "
-        f"{s['policy_sha256']}.\n"
-    )
-
-
-def _input_example(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x[: min(4, len(x))], dtype=np.float32)
-
-
-def _facts(
-    p: RunPlan,
-    *,
-    run_id: str,
-    private: bool,
-    ev: Evaluation,
-    model_name: str,
-    model_version: str | None,
-    reservation: Reservation | None,
-    entries: list[int],
-    steps: int | None,
-    eps: float | None,
-    reference: Any = None,
-) -> dict[str, Any]:
-    from dpgov import config
-    from dpgov.gate.facts import CandidateFacts
-
-    cfg = p.params.train
-    facts = CandidateFacts(
-        model_name=model_name,
-        model_version=model_version,
-        run_id=run_id,
-        private=private,
-        author=config.actor(),
-        dataset=p.dataset,
-        data_version=p.data_version,
-        blocks=list(p.blocks),
-        reservation_id=reservation.id if reservation else None,
-        ledger_entries=entries,
-        epsilon=eps if private else None,
-        delta=p.delta if private else None,
-        accountant=p.accountant if private else None,
-        noise_multiplier=p.noise_multiplier if private else None,
-        sample_rate=p.sampling.sample_rate if private else None,
-        steps=steps if private else None,
-        max_grad_norm=cfg.max_grad_norm if private else None,
-        secure_rng=bool(cfg.secure_rng) if private else False,
-        n_train_patients=len(p.train.y),
-        auroc=ev.auroc,
-        auroc_lo=ev.auroc_lo,
-        auroc_hi=ev.auroc_hi,
-        accuracy=ev.accuracy,
-        brier=ev.brier,
-        calibration_error=ev.calibration_error,
-        subgroups=list(ev.subgroups),
-        gaps=list(ev.gaps),
-        reference=reference,
-        policy_sha256=p.policy.sha256,
-    )
-    return facts.model_dump(mode="json")
-
-
-def _version_tags(facts: dict[str, Any]) -> dict[str, str]:
-    eps, delta = facts["epsilon"], facts["delta"]
-    return {
-        "dpgov.status": "candidate" if facts["private"] else "reference",
-        "dpgov.private": str(facts["private"]).lower(),
-        "dpgov.run_id": facts["run_id"],
-        "dpgov.data_version": facts["data_version"],
-        "dpgov.dataset": facts["dataset"],
-        "dpgov.blocks": _json(facts["blocks"]),
-        "dpgov.reservation": facts["reservation_id"] or "",
-        "dpgov.ledger_entries": _json(facts["ledger_entries"]),
-        "dpgov.policy_sha256": facts["policy_sha256"],
-        "dpgov.author": facts["author"],
-        "dpgov.epsilon": repr(float(eps)) if eps is not None else "inf",
-        "dpgov.delta": repr(float(delta)) if delta is not None else "none",
-    }
-
-
-def _subgroup_csv(ev: Evaluation) -> str:
-    import io
-
-    import pandas as pd
-
-    buf = io.StringIO()
-    pd.DataFrame(ev.table()).to_csv(buf, index=False)
-    return buf.getvalue()
-
-
 def _register(
     run_id: str,
     model: Any,
@@ -802,14 +572,14 @@ def _register(
     ref = runs.log_model(
         run_id,
         model,
-        input_example=_input_example(p.test.x if len(p.test.x) else p.train.x),
+        input_example=records.input_example(p.test.x if len(p.test.x) else p.train.x),
         register_as=facts["model_name"],
-        version_tags=_version_tags(facts),
+        version_tags=records.version_tags(facts),
     )
     assert ref is not None
     facts["model_version"] = ref.version
     runs.log_json(run_id, facts, runs.CANDIDATE_FACTS)
-    runs.log_text(run_id, _subgroup_csv(ev), "subgroups.csv")
+    runs.log_text(run_id, records.subgroup_csv(ev), "subgroups.csv")
     runs.log_json(
         run_id,
         {"subgroups": ev.table(), "gaps": [g.model_dump() for g in ev.gaps]},
@@ -868,14 +638,14 @@ def _track(
         ref_run_id = runs.start_run(
             experiment=cfg.experiment,
             run_name=f"reference-{p.params.model.name}",
-            params=_run_params(p, None, private=False),
-            tags={**_run_tags(p, None, private=False), "dpgov.private_run": outcome.run_id},
+            params=records.run_params(p, None, private=False),
+            tags={**records.run_tags(p, None, private=False), "dpgov.private_run": outcome.run_id},
         )
         runs.log_metrics(
             ref_run_id, {**ref_ev.metrics(), "seconds_per_epoch": _mean(ref_res.epoch_seconds)}
         )
         runs.log_series(ref_run_id, "train_loss", ref_res.epoch_losses)
-        facts = _facts(
+        facts = records.candidate_facts(
             p,
             run_id=ref_run_id,
             private=False,
@@ -892,13 +662,13 @@ def _track(
         ref_facts = reference_facts(ref_run_id, ref_ev)
 
     run_id = outcome.run_id
-    statement = privacy_statement(p, reservation, commit_entry, steps, block_eps)
+    statement = records.privacy_statement(p, reservation, commit_entry, steps, block_eps)
     ev = evals.private
     metrics: dict[str, float] = {
         "epsilon": statement["epsilon"],
         "delta": p.delta,
         "seconds_per_epoch": _mean(outcome.result.epoch_seconds),
-        **{f"epsilon_block.{_metric_key(b)}": v for b, v in block_eps.items()},
+        **{f"epsilon_block.{records.metric_key(b)}": v for b, v in block_eps.items()},
         **ev.metrics(),
     }
     if evals.reference is not None:
@@ -909,14 +679,14 @@ def _track(
     runs.set_tags(
         run_id,
         {
-            "dpgov.ledger_entries": _json(entries),
+            "dpgov.ledger_entries": records.compact_json(entries),
             "dpgov.commit": str(commit_entry.seq),
             **({"dpgov.reference_run": ref_run_id} if ref_run_id else {}),
         },
     )
     runs.log_json(run_id, statement, "privacy_statement.json")
-    runs.log_text(run_id, statement_text(statement), "privacy_statement.txt")
-    facts = _facts(
+    runs.log_text(run_id, records.statement_text(statement), "privacy_statement.txt")
+    facts = records.candidate_facts(
         p,
         run_id=run_id,
         private=True,
@@ -940,10 +710,6 @@ def _track(
         facts=facts,
         block_epsilon=block_eps,
     )
-
-
-def _metric_key(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in str(text))
 
 
 def _mean(values: list[float]) -> float:
@@ -1005,8 +771,15 @@ def run_governed(
     p = plan(params, policy, data, ledger=led, data_version=data_version)
     reservation = reserve(p, ledger=led)
     outcome = train(p, reservation, ledger=led, progress=progress, on_step=on_step)
-    entry = commit(reservation, outcome, ledger=led)
-    evals = evaluate(p, outcome, progress=progress)
+    try:
+        entry = commit(reservation, outcome, ledger=led)
+        evals = evaluate(p, outcome, progress=progress)
+    except BaseException as err:  # the ledger keeps the charge; MLflow shows the failure
+        from dpgov.tracking import runs
+
+        why = _reason(err)
+        _quiet(lambda: runs.end_run(outcome.run_id, failed=True, reason=why))
+        raise
     tracked = track(p, reservation, outcome, entry, evals, ledger=led)
     ref = evals.reference
     return RunSummary(

@@ -22,11 +22,11 @@ class _Strict(BaseModel):
 
 
 class ModelParams(_Strict):
-    name: str = Field("mlp", description="registry key: mlp, logreg or cnn")
+    name: str = Field(default="mlp", description="registry key: mlp, logreg or cnn")
     hidden: list[int] = Field(default_factory=lambda: [64, 32], description="MLP widths")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN widths")
-    groups: int = Field(4, ge=1, description="GroupNorm groups per CNN block (at most)")
+    groups: int = Field(default=4, ge=1, description="GroupNorm groups per CNN block (at most)")
 
     @field_validator("name")
     @classmethod
@@ -47,33 +47,36 @@ class ModelParams(_Strict):
 
 class TrainParams(_Strict):
     data: str | None = Field(
-        None, description="prepared data folder; None: data/prepared/<data.dataset>"
+        default=None, description="prepared data folder; None: data/prepared/<data.dataset>"
     )
-    blocks: list[str] | None = Field(None, description="blocks to train on; None = all active")
-    target_epsilon: float = Field(2.0, gt=0, description="ε of this run alone, at policy δ")
+    blocks: list[str] | None = Field(
+        default=None, description="blocks to train on; None = all active"
+    )
+    target_epsilon: float = Field(default=2.0, gt=0, description="ε of this run alone, at policy δ")
     noise_multiplier: float | None = Field(
-        None, gt=0, description="fixed σ; None = calibrate σ for target_epsilon"
+        default=None, gt=0, description="fixed σ; None = calibrate σ for target_epsilon"
     )
-    epochs: int = Field(10, ge=1, le=100_000)
-    batch_size: int = Field(512, ge=1, description="expected logical batch (Poisson)")
-    max_physical_batch_size: int = Field(1024, ge=1)
-    max_grad_norm: float = Field(5.0, gt=0)
+    epochs: int = Field(default=10, ge=1, le=100_000)
+    batch_size: int = Field(default=512, ge=1, description="expected logical batch (Poisson)")
+    max_physical_batch_size: int = Field(default=1024, ge=1)
+    max_grad_norm: float = Field(default=5.0, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.2, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    sampling: str = Field("poisson", description="only poisson matches the accounting")
+    learning_rate: float = Field(default=0.2, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    sampling: str = Field(default="poisson", description="only poisson matches the accounting")
     grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"
     device: str = "auto"
     seed: int = 0
     secure_rng: bool = False
-    reference: bool = Field(True, description="also train a non-private reference")
+    reference: bool = Field(default=True, description="also train a non-private reference")
     threshold: float | Literal["prevalence"] = Field(
-        "prevalence", description="score cut-off for 0/1 predictions; prevalence = test rate"
+        default="prevalence",
+        description="score cut-off for 0/1 predictions; prevalence = test rate",
     )
-    min_group_n: int = Field(50, ge=1, description="smallest subgroup judged for gaps")
-    n_boot: int = Field(50, ge=0, description="bootstrap resamples (0 = no intervals)")
-    model_name: str = Field("dpgov-flchain", min_length=1, description="registered model")
-    experiment: str = Field("dpgov", min_length=1, description="MLflow experiment")
+    min_group_n: int = Field(default=50, ge=1, description="smallest subgroup judged for gaps")
+    n_boot: int = Field(default=50, ge=0, description="bootstrap resamples (0 = no intervals)")
+    model_name: str = Field(default="dpgov-flchain", min_length=1, description="registered model")
+    experiment: str = Field(default="dpgov", min_length=1, description="MLflow experiment")
 
     @field_validator("sampling")
     @classmethod
@@ -107,7 +110,9 @@ def _is_index(device: str) -> bool:
 
 
 class RunParams(_Strict):
-    data: dict[str, Any] | None = Field(None, description="owned by dpgov.data; passed through")
+    data: dict[str, Any] | None = Field(
+        default=None, description="owned by dpgov.data; passed through"
+    )
     train: TrainParams = Field(default_factory=TrainParams)
     model: ModelParams = Field(default_factory=ModelParams)
 

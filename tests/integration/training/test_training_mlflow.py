@@ -188,7 +188,7 @@ def test_registered_model_gives_the_evaluated_scores(governed_run: Any) -> None:
 
     summary, data, _ = governed_run
     model = runs.load_model(f"models:/readback/{summary.model_version}")
-    x = torch.from_numpy(data.features("test"))
+    x = torch.from_numpy(np.array(data.features("test")))
     with torch.no_grad():
         scores = torch.sigmoid(model(x)).reshape(-1).numpy()
     from dpgov.training.evaluate import auroc

@@ -1,0 +1,198 @@
+"""``dpgov audit``: verify the ledger and everything that depends on it; report.
+
+Exit codes: 0 clean; 1 findings (each listed); 2 unusable input (a ledger that does not answer
+or does not exist, a malformed policy, a bad --since, an unwritable --html path): one line.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
+
+
+def register(app: typer.Typer) -> None:
+    app.command("audit")(audit)
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """``--since``: an ISO 8601 date or time; naive times are UTC."""
+    from dpgov.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as err:
+        raise UsageError(
+            f"--since {text!r}: expected a date such as 2026-01-31 or 2026-01-31T12:00:00+00:00"
+        ) from err
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _check_output(path: Path) -> Path:
+    from dpgov.errors import UsageError
+
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"--html {path}: folder {parent} does not exist; nothing written")
+    if path.exists() and path.is_dir():
+        raise UsageError(f"--html {path} is a folder; give a file name")
+    return path
+
+
+def audit(
+    html_file: Path | None = typer.Option(
+        None,
+        "--html",
+        help="Also write the report as one self-contained HTML file.",
+        show_default=False,
+    ),
+    as_json: bool = JsonOption,
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="Report only what happened since DATE (ISO 8601). Integrity "
+        "findings are always reported.",
+        show_default=False,
+    ),
+    policy: Path | None = PolicyOption,
+    dvc_root: Path | None = typer.Option(
+        None,
+        "--dvc-root",
+        help="DVC repository to look data versions up in (default: the "
+        "one holding the working directory).",
+        show_default=False,
+    ),
+    stale_hours: float = typer.Option(
+        24.0,
+        "--stale-hours",
+        min=0.0,
+        help="A reservation pending longer than this is a finding (a crashed run).",
+    ),
+    deep: bool = typer.Option(
+        False, "--deep", help="Also recompute the ε every reservation recorded (slower)."
+    ),
+    anchor: bool = typer.Option(
+        False,
+        "--anchor",
+        help="When the chain and its anchors check out, record the "
+        "ledger's head as a new anchor in the tracking store.",
+    ),
+) -> None:
+    """Verify the ledger, recompute every block's ε, check releases, runs and data versions."""
+    from dpgov.policy import load_policy
+    from dpgov.report.audit import AuditOptions
+    from dpgov.report.audit import audit as run_audit
+    from dpgov.report.collect import dvc_index, open_ledger, snapshot_ledger, snapshot_tracking
+
+    when = parse_since(since)
+    loaded = load_policy(policy)
+    if html_file is not None:
+        _check_output(html_file)
+    ledger = open_ledger()
+    try:
+        led = snapshot_ledger(ledger, loaded.policy.budget)
+        tracking = snapshot_tracking()
+        index = dvc_index(dvc_root)
+        report = run_audit(
+            led,
+            tracking,
+            index,
+            loaded,
+            AuditOptions(now=datetime.now(UTC), since=when, stale_hours=stale_hours, deep=deep),
+        )
+        anchored = _anchor(ledger, report) if anchor else None
+    finally:
+        ledger.close()
+    data = report.to_dict()
+    if anchored is not None:
+        data["anchored"] = anchored
+    if html_file is not None:
+        from dpgov.report.html import render
+
+        html_file.write_text(render(report), encoding="utf-8")
+        data["html"] = str(html_file)
+    emit(as_json, data, lambda: _render(data))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _anchor(ledger: Any, report: Any) -> dict[str, Any]:
+    """Anchor the head only when nothing suggests the chain was tampered with."""
+    from dpgov.tracking.anchor import AnchorError, record_head
+
+    blocking = {
+        "chain_broken",
+        "anchor_mismatch",
+        "ledger_truncated",
+        "row_corrupted",
+        "tracking_unavailable",
+    }
+    bad = sorted({f.kind for f in report.findings if f.kind in blocking})
+    if bad:
+        return {"recorded": False, "reason": f"not anchored: {', '.join(bad)}"}
+    try:
+        a = record_head(ledger)
+    except AnchorError as err:
+        return {"recorded": False, "reason": str(err)}
+    if a is None:
+        return {"recorded": False, "reason": "the ledger is empty"}
+    return {"recorded": True, **a.to_dict()}
+
+
+def _render(d: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    con = console()
+    led, anc = d["ledger"], d["anchors"]
+    n = len(d["findings"])
+    verdict = "[bold green]CLEAN[/]" if d["ok"] else f"[bold red]{n} FINDING(S)[/]"
+    con.print(f"audit: {verdict}" + (f" (since {d['since']})" if d["since"] else ""))
+    chain = "verifies" if led["chain_ok"] else f"BROKEN at entry {led['first_bad_seq']}"
+    con.print(
+        f"ledger {led['url']}: {led['entries']} entries, head {led['head_seq']}, "
+        f"chain {chain}; HMAC key {'set' if led['hmac_key_set'] else 'not set'}"
+    )
+    if anc.get("checked"):
+        con.print(
+            f"anchors: {anc['count']} ({anc['matched']} matching), newest entry {anc['newest_seq']}"
+        )
+    else:
+        con.print("anchors: not checked")
+    c = d["counts"]
+    con.print(
+        f"reservations {c['reservations']} {c['by_status']}; MLflow runs "
+        f"{c['mlflow_runs']} ({c['dp_runs']} DP); releases {c['releases']}"
+    )
+    if d["blocks"]:
+        t = Table(title="ε per block (recomputed from the entries)")
+        for col in ("dataset", "block", "ε recomputed", "ε ledger", "limit", "charges", "pending"):
+            t.add_column(col)
+        for b in d["blocks"]:
+            t.add_row(
+                b["dataset"],
+                b["block"],
+                "—" if b["epsilon"] is None else eps_up(b["epsilon"]),
+                "—" if b["epsilon_ledger"] is None else eps_up(b["epsilon_ledger"]),
+                f"{b['epsilon_limit']:g}",
+                str(b["charges"]),
+                str(b["pending"]),
+            )
+        con.print(t)
+    if d["findings"]:
+        t = Table(title="Findings")
+        t.add_column("kind", no_wrap=True)
+        t.add_column("detail")
+        for f in d["findings"]:
+            t.add_row(f["kind"], f["detail"])
+        con.print(t)
+    if d.get("anchored"):
+        a = d["anchored"]
+        con.print(f"anchored head entry {a['seq']}" if a["recorded"] else a["reason"])
+    if d.get("html"):
+        con.print(f"report written to {d['html']}")
