@@ -72,10 +72,11 @@ def calibrate_against_states(
     if not priors:
         priors, goals = [acc.empty()], [target_epsilon]
 
-    def fits(sigma: float) -> bool:
+    def excess(sigma: float) -> float:
+        """max over priors of log(ε after the run / goal): <= 0 means σ fits everywhere."""
         mech = DpSgdMechanism(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
-        return all(
-            acc.epsilon(acc.add(state, mech), delta) <= goal
+        return max(
+            math.log(max(acc.epsilon(acc.add(state, mech), delta), 1e-300) / goal)
             for state, goal in zip(priors, goals, strict=True)
         )
 
@@ -88,27 +89,50 @@ def calibrate_against_states(
                                              sample_rate=sample_rate, steps=steps))
         except InfeasibleBudget:
             hi = SIGMA_MAX
-    lo = None
-    while not fits(hi):
+    g_hi = excess(hi)
+    lo, g_lo = None, math.inf
+    while g_hi > 0:
         if hi >= SIGMA_MAX:
             raise InfeasibleBudget(
                 f"no noise multiplier up to {SIGMA_MAX:g} keeps ε within {min(goals):g} at "
                 f"δ={delta:g} for {steps} steps at sample rate {sample_rate:g}: the budget "
                 f"is spent"
             )
-        lo, hi = hi, min(SIGMA_MAX, hi * 2)
-    if lo is None:  # hi fits: find a lower end that does not
-        lo = max(SIGMA_MIN, hi / 2)
-        while fits(lo):
+        lo, g_lo = hi, g_hi
+        hi = min(SIGMA_MAX, hi * 2)
+        g_hi = excess(hi)
+    if lo is None:  # hi fits: find a lower end that does not (RDP's σ is rarely 15% high)
+        lo = max(SIGMA_MIN, hi / 1.15)
+        g_lo = excess(lo)
+        while g_lo <= 0:
             if lo <= SIGMA_MIN:
                 return SIGMA_MIN
-            hi, lo = lo, max(SIGMA_MIN, lo / 2)
-    while hi / lo > 1 + tolerance:
-        mid = math.sqrt(lo * hi)
-        if fits(mid):
-            hi = mid
+            hi, g_hi = lo, g_lo
+            lo = max(SIGMA_MIN, lo / 2)
+            g_lo = excess(lo)
+
+    # Shrink the bracket [lo (does not fit), hi (fits)]: interpolate the root of the excess in
+    # log σ (it is smooth and monotone), then probe just above and just below the estimate so
+    # that one good interpolation closes the bracket in two evaluations. Bisect if that stalls.
+    probe = (1 + tolerance) ** 0.45
+    for attempt in range(40):
+        if hi / lo <= 1 + tolerance:
+            break
+        x_lo, x_hi = math.log(lo), math.log(hi)
+        if attempt < 6 and math.isfinite(g_lo) and g_lo != g_hi:
+            x = x_hi - g_hi * (x_hi - x_lo) / (g_hi - g_lo)
+            guess = math.exp(min(max(x, x_lo), x_hi))
+            candidates = [min(hi, guess * probe), max(lo, guess / probe)]
         else:
-            lo = mid
+            candidates = [math.sqrt(lo * hi)]
+        for sigma in candidates:
+            if not lo < sigma < hi:
+                continue
+            value = excess(sigma)
+            if value <= 0:
+                hi, g_hi = sigma, value
+            else:
+                lo, g_lo = sigma, value
     return hi
 
 

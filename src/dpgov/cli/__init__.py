@@ -28,6 +28,8 @@ _COMMAND_MODULES = [
     "dpgov.cli.gate",
     "dpgov.cli.run",
     "dpgov.cli.audit",
+    "dpgov.cli.sweep",
+    "dpgov.cli.schedule",
 ]
 
 for _name in _COMMAND_MODULES:

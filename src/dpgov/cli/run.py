@@ -1,6 +1,11 @@
-"""``dpgov run`` (one governed training run) and ``dpgov demo`` (the whole pipeline).
+"""``dpgov run`` (one governed training run) and ``dpgov demo`` (the whole pipeline), as Prefect
+flows (``pipelines/``).
 
-Heavy imports (torch, opacus, mlflow, fairlearn) happen inside the commands only.
+Nothing needs starting by hand: without ``PREFECT_API_URL`` the flows run on Prefect's
+temporary local server (state in ``$DPGOV_HOME/prefect``), started in the background while
+torch, Opacus, MLflow and Great Expectations load. With ``PREFECT_API_URL`` they run on that
+server (an unreachable one: exit 2, naming the URL). Bad params or policy are found before any
+flow starts. Heavy imports (prefect, torch, mlflow, ...) happen inside the commands only.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
+def _say(quiet: bool) -> Any:
+    return None if quiet else (lambda line: typer.echo(line, err=True))
+
+
 def run(
     params: Path | None = typer.Option(
         None,
@@ -28,22 +37,42 @@ def run(
     policy: Path | None = PolicyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """One governed DP training run: plan, reserve, train, commit, evaluate, track."""
-    from dpgov.training.governed import run_governed
+    """One governed DP training run (a Prefect flow): validate, plan, reserve, train, commit,
+    evaluate, track, gate."""
+    from dpgov.policy import load_policy
     from dpgov.training.params import load_params
+    from pipelines.runtime import HEAVY_MODULES, orchestrate
 
-    loaded = load_params(params)
-    summary = run_governed(loaded, policy, progress=not as_json)
-    data = summary.to_dict()
+    loaded = load_params(params)  # bad input: one line, before anything starts
+    policy_file = load_policy(policy).path
+
+    def call() -> dict[str, Any]:
+        from pipelines.governed import governed_run
+
+        return governed_run(
+            params=loaded.model_dump(mode="json"), policy=str(policy_file), progress=not as_json
+        )
+
+    summary, timings = orchestrate(call, preload_modules=HEAVY_MODULES, say=_say(as_json))
+    data = {**summary, "orchestration": timings}
     emit(as_json, data, lambda: _render(data))
 
 
-def demo(as_json: bool = JsonOption) -> None:
-    """Prepare, validate, train, evaluate and track on the bundled flchain data."""
+def demo(
+    waves: int = typer.Option(
+        0,
+        "--waves",
+        min=0,
+        help="Retraining over time: the cohort arrives in this many enrollment waves, each "
+        "ingested and followed by retraining (0: one governed run).",
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """The governed pipeline on the bundled flchain data, with the embedded defaults; ends with
+    the gate decision."""
     from dpgov import config
     from dpgov.errors import UsageError
-    from dpgov.training.governed import run_governed
-    from dpgov.training.params import embedded_params_path, load_params
+    from pipelines.runtime import HEAVY_MODULES, orchestrate
 
     try:
         import sksurv  # noqa: F401
@@ -52,47 +81,23 @@ def demo(as_json: bool = JsonOption) -> None:
             "dpgov demo needs the bundled flchain data from scikit-survival: "
             "pip install 'dpgov[demo]'"
         ) from err
-    embedded = load_params(embedded_params_path())
-    policy = Path(__file__).resolve().parents[1] / "defaults" / "policy.yaml"
-    out, steps = _prepare_and_validate(config.home() / "demo", policy, quiet=as_json)
-    params = embedded.model_copy(
-        update={"train": embedded.train.model_copy(update={"data": str(out)})}
-    )
-    summary = run_governed(params, policy, progress=not as_json)
-    data = {"data": steps, **summary.to_dict()}
-    emit(as_json, data, lambda: _render(data))
+    home = config.home() / "demo"
+
+    def call() -> dict[str, Any]:
+        if waves:
+            from pipelines.demo import demo_waves
+
+            return demo_waves(home=str(home), waves=waves, progress=not as_json)
+        from pipelines.demo import demo as demo_flow
+
+        return demo_flow(home=str(home), progress=not as_json)
+
+    result, timings = orchestrate(call, preload_modules=HEAVY_MODULES, say=_say(as_json))
+    data = {**result, "orchestration": timings}
+    emit(as_json, data, lambda: _render_waves(data) if waves else _render(data))
 
 
-def _prepare_and_validate(home: Path, policy: Path, *, quiet: bool) -> tuple[Path, dict]:
-    """The data module's prepare and validate steps; a failed validation stops the run."""
-    from dpgov.data import prepare, validate
-    from dpgov.errors import Refused
-
-    out = home / "prepared" / "flchain"
-    result = prepare(None, None, out=out)
-    if not quiet:
-        typer.echo(
-            f"prepared {result.dataset}: {result.n_train} train / {result.n_test} test "
-            f"patients in {len(result.blocks)} blocks, data version {result.data_version}",
-            err=True,
-        )
-    report = validate(None, None, prepared=out, policy=policy, out=home / "validation" / "flchain")
-    if not report.ok:
-        failed = ", ".join(c.name for c in report.failed[:3])
-        raise Refused(f"validation of {out} failed ({failed}): nothing was reserved")
-    if not quiet:
-        typer.echo(
-            f"validated {out}: {len(report.checks)} checks of the data contract hold", err=True
-        )
-    info = {
-        "prepare": result.to_dict(),
-        "validate": {
-            "ok": report.ok,
-            "checks": len(report.checks),
-            "data_version": report.data_version,
-        },
-    }
-    return out, info
+# --------------------------------------------------------------------------- rendering
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -108,6 +113,16 @@ def _render(data: dict[str, Any]) -> None:
 
     out = console()
     plan = data["plan"]
+    prep = (data.get("data") or {}).get("prepare")
+    if prep:
+        out.print(
+            f"prepared {prep['dataset']}: {prep['n_train']} train / {prep['n_test']} test "
+            f"patients in {len(prep['blocks'])} blocks, data version {prep['data_version']}"
+        )
+    val = data.get("validation") or {}
+    if val:
+        how = "recorded validation reused" if val.get("reused") else "validated now"
+        out.print(f"validation: {val['checks']} checks of the data contract hold ({how})")
     out.print(
         f"[bold]run[/bold] {data['run_id']}  model {data['model_name']} "
         f"version {data['model_version']} (candidate)"
@@ -146,4 +161,140 @@ def _render(data: dict[str, Any]) -> None:
             f"gap {g['attribute']} {g['metric']}: {g['gap']:.3f}{_ci(g['lo'], g['hi'])}"
             f" over {g['groups_judged']} groups of ≥ {g['min_group_n']}{extra}"
         )
-    out.print(f"done in {data['seconds']:.1f} s")
+    _render_seconds(data)
+    if data.get("gate"):
+        _render_gate(data["gate"])
+
+
+def _render_seconds(data: dict[str, Any]) -> None:
+    t = data.get("timings") or {}
+    orch = data.get("orchestration") or {}
+    steps = ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+    console().print(
+        f"done in {orch.get('flow_seconds', data.get('seconds', 0.0)):.1f} s of flow "
+        f"({steps}); Prefect API ready after {orch.get('api_seconds', 0.0):.1f} s"
+    )
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if name == "release_epsilon" or name.startswith("block_budget"):
+            return eps_up(value)
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _render_gate(decision: dict[str, Any]) -> None:
+    """The gate decision as a table (the demo ends with it)."""
+    from rich.table import Table
+
+    verdict = "[bold green]ALLOWED[/]" if decision["allowed"] else "[bold red]BLOCKED[/]"
+    sha = str(decision.get("policy_sha256") or "")[:12]
+    table = Table(
+        title=f"gate: {decision['model']} version {decision['version']} — {verdict}",
+        caption=f"policy {decision.get('policy_path')} (sha256 {sha}…); "
+        f"ledger entry {decision.get('ledger_seq')}",
+    )
+    for col, justify in (
+        ("check", "left"),
+        ("observed", "right"),
+        ("limit", "right"),
+        ("result", "left"),
+        ("reason", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for c in decision["checks"]:
+        table.add_row(
+            c["name"],
+            _cell(c["name"], c["observed"]),
+            _cell(c["name"], c["limit"]),
+            "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]",
+            c["reason"],
+        )
+    out = console()
+    out.print(table)
+    if not decision["allowed"]:
+        model, version = decision["model"], decision["version"]
+        out.print(
+            f"next: dpgov approve {model} {version} --by NAME, then dpgov promote {model} "
+            f"{version} (or answer the approval flow: dpgov flows approval {model} {version})"
+        )
+
+
+def _render_waves(data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out = console()
+    out.print(
+        f"[bold]retraining over time[/bold]: {data['dataset']} in {len(data['waves'])} "
+        f"enrollment waves, ε per block {data['epsilon_per_block']:g} (scenario policy "
+        f"{data['policy']}); DVC repository {data['folder']}/repo"
+    )
+    runs = Table(title="Waves: what arrived, what retraining did")
+    for col in ("wave", "enrolled", "new blocks", "trained on", "retired", "σ", "ε run", "AUROC",
+                "gate"):
+        runs.add_column(col)
+    for w in data["waves"]:
+        r = w["retraining"]
+        sel = r["selection"]
+        retired = ", ".join(x["block"] for x in sel["retire"]) or "—"
+        if r["status"] == "trained":
+            run = r["run"]
+            gate = run.get("gate") or {}
+            runs.add_row(
+                str(w["wave"]),
+                f"{w['enrollment'][0]}–{w['enrollment'][1]}",
+                ", ".join(w["ingest"]["new_blocks"]) or "—",
+                ", ".join(run["plan"]["blocks"]),
+                retired,
+                f"{run['plan']['noise_multiplier']:.3g}",
+                eps_up(run["epsilon"]),
+                f"{run['auroc']:.3f}",
+                "allowed" if gate.get("allowed") else f"blocked ({len(gate.get('failing', []))})",
+            )
+        else:
+            runs.add_row(
+                str(w["wave"]),
+                f"{w['enrollment'][0]}–{w['enrollment'][1]}",
+                ", ".join(w["ingest"]["new_blocks"]) or "—",
+                f"skipped: {r['reason']}",
+                retired,
+                "—",
+                "—",
+                "—",
+                "—",
+            )
+    out.print(runs)
+    blocks: list[str] = []
+    for w in data["waves"]:
+        for row in w["retraining"]["budgets"]:
+            if row["block"] not in blocks:
+                blocks.append(row["block"])
+    budget = Table(title="ε spent per block after each wave (limit "
+                   f"{data['epsilon_per_block']:g}; R: retired)")
+    budget.add_column("block")
+    for w in data["waves"]:
+        budget.add_column(f"after wave {w['wave']}", justify="right")
+    for b in blocks:
+        cells = []
+        for w in data["waves"]:
+            row = next((x for x in w["retraining"]["budgets"] if x["block"] == b), None)
+            if row is None:
+                cells.append("—")
+            else:
+                mark = " R" if row["state"] == "retired" else ""
+                cells.append(f"{row['epsilon_spent']:.3f} ({row['charges']}){mark}")
+        budget.add_row(b, *cells)
+    out.print(budget)
+    out.print("cells: ε spent (charges); a retired block takes no further charges")
+    orch = data.get("orchestration") or {}
+    out.print(
+        f"done in {orch.get('flow_seconds', data.get('seconds', 0.0)):.1f} s of flows; Prefect "
+        f"API ready after {orch.get('api_seconds', 0.0):.1f} s"
+    )
+    if data.get("gate"):
+        _render_gate(data["gate"])

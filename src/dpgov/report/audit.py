@@ -31,7 +31,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from dpgov.report.findings import TIMELESS, Finding, finding
-from dpgov.report.replay import Charge, Epsilons, RawEntry, Replay, close_enough, replay
+from dpgov.report.replay import (
+    Charge,
+    Epsilons,
+    RawEntry,
+    Replay,
+    close_enough,
+    merge_key,
+    replay,
+)
 
 if TYPE_CHECKING:
     from dpgov.policy import LoadedPolicy
@@ -378,14 +386,18 @@ def check_budgets(
     checked: dict[tuple[str, str], list[Charge]] = {}
     for ds, b in r.blocks:
         recorded = [
-            c for c in r.by_block.get((ds, b), []) if b in c.epsilon_after and c.delta
-            and c.accountant
+            c
+            for c in r.by_block.get((ds, b), [])
+            if b in c.epsilon_after and c.delta and c.accountant
         ]
         checked[(ds, b)] = recorded if deep else recorded[-1:]
     eps.prefetch(
         [(r.state(ds, b), budget.delta, budget.accountant) for ds, b in r.blocks]
-        + [(r.state(c.dataset, b, c.seq), c.delta or 0.0, c.accountant or "")
-           for (_, b), cs in checked.items() for c in cs]
+        + [
+            (r.state(c.dataset, b, c.seq), c.delta or 0.0, c.accountant or "")
+            for (_, b), cs in checked.items()
+            for c in cs
+        ]
     )
     for (ds, b), rec in sorted(r.blocks.items()):
         charges = r.by_block.get((ds, b), [])
@@ -539,6 +551,11 @@ def check_releases(
         history.setdefault(key, []).append(p)
 
     checked: dict[int, dict[str, Any]] = {}
+    votes: dict[tuple[str, str | None], list[GovEntry]] = {}
+    for e in gov:
+        if e.kind in ("approval", "refusal"):
+            votes.setdefault((str(e.payload.get("model")), _v(e.payload.get("version"))), [])
+            votes[(str(e.payload.get("model")), _v(e.payload.get("version")))].append(e)
 
     def check_promotion(p: GovEntry) -> dict[str, Any]:
         if p.seq in checked:
@@ -600,13 +617,8 @@ def check_releases(
         if not isinstance(required, int) or isinstance(required, bool):
             required = policy.policy.approvals.required
         latest: dict[str, GovEntry] = {}
-        for e in gov:
-            if (
-                e.seq < d.seq
-                and e.kind in ("approval", "refusal")
-                and str(e.payload.get("model")) == model
-                and _v(e.payload.get("version")) == version
-            ):
+        for e in votes.get((model, version), []):
+            if e.seq < d.seq:
                 latest[approver_key(str(e.payload.get("by", "")))] = e
         problems = []
         for name in approvers:
@@ -799,8 +811,6 @@ def recorded_figures(r: Replay) -> dict[tuple[Any, float, str], float]:
     """The ε the ledger recorded, by the exact state it was recorded for: each reservation's
     ε of its plan alone and each block's ε after it (hash-chained, so they cannot be changed
     without the chain check or the anchors noticing)."""
-    from dpgov.report.replay import merge_key
-
     out: dict[tuple[Any, float, str], float] = {}
     for c in r.charges.values():
         if not c.delta or not c.accountant:
@@ -938,7 +948,6 @@ def _run_metrics_vs_ledger(
     where: dict[str, Any],
 ) -> list[Finding]:
     from dpgov.accounting import AccountantFailed
-    from dpgov.report.replay import merge_key
 
     out: list[Finding] = []
     delta = run.metrics.get("delta") or c.delta or policy.policy.budget.delta
@@ -977,22 +986,25 @@ def _run_metrics_vs_ledger(
         )
         seqs = [commit] + [s for s in r.change_seqs(c.dataset, b) if s > commit]
         first: float | None = None
-        matched = False
+        matched = conclusive = False
         for s in seqs[:MAX_CANDIDATE_STATES]:
             t = parse_time(times.get(s))
             if first is not None and end is not None and t is not None and t > end:
+                conclusive = True  # every state the run could have seen was tried
                 break
             try:
                 then = figures.value(r.state(c.dataset, b, s), delta, acc)
             except (AccountantFailed, ValueError):
                 break
-            if then is None:
+            if then is None:  # out of compositions: neither a match nor a finding
                 break
             first = then if first is None else first
             if close_enough(then, value):
                 matched = True
                 break
-        if first is not None and not matched:
+        else:
+            conclusive = True
+        if first is not None and not matched and conclusive:
             out.append(
                 finding(
                     "epsilon_mismatch",
@@ -1184,6 +1196,15 @@ def audit(
         art = tracking.artifacts.get((rel["model"], rel["version"]))
         rel.update(release_statement(rel, art, r, eps, policy, block_eps))
 
+    budget = policy.policy.budget
+    eps.prefetch(
+        [
+            (merge_key([c.mechanism]), c.delta or budget.delta, c.accountant or budget.accountant)
+            for c in r.charges.values()
+            if c.status != "released"
+            and not (c.mechanism == c.planned and c.epsilon_run is not None and c.delta)
+        ]
+    )
     runs = []
     for c in r.charges.values():
         run = claimed.get(c.id)
@@ -1229,6 +1250,7 @@ def audit(
         "releases": len(releases),
         "findings_by_kind": _count(f.kind for f in findings),
         "epsilon_compositions": eps.computed,
+        "run_figures": run_figures,
     }
     return AuditReport(
         findings=findings,

@@ -64,11 +64,24 @@ def experiment_id(name: str) -> str:
 
 
 def start_run(
-    *, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
+    *,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
 ) -> str:
-    """Create a run (status RUNNING) with its parameters and tags; returns the run id."""
+    """Create a run (status RUNNING) with its parameters and tags; returns the run id.
+
+    ``parent_run_id`` nests the run under another (MLflow's ``mlflow.parentRunId`` tag, what
+    ``mlflow.start_run(nested=True)`` sets), for example a sweep's trials under the sweep.
+    """
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
+    if parent_run_id is not None:
+        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
     run = client.create_run(experiment_id(experiment), run_name=run_name, tags=tags)
     run_id = str(run.info.run_id)
     log_params(run_id, params)

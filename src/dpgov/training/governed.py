@@ -129,7 +129,7 @@ class EvalOutcome:
 class TrackOutcome:
     run_id: str
     model_name: str
-    model_version: str
+    model_version: str | None  # None when the model was not registered (register=False)
     reference_run_id: str | None
     reference_version: str | None
     facts: dict[str, Any]
@@ -414,8 +414,14 @@ def train(
     ledger: Ledger,
     progress: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrainOutcome:
-    """Open the MLflow run and train under the reservation; settle the ledger on failure."""
+    """Open the MLflow run and train under the reservation; settle the ledger on failure.
+
+    ``parent_run_id`` nests the MLflow run under another (a sweep); ``tags`` are added to (or
+    override) the run's tags.
+    """
     from dpgov.accounting import epsilon
     from dpgov.tracking import runs
     from dpgov.training.models import build_model, input_spec
@@ -436,7 +442,8 @@ def train(
             experiment=p.params.train.experiment,
             run_name=f"dp-{p.params.model.name}",
             params=records.run_params(p, reservation, private=True),
-            tags=records.run_tags(p, reservation, private=True),
+            tags={**records.run_tags(p, reservation, private=True), **(tags or {})},
+            parent_run_id=parent_run_id,
         )
 
         def eps_so_far(steps: int) -> float:
@@ -565,19 +572,27 @@ def _register(
     p: RunPlan,
     facts: dict[str, Any],
     ev: Evaluation,
-) -> str:
-    """Log the model, register a version with the tags, then its candidate facts."""
+    *,
+    register: bool = True,
+) -> str | None:
+    """Log the model, register a version with the tags, then its candidate facts.
+
+    ``register=False`` logs no model and registers no version (a study, not a candidate);
+    the facts and subgroup tables are still written.
+    """
     from dpgov.tracking import runs
 
-    ref = runs.log_model(
-        run_id,
-        model,
-        input_example=records.input_example(p.test.x if len(p.test.x) else p.train.x),
-        register_as=facts["model_name"],
-        version_tags=records.version_tags(facts),
-    )
-    assert ref is not None
-    facts["model_version"] = ref.version
+    version: str | None = None
+    if register:
+        ref = runs.log_model(
+            run_id,
+            model,
+            input_example=records.input_example(p.test.x if len(p.test.x) else p.train.x),
+            register_as=facts["model_name"],
+            version_tags=records.version_tags(facts),
+        )
+        assert ref is not None
+        version = facts["model_version"] = ref.version
     runs.log_json(run_id, facts, runs.CANDIDATE_FACTS)
     runs.log_text(run_id, records.subgroup_csv(ev), "subgroups.csv")
     runs.log_json(
@@ -585,7 +600,7 @@ def _register(
         {"subgroups": ev.table(), "gaps": [g.model_dump() for g in ev.gaps]},
         "subgroups.json",
     )
-    return ref.version
+    return version
 
 
 def track(
@@ -596,16 +611,31 @@ def track(
     evals: EvalOutcome,
     *,
     ledger: Ledger,
+    register: bool = True,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrackOutcome:
     """Log both runs (private and reference) to MLflow and register their model versions.
 
     The ledger is already committed here; a tracking failure marks the MLflow run FAILED
-    (with the reservation tag it was opened with) and propagates.
+    (with the reservation tag it was opened with) and propagates. ``register=False`` logs
+    neither model and registers no version (sweep trials are studies, not candidates);
+    ``parent_run_id`` and ``tags`` apply to the reference run this step opens.
     """
     from dpgov.tracking import runs
 
     try:
-        return _track(p, reservation, outcome, commit_entry, evals, ledger=ledger)
+        return _track(
+            p,
+            reservation,
+            outcome,
+            commit_entry,
+            evals,
+            ledger=ledger,
+            register=register,
+            parent_run_id=parent_run_id,
+            tags=tags,
+        )
     except BaseException as err:
         why = _reason(err)
         _quiet(lambda: runs.end_run(outcome.run_id, failed=True, reason=why))
@@ -620,6 +650,9 @@ def _track(
     evals: EvalOutcome,
     *,
     ledger: Ledger,
+    register: bool = True,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrackOutcome:
     from dpgov.tracking import runs
     from dpgov.training.evaluate import price_of_privacy, reference_facts
@@ -639,7 +672,12 @@ def _track(
             experiment=cfg.experiment,
             run_name=f"reference-{p.params.model.name}",
             params=records.run_params(p, None, private=False),
-            tags={**records.run_tags(p, None, private=False), "dpgov.private_run": outcome.run_id},
+            tags={
+                **records.run_tags(p, None, private=False),
+                "dpgov.private_run": outcome.run_id,
+                **(tags or {}),
+            },
+            parent_run_id=parent_run_id,
         )
         runs.log_metrics(
             ref_run_id, {**ref_ev.metrics(), "seconds_per_epoch": _mean(ref_res.epoch_seconds)}
@@ -657,7 +695,7 @@ def _track(
             steps=None,
             eps=None,
         )
-        ref_version = _register(ref_run_id, ref_res.model, p, facts, ref_ev)
+        ref_version = _register(ref_run_id, ref_res.model, p, facts, ref_ev, register=register)
         runs.end_run(ref_run_id)
         ref_facts = reference_facts(ref_run_id, ref_ev)
 
@@ -699,7 +737,7 @@ def _track(
         eps=statement["epsilon"],
         reference=ref_facts,
     )
-    version = _register(run_id, outcome.result.model, p, facts, ev)
+    version = _register(run_id, outcome.result.model, p, facts, ev, register=register)
     runs.end_run(run_id)
     return TrackOutcome(
         run_id=run_id,
@@ -729,7 +767,7 @@ class RunSummary:
     block_epsilon: dict[str, float]
     run_id: str
     model_name: str
-    model_version: str
+    model_version: str | None
     reference_run_id: str | None
     reference_version: str | None
     auroc: float

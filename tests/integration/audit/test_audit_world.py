@@ -278,6 +278,18 @@ def test_an_unreadable_tracking_store_is_a_finding(clone, audit):
     assert result.json["ledger"]["chain_ok"] is True  # the ledger checks still ran
 
 
+def test_a_tracking_server_that_does_not_answer_is_a_finding(clone, audit, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    result = audit()
+    assert result.code == 1 and "Traceback" not in result.err
+    assert "http://127.0.0.1:1 is unreadable" in _one(result, "tracking_unavailable")["detail"]
+
+
+def test_an_html_path_in_a_missing_folder_is_exit_2(clone, audit, tmp_path):
+    result = audit("--html", str(tmp_path / "nope" / "audit.html"))
+    assert result.code == 2 and "does not exist; nothing written" in result.err
+
+
 def test_since_leaves_out_older_run_findings_but_never_integrity(clone, audit):
     clone.client().set_registered_model_alias(MODEL, "prod", clone.world.runs[1].model_version)
     result = audit("--stale-hours", "0", "--since", "2999-01-01")

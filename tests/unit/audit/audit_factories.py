@@ -185,6 +185,7 @@ def run(
     metrics: dict[str, float] | None = None,
     params: dict[str, str] | None = None,
     status: str = "FINISHED",
+    end_time: str | None = None,
 ) -> RunRecord:
     return RunRecord(
         run_id=run_id,
@@ -194,7 +195,7 @@ def run(
         status=status,
         deleted=False,
         start_time="2026-01-01T00:00:30+00:00",
-        end_time=None,
+        end_time=end_time,
         tags=tags or {},
         params=params or {},
         metrics=metrics or {},

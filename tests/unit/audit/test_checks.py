@@ -211,7 +211,7 @@ def test_runs_against_charges(policy):
             tags={"dpgov.private": "true", "dpgov.reservation": "r1", "dpgov.blocks": '["b2"]'},
         ),
     ]
-    found, claimed = check_runs(r, runs, eps, policy, tracking_ok=True)
+    found, claimed, _ = check_runs(r, runs, eps, policy, tracking_ok=True)
     assert sorted(kinds(found)) == [
         "charge_without_run",
         "run_charge_mismatch",
@@ -235,9 +235,42 @@ def test_a_logged_epsilon_that_disagrees_with_the_ledger(policy):
         tags={"dpgov.private": "true", "dpgov.reservation": "r1"},
         metrics={"epsilon": 0.1, "epsilon_block.b1": 0.1},
     )
-    found, _ = check_runs(r, [bad], Epsilons(), policy, tracking_ok=False)
+    found, _, figures = check_runs(r, [bad], Epsilons(), policy, tracking_ok=False)
     assert kinds(found) == ["epsilon_mismatch", "epsilon_mismatch"]
     assert found[1].where["block"] == "b1"
+    # compared with the figures the reservation recorded: no composition needed
+    assert figures == {"compared_with_recorded": 2, "recomputed": 0, "not_checked": 0}
+
+
+def test_run_figures_beyond_the_composition_budget_are_counted_not_checked(policy):
+    import dpgov.report.audit as audit_module
+
+    rows = Rows()
+    rows.block("b1")
+    runs = []
+    for i in range(3):
+        rows.reserve(f"r{i}", ["b1"])
+        rows.commit(f"r{i}", M1.with_steps(10 + i))  # partial: no recorded figure fits
+        runs.append(
+            run(
+                f"run-{i}",
+                tags={"dpgov.private": "true", "dpgov.reservation": f"r{i}"},
+                metrics={"epsilon_block.b1": 9.9},
+                end_time=rows.rows[-1].time,  # ended right after its commit
+            )
+        )
+    r = replay(rows.rows)
+    budget = audit_module.MAX_RUN_COMPOSITIONS
+    audit_module.MAX_RUN_COMPOSITIONS = 1
+    try:
+        found, _, figures = check_runs(r, runs, Epsilons(), policy, tracking_ok=False)
+        _, _, deep = check_runs(r, runs, Epsilons(), policy, tracking_ok=False, deep=True)
+    finally:
+        audit_module.MAX_RUN_COMPOSITIONS = budget
+    assert kinds(found) == ["epsilon_mismatch"]
+    assert figures == {"compared_with_recorded": 0, "recomputed": 1, "not_checked": 2}
+    assert found[0].where["run_id"] == "run-0"
+    assert deep["not_checked"] == 0 and deep["recomputed"] >= 3
 
 
 # ------------------------------------------------------------------------ pending, policies

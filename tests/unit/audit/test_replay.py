@@ -9,7 +9,14 @@ from audit_factories import M1, M2, Rows
 
 from dpgov.accounting import DpSgdMechanism, epsilon
 from dpgov.report.findings import Finding, finding
-from dpgov.report.replay import Epsilons, RawEntry, close_enough, merge_steps, replay
+from dpgov.report.replay import (
+    Epsilons,
+    RawEntry,
+    close_enough,
+    merge_key,
+    merge_steps,
+    replay,
+)
 
 
 def test_replay_rebuilds_blocks_and_charges():
@@ -119,3 +126,15 @@ def test_finding_kinds_are_checked_and_empty_fields_dropped():
         "seq": 3,
         "time": "2026-01-01T00:00:00+00:00",
     }
+
+
+def test_prefetch_composes_in_worker_processes_and_agrees():
+    keys = [merge_key([M1.with_steps(n)]) for n in (5, 10, 15, 20, 25)]
+    parallel = Epsilons(workers=2)
+    parallel.prefetch([(k, 1e-5, "pld") for k in keys])
+    assert parallel.computed == len(keys)  # composed by the workers, cached here
+    serial = Epsilons(workers=1)
+    for k in keys:
+        assert parallel.known(k, delta=1e-5, accountant="pld") == serial.of_key(
+            k, delta=1e-5, accountant="pld"
+        )

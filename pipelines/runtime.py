@@ -1,0 +1,277 @@
+"""Where Prefect runs for dpgov, set up before Prefect is imported.
+
+- :func:`configure_env`: Prefect's home under ``$DPGOV_HOME/prefect``, analytics off, a
+  generous start-up timeout for the temporary (ephemeral) server. Values already in the
+  environment win, so ``PREFECT_API_URL`` points dpgov at a real server.
+- :class:`Api`: the API the flows will talk to. With ``PREFECT_API_URL`` it checks the server
+  answers (an unreachable one is a one-line error naming the URL); without, it starts Prefect's
+  temporary server **in a background thread**, so its 10-20 s start-up overlaps the imports of
+  torch, Opacus, MLflow and Great Expectations instead of adding to them.
+- :func:`quiet_console`: Prefect's own console lines (flow and task states, tracebacks of a
+  failed task) are kept out of the command line's output, which stays one line on error; they
+  still go to the Prefect API (its UI shows them). ``DPGOV_PREFECT_LOGS=1`` shows them.
+- :func:`timed` / :func:`start_clock`: seconds spent inside each step, for the summary and the
+  benchmark (orchestration = wall time minus the steps).
+
+Nothing here imports Prefect at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from dpgov.errors import UsageError
+
+STARTUP_TIMEOUT_S = 180
+HEALTH_TIMEOUT_S = 10.0
+
+_CLOCK: ContextVar[dict[str, float] | None] = ContextVar("dpgov_step_clock", default=None)
+
+
+def env_defaults(home: Path) -> dict[str, str]:
+    """The Prefect settings dpgov chooses when the environment does not."""
+    return {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(STARTUP_TIMEOUT_S),
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def configure_env(home: Path | None = None) -> dict[str, str]:
+    """Set dpgov's Prefect defaults in ``os.environ`` where unset; returns what was set.
+
+    Must run before ``import prefect`` to take effect (Prefect reads its settings at import).
+    """
+    from dpgov import config
+
+    chosen = {}
+    for key, value in env_defaults(home or config.home()).items():
+        if key not in os.environ:
+            os.environ[key] = value
+            chosen[key] = value
+    return chosen
+
+
+@contextmanager
+def scoped_env(home: Path | None = None) -> Iterator[dict[str, str]]:
+    """:func:`configure_env`, undone on exit (for use inside another program or a test)."""
+    chosen = configure_env(home)
+    try:
+        yield chosen
+    finally:
+        for key in chosen:
+            os.environ.pop(key, None)
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def configured_api_url() -> str | None:
+    """``PREFECT_API_URL`` as Prefect's current settings hold it (None: ephemeral)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def check_server(url: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """UsageError naming ``url`` when no Prefect server answers there (any HTTP reply counts
+    as an answer: authentication is Prefect's business, not this check's)."""
+    import httpx
+
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+    except httpx.HTTPError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(
+            f"Prefect server at {url} does not answer ({reason}): start it "
+            "(`prefect server start`) or unset PREFECT_API_URL to run on a temporary local one"
+        ) from err
+
+
+class Api:
+    """The Prefect API the flows of this process use; :meth:`start` returns at once."""
+
+    def __init__(self) -> None:
+        self.url: str | None = None
+        self.kind: str = "unknown"  # "server" (PREFECT_API_URL) or "ephemeral"
+        self.seconds: float = 0.0  # wall time of the check or the start-up
+        self.waited: float = 0.0  # of which the caller waited in wait()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> Api:
+        configured = configured_api_url()
+        if configured:
+            self.kind, self.url = "server", configured
+        else:
+            self.kind = "ephemeral"
+        self._thread = threading.Thread(target=self._run, name="dpgov-prefect-api", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            if self.kind == "server":
+                assert self.url is not None
+                check_server(self.url)
+            else:
+                from prefect.server.api.server import SubprocessASGIServer
+
+                server = SubprocessASGIServer()
+                server.start()
+                self.url = server.api_url
+        except BaseException as err:  # reported by wait()
+            self._error = err
+        finally:
+            self.seconds = time.perf_counter() - started
+
+    def wait(self) -> Api:
+        """Block until the API answers; UsageError when it cannot."""
+        if self._thread is None:
+            self.start()
+        assert self._thread is not None
+        t = time.perf_counter()
+        self._thread.join()
+        self.waited = time.perf_counter() - t
+        err = self._error
+        if isinstance(err, UsageError):
+            raise err
+        if err is not None:
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(
+                f"the temporary Prefect server did not start ({text}); raise "
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL"
+            ) from err
+        return self
+
+    def describe(self) -> str:
+        if self.kind == "server":
+            return f"Prefect server {self.url}"
+        home = os.environ.get("PREFECT_HOME", "~/.prefect")
+        return f"temporary Prefect server {self.url} (state in {home})"
+
+
+def preload(modules: list[str]) -> float:
+    """Import ``modules`` now (while the API starts); returns the seconds it took."""
+    import importlib
+
+    started = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a missing optional dependency is reported where it is needed
+            pass
+    return time.perf_counter() - started
+
+
+HEAVY_MODULES = [
+    "torch",
+    "opacus",
+    "dpgov.training.trainer",
+    "dpgov.training.evaluate",
+    "mlflow",
+    "great_expectations",
+    "dpgov.data.validation",
+]
+
+
+# --------------------------------------------------------------------------- console
+
+
+class _DropPrefect(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("prefect") or record.levelno >= logging.CRITICAL
+
+
+@contextmanager
+def quiet_console() -> Iterator[None]:
+    """Keep Prefect's own log lines off the console (they still reach the Prefect API)."""
+    if os.environ.get("DPGOV_PREFECT_LOGS", "").lower() in ("1", "true", "yes"):
+        yield
+        return
+    import prefect  # noqa: F401  (sets up Prefect's logging, whose console handler we filter)
+
+    flt = _DropPrefect()
+    handlers = [
+        h
+        for name in (None, "prefect", "uvicorn")
+        for h in logging.getLogger(name).handlers
+        if isinstance(h, logging.StreamHandler)
+    ]
+    for h in handlers:
+        h.addFilter(flt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(flt)
+
+
+# --------------------------------------------------------------------------- step clock
+
+
+def start_clock() -> dict[str, float]:
+    """A fresh record of seconds per step for the steps run in this context."""
+    clock: dict[str, float] = {}
+    _CLOCK.set(clock)
+    return clock
+
+
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Add the seconds spent in the block to the current clock (if any) under ``step``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        clock = _CLOCK.get()
+        if clock is not None:
+            clock[step] = clock.get(step, 0.0) + time.perf_counter() - started
+
+
+def clock_snapshot() -> dict[str, Any]:
+    return dict(_CLOCK.get() or {})
+
+
+# --------------------------------------------------------------------------- one call
+
+
+def orchestrate(
+    call: Any, *, preload_modules: list[str] | None = None, say: Any = None
+) -> tuple[Any, dict[str, float | str | None]]:
+    """Run ``call()`` (which runs flows) against the Prefect API, started or checked first.
+
+    Configures the environment, starts the API check or the temporary server in the
+    background, imports ``preload_modules`` meanwhile, waits for the API, then calls with
+    Prefect's console lines kept quiet. Returns ``(result, timings)``: seconds spent starting
+    or checking the API, of them waited for, preloading, and in the call.
+    """
+    configure_env()
+    api = Api().start()
+    preloaded = preload(preload_modules) if preload_modules else 0.0
+    api.wait()
+    if say is not None:
+        say(f"orchestration: {api.describe()}")
+    started = time.perf_counter()
+    with quiet_console():
+        result = call()
+    return result, {
+        "api": api.kind,
+        "api_url": api.url,
+        "api_seconds": api.seconds,
+        "api_waited": api.waited,
+        "preload_seconds": preloaded,
+        "flow_seconds": time.perf_counter() - started,
+    }

@@ -1,0 +1,61 @@
+"""A gate decision as Markdown (for orchestration artifacts and reports): one row per check.
+
+Works on ``Decision.to_dict()`` so callers can pass what they stored or received as JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "∞"
+        if name == "release_epsilon" or name.startswith("block_budget"):
+            return f"{math.ceil(value * 1000) / 1000:.3f}"  # spent ε: rounded up
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def decision_markdown(
+    decision: dict[str, Any],
+    *,
+    policy_path: str | None = None,
+    ledger_seq: int | None = None,
+) -> str:
+    """``# gate: MODEL version V — ALLOWED|BLOCKED``, the failing checks, then every check."""
+    allowed = bool(decision.get("allowed"))
+    verdict = "ALLOWED" if allowed else "BLOCKED"
+    lines = [f"# gate: {decision.get('model')} version {decision.get('version')} — {verdict}", ""]
+    sha = str(decision.get("policy_sha256") or "")[:12]
+    where = f"policy `{policy_path}` " if policy_path else "policy "
+    lines.append(
+        f"{where}(sha256 `{sha}…`)"
+        + (f"; recorded as ledger entry {ledger_seq}" if ledger_seq is not None else "")
+    )
+    approvers = ", ".join(decision.get("approvers") or []) or "none"
+    refusers = ", ".join(decision.get("refusers") or [])
+    lines.append(f"approvals: {approvers}" + (f"; refusals standing: {refusers}" if refusers else ""))
+    lines.append("")
+    checks = decision.get("checks") or []
+    failing = [c for c in checks if not c.get("passed")]
+    if failing:
+        lines.append(f"**{len(failing)} failing check(s):**")
+        lines.append("")
+        lines += [f"- `{c['name']}`: {_cell('', c.get('reason'))}" for c in failing]
+        lines.append("")
+    lines.append("| check | observed | limit | result | reason |")
+    lines.append("|---|---:|---:|---|---|")
+    for c in checks:
+        name = str(c.get("name"))
+        lines.append(
+            f"| `{name}` | {_cell(name, c.get('observed'))} | {_cell(name, c.get('limit'))} | "
+            f"{'pass' if c.get('passed') else '**FAIL**'} | {_cell('', c.get('reason'))} |"
+        )
+    return "\n".join(lines) + "\n"
