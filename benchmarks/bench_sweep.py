@@ -123,6 +123,36 @@ def _cost_table(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _price(summary: list[dict[str, Any]]) -> str:
+    """Per ε: the AUROC lost against the reference and the largest widening of any gap."""
+    ref = next((r for r in summary if r["epsilon"] is None), None)
+    if ref is None:
+        return "No reference ran: no price of privacy to report."
+    ref_gaps = {(g["attribute"], g["metric"]): g["gap"]["mean"] for g in ref["gaps"]}
+    lines = []
+    for r in summary:
+        if r["epsilon"] is None:
+            continue
+        drop = ref["auroc"]["mean"] - r["auroc"]["mean"]
+        widening = [
+            (
+                g["gap"]["mean"] - ref_gaps[(g["attribute"], g["metric"])],
+                g["attribute"],
+                g["metric"],
+            )
+            for g in r["gaps"]
+            if g["gap"]["mean"] is not None
+            and ref_gaps.get((g["attribute"], g["metric"])) is not None
+        ]
+        worst = max(widening) if widening else None
+        side = "below" if drop >= 0 else "above"
+        text = f"- {r['variant']}: AUROC {abs(drop):.4f} {side} the reference"
+        if worst is not None:
+            text += f"; largest gap widening {worst[0]:+.4f} ({worst[1]} {worst[2].upper()})"
+        lines.append(text + ".")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epsilons", default="1,3,8")
@@ -225,10 +255,16 @@ subgroup value over the judged groups (≥ 50 test patients); FNR at the test-pr
 
 {_tables(result["summary"])}
 
+Price of privacy (mean over seeds minus the reference; positive widening = a larger gap than
+the reference's):
+
+{_price(result["summary"])}
+
 ![tradeoff](../{shown})
 """
     args.out.write_text(text)
-    print(f"wrote {args.out} and {shown}; home {home}", file=sys.stderr)
+    copied = "" if args.no_copy else f" and {shown}"
+    print(f"wrote {args.out}{copied}; home {home}", file=sys.stderr)
     return 0
 
 

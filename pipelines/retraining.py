@@ -34,8 +34,8 @@ def retraining(
     """Retrain on the newest data with the blocks that have budget left.
 
     ``params``/``policy`` as for the governed run (``train.blocks`` is chosen here).
-    ``min_remaining_epsilon``: a block with less ε left is retired (default: half of
-    ``train.target_epsilon``). ``require_new_data``: skip when the newest run on the dataset
+    ``min_remaining_epsilon``: a block with less ε left is retired (default: a quarter
+    of ``train.target_epsilon``). ``require_new_data``: skip when the newest run on the dataset
     already used this data version. ``pull``: fetch DVC-tracked data missing from the workspace.
     Returns ``{"status": "trained" | "skipped", "selection", "budgets", "run"?, "reason"?}``.
     """

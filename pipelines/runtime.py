@@ -195,28 +195,20 @@ class _DropPrefect(logging.Filter):
         return not record.name.startswith("prefect") or record.levelno >= logging.CRITICAL
 
 
-@contextmanager
-def quiet_console() -> Iterator[None]:
-    """Keep Prefect's own log lines off the console (they still reach the Prefect API)."""
+_QUIET = _DropPrefect()
+
+
+def quiet_console() -> None:
+    """Keep Prefect's own log lines off the console for the rest of the process (they still
+    reach the Prefect API, whose UI shows them). Idempotent."""
     if os.environ.get("DPGOV_PREFECT_LOGS", "").lower() in ("1", "true", "yes"):
-        yield
         return
     import prefect  # noqa: F401  (sets up Prefect's logging, whose console handler we filter)
 
-    flt = _DropPrefect()
-    handlers = [
-        h
-        for name in (None, "prefect", "uvicorn")
-        for h in logging.getLogger(name).handlers
-        if isinstance(h, logging.StreamHandler)
-    ]
-    for h in handlers:
-        h.addFilter(flt)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            h.removeFilter(flt)
+    for name in (None, "prefect", "uvicorn"):
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, logging.StreamHandler) and _QUIET not in h.filters:
+                h.addFilter(_QUIET)
 
 
 # --------------------------------------------------------------------------- step clock
@@ -264,9 +256,9 @@ def orchestrate(
     api.wait()
     if say is not None:
         say(f"orchestration: {api.describe()}")
+    quiet_console()
     started = time.perf_counter()
-    with quiet_console():
-        result = call()
+    result = call()
     return result, {
         "api": api.kind,
         "api_url": api.url,

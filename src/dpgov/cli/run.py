@@ -213,7 +213,7 @@ def _render_gate(decision: dict[str, Any]) -> None:
             _cell(c["name"], c["observed"]),
             _cell(c["name"], c["limit"]),
             "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]",
-            c["reason"],
+            "" if c["passed"] else c["reason"],
         )
     out = console()
     out.print(table)

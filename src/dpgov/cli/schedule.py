@@ -65,7 +65,7 @@ def schedule(
         None,
         "--min-remaining",
         min=0.0,
-        help="Retire blocks with less ε left (default: half of train.target_epsilon).",
+        help="Retire blocks with less ε left (default: a quarter of train.target_epsilon).",
         show_default=False,
     ),
     as_json: bool = JsonOption,

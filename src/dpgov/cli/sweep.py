@@ -39,13 +39,12 @@ def sweep(
     policy: Path | None = PolicyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Train DP models at each ε (and the non-private reference) and tabulate the tradeoff.
+    """Train DP models at each ε and the non-private reference; table and plot the tradeoff.
 
-    The whole sweep's privacy cost per block (every trial composed with what the block
-    already spent) is checked before anything runs; each trial is then reserved, trained,
-    committed and tracked as a child of one MLflow parent run. No model versions are
-    registered: sweep trials are studies, not release candidates.
+    The composed cost per block is checked before any trial runs; every trial is charged.
     """
+    # Each trial is reserved, trained, committed and tracked as a child of one MLflow parent
+    # run; no model versions are registered (sweep trials are studies, not release candidates).
     from dpgov.errors import Refused
     from dpgov.training.sweep import parse_epsilons, parse_seeds
 

@@ -11,7 +11,9 @@ The rules (pure functions here; ``pipelines/retraining.py`` wires them):
   ``min_remaining`` trains; blocks not yet registered bring fresh budget and train too.
 - **Retirement.** A registered, active block whose remaining ε is below ``min_remaining`` is
   exhausted: it is retired (``Ledger.retire_block``, with the reason) instead of forcing every
-  later run's σ up. ``min_remaining`` defaults to half of ``train.target_epsilon``.
+  later run's σ up. ``min_remaining`` defaults to a quarter of ``train.target_epsilon``:
+  composition is sublinear (two runs at ε = 2 compose to about 2.9 with PLD), so a block
+  with that much left still takes a useful, if noisier, run.
 - **Calibration.** σ is then calibrated against what the chosen blocks already spent
   (``Ledger.calibrate`` in the plan step): the run's own ε is at most the target *and* every
   block stays within its limit, so a run on nearly spent blocks is noisier, never over budget.
@@ -75,8 +77,8 @@ def eps_down(x: float) -> float:
 
 
 def default_min_remaining(target_epsilon: float) -> float:
-    """The least remaining ε a block needs to take part: half of one run's target ε."""
-    return target_epsilon / 2
+    """The least remaining ε a block needs to take part: a quarter of one run's target ε."""
+    return target_epsilon / 4
 
 
 def exhausted(status: StatusLike, min_remaining: float) -> str | None:

@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# dpgov on shared services, on this machine's loopback: a PostgreSQL ledger, an MLflow tracking
+# server backed by PostgreSQL with an artifact folder, a Prefect server with a process work pool
+# and one worker. Everything it writes lives under one folder; it ends only what it started.
+#
+#   scripts/services.sh start  [DIR] [--auth] [--no-worker]   start, then print the env vars
+#   scripts/services.sh env    [DIR] [--as dpgov|analyst|admin]  print them again (eval-able)
+#   scripts/services.sh status [DIR]                           what runs, where
+#   scripts/services.sh stop   [DIR] [--purge]                 stop; --purge also drops the
+#                                                              databases and deletes DIR
+#
+# DIR defaults to .dpgov/services. `eval "$(scripts/services.sh env DIR)"` points dpgov at them.
+# --auth runs MLflow with its basic-auth app: an admin (password generated, kept in
+# DIR/secrets.env), a `dpgov` service user (the identity dpgov runs as) and an `analyst` user
+# (read only). See docs/scaling.md.
+#
+# Settings (environment):
+#   DPGOV_SERVICES_PG_URL  PostgreSQL server to create the databases on, as a libpq URL to its
+#                          maintenance database (default postgresql://postgres@127.0.0.1:5432/postgres)
+#   DPGOV_SERVICES_POOL    work pool name (default dpgov)
+#   DPGOV_VENV             virtual environment with dpgov installed (default ./.venv)
+#   PREFECT_UI_ENABLED     false: start the Prefect server without its UI (faster)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${DPGOV_VENV:-$ROOT/.venv}
+PY=$VENV/bin/python
+PG_URL=${DPGOV_SERVICES_PG_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
+POOL=${DPGOV_SERVICES_POOL:-dpgov}
+STARTUP_TIMEOUT=${DPGOV_SERVICES_TIMEOUT:-180}
+
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+die() { echo "services.sh: $*" >&2; exit 2; }
+
+cmd=${1:-}; [ -n "$cmd" ] || usage; shift
+DIR=""; AUTH=0; WORKER=1; PURGE=0; AS=dpgov
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --auth) AUTH=1 ;;
+    --no-worker) WORKER=0 ;;
+    --purge) PURGE=1 ;;
+    --as) [ $# -ge 2 ] || die "--as needs a user"; AS=$2; shift ;;
+    --as=*) AS=${1#--as=} ;;
+    -h|--help) usage ;;
+    -*) die "unknown option $1" ;;
+    *) [ -z "$DIR" ] || die "one folder only (found $DIR and $1)"; DIR=$1 ;;
+  esac
+  shift
+done
+DIR=${DIR:-.dpgov/services}
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+STATE=$DIR/state.env      # ports, database names, pids (written by start)
+SECRETS=$DIR/secrets.env  # passwords (mode 600)
+
+# --------------------------------------------------------------------------- helpers
+free_port() {
+  "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Run SQL on the PostgreSQL maintenance database (psql when installed, else psycopg).
+pg_sql() {
+  if command -v psql >/dev/null 2>&1; then
+    psql "$PG_URL" -v ON_ERROR_STOP=1 -qAtc "$1"
+  else
+    "$PY" - "$PG_URL" "$1" <<'EOF'
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    cur = c.execute(sys.argv[2])
+    if cur.description:
+        for row in cur:
+            print("|".join(map(str, row)))
+EOF
+  fi
+}
+
+# The libpq URL with another database name (keeps user, password, host, port, options).
+pg_url_for() {
+  "$PY" - "$PG_URL" "$1" <<'EOF'
+import sys
+from urllib.parse import urlsplit, urlunsplit
+u = urlsplit(sys.argv[1])
+print(urlunsplit((u.scheme, u.netloc, "/" + sys.argv[2], u.query, u.fragment)))
+EOF
+}
+
+wait_http() {  # URL NAME LOG PID
+  local url=$1 name=$2 log=$3 pid=$4 t=0
+  until curl -sf -o /dev/null --max-time 2 "$url"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "services.sh: $name exited during start-up; last lines of $log:" >&2
+      tail -n 20 "$log" >&2; return 1
+    fi
+    t=$((t + 1)); [ $t -lt $((STARTUP_TIMEOUT * 2)) ] || {
+      echo "services.sh: $name did not answer at $url within ${STARTUP_TIMEOUT}s; see $log" >&2
+      return 1; }
+    sleep 0.5
+  done
+}
+
+# Start a command in its own session (process group = its pid) with output to a log.
+spawn() {  # NAME LOG CMD...
+  local name=$1 log=$2; shift 2
+  setsid "$@" >"$log" 2>&1 < /dev/null &
+  echo "${name}_PID=$!" >> "$STATE"
+  echo $!
+}
+
+stop_group() {  # PID NAME
+  local pid=$1 name=$2
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || { echo "stopped $name"; return 0; }; sleep 0.25; done
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  echo "killed $name (did not stop within 10 s)"
+}
+
+print_env() {  # identity
+  # shellcheck disable=SC1090
+  . "$STATE"; [ -f "$SECRETS" ] && . "$SECRETS"
+  echo "export DPGOV_LEDGER_URL='$LEDGER_URL'"
+  echo "export MLFLOW_TRACKING_URI='http://127.0.0.1:$MLFLOW_PORT'"
+  echo "export PREFECT_API_URL='http://127.0.0.1:$PREFECT_PORT/api'"
+  echo "export DPGOV_WORK_POOL='$POOL_NAME'"
+  if [ "${AUTH_ENABLED:-0}" = 1 ]; then
+    case "$1" in
+      dpgov) echo "export MLFLOW_TRACKING_USERNAME=dpgov MLFLOW_TRACKING_PASSWORD='$DPGOV_PASSWORD'" ;;
+      analyst) echo "export MLFLOW_TRACKING_USERNAME=analyst MLFLOW_TRACKING_PASSWORD='$ANALYST_PASSWORD'" ;;
+      admin) echo "export MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD='$ADMIN_PASSWORD'" ;;
+      *) die "--as: dpgov, analyst or admin, found $1" ;;
+    esac
+  fi
+}
+
+secret() { "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))'; }
+
+# --------------------------------------------------------------------------- start
+start() {
+  if [ -f "$STATE" ]; then
+    # shellcheck disable=SC1090
+    . "$STATE"
+    if kill -0 "${MLFLOW_PID:-0}" 2>/dev/null; then
+      die "services already run from $DIR (scripts/services.sh stop $DIR first)"
+    fi
+  fi
+  [ -x "$VENV/bin/mlflow" ] && [ -x "$VENV/bin/prefect" ] || die "no mlflow/prefect in $VENV (run scripts/setup.sh)"
+  pg_sql "SELECT 1" >/dev/null || die "PostgreSQL does not answer at $PG_URL (set DPGOV_SERVICES_PG_URL)"
+  if [ "$AUTH" = 1 ]; then
+    "$PY" -c "import flask_wtf" 2>/dev/null || die "--auth needs MLflow's auth extra: $VENV/bin/pip install 'mlflow[auth]'"
+  fi
+
+  local tag; tag=$("$PY" -c 'import secrets; print(secrets.token_hex(4))')
+  local ledger_db="dpgov_ledger_$tag" mlflow_db="dpgov_mlflow_$tag" auth_db="dpgov_mlflow_auth_$tag"
+  mkdir -p "$DIR/logs" "$DIR/mlartifacts" "$DIR/prefect" "$DIR/worker-home"
+  : > "$STATE"
+  {
+    echo "TAG=$tag"; echo "PG_URL='$PG_URL'"; echo "POOL_NAME='$POOL'"; echo "AUTH_ENABLED=$AUTH"
+    echo "DATABASES='$ledger_db $mlflow_db$([ "$AUTH" = 1 ] && echo " $auth_db")'"
+  } >> "$STATE"
+  pg_sql "CREATE DATABASE $ledger_db" && pg_sql "CREATE DATABASE $mlflow_db"
+  [ "$AUTH" = 1 ] && pg_sql "CREATE DATABASE $auth_db"
+  local ledger_url mlflow_store
+  ledger_url=$(pg_url_for "$ledger_db")
+  mlflow_store=$(pg_url_for "$mlflow_db" | sed 's#^postgres\(ql\)\{0,1\}://#postgresql+psycopg://#')
+  echo "LEDGER_URL='$ledger_url'" >> "$STATE"
+
+  # MLflow tracking server: runs and registry in PostgreSQL, artifacts proxied to a folder.
+  local mport pport; mport=$(free_port); pport=$(free_port)
+  while [ "$pport" = "$mport" ]; do pport=$(free_port); done
+  echo "MLFLOW_PORT=$mport" >> "$STATE"; echo "PREFECT_PORT=$pport" >> "$STATE"
+  local -a app=()
+  if [ "$AUTH" = 1 ]; then
+    local admin_pw dpgov_pw analyst_pw
+    admin_pw=$(secret); dpgov_pw=$(secret); analyst_pw=$(secret)
+    ( umask 077
+      { echo "ADMIN_PASSWORD='$admin_pw'"; echo "DPGOV_PASSWORD='$dpgov_pw'"
+        echo "ANALYST_PASSWORD='$analyst_pw'"; echo "FLASK_SECRET='$(secret)'"; } > "$SECRETS"
+      # Users without an explicit grant may only read; the creator of an experiment or a
+      # registered model gets MANAGE on it.
+      cat > "$DIR/basic_auth.ini" <<EOF
+[mlflow]
+default_permission = READ
+database_uri = $(pg_url_for "$auth_db" | sed 's#^postgres\(ql\)\{0,1\}://#postgresql+psycopg://#')
+admin_username = admin
+admin_password = $admin_pw
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+EOF
+    )
+    app=(--app-name basic-auth)
+  fi
+  local mpid
+  # shellcheck disable=SC1090
+  [ "$AUTH" = 1 ] && . "$SECRETS"
+  mpid=$(MLFLOW_AUTH_CONFIG_PATH="$DIR/basic_auth.ini" \
+    MLFLOW_FLASK_SERVER_SECRET_KEY="${FLASK_SECRET:-}" \
+    spawn MLFLOW "$DIR/logs/mlflow.log" "$VENV/bin/mlflow" server \
+      --backend-store-uri "$mlflow_store" \
+      --artifacts-destination "$DIR/mlartifacts" --serve-artifacts \
+      --host 127.0.0.1 --port "$mport" --workers 1 "${app[@]}")
+
+  # Prefect server: its own SQLite database under DIR/prefect.
+  local ppid
+  ppid=$(PREFECT_HOME="$DIR/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
+    PREFECT_API_URL="" \
+    spawn PREFECT "$DIR/logs/prefect-server.log" "$VENV/bin/prefect" server start \
+      --host 127.0.0.1 --port "$pport" --analytics-off)
+
+  wait_http "http://127.0.0.1:$mport/health" "MLflow server" "$DIR/logs/mlflow.log" "$mpid"
+  wait_http "http://127.0.0.1:$pport/api/health" "Prefect server" \
+    "$DIR/logs/prefect-server.log" "$ppid"
+
+  if [ "$AUTH" = 1 ]; then
+    MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$ADMIN_PASSWORD" \
+      "$PY" - "http://127.0.0.1:$mport" "$DPGOV_PASSWORD" "$ANALYST_PASSWORD" <<'EOF'
+import sys
+from mlflow.server import get_app_client
+auth = get_app_client("basic-auth", tracking_uri=sys.argv[1])
+for user, password in (("dpgov", sys.argv[2]), ("analyst", sys.argv[3])):
+    auth.create_user(username=user, password=password)
+EOF
+  fi
+
+  # A process work pool and one worker: it runs deployments (dpgov schedule --pool) with the
+  # ledger and tracking server above, as the dpgov identity.
+  export PREFECT_API_URL="http://127.0.0.1:$pport/api" PREFECT_HOME="$DIR/prefect-client"
+  export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+  "$VENV/bin/prefect" work-pool create "$POOL" --type process >/dev/null 2>"$DIR/logs/pool.log" \
+    || grep -qi "already exists" "$DIR/logs/pool.log" \
+    || { cat "$DIR/logs/pool.log" >&2; die "could not create work pool $POOL"; }
+  if [ "$WORKER" = 1 ]; then
+    local wpid
+    wpid=$(eval "$(print_env dpgov)"; cd "$ROOT" && \
+      DPGOV_HOME="$DIR/worker-home" PREFECT_HOME="$DIR/prefect-worker" \
+      spawn WORKER "$DIR/logs/worker.log" "$VENV/bin/prefect" worker start \
+        --pool "$POOL" --type process --name "dpgov-worker-$tag")
+    local t=0
+    until grep -q "started" "$DIR/logs/worker.log" 2>/dev/null; do
+      kill -0 "$wpid" 2>/dev/null || { tail -n 20 "$DIR/logs/worker.log" >&2; die "worker exited"; }
+      t=$((t + 1)); [ $t -lt $((STARTUP_TIMEOUT * 2)) ] || die "worker did not start; see $DIR/logs/worker.log"
+      sleep 0.5
+    done
+  fi
+  {
+    echo "# dpgov services in $DIR (stop: scripts/services.sh stop $DIR)"
+    print_env dpgov
+  }
+}
+
+# --------------------------------------------------------------------------- stop
+stop() {
+  [ -f "$STATE" ] || { echo "nothing started from $DIR"; [ "$PURGE" = 1 ] && rm -rf "$DIR"; return 0; }
+  # shellcheck disable=SC1090
+  . "$STATE"
+  stop_group "${WORKER_PID:-}" "Prefect worker"
+  stop_group "${PREFECT_PID:-}" "Prefect server"
+  stop_group "${MLFLOW_PID:-}" "MLflow server"
+  if [ "$PURGE" = 1 ]; then
+    for db in ${DATABASES:-}; do
+      pg_sql "DROP DATABASE IF EXISTS $db WITH (FORCE)" && echo "dropped database $db"
+    done
+    rm -rf "$DIR"
+  else
+    rm -f "$STATE.stopped"; mv "$STATE" "$STATE.stopped"
+    echo "data kept: databases ${DATABASES:-} and $DIR (drop them: stop --purge)"
+  fi
+}
+
+status() {
+  [ -f "$STATE" ] || { echo "nothing started from $DIR"; return 1; }
+  # shellcheck disable=SC1090
+  . "$STATE"
+  local rc=0
+  for s in MLFLOW PREFECT WORKER; do
+    local var="${s}_PID"; local pid=${!var:-}
+    [ -n "$pid" ] || continue
+    if kill -0 "$pid" 2>/dev/null; then echo "$s running (pid $pid)"; else echo "$s NOT running"; rc=1; fi
+  done
+  echo "MLflow  http://127.0.0.1:$MLFLOW_PORT  (artifacts $DIR/mlartifacts)"
+  echo "Prefect http://127.0.0.1:$PREFECT_PORT/api  (work pool $POOL_NAME)"
+  echo "ledger  $LEDGER_URL"
+  return $rc
+}
+
+case "$cmd" in
+  start) start ;;
+  stop) stop ;;
+  env) [ -f "$STATE" ] || die "nothing started from $DIR"; print_env "$AS" ;;
+  status) status ;;
+  *) usage ;;
+esac
