@@ -49,8 +49,7 @@ def parse_answer(data: dict[str, Any]) -> ApprovalInput:
         msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "missing":
             raise UsageError(
-                f"approval input: {loc} is missing (needs decision, approver, and a note "
-                "to refuse)"
+                f"approval input: {loc} is missing (needs decision, approver, and a note to refuse)"
             ) from err
         where = f"{loc}: " if loc else ""
         raise UsageError(f"approval input: {where}{msg}") from err
@@ -103,8 +102,12 @@ def approval(
             promoted = tasks.promote(model, version, loaded, ledger, alias)
         except Refused as err:
             after = run_gate(model, version, loaded, ledger)
-            return {**out, "status": "approved, promotion blocked", "reason": str(err),
-                    "gate": after}
+            return {
+                **out,
+                "status": "approved, promotion blocked",
+                "reason": str(err),
+                "gate": after,
+            }
         return {**out, "status": "promoted", "promotion": promoted.to_dict()}
     finally:
         ledger.close()

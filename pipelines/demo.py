@@ -50,9 +50,7 @@ def embedded_policy() -> Path:
 
 
 @flow(name="demo", persist_result=False)
-def demo(
-    home: str, params: dict[str, Any] | None = None, progress: bool = False
-) -> dict[str, Any]:
+def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """Prepare the bundled cohort under ``home`` and run the governed steps on it."""
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy

@@ -17,7 +17,7 @@ ingest/dpgov-ingest    version an arrival, register its blocks  none (triggered)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from prefect.deployments.runner import EntrypointType
@@ -28,8 +28,10 @@ from pipelines.audit import audit
 from pipelines.governed import governed_run
 from pipelines.ingest import ingest
 from pipelines.retraining import retraining
+from pipelines.runtime import check_deployment_name
 
 if TYPE_CHECKING:  # pragma: no cover
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments.runner import RunnerDeployment
 
 RETRAINING = "dpgov-retraining"
@@ -90,7 +92,7 @@ def build(
     """The deployments: retraining (on ``cron``), audit (on ``audit_cron``), and the triggered
     ones (approval, governed run, ingest)."""
     module = EntrypointType.MODULE_PATH
-    return [
+    made = [
         retraining.to_deployment(
             name=RETRAINING,
             cron=cron,
@@ -133,6 +135,7 @@ def build(
             entrypoint_type=module,
         ),
     ]
+    return [cast("RunnerDeployment", d) for d in made]  # sync calls: never coroutines
 
 
 def serve(deployments: list[RunnerDeployment]) -> None:
@@ -194,24 +197,21 @@ def known_deployments() -> list[str]:
     return sorted(f"{flows.get(d.flow_id, '?')}/{d.name}" for d in found)
 
 
-def trigger(
-    name: str, parameters: dict[str, Any], *, timeout: float | None = 0
-) -> dict[str, Any]:
+def trigger(name: str, parameters: dict[str, Any], *, timeout: float | None = 0) -> dict[str, Any]:
     """Start a run of deployment ``name`` (``flow/deployment``); with a timeout, wait for it.
     Unknown deployments: UsageError listing the known ones."""
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    if name.count("/") != 1 or not all(name.split("/")):
-        raise UsageError(f"deployment {name!r}: expected FLOW/DEPLOYMENT, e.g. retraining/{RETRAINING}")
+    check_deployment_name(name)
     with get_client(sync_client=True) as client:
         try:
             client.read_deployment_by_name(name)
         except ObjectNotFound as err:
             known = ", ".join(known_deployments()) or "none (run `dpgov flows deploy` first)"
             raise UsageError(f"unknown deployment {name!r}; known: {known}") from err
-    run = run_deployment(name, parameters=parameters, timeout=timeout)
+    run = cast("FlowRun", run_deployment(name, parameters=parameters, timeout=timeout))
     state = run.state
     out = {
         "deployment": name,
@@ -222,7 +222,9 @@ def trigger(
         "message": state.message if state else None,
     }
     if timeout and state is not None and state.is_final() and not state.is_completed():
-        raise Refused(f"flow run {run.name} ({run.id}) of {name} ended {state.name}: {state.message}")
+        raise Refused(
+            f"flow run {run.name} ({run.id}) of {name} ended {state.name}: {state.message}"
+        )
     return out
 
 
@@ -237,11 +239,16 @@ def answer(flow_run_id: str, data: dict[str, Any]) -> dict[str, Any]:
     except ValueError as err:
         raise UsageError(f"FLOW_RUN_ID {flow_run_id!r} is not a flow run id (a UUID)") from err
     try:
-        resume_flow_run(run_id, run_input=checked.model_dump(include={"decision", "approver", "note"}))
+        resume_flow_run(
+            run_id, run_input=checked.model_dump(include={"decision", "approver", "note"})
+        )
     except ObjectNotFound as err:
         raise UsageError(f"no flow run {flow_run_id}") from err
     except Exception as err:
         if type(err).__name__ in ("NotPausedError", "FlowPauseTimeout"):
             raise UsageError(f"flow run {flow_run_id} is not waiting for an answer: {err}") from err
         raise
-    return {"flow_run_id": flow_run_id, **checked.model_dump(include={"decision", "approver", "note"})}
+    return {
+        "flow_run_id": flow_run_id,
+        **checked.model_dump(include={"decision", "approver", "note"}),
+    }

@@ -118,8 +118,11 @@ def run_steps(
         ),
     }
     summary["budgets"] = publish_budgets(ledger, policy, p.dataset)
+    model_version = tracked.model_version
     summary["gate"] = (
-        run_gate(tracked.model_name, tracked.model_version, policy, ledger) if gate else None
+        run_gate(tracked.model_name, model_version, policy, ledger)
+        if gate and model_version
+        else None
     )
     summary["seconds"] = time.perf_counter() - started
     summary["timings"] = clock_snapshot()

@@ -163,16 +163,29 @@ class Api:
         return f"temporary Prefect server {self.url} (state in {home})"
 
 
+def check_deployment_name(name: str) -> str:
+    """``FLOW/DEPLOYMENT``, or UsageError (checked before any server is asked)."""
+    parts = name.split("/")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise UsageError(
+            f"deployment {name!r}: expected FLOW/DEPLOYMENT, e.g. retraining/dpgov-retraining"
+        )
+    return name
+
+
 def preload(modules: list[str]) -> float:
     """Import ``modules`` now (while the API starts); returns the seconds it took."""
+    import contextlib
     import importlib
+    import warnings
 
     started = time.perf_counter()
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:  # a missing optional dependency is reported where it is needed
-            pass
+    with warnings.catch_warnings():  # import-time warnings of dependencies are not ours to show
+        warnings.simplefilter("ignore")
+        for name in modules:
+            # a missing optional dependency is reported where it is needed
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
     return time.perf_counter() - started
 
 
@@ -190,12 +203,20 @@ HEAVY_MODULES = [
 # --------------------------------------------------------------------------- console
 
 
-class _DropPrefect(logging.Filter):
+class _Quiet(logging.Filter):
+    """Drops Prefect's records below CRITICAL (they reach the API) and chatter below WARNING
+    from libraries that log INFO to the root logger (Great Expectations' "temporary
+    directory for ephemeral docs site")."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith("prefect") or record.levelno >= logging.CRITICAL
+        if record.name.startswith("prefect"):
+            return record.levelno >= logging.CRITICAL
+        if record.name.startswith("great_expectations"):
+            return record.levelno >= logging.WARNING
+        return True
 
 
-_QUIET = _DropPrefect()
+_QUIET = _Quiet()
 
 
 def quiet_console() -> None:
@@ -251,12 +272,12 @@ def orchestrate(
     or checking the API, of them waited for, preloading, and in the call.
     """
     configure_env()
+    quiet_console()
     api = Api().start()
     preloaded = preload(preload_modules) if preload_modules else 0.0
     api.wait()
     if say is not None:
         say(f"orchestration: {api.describe()}")
-    quiet_console()
     started = time.perf_counter()
     result = call()
     return result, {

@@ -202,7 +202,7 @@ def select_blocks(
         dataset=dataset,
         data_version=data_version,
         data_blocks=data_blocks,
-        statuses=list(statuses),
+        statuses=list[Any](statuses),
         min_remaining=min_remaining,
         last_trained_version=last_trained_version,
         require_new_data=require_new_data,
@@ -231,7 +231,9 @@ def prepare(out: str, data_params: DataParams) -> PrepareResult:
     from dpgov.data import prepare as run_prepare
 
     with timed("prepare"):
-        source = None if data_params.source in ("bundled:flchain", "flchain") else data_params.source
+        source = (
+            None if data_params.source in ("bundled:flchain", "flchain") else data_params.source
+        )
         return run_prepare(
             source,
             data_params.contract,

@@ -105,13 +105,27 @@ spawn() {  # NAME LOG CMD...
   echo $!
 }
 
-stop_group() {  # PID NAME
-  local pid=$1 name=$2
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || { echo "stopped $name"; return 0; }; sleep 0.25; done
-  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  echo "killed $name (did not stop within 10 s)"
+stop_groups() {  # NAME=PID ...: TERM each group, wait up to 5 s, then KILL what is left
+  local item pid alive
+  for item in "$@"; do
+    pid=${item#*=}; [ -n "$pid" ] || continue
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
+  for _ in $(seq 20); do
+    alive=0
+    for item in "$@"; do pid=${item#*=}; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    sleep 0.25
+  done
+  for item in "$@"; do
+    pid=${item#*=}; [ -n "$pid" ] || continue
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+      echo "killed ${item%%=*} (pid $pid; still running 5 s after SIGTERM)"
+    else
+      echo "stopped ${item%%=*} (pid $pid)"
+    fi
+  done
 }
 
 print_env() {  # identity
@@ -183,6 +197,8 @@ database_uri = $(pg_url_for "$auth_db" | sed 's#^postgres\(ql\)\{0,1\}://#postgr
 admin_username = admin
 admin_password = $admin_pw
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# Each request otherwise re-hashes the password (PBKDF2, ~0.3 s here): a governed run makes ~100.
+auth_cache_ttl_seconds = 300
 EOF
     )
     app=(--app-name basic-auth)
@@ -190,7 +206,8 @@ EOF
   local mpid
   # shellcheck disable=SC1090
   [ "$AUTH" = 1 ] && . "$SECRETS"
-  mpid=$(MLFLOW_AUTH_CONFIG_PATH="$DIR/basic_auth.ini" \
+  # No MLflow job runner (GenAI jobs; dpgov has none): it would start eight more processes.
+  mpid=$(MLFLOW_AUTH_CONFIG_PATH="$DIR/basic_auth.ini" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
     MLFLOW_FLASK_SERVER_SECRET_KEY="${FLASK_SECRET:-}" \
     spawn MLFLOW "$DIR/logs/mlflow.log" "$VENV/bin/mlflow" server \
       --backend-store-uri "$mlflow_store" \
@@ -209,14 +226,15 @@ EOF
     "$DIR/logs/prefect-server.log" "$ppid"
 
   if [ "$AUTH" = 1 ]; then
-    MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$ADMIN_PASSWORD" \
-      "$PY" - "http://127.0.0.1:$mport" "$DPGOV_PASSWORD" "$ANALYST_PASSWORD" <<'EOF'
-import sys
-from mlflow.server import get_app_client
-auth = get_app_client("basic-auth", tracking_uri=sys.argv[1])
-for user, password in (("dpgov", sys.argv[2]), ("analyst", sys.argv[3])):
-    auth.create_user(username=user, password=password)
-EOF
+    local user pw
+    for user in dpgov analyst; do
+      [ $user = dpgov ] && pw=$DPGOV_PASSWORD || pw=$ANALYST_PASSWORD
+      curl -sf -o /dev/null --max-time 60 -u "admin:$ADMIN_PASSWORD" \
+        -H 'Content-Type: application/json' \
+        -d "{\"username\": \"$user\", \"password\": \"$pw\"}" \
+        "http://127.0.0.1:$mport/api/2.0/mlflow/users/create" \
+        || die "could not create MLflow user $user (see $DIR/logs/mlflow.log)"
+    done
   fi
 
   # A process work pool and one worker: it runs deployments (dpgov schedule --pool) with the
@@ -250,9 +268,7 @@ stop() {
   [ -f "$STATE" ] || { echo "nothing started from $DIR"; [ "$PURGE" = 1 ] && rm -rf "$DIR"; return 0; }
   # shellcheck disable=SC1090
   . "$STATE"
-  stop_group "${WORKER_PID:-}" "Prefect worker"
-  stop_group "${PREFECT_PID:-}" "Prefect server"
-  stop_group "${MLFLOW_PID:-}" "MLflow server"
+  stop_groups "worker=${WORKER_PID:-}" "prefect=${PREFECT_PID:-}" "mlflow=${MLFLOW_PID:-}"
   if [ "$PURGE" = 1 ]; then
     for db in ${DATABASES:-}; do
       pg_sql "DROP DATABASE IF EXISTS $db WITH (FORCE)" && echo "dropped database $db"

@@ -38,8 +38,13 @@ for _name in _COMMAND_MODULES:
 
 def main() -> None:
     """Entry point: run the app, turning dpgov errors into one line and their exit code."""
+    import os
+
     from dpgov.errors import DpgovError
 
+    # stdout is the command's output (--json): MLflow prints "View run ... at: URL" there when
+    # a run ends on a tracking server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         rc = app(standalone_mode=False)  # returns typer.Exit codes instead of raising them
     except DpgovError as err:

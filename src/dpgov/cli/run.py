@@ -235,8 +235,17 @@ def _render_waves(data: dict[str, Any]) -> None:
         f"{data['policy']}); DVC repository {data['folder']}/repo"
     )
     runs = Table(title="Waves: what arrived, what retraining did")
-    for col in ("wave", "enrolled", "new blocks", "trained on", "retired", "σ", "ε run", "AUROC",
-                "gate"):
+    for col in (
+        "wave",
+        "enrolled",
+        "new blocks",
+        "trained on",
+        "retired",
+        "σ",
+        "ε run",
+        "AUROC",
+        "gate",
+    ):
         runs.add_column(col)
     for w in data["waves"]:
         r = w["retraining"]
@@ -274,8 +283,9 @@ def _render_waves(data: dict[str, Any]) -> None:
         for row in w["retraining"]["budgets"]:
             if row["block"] not in blocks:
                 blocks.append(row["block"])
-    budget = Table(title="ε spent per block after each wave (limit "
-                   f"{data['epsilon_per_block']:g}; R: retired)")
+    budget = Table(
+        title=f"ε spent per block after each wave (limit {data['epsilon_per_block']:g}; R: retired)"
+    )
     budget.add_column("block")
     for w in data["waves"]:
         budget.add_column(f"after wave {w['wave']}", justify="right")

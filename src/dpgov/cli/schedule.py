@@ -46,7 +46,9 @@ def _params_dict(params: Path | None) -> dict[str, Any] | None:
 
 def schedule(
     cron: str = typer.Option(
-        ..., "--cron", help="When to retrain, as a cron expression (e.g. '0 3 1 * *').",
+        ...,
+        "--cron",
+        help="When to retrain, as a cron expression (e.g. '0 3 1 * *').",
         show_default=False,
     ),
     audit_cron: str | None = typer.Option(
@@ -156,8 +158,9 @@ def run_deployment_cmd(
 ) -> None:
     """Start a run of a deployment (on the server's workers or serving process)."""
     from dpgov.errors import Refused
-    from pipelines.runtime import orchestrate
+    from pipelines.runtime import check_deployment_name, orchestrate
 
+    check_deployment_name(name)
     parameters = dict(_parse_param(p) for p in param)
 
     def call() -> dict[str, Any]:
@@ -175,12 +178,16 @@ def run_deployment_cmd(
         ),
     )
     if wait and result.get("state") not in ("COMPLETED",):
-        raise Refused(f"flow run {result['flow_run_id']} is {result['state_name']} after {wait:g} s")
+        raise Refused(
+            f"flow run {result['flow_run_id']} is {result['state_name']} after {wait:g} s"
+        )
 
 
 @flows_app.command("answer")
 def answer_cmd(
-    flow_run_id: str = typer.Argument(..., help="The paused approval flow run.", show_default=False),
+    flow_run_id: str = typer.Argument(
+        ..., help="The paused approval flow run.", show_default=False
+    ),
     decision: str | None = typer.Option(
         None, "--decision", help="approve or refuse.", show_default=False
     ),
@@ -194,7 +201,8 @@ def answer_cmd(
     from pipelines.runtime import orchestrate
 
     data = {
-        k: v for k, v in {"decision": decision, "approver": by, "note": note}.items()
+        k: v
+        for k, v in {"decision": decision, "approver": by, "note": note}.items()
         if v is not None
     }
     from pipelines.approval import parse_answer
@@ -238,8 +246,9 @@ def approval_cmd(
     def call() -> dict[str, Any]:
         from pipelines.approval import approval
 
-        return approval(model, version, policy=policy_file, timeout_seconds=timeout,
-                        poll_interval=2)
+        return approval(
+            model, version, policy=policy_file, timeout_seconds=timeout, poll_interval=2
+        )
 
     if not as_json:
         typer.echo(
@@ -254,17 +263,22 @@ def approval_cmd(
 
 @flows_app.command("ingest")
 def ingest_cmd(
-    arrival: Path = typer.Argument(..., help="Newly arrived records (CSV or Parquet).",
-                                   show_default=False),
-    raw: Path = typer.Option(..., "--raw", help="The dataset's raw table (appended to).",
-                             show_default=False),
-    prepared: Path = typer.Option(..., "--prepared", help="Its prepared folder.",
-                                  show_default=False),
+    arrival: Path = typer.Argument(
+        ..., help="Newly arrived records (CSV or Parquet).", show_default=False
+    ),
+    raw: Path = typer.Option(
+        ..., "--raw", help="The dataset's raw table (appended to).", show_default=False
+    ),
+    prepared: Path = typer.Option(
+        ..., "--prepared", help="Its prepared folder.", show_default=False
+    ),
     repo: Path = typer.Option(Path("."), "--repo", help="The DVC repository holding both."),
-    contract: Path | None = typer.Option(None, "--contract", help="Data contract YAML.",
-                                         show_default=False),
-    params: Path | None = typer.Option(None, "--params", help="params.yaml (data: section).",
-                                       show_default=False),
+    contract: Path | None = typer.Option(
+        None, "--contract", help="Data contract YAML.", show_default=False
+    ),
+    params: Path | None = typer.Option(
+        None, "--params", help="params.yaml (data: section).", show_default=False
+    ),
     no_push: bool = typer.Option(False, "--no-push", help="Do not push to the DVC remote."),
     git_commit: bool = typer.Option(False, "--git-commit", help="Commit the DVC files to git."),
     as_json: bool = JsonOption,
@@ -295,7 +309,9 @@ def ingest_cmd(
             f"ingested {result['records']} records into {result['dataset']} "
             f"({result['total_records']} in all), data version {result['data_version']}"
         )
-        typer.echo(f"  new blocks: {', '.join(result['new_blocks']) or 'none'}; registered: "
-                   f"{', '.join(result['registered']) or 'none'}")
+        typer.echo(
+            f"  new blocks: {', '.join(result['new_blocks']) or 'none'}; registered: "
+            f"{', '.join(result['registered']) or 'none'}"
+        )
 
     emit(as_json, result, render)

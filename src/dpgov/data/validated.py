@@ -78,9 +78,7 @@ def ensure_validated(
     params = data_params or DataParams()
     folder = Path(prepared)
     if not (folder / "meta.json").is_file():
-        raise UsageError(
-            f"prepared data {folder}: no meta.json (run `dpgov data prepare` first)"
-        )
+        raise UsageError(f"prepared data {folder}: no meta.json (run `dpgov data prepare` first)")
     meta = load_prepared(folder).meta
     dataset = str(meta.get("dataset") or "")
     version = str(meta.get("data_version") or "")

@@ -41,7 +41,9 @@ def decision_markdown(
     )
     approvers = ", ".join(decision.get("approvers") or []) or "none"
     refusers = ", ".join(decision.get("refusers") or [])
-    lines.append(f"approvals: {approvers}" + (f"; refusals standing: {refusers}" if refusers else ""))
+    lines.append(
+        f"approvals: {approvers}" + (f"; refusals standing: {refusers}" if refusers else "")
+    )
     lines.append("")
     checks = decision.get("checks") or []
     failing = [c for c in checks if not c.get("passed")]

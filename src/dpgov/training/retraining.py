@@ -102,18 +102,17 @@ def select_blocks(
     require_new_data: bool = False,
 ) -> Selection:
     """The blocks of ``data_blocks`` to train on, those to retire, or why to skip."""
-    if require_new_data and last_trained_version is not None:
-        if last_trained_version == data_version:
-            return Selection(
-                dataset=dataset,
-                data_version=data_version,
-                train=[],
-                skip_reason=(
-                    f"no new data: the newest run on {dataset!r} already trained on data "
-                    f"version {data_version}"
-                ),
-                min_remaining=min_remaining,
-            )
+    if require_new_data and last_trained_version == data_version:
+        return Selection(
+            dataset=dataset,
+            data_version=data_version,
+            train=[],
+            skip_reason=(
+                f"no new data: the newest run on {dataset!r} already trained on data "
+                f"version {data_version}"
+            ),
+            min_remaining=min_remaining,
+        )
     by_block = {s.block: s for s in statuses}
     train: list[str] = []
     retire: list[tuple[str, str]] = []
