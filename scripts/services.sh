@@ -246,7 +246,7 @@ EOF
     || { cat "$DIR/logs/pool.log" >&2; die "could not create work pool $POOL"; }
   if [ "$WORKER" = 1 ]; then
     local wpid
-    wpid=$(eval "$(print_env dpgov)"; cd "$ROOT" && \
+    wpid=$(eval "$(print_env dpgov)"; cd "$DIR/worker-home" && \
       DPGOV_HOME="$DIR/worker-home" PREFECT_HOME="$DIR/prefect-worker" \
       spawn WORKER "$DIR/logs/worker.log" "$VENV/bin/prefect" worker start \
         --pool "$POOL" --type process --name "dpgov-worker-$tag")

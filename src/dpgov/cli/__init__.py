@@ -63,8 +63,34 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        known = _tracking_error(err)
+        if known is None:
+            raise  # an internal bug: keep its traceback
+        print(f"error: {known[0]}", file=sys.stderr)
+        sys.exit(known[1])
     if isinstance(rc, int) and rc:
         sys.exit(rc)
+
+
+def _tracking_error(err: Exception) -> tuple[str, int] | None:
+    """One line and the exit code for an MLflow tracking store that does not answer (2) or
+    refuses the request: authentication, permissions (1); None for anything else."""
+    mlflow_errors = sys.modules.get("mlflow.exceptions")
+    requests_errors = sys.modules.get("requests.exceptions")
+    is_mlflow = mlflow_errors is not None and isinstance(err, mlflow_errors.MlflowException)
+    is_http = requests_errors is not None and isinstance(err, requests_errors.RequestException)
+    if not (is_mlflow or is_http):
+        return None
+    from dpgov import config
+
+    uri = config.mlflow_tracking_uri()
+    text = str(getattr(err, "message", None) or err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    code = str(getattr(err, "error_code", ""))
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return f"tracking server {uri} refused the request ({code}): {first}", 1
+    return f"tracking store {uri} failed: {first}", 2
 
 
 def _accounting_errors() -> tuple[type[BaseException], ...]:

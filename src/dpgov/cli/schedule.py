@@ -168,7 +168,7 @@ def run_deployment_cmd(
 
         return trigger(name, parameters, timeout=wait or 0)
 
-    result, _ = orchestrate(call, say=_say(as_json))
+    result, _ = orchestrate(call)
     emit(
         as_json,
         result,
@@ -214,7 +214,7 @@ def answer_cmd(
 
         return answer(flow_run_id, data)
 
-    result, _ = orchestrate(call, say=_say(as_json))
+    result, _ = orchestrate(call)
     emit(
         as_json,
         result,

@@ -138,10 +138,18 @@ def evaluate(
     approvals: Sequence[ApprovalRecord] = (),
     *,
     policy_sha256: str | None = None,
+    run_status: str | None = None,
 ) -> Decision:
-    """Judge one candidate against ``policy``. Pure: reads nothing, writes nothing."""
+    """Judge one candidate against ``policy``. Pure: reads nothing, writes nothing.
+
+    ``run_status`` is the status of the model version's training run in the tracking store
+    (None: not known to the caller, no check). Only a run that ended normally (FINISHED) may
+    release a model: one whose process was killed stays RUNNING.
+    """
     checks: list[Check] = []
     checks += _privacy_checks(policy, facts, ledger_facts)
+    if run_status is not None:
+        checks.append(_run_check(run_status))
     checks += _utility_checks(policy, facts)
     checks += _fairness_checks(policy.fairness, facts)
     approval_checks, approvers, refusers = _approval_checks(policy, facts, approvals)
@@ -340,6 +348,22 @@ def _reservation_check(facts: CandidateFacts, led: LedgerFacts) -> Check:
         "committed",
         state == "committed",
         reasons.get(state, f"reservation {rid} is {state}"),
+    )
+
+
+def _run_check(status: str) -> Check:
+    reasons = {
+        "FINISHED": "the training run ended normally",
+        "RUNNING": "the training run never ended (its process was killed, or it still runs)",
+        "FAILED": "the training run failed",
+        "KILLED": "the training run was killed",
+    }
+    return Check(
+        "run_finished",
+        status,
+        "FINISHED",
+        status == "FINISHED",
+        reasons.get(status, f"the training run is {status}"),
     )
 
 

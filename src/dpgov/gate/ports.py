@@ -22,6 +22,7 @@ class ModelVersionInfo:
     tags: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     source: str | None = None
+    run_status: str | None = None  # FINISHED, RUNNING, FAILED, KILLED; MISSING: no such run
 
 
 class RegistryPort(Protocol):

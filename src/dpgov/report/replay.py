@@ -17,6 +17,7 @@ identical mechanisms only), reached by an independent path; the two agree to rou
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -447,16 +448,43 @@ def merge_steps(mechanisms: Iterable[DpSgdMechanism]) -> list[DpSgdMechanism]:
 
 
 def compose_epsilon(key: StateKey, delta: float, accountant: str) -> float:
-    """ε at ``delta`` of the merged multiset ``key``, composed from nothing."""
+    """ε at ``delta`` of the merged multiset ``key``, composed from nothing with the
+    accountant ``dpgov.accounting`` names (for PLD: the same discretisation, pessimistic
+    estimates and tail truncation, with each (σ, q) step built once per process)."""
     from dpgov.accounting import get_accountant
 
     if not key:
         return 0.0
     acc = get_accountant(accountant)
     state = acc.empty()
-    for m in key_mechanisms(key):
-        state = acc.add(state, m)
+    if accountant == "pld":
+        from dpgov.accounting.accountants import PLD_TAIL_MASS_TRUNCATION
+
+        discretization = acc.discretization  # type: ignore[attr-defined]
+        for s, q, _, n in key:
+            step = _pld_step(s, q, discretization).self_compose(n)
+            state = state.compose(step, PLD_TAIL_MASS_TRUNCATION)
+    else:
+        for m in key_mechanisms(key):
+            state = acc.add(state, m)
     return float(acc.epsilon(state, delta))
+
+
+@functools.lru_cache(maxsize=512)
+def _pld_step(sigma: float, q: float, discretization: float) -> Any:
+    """One Poisson-subsampled Gaussian step's PLD, built as the ledger's PLD accountant
+    builds it (its T-step PLD is this one self-composed T times). Building it dominates a
+    composition and does not depend on T, so it is shared by every block charged at (σ, q)."""
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    return pld.from_gaussian_mechanism(
+        standard_deviation=sigma,
+        sampling_prob=q,
+        value_discretization_interval=discretization,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+        pessimistic_estimate=True,
+    )
 
 
 def _compose_task(task: tuple[StateKey, float, str]) -> float | None:
@@ -519,6 +547,11 @@ class Epsilons:
         if workers < 2 or len(todo) < 4 or "fork" not in mp.get_all_start_methods():
             return  # composed on demand by of_key
         from concurrent.futures import ProcessPoolExecutor
+
+        from dpgov.accounting.accountants import PLD_DISCRETIZATION
+
+        for s, q in {(s, q) for key, _, acc in todo if acc == "pld" for s, q, _, _ in key}:
+            _pld_step(s, q, PLD_DISCRETIZATION)  # built once here, inherited by the workers
 
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
             for (key, delta, acc), value in zip(

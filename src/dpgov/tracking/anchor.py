@@ -7,11 +7,14 @@ kept in another system, the MLflow tracking store: the audit checks that the led
 every anchored sequence number still has the anchored hash, and that the ledger's head is not
 behind the newest anchor. A rewrite or a truncation is then detected without the HMAC key.
 
-Storage: one MLflow run per anchor in the experiment :data:`ANCHOR_EXPERIMENT`, named
-``anchor-<seq>``, holding the sequence number and hash as run *parameters* (MLflow refuses to
-change a parameter once logged) and as tags (for searching), plus the ledger it anchors (URL,
-password hidden) and who recorded it. Reading includes deleted runs and a deleted experiment:
-deleting an anchor does not hide it from the audit.
+Storage: in the experiment :data:`ANCHOR_EXPERIMENT`, one run per ledger (tag
+``dpgov.anchor.ledger``: its URL, password hidden) holds every anchor as a run *parameter*
+``anchor.<seq>`` = hash. MLflow refuses to change a parameter once logged, so an anchor cannot
+be rewritten through MLflow, and anchoring an entry again with another hash fails loudly (the
+ledger changed under it). The metric ``anchor_seq`` (value: the seq) records when each anchor
+was taken. Reading includes deleted runs and a deleted experiment: deleting anchors does not
+hide them from the audit. One run per ledger keeps the experiment readable in the MLflow UI and
+the audit's read to one request, however many commits were anchored.
 
 Only :mod:`dpgov.tracking` imports mlflow; it is imported inside the functions.
 """
@@ -19,6 +22,7 @@ Only :mod:`dpgov.tracking` imports mlflow; it is imported inside the functions.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,35 +33,30 @@ if TYPE_CHECKING:
     from dpgov.ledger import Ledger
 
 ANCHOR_EXPERIMENT = "dpgov-ledger-anchors"
-TAG_SEQ = "dpgov.anchor.seq"
-TAG_HASH = "dpgov.anchor.hash"
 TAG_LEDGER = "dpgov.anchor.ledger"
-TAG_ACTOR = "dpgov.anchor.actor"
-PARAM_SEQ = "seq"
-PARAM_HASH = "hash"
+PARAM_PREFIX = "anchor."
+METRIC_SEQ = "anchor_seq"
 
 log = logging.getLogger(__name__)
 
 
 class AnchorError(DpgovError):
-    """The tracking store could not record or return anchors. Exit code 2."""
+    """The tracking store could not record or return anchors, or an entry was anchored
+    before with another hash. Exit code 2."""
 
     exit_code = 2
 
 
 @dataclass(frozen=True)
 class Anchor:
-    """One recorded chain head. ``consistent`` is False when the run's parameters and tags
-    disagree (someone edited the tags); ``deleted`` when the run or experiment was deleted."""
+    """One recorded chain head; ``deleted`` when its run or the experiment was deleted."""
 
     seq: int
     hash: str
-    time: str  # ISO 8601, UTC: when the anchor was recorded
+    time: str  # ISO 8601, UTC: when the anchor was recorded ("" if unknown)
     run_id: str
     ledger: str | None = None
-    actor: str | None = None
     deleted: bool = False
-    consistent: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,9 +65,7 @@ class Anchor:
             "time": self.time,
             "run_id": self.run_id,
             "ledger": self.ledger,
-            "actor": self.actor,
             "deleted": self.deleted,
-            "consistent": self.consistent,
         }
 
 
@@ -93,7 +90,7 @@ def ledger_name(ledger: Ledger | str | None) -> str:
         ledger = config.ledger_url()
     if isinstance(ledger, str):
         try:
-            return sa.make_url(ledger).render_as_string(hide_password=True)
+            return str(sa.make_url(ledger).render_as_string(hide_password=True))
         except sa.exc.ArgumentError:
             return ledger
     return str(ledger.engine.url.render_as_string(hide_password=True))
@@ -124,6 +121,25 @@ def _experiment_id(client: Any, *, create: bool) -> str | None:
         return str(again.experiment_id)
 
 
+def _ledger_run(client: Any, experiment_id: str, name: str) -> str:
+    """The active run holding this ledger's anchors (created on first use)."""
+    escaped = name.replace("'", "\\'")
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{TAG_LEDGER}` = '{escaped}'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
+    if found:
+        return str(found[0].info.run_id)
+    run = client.create_run(
+        experiment_id,
+        run_name="ledger-anchors",
+        tags={TAG_LEDGER: name, "mlflow.source.name": "dpgov"},
+    )
+    return str(run.info.run_id)
+
+
 def record_anchor(
     seq: int,
     hash: str,
@@ -132,7 +148,8 @@ def record_anchor(
     tracking_uri: str | None = None,
 ) -> Anchor:
     """Record the chain head ``(seq, hash)`` of ``ledger`` (a :class:`Ledger`, its URL, or
-    None for the configured one) in the tracking store. Raises :class:`AnchorError`."""
+    None for the configured one) in the tracking store. Anchoring an entry again with the same
+    hash is a no-op; with another hash it raises :class:`AnchorError` (the entry changed)."""
     from dpgov import config
 
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
@@ -140,38 +157,37 @@ def record_anchor(
     if not isinstance(hash, str) or len(hash) != 64:
         raise AnchorError(f"anchor hash must be a SHA-256 hex digest, found {hash!r}")
     name = ledger_name(ledger)
-    actor = config.actor()
+    where = tracking_uri or config.mlflow_tracking_uri()
+    now = int(time.time() * 1000)
     try:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Metric, Param
 
         client = _client(tracking_uri)
-        exp = _experiment_id(client, create=True)
-        run = client.create_run(
-            str(exp),
-            run_name=f"anchor-{seq}",
-            tags={TAG_SEQ: str(seq), TAG_HASH: hash, TAG_LEDGER: name, TAG_ACTOR: actor},
-        )
-        run_id = str(run.info.run_id)
-        client.log_batch(
-            run_id,
-            params=[Param(PARAM_SEQ, str(seq)), Param(PARAM_HASH, hash)],
-            tags=[RunTag("mlflow.source.name", "dpgov")],
-        )
-        client.set_terminated(run_id, status="FINISHED")
+        run_id = _ledger_run(client, str(_experiment_id(client, create=True)), name)
+        key = f"{PARAM_PREFIX}{seq}"
+        try:
+            client.log_batch(
+                run_id,
+                params=[Param(key, hash)],
+                metrics=[Metric(METRIC_SEQ, float(seq), now, 0)],
+            )
+        except Exception as err:
+            before = client.get_run(run_id).data.params.get(key)
+            if before is None:
+                raise
+            if before != hash:
+                raise AnchorError(
+                    f"ledger entry {seq} was anchored before with hash {before[:12]}…, and is "
+                    f"now {hash[:12]}…: the ledger {name} was rewritten (run dpgov audit)"
+                ) from err
+    except AnchorError:
+        raise
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AnchorError(
-            f"cannot record the ledger anchor (entry {seq}) in the tracking store "
-            f"{tracking_uri or config.mlflow_tracking_uri()}: {reason}"
+            f"cannot record the ledger anchor (entry {seq}) in the tracking store {where}: {reason}"
         ) from err
-    return Anchor(
-        seq=seq,
-        hash=hash,
-        time=_iso(run.info.start_time),
-        run_id=run_id,
-        ledger=name,
-        actor=actor,
-    )
+    return Anchor(seq=seq, hash=hash, time=_iso(now), run_id=run_id, ledger=name)
 
 
 def record_head(ledger: Ledger, *, tracking_uri: str | None = None) -> Anchor | None:
@@ -202,22 +218,24 @@ def anchors(*, tracking_uri: str | None = None) -> list[Anchor]:
     """Every anchor in the tracking store, deleted ones included, by sequence number.
 
     Raises :class:`AnchorError` when the store cannot be read."""
+    from mlflow.entities import ViewType
+
     from dpgov import config
 
+    out: list[Anchor] = []
     try:
         client = _client(tracking_uri)
         exp = _experiment_id(client, create=False)
         if exp is None:
             return []
-        experiment = client.get_experiment(exp)
-        exp_deleted = experiment.lifecycle_stage == "deleted"
-        out: list[Anchor] = []
+        exp_deleted = client.get_experiment(exp).lifecycle_stage == "deleted"
         token = None
         while True:
             page = client.search_runs(
-                [exp], run_view_type=_view_all(), max_results=1000, page_token=token
+                [exp], run_view_type=ViewType.ALL, max_results=1000, page_token=token
             )
-            out.extend(_anchor_of(run, exp_deleted) for run in page)
+            for run in page:
+                out.extend(_anchors_of(client, run, exp_deleted))
             token = page.token
             if not token:
                 break
@@ -230,37 +248,26 @@ def anchors(*, tracking_uri: str | None = None) -> list[Anchor]:
     return sorted(out, key=lambda a: (a.seq, a.time))
 
 
-def _view_all() -> int:
-    from mlflow.entities import ViewType
-
-    return int(ViewType.ALL)
-
-
-def _anchor_of(run: Any, exp_deleted: bool) -> Anchor:
-    params, tags = dict(run.data.params), dict(run.data.tags)
-    seq_text = str(params.get(PARAM_SEQ, tags.get(TAG_SEQ, "")))
-    digest = str(params.get(PARAM_HASH, tags.get(TAG_HASH, "")))
-    try:
-        seq = int(seq_text)
-    except ValueError:
-        seq = -1
-    consistent = (
-        seq >= 1
-        and tags.get(TAG_SEQ, seq_text) == seq_text
-        and tags.get(TAG_HASH, digest) == digest
-        and PARAM_SEQ in params
-        and PARAM_HASH in params
-    )
-    return Anchor(
-        seq=seq,
-        hash=digest,
-        time=_iso(run.info.start_time),
-        run_id=str(run.info.run_id),
-        ledger=tags.get(TAG_LEDGER),
-        actor=tags.get(TAG_ACTOR),
-        deleted=exp_deleted or run.info.lifecycle_stage == "deleted",
-        consistent=consistent,
-    )
+def _anchors_of(client: Any, run: Any, exp_deleted: bool) -> list[Anchor]:
+    run_id = str(run.info.run_id)
+    params = dict(run.data.params)
+    if not any(k.startswith(PARAM_PREFIX) for k in params):
+        return []
+    taken: dict[int, int] = {}
+    for m in client.get_metric_history(run_id, METRIC_SEQ):
+        taken.setdefault(int(m.value), int(m.timestamp))
+    deleted = exp_deleted or run.info.lifecycle_stage == "deleted"
+    ledger = run.data.tags.get(TAG_LEDGER)
+    out = []
+    for key, digest in params.items():
+        if not key.startswith(PARAM_PREFIX):
+            continue
+        try:
+            seq = int(key[len(PARAM_PREFIX) :])
+        except ValueError:
+            continue
+        out.append(Anchor(seq, str(digest), _iso(taken.get(seq)), run_id, ledger, deleted))
+    return out
 
 
 def _iso(millis: int | None) -> str:

@@ -56,7 +56,19 @@ class Registry:
             tags=dict(mv.tags or {}),
             aliases=tuple(mv.aliases or ()),
             source=mv.source,
+            run_status=self._run_status(mv.run_id) if mv.run_id else None,
         )
+
+    def _run_status(self, run_id: str) -> str:
+        """The status of the version's run (a killed training process leaves it RUNNING)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_run(run_id).info.status)
+        except MlflowException as err:
+            if _not_found(err):
+                return "MISSING"
+            raise
 
     def _unknown(self, name: str, version: str) -> str:
         from mlflow.exceptions import MlflowException

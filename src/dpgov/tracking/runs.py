@@ -160,6 +160,9 @@ def log_model(
             input_example=input_example,
             pip_requirements=[f"torch=={torch_version}"],
         )
+    # Leaving start_run() marked the run FINISHED; tracking is not done (facts, registration):
+    # the caller's end_run() finishes it, and a process killed before that leaves it RUNNING.
+    mlflow.MlflowClient().update_run(run_id, status="RUNNING")
     if register_as is None:
         return None
     with contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered model ..."

@@ -19,6 +19,7 @@ calls them in order. The rules they keep:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,39 @@ class TrackOutcome:
     reference_version: str | None
     facts: dict[str, Any]
     block_epsilon: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- faults (tests only)
+
+FAULT_POINTS = ("before_reserve", "during_train", "after_train", "during_track", "after_register")
+
+
+def _fault_point(name: str) -> None:
+    """Test-only fault injection at a named point of a run; does nothing unless ``DPGOV_FAULT``
+    names this point (never set outside tests).
+
+    ``DPGOV_FAULT=<point>`` kills this process with SIGKILL there (no handler runs: a power
+    loss). With ``DPGOV_FAULT_PAUSE=<folder>`` it instead creates ``<folder>/<point>.reached``
+    and waits (up to 10 minutes) for ``<folder>/<point>.go``, so a test can cut a service at
+    exactly that point. Points: ``before_reserve`` (nothing charged yet), ``during_train``
+    (after the second optimizer step), ``after_train`` (trained, not committed),
+    ``during_track`` (committed; run metrics logged, no model version yet), ``after_register``
+    (model version registered with its facts; MLflow run not ended).
+    """
+    if os.environ.get("DPGOV_FAULT") != name:
+        return
+    pause = os.environ.get("DPGOV_FAULT_PAUSE")
+    if not pause:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    import time
+
+    (Path(pause) / f"{name}.reached").touch()
+    deadline = time.monotonic() + 600
+    while not (Path(pause) / f"{name}.go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- data
@@ -389,6 +423,7 @@ def _check_unit_of_privacy(train: Arrays, test: Arrays) -> None:
 
 def reserve(p: RunPlan, *, ledger: Ledger) -> Reservation:
     """Register the blocks (idempotent) and charge the planned mechanism to all of them."""
+    _fault_point("before_reserve")
     for b in p.blocks:
         ledger.add_block(
             dataset=p.dataset, block=b, patients=p.block_patients[b], data_version=p.data_version
@@ -451,6 +486,12 @@ def train(
                 return 0.0
             return epsilon([p.mechanism.with_steps(steps)], delta=p.delta, accountant=p.accountant)
 
+        def stepped(steps: int, loss: float) -> None:
+            if steps == min(2, p.sampling.steps):
+                _fault_point("during_train")
+            if on_step is not None:
+                on_step(steps, loss)
+
         seed_everything(p.params.train.seed)
         model = build_model(p.params.model, input_spec(p.meta))
         result = train_private(
@@ -464,7 +505,7 @@ def train(
             device=resolve_device(p.device),
             grad_sample_mode=p.grad_sample_mode,
             counter=counter,
-            on_step=on_step,
+            on_step=stepped,
             epsilon_fn=eps_so_far,
             progress=progress,
         )
@@ -514,6 +555,7 @@ def _quiet(fn: Callable[[], Any]) -> None:
 
 def commit(reservation: Reservation, outcome: TrainOutcome, *, ledger: Ledger) -> Entry:
     """Charge the steps actually taken (never more than reserved, never less than ran)."""
+    _fault_point("after_train")
     return ledger.commit(reservation.id, steps=outcome.result.steps, run_id=outcome.run_id)
 
 
@@ -713,6 +755,7 @@ def _track(
         metrics.update({f"price.{k}": v for k, v in price_of_privacy(ev, evals.reference).items()})
         metrics["reference_auroc"] = evals.reference.auroc
     runs.log_metrics(run_id, metrics)
+    _fault_point("during_track")
     runs.log_series(run_id, "train_loss", outcome.result.epoch_losses)
     runs.set_tags(
         run_id,
@@ -738,6 +781,7 @@ def _track(
         reference=ref_facts,
     )
     version = _register(run_id, outcome.result.model, p, facts, ev, register=register)
+    _fault_point("after_register")
     runs.end_run(run_id)
     return TrackOutcome(
         run_id=run_id,

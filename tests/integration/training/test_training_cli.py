@@ -1,25 +1,37 @@
-"""``dpgov run`` and ``dpgov demo`` through the real entry point (in-process), with prepared
-data on disk read by ``dpgov.data.load_prepared``."""
+"""``dpgov run`` and ``dpgov demo`` through the real entry point (in-process), as Prefect flows
+on the session's one test harness, with prepared data on disk read by
+``dpgov.data.load_prepared`` and validated against its contract before any budget moves."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.integration.orchestration import harness
+
 REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """The session's one Prefect test harness (shared with tests/integration/orchestration)."""
+    yield from harness.session()
 
 
 def _dpgov(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, str, str]:
     from dpgov.cli import main
+    from pipelines.runtime import env_defaults
 
+    for key, value in env_defaults(Path(".")).items():  # restored after the test
+        monkeypatch.setenv(key, value)
     monkeypatch.setattr(sys, "argv", ["dpgov", *args])
     code = 0
     try:
@@ -32,16 +44,26 @@ def _dpgov(
 
 @pytest.fixture
 def params_file(tmp_path: Path) -> Callable[..., Path]:
-    """Synthetic prepared data on disk and a params file pointing at it."""
-    from dpgov.training.synthetic import make_tabular, write_prepared
+    """A synthetic cohort, its contract and prepared data on disk, and a params file naming
+    them (data: for validation, train: for the run)."""
+    from dpgov.data import prepare
+    from dpgov.data.params import DataParams
+    from dpgov.data.synthetic import write_tabular
 
-    folder = write_prepared(
-        make_tabular(n_train=300, n_test=200, blocks=2), tmp_path / "prepared" / "synth"
+    source, contract = write_tabular(
+        tmp_path / "raw", 500, dataset="synth", min_block=20, min_subgroup=5
+    )
+    prepared = prepare(
+        source,
+        contract,
+        out=tmp_path / "prepared" / "synth",
+        params=DataParams(min_block_patients=1),
+        register=False,
     )
 
     def make(model: str = "logreg", **train: Any) -> Path:
         base = {
-            "data": str(folder),
+            "data": prepared.path,
             "epochs": 2,
             "batch_size": 30,
             "n_boot": 0,
@@ -53,7 +75,21 @@ def params_file(tmp_path: Path) -> Callable[..., Path]:
             "model_name": "cli-model",
         }
         path = tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml"
-        path.write_text(yaml.safe_dump({"train": {**base, **train}, "model": {"name": model}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "data": {
+                        "source": str(source),
+                        "contract": str(contract),
+                        "seed": 0,
+                        "min_block_patients": 1,
+                        "dataset": "synth",
+                    },
+                    "train": {**base, **train},
+                    "model": {"name": model},
+                }
+            )
+        )
         return path
 
     return make
@@ -61,11 +97,12 @@ def params_file(tmp_path: Path) -> Callable[..., Path]:
 
 def test_run_prints_the_summary_as_json(
     home: Path,
+    prefect_api: str,
     params_file: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, out, _ = _dpgov(
+    code, out, err = _dpgov(
         monkeypatch,
         capsys,
         "run",
@@ -75,11 +112,18 @@ def test_run_prints_the_summary_as_json(
         str(REPO / "policies" / "default.yaml"),
         "--json",
     )
-    assert code == 0
+    assert code == 0, err
     data = json.loads(out)
     assert data["model_name"] == "cli-model" and data["model_version"] == "1"
     assert data["plan"]["data_version"].endswith(".dir")  # the DVC md5 of the folder
-    assert data["steps"] == data["plan"]["steps"] == 20
+    per_epoch = round(1 / data["plan"]["sample_rate"])  # Opacus: q = 1/ceil(N/B)
+    assert data["steps"] == data["plan"]["steps"] == 2 * per_epoch
+    assert data["validation"]["ok"] and not data["validation"]["reused"]
+    assert data["gate"]["model"] == "cli-model" and "approvals" in data["gate"]["failing"]
+    assert data["orchestration"]["api"] == "server" and data["orchestration"]["api_url"]
+    assert {"validate", "plan", "reserve", "train", "commit", "track", "gate"} <= set(
+        data["timings"]
+    )
 
 
 def test_unknown_model_is_one_line_and_exit_2(
@@ -96,6 +140,7 @@ def test_unknown_model_is_one_line_and_exit_2(
 
 def test_refused_budget_is_exit_1_and_charges_nothing(
     home: Path,
+    prefect_api: str,
     params_file: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -105,15 +150,38 @@ def test_refused_budget_is_exit_1_and_charges_nothing(
 
     policy = str(write_policy(epsilon_per_block=1.0))
     code, _, err = _dpgov(
-        monkeypatch, capsys, "run", "--params", str(params_file()), "--policy", policy
+        monkeypatch, capsys, "run", "--params", str(params_file()), "--policy", policy, "--json"
     )
     assert code == 1
-    assert err.startswith("error: budget refused for block")
+    assert err.startswith("error: budget refused for block"), err
+    assert len(err.strip().splitlines()) == 1  # Prefect's own failure lines stay off the console
+    assert Ledger.open().entries("reservation") == []
+
+
+def test_unvalidatable_data_is_exit_2_and_charges_nothing(
+    home: Path,
+    prefect_api: str,
+    params_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """Prepared data whose source the params do not name cannot be validated: no training."""
+    from dpgov.ledger import Ledger
+
+    params = yaml.safe_load(params_file().read_text())
+    del params["data"]
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(yaml.safe_dump(params))
+    code, _, err = _dpgov(monkeypatch, capsys, "run", "--params", str(bare), "--json")
+    assert code == 2
+    assert err.startswith("error: cannot validate") and len(err.strip().splitlines()) == 1
     assert Ledger.open().entries("reservation") == []
 
 
 def test_demo_runs_the_whole_pipeline_on_the_bundled_data(
     home: Path,
+    prefect_api: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
@@ -123,8 +191,13 @@ def test_demo_runs_the_whole_pipeline_on_the_bundled_data(
     code, out, err = _dpgov(monkeypatch, capsys, "demo", "--json")
     assert code == 0, err
     data = json.loads(out)
-    assert data["data"]["validate"]["ok"]
+    assert data["validation"]["ok"]
+    assert data["data"]["prepare"]["dataset"] == "flchain"
     assert data["plan"]["dataset"] == "flchain"
     assert 0 < data["epsilon"] <= 2.0
     assert data["auroc"] > 0.75
     assert {s["attribute"] for s in data["subgroups"]} == {"sex", "age_band"}
+    gate = data["gate"]  # the demo ends with the gate decision
+    assert gate["model"] == "dpgov-flchain" and gate["version"] == data["model_version"]
+    assert "approvals" in gate["failing"]
+    assert [b["block"] for b in data["budgets"]] == ["1995", "1996", "1997", "1998-2003"]

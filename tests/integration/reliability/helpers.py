@@ -1,0 +1,230 @@
+"""Helpers of the reliability tests: the command line run in this process (fast) or in a
+subprocess (for the handful that must be), a small governed world (home, data, policy), and
+independent checks of the ledger (chain, charges, ε per block)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+    args: tuple[str, ...] = ()
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def clean_error(self) -> bool:
+        """A refusal or bad input that a person can read: one ``error:`` line (or click's usage
+        message), exit 1 or 2, and no traceback anywhere."""
+        if "Traceback (most recent call last)" in self.out + self.err:
+            return False
+        if self.code not in (1, 2):
+            return False
+        text = self.err.strip()
+        return text.startswith(("error: ", "Usage: ")) or "Error: " in text or (
+            self.code == 1 and bool(self.out.strip() or text)  # findings/blocked: reported
+        )
+
+
+@contextlib.contextmanager
+def environment(env: Mapping[str, str | None] | None) -> Iterator[None]:
+    """``os.environ`` with ``env`` applied (None removes a variable), restored afterwards."""
+    saved = dict(os.environ)
+    try:
+        for key, value in (env or {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def dpgov(*args: Any, env: Mapping[str, str | None] | None = None) -> Result:
+    """``dpgov ARGS`` in this process through :func:`dpgov.cli.main` (the console entry point),
+    capturing its exit code, stdout and stderr. Any exception other than SystemExit escapes:
+    that is a traceback the user would have seen."""
+    from dpgov.cli import main
+
+    argv = tuple(str(a) for a in args)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    saved_argv = sys.argv
+    sys.argv = ["dpgov", *argv]
+    try:
+        with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+    return Result(code, out.getvalue(), err.getvalue(), argv)
+
+
+def dpgov_process(
+    *args: Any, env: Mapping[str, str | None] | None = None, timeout: float = 300,
+    cwd: Path | None = None,
+) -> Result:
+    """``dpgov ARGS`` as its own process (what a user runs)."""
+    full = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    argv = tuple(str(a) for a in args)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpgov", *argv],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr, argv)
+
+
+# --------------------------------------------------------------------------- a governed world
+
+
+def write_policy(path: Path, **budget: Any) -> Path:
+    """The default policy with fairness off and a lower AUROC floor (the synthetic cohort's
+    subgroups are small), its budget changed by ``budget``."""
+    policy = yaml.safe_load((REPO / "policies" / "default.yaml").read_text())
+    policy["budget"].update(budget)
+    policy["utility"]["min_auroc"] = 0.5
+    policy["utility"]["max_calibration_error"] = None
+    for key in ("max_auroc_gap", "max_fnr_gap", "max_auroc_gap_widening", "max_fnr_gap_widening"):
+        policy["fairness"][key] = None
+    policy["fairness"]["require_judgeable"] = False
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
+def tiny_train(**over: Any) -> dict[str, Any]:
+    """``train:`` params of a run of a second or two: 8 steps of logistic regression."""
+    base = {
+        "epochs": 1,
+        "batch_size": 64,
+        "noise_multiplier": 2.0,
+        "target_epsilon": 3.0,
+        "reference": False,
+        "n_boot": 0,
+        "min_group_n": 10,
+        "learning_rate": 0.5,
+        "device": "cpu",
+        "model_name": "rel-model",
+        "experiment": "rel",
+    }
+    return {**base, **over}
+
+
+@dataclass
+class World:
+    """One isolated dpgov installation: home, ledger, tracking store, data, policy."""
+
+    home: Path
+    data: Path  # prepared folder
+    raw: Path  # the CSV it was prepared from
+    contract: Path
+    policy: Path
+    ledger_url: str
+    tracking_uri: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, **more: str | None) -> dict[str, str | None]:
+        return {
+            "DPGOV_HOME": str(self.home),
+            "DPGOV_LEDGER_URL": self.ledger_url,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "DPGOV_LEDGER_HMAC_KEY": None,
+            "DPGOV_FAULT": None,
+            "DPGOV_FAULT_PAUSE": None,
+            **self.extra_env,
+            **more,
+        }
+
+    def params(self, **train: Any) -> dict[str, Any]:
+        return {
+            "data": {
+                "dataset": "synthetic",
+                "source": str(self.raw),
+                "contract": str(self.contract),
+                "min_block_patients": 1,
+                "seed": 0,
+            },
+            "train": tiny_train(data=str(self.data), **train),
+            "model": {"name": "logreg"},
+        }
+
+    def params_file(self, path: Path, **train: Any) -> Path:
+        path.write_text(yaml.safe_dump(self.params(**train)))
+        return path
+
+    def ledger(self) -> Any:
+        from dpgov.ledger import Ledger
+
+        return Ledger.open(self.ledger_url)
+
+    def budget(self) -> Any:
+        from dpgov.policy import load_policy
+
+        return load_policy(self.policy).policy.budget
+
+
+# --------------------------------------------------------------------------- independent checks
+
+
+def replayed_charges(ledger: Any) -> dict[tuple[str, str], list[Any]]:
+    """Every block's charged mechanisms rebuilt from the entries alone (not the projections):
+    a reservation charges its plan; a commit replaces it by what ran; a release removes it; an
+    abort keeps the plan."""
+    from dpgov.accounting import mechanism_from_dict
+
+    plans: dict[str, tuple[str, list[str], Any]] = {}
+    for e in ledger.entries():
+        p = e.payload
+        if e.kind == "reservation":
+            plans[p["reservation"]] = (p["dataset"], p["blocks"], mechanism_from_dict(p["mechanism"]))
+        elif e.kind == "commit":
+            ds, blocks, _ = plans[p["reservation"]]
+            plans[p["reservation"]] = (ds, blocks, mechanism_from_dict(p["mechanism"]))
+        elif e.kind == "release":
+            plans.pop(p["reservation"])
+    out: dict[tuple[str, str], list[Any]] = {}
+    for ds, blocks, mech in plans.values():
+        for b in blocks:
+            out.setdefault((ds, b), []).append(mech)
+    return out
+
+
+def recomputed_epsilon(ledger: Any, budget: Any) -> dict[tuple[str, str], float]:
+    """Every block's ε composed from scratch over the replayed charges, at the policy's δ."""
+    from dpgov.accounting import epsilon
+
+    return {
+        key: epsilon(mechs, delta=budget.delta, accountant=budget.accountant)
+        for key, mechs in replayed_charges(ledger).items()
+    }
