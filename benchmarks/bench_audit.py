@@ -177,13 +177,14 @@ def build(home: Path, *, entries: int, blocks: int, seed: int) -> dict[str, Any]
             v = str(mv.version)
             versions.append(v)
             approve = rng.random() < 0.5
+            by = rng.choice(["alice", "bob"])
             if approve:
                 ledger.append(
                     kind="approval",
                     payload={
                         "model": MODEL,
                         "version": v,
-                        "by": rng.choice(["alice", "bob"]),
+                        "by": by,
                         "note": "reviewed",
                         "run_id": run_id,
                         "author": "trainer",
@@ -199,7 +200,7 @@ def build(home: Path, *, entries: int, blocks: int, seed: int) -> dict[str, Any]
                         "allowed": approve,
                         "policy_sha256": loaded.sha256,
                         "failing": [] if approve else ["approvals"],
-                        "approvers": ["alice"] if approve else [],
+                        "approvers": [by] if approve else [],
                         "refusers": [],
                         "checks": [
                             {
@@ -229,7 +230,7 @@ def build(home: Path, *, entries: int, blocks: int, seed: int) -> dict[str, Any]
                         "decision_seq": d.seq,
                         "policy_sha256": loaded.sha256,
                         "run_id": run_id,
-                        "approvers": ["alice"],
+                        "approvers": [by],
                     },
                 )
                 client.set_registered_model_alias(MODEL, "champion", v)

@@ -6,6 +6,8 @@
 #   scripts/services.sh start  [DIR] [--auth] [--no-worker]   start, then print the env vars
 #   scripts/services.sh env    [DIR] [--as dpgov|analyst|admin]  print them again (eval-able)
 #   scripts/services.sh status [DIR]                           what runs, where
+#   scripts/services.sh grant  [DIR] --model NAME              (--auth) dpgov may MANAGE the
+#                                                              registered model, analyst READ it
 #   scripts/services.sh stop   [DIR] [--purge]                 stop; --purge also drops the
 #                                                              databases and deletes DIR
 #
@@ -28,11 +30,11 @@ PG_URL=${DPGOV_SERVICES_PG_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
 POOL=${DPGOV_SERVICES_POOL:-dpgov}
 STARTUP_TIMEOUT=${DPGOV_SERVICES_TIMEOUT:-180}
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "services.sh: $*" >&2; exit 2; }
 
 cmd=${1:-}; [ -n "$cmd" ] || usage; shift
-DIR=""; AUTH=0; WORKER=1; PURGE=0; AS=dpgov
+DIR=""; AUTH=0; WORKER=1; PURGE=0; AS=dpgov; MODEL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --auth) AUTH=1 ;;
@@ -40,6 +42,8 @@ while [ $# -gt 0 ]; do
     --purge) PURGE=1 ;;
     --as) [ $# -ge 2 ] || die "--as needs a user"; AS=$2; shift ;;
     --as=*) AS=${1#--as=} ;;
+    --model) [ $# -ge 2 ] || die "--model needs a name"; MODEL=$2; shift ;;
+    --model=*) MODEL=${1#--model=} ;;
     -h|--help) usage ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$DIR" ] || die "one folder only (found $DIR and $1)"; DIR=$1 ;;
@@ -296,10 +300,31 @@ status() {
   return $rc
 }
 
+# --------------------------------------------------------------------------- grant
+grant() {
+  [ -f "$STATE" ] || die "nothing started from $DIR"
+  [ -n "$MODEL" ] || die "grant needs --model NAME (the registered model)"
+  # shellcheck disable=SC1090
+  . "$STATE"; . "$SECRETS" 2>/dev/null || true
+  [ "${AUTH_ENABLED:-0}" = 1 ] || die "the MLflow server runs without --auth: nothing to grant"
+  local api="http://127.0.0.1:$MLFLOW_PORT/api/3.0/mlflow/users/permissions" item user perm body
+  for item in dpgov=MANAGE analyst=READ; do
+    user=${item%%=*}; perm=${item#*=}
+    body="{\"username\": \"$user\", \"resource_type\": \"registered_model\", \"resource_id\": \"$MODEL\""
+    curl -s -o /dev/null --max-time 30 -u "admin:$ADMIN_PASSWORD" \
+      -H 'Content-Type: application/json' -d "$body}" "$api/revoke" || true
+    curl -sf -o /dev/null --max-time 30 -u "admin:$ADMIN_PASSWORD" \
+      -H 'Content-Type: application/json' -d "$body, \"permission\": \"$perm\"}" "$api/grant" \
+      || die "could not grant $perm on $MODEL to $user"
+    echo "$user: $perm on registered model $MODEL"
+  done
+}
+
 case "$cmd" in
   start) start ;;
   stop) stop ;;
   env) [ -f "$STATE" ] || die "nothing started from $DIR"; print_env "$AS" ;;
   status) status ;;
+  grant) grant ;;
   *) usage ;;
 esac

@@ -86,9 +86,10 @@ def audit(
 ) -> None:
     """Verify the ledger, recompute every block's ε, check releases, runs and data versions."""
     from dpgov.policy import load_policy
-    from dpgov.report.audit import AuditOptions
+    from dpgov.report.audit import AuditOptions, block_requests
     from dpgov.report.audit import audit as run_audit
     from dpgov.report.collect import dvc_index, open_ledger, snapshot_ledger, snapshot_tracking
+    from dpgov.report.replay import Epsilons, replay
 
     when = parse_since(since)
     loaded = load_policy(policy)
@@ -97,6 +98,9 @@ def audit(
     ledger = open_ledger()
     try:
         led = snapshot_ledger(ledger, loaded.policy.budget)
+        replayed = replay(led.rows)
+        eps = Epsilons()
+        eps.start(block_requests(replayed, loaded, deep=deep))  # composed while MLflow is read
         tracking = snapshot_tracking()
         index = dvc_index(dvc_root)
         report = run_audit(
@@ -105,6 +109,8 @@ def audit(
             index,
             loaded,
             AuditOptions(now=datetime.now(UTC), since=when, stale_hours=stale_hours, deep=deep),
+            eps=eps,
+            replayed=replayed,
         )
         anchored = _anchor(ledger, report) if anchor else None
     finally:

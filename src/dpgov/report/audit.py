@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 GOV_KINDS = ("gate_decision", "approval", "refusal", "promotion", "promotion_failed")
 MAX_CANDIDATE_STATES = 12  # ledger states tried when matching a logged cumulative ε
-MAX_RUN_COMPOSITIONS = 24  # from-scratch compositions spent on run figures (--deep: no limit)
+MAX_RUN_COMPOSITIONS = 8  # from-scratch compositions spent on run figures (--deep: no limit)
 
 
 @dataclass(frozen=True)
@@ -364,6 +364,32 @@ def check_projection(r: Replay, snap: LedgerSnapshot) -> list[Finding]:
 # ---------------------------------------------------------------------------------- 4. budgets
 
 
+def _recorded_to_check(r: Replay, *, deep: bool) -> dict[tuple[str, str], list[Charge]]:
+    """Per block, the reservations whose recorded ε is recomputed: the newest (all: deep)."""
+    out = {}
+    for ds, b in r.blocks:
+        recorded = [
+            c
+            for c in r.by_block.get((ds, b), [])
+            if b in c.epsilon_after and c.delta and c.accountant
+        ]
+        out[(ds, b)] = recorded if deep else recorded[-1:]
+    return out
+
+
+def block_requests(
+    r: Replay, policy: LoadedPolicy, *, deep: bool = False
+) -> list[tuple[Any, float, str]]:
+    """The compositions :func:`check_budgets` needs: every block now at the policy's δ, and
+    the states whose recorded ε it recomputes. Start them early with :meth:`Epsilons.start`."""
+    budget = policy.policy.budget
+    return [(r.state(ds, b), budget.delta, budget.accountant) for ds, b in r.blocks] + [
+        (r.state(c.dataset, b, c.seq), c.delta or 0.0, c.accountant or "")
+        for (_, b), cs in _recorded_to_check(r, deep=deep).items()
+        for c in cs
+    ]
+
+
 def check_budgets(
     r: Replay, snap: LedgerSnapshot, policy: LoadedPolicy, eps: Epsilons, *, deep: bool, now: str
 ) -> tuple[list[Finding], list[dict[str, Any]]]:
@@ -373,22 +399,8 @@ def check_budgets(
     budget = policy.policy.budget
     out: list[Finding] = []
     blocks = []
-    checked: dict[tuple[str, str], list[Charge]] = {}
-    for ds, b in r.blocks:
-        recorded = [
-            c
-            for c in r.by_block.get((ds, b), [])
-            if b in c.epsilon_after and c.delta and c.accountant
-        ]
-        checked[(ds, b)] = recorded if deep else recorded[-1:]
-    eps.prefetch(
-        [(r.state(ds, b), budget.delta, budget.accountant) for ds, b in r.blocks]
-        + [
-            (r.state(c.dataset, b, c.seq), c.delta or 0.0, c.accountant or "")
-            for (_, b), cs in checked.items()
-            for c in cs
-        ]
-    )
+    checked = _recorded_to_check(r, deep=deep)
+    eps.prefetch(block_requests(r, policy, deep=deep))
     for (ds, b), rec in sorted(r.blocks.items()):
         charges = r.by_block.get((ds, b), [])
         status = _count(c.status for c in charges)
@@ -1005,19 +1017,11 @@ def _run_metrics_vs_ledger(
             continue
         # what the block had spent just after the commit, or (concurrent runs) after any
         # later change made before the run ended
-        times = {ch.seq: ch.time for ch in r.by_block.get((c.dataset, b), [])}
-        times.update(
-            {
-                ch.closed_seq: ch.closed_time or ""
-                for ch in r.by_block.get((c.dataset, b), [])
-                if ch.closed_seq is not None
-            }
-        )
         seqs = [commit] + [s for s in r.change_seqs(c.dataset, b) if s > commit]
         first: float | None = None
         matched = conclusive = False
         for s in seqs[:MAX_CANDIDATE_STATES]:
-            t = parse_time(times.get(s))
+            t = parse_time(r.times.get(s))
             if first is not None and end is not None and t is not None and t > end:
                 conclusive = True  # every state the run could have seen was tried
                 break
@@ -1171,17 +1175,20 @@ def audit(
     dvc: DvcIndex,
     policy: LoadedPolicy,
     options: AuditOptions,
+    *,
+    eps: Epsilons | None = None,
+    replayed: Replay | None = None,
 ) -> AuditReport:
     """Every check; the report of what was found and what a reader needs to see."""
     from dpgov.report.statement import release_statement
 
     now_iso = options.now.isoformat(timespec="seconds")
-    eps = Epsilons()
+    eps = eps if eps is not None else Epsilons()
     findings: list[Finding] = []
 
     chain_findings, ledger_summary = check_chain(ledger)
     findings += chain_findings
-    r = replay(ledger.rows)
+    r = replayed if replayed is not None else replay(ledger.rows)
     findings += r.problems
     findings += ledger.problems
     findings += check_projection(r, ledger)

@@ -156,6 +156,7 @@ class Replay:
     problems: list[Finding] = field(default_factory=list)
     by_block: dict[tuple[str, str], list[Charge]] = field(default_factory=dict)
     head_seq: int = 0
+    times: dict[int, str] = field(default_factory=dict, repr=False)  # seq → entry time
     _timelines: dict[tuple[str, str], tuple[list[int], list[StateKey]]] = field(
         default_factory=dict, repr=False
     )
@@ -223,6 +224,7 @@ def replay(entries: Iterable[RawEntry]) -> Replay:
     r = Replay()
     for e in entries:
         r.head_seq = max(r.head_seq, e.seq)
+        r.times[e.seq] = e.time
         if e.kind not in BUDGET_KINDS:
             continue
         if e.payload is None:
@@ -508,6 +510,7 @@ class Epsilons:
 
     def __init__(self, workers: int | None = None) -> None:
         self._cache: dict[tuple[str, float, StateKey], float] = {}
+        self._pending: Any = None
         self.computed = 0
         env = os.environ.get("DPGOV_AUDIT_WORKERS", "")
         self.workers = (
@@ -520,6 +523,7 @@ class Epsilons:
         return self.of_key(merge_key(mechanisms), delta=delta, accountant=accountant)
 
     def of_key(self, key: StateKey, *, delta: float, accountant: str) -> float:
+        self._collect()
         if not key:
             return 0.0
         k = (accountant, delta, key)
@@ -530,12 +534,32 @@ class Epsilons:
 
     def known(self, key: StateKey, *, delta: float, accountant: str) -> float | None:
         """The ε of ``key`` if it was composed already (no work)."""
+        self._collect()
         return 0.0 if not key else self._cache.get((accountant, delta, key))
 
-    def prefetch(self, requests: Iterable[tuple[StateKey, float, str]]) -> None:
-        """Compose every request not composed yet, in parallel where possible. Failures are
-        left for :meth:`of_key` to raise where the caller handles them."""
-        todo = sorted(
+    def start(self, requests: Iterable[tuple[StateKey, float, str]]) -> None:
+        """Begin composing ``requests`` in worker processes and return at once (the caller
+        reads the tracking store meanwhile); results are collected on first use."""
+        self._pending = self._submit(self._todo(requests))
+
+    def _collect(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pool, jobs = pending
+        try:
+            for (key, delta, acc), job in jobs:
+                value = job.result()
+                if value is not None:
+                    self._cache[(acc, delta, key)] = value
+                    self.computed += 1
+        finally:
+            pool.shutdown()
+
+    def _todo(
+        self, requests: Iterable[tuple[StateKey, float, str]]
+    ) -> list[tuple[StateKey, float, str]]:
+        return sorted(
             {
                 (key, delta, acc)
                 for key, delta, acc in requests
@@ -543,23 +567,26 @@ class Epsilons:
             },
             key=lambda t: -_cost(t[0]),
         )
+
+    def _submit(self, todo: list[tuple[StateKey, float, str]]) -> Any:
         workers = min(self.workers, len(todo))
         if workers < 2 or len(todo) < 4 or "fork" not in mp.get_all_start_methods():
-            return  # composed on demand by of_key
+            return None  # composed on demand by of_key
         from concurrent.futures import ProcessPoolExecutor
 
         from dpgov.accounting.accountants import PLD_DISCRETIZATION
 
         for s, q in {(s, q) for key, _, acc in todo if acc == "pld" for s, q, _, _ in key}:
             _pld_step(s, q, PLD_DISCRETIZATION)  # built once here, inherited by the workers
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+        return pool, [(t, pool.submit(_compose_task, t)) for t in todo]
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
-            for (key, delta, acc), value in zip(
-                todo, pool.map(_compose_task, todo, chunksize=1), strict=True
-            ):
-                if value is not None:
-                    self._cache[(acc, delta, key)] = value
-                    self.computed += 1
+    def prefetch(self, requests: Iterable[tuple[StateKey, float, str]]) -> None:
+        """Compose every request not composed yet, in parallel where possible, and wait.
+        Failures are left for :meth:`of_key` to raise where the caller handles them."""
+        self._collect()
+        self._pending = self._submit(self._todo(requests))
+        self._collect()
 
 
 def close_enough(a: float, b: float, *, rel: float = 1e-4, abs_: float = 1e-6) -> bool:

@@ -22,15 +22,6 @@ from dpgov.ledger.chain import canonical, entry_hash
 HMAC_KEY = "privacy-officer-secret"
 
 
-@pytest.fixture(scope="session")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("audit-mlflow") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @dataclass
 class Small:
     url: str

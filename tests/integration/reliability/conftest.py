@@ -1,17 +1,23 @@
 """Fixtures of the reliability tests: one zygote (training processes to kill, forked from a
-process that imported the training stack once), one prepared synthetic cohort, and isolated
-worlds (home, SQLite ledger, MLflow SQLite store) per test."""
+process that imported the training stack once), one prepared synthetic cohort, isolated worlds
+(home, SQLite ledger, MLflow SQLite store) per test, and the shared services of
+``scripts/services.sh`` (PostgreSQL ledger, MLflow and Prefect servers), started once."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.reliability.helpers import World, write_policy
+from tests.integration.reliability.helpers import REPO, World, write_policy
 from tests.integration.reliability.zygote import Zygote
+
 
 @pytest.fixture(scope="session")
 def zygote() -> Iterator[Zygote]:
@@ -41,9 +47,7 @@ def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def world(
-    tmp_path: Path, cohort: tuple[Path, Path, Path], mlflow_template: Path
-) -> World:
+def world(tmp_path: Path, cohort: tuple[Path, Path, Path], mlflow_template: Path) -> World:
     """An isolated installation: SQLite ledger and MLflow store in a fresh home."""
     home = tmp_path / "home"
     home.mkdir()
@@ -58,3 +62,99 @@ def world(
         ledger_url=f"sqlite:///{home / 'ledger.db'}",
         tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
     )
+
+
+# --------------------------------------------------------------------------- shared services
+
+
+@dataclass
+class Services:
+    """What ``scripts/services.sh start`` started: its folder and the env of each identity."""
+
+    folder: Path
+    env: dict[str, str]  # as the dpgov service identity
+    auth: bool
+    identities: dict[str, dict[str, str]]  # dpgov, analyst, admin (with --auth)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    @property
+    def ledger_url(self) -> str:
+        return self.env["DPGOV_LEDGER_URL"]
+
+
+def _exports(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            for token in shlex.split(line[len("export ") :]):
+                key, _, value = token.partition("=")
+                out[key] = value
+    return out
+
+
+def _services_skip_reason() -> str | None:
+    if not shutil.which("curl"):
+        return "scripts/services.sh needs curl"
+    try:
+        import psycopg
+
+        psycopg.connect(SERVICES_PG_URL, connect_timeout=3).close()
+    except Exception as err:  # any failure to connect: skip, and say why
+        return f"no PostgreSQL answers at {SERVICES_PG_URL}: {err}"
+    return None
+
+
+SERVICES_PG_URL = os.environ.get(
+    "DPGOV_SERVICES_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """A PostgreSQL ledger, an MLflow server on PostgreSQL (with its basic-auth app when
+    ``mlflow[auth]`` is installed) and a Prefect server with a process work pool and a worker,
+    started once by ``scripts/services.sh`` and stopped (databases dropped) at the end."""
+    reason = _services_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        import flask_wtf  # noqa: F401
+
+        auth = True
+    except ImportError:
+        auth = False
+    folder = tmp_path_factory.mktemp("services")
+    script = str(REPO / "scripts" / "services.sh")
+    env = {**os.environ, "PREFECT_UI_ENABLED": "false", "DPGOV_SERVICES_PG_URL": SERVICES_PG_URL}
+    started = subprocess.run(
+        [script, "start", str(folder), *(["--auth"] if auth else [])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
+    try:
+        assert started.returncode == 0, f"services.sh start failed:\n{started.stderr[-3000:]}"
+        identities = {}
+        for who in ("dpgov", "analyst", "admin") if auth else ("dpgov",):
+            shown = subprocess.run(
+                [script, "env", str(folder), "--as", who],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+                check=True,
+            )
+            identities[who] = _exports(shown.stdout)
+        yield Services(folder, identities["dpgov"], auth, identities)
+    finally:
+        subprocess.run(
+            [script, "stop", str(folder), "--purge"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )

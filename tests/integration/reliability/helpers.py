@@ -41,8 +41,12 @@ class Result:
         if self.code not in (1, 2):
             return False
         text = self.err.strip()
-        return text.startswith(("error: ", "Usage: ")) or "Error: " in text or (
-            self.code == 1 and bool(self.out.strip() or text)  # findings/blocked: reported
+        return (
+            text.startswith(("error: ", "Usage: "))
+            or "Error: " in text
+            or (
+                self.code == 1 and bool(self.out.strip() or text)  # findings/blocked: reported
+            )
         )
 
 
@@ -84,7 +88,9 @@ def dpgov(*args: Any, env: Mapping[str, str | None] | None = None) -> Result:
 
 
 def dpgov_process(
-    *args: Any, env: Mapping[str, str | None] | None = None, timeout: float = 300,
+    *args: Any,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = 300,
     cwd: Path | None = None,
 ) -> Result:
     """``dpgov ARGS`` as its own process (what a user runs)."""
@@ -207,7 +213,8 @@ def replayed_charges(ledger: Any) -> dict[tuple[str, str], list[Any]]:
     for e in ledger.entries():
         p = e.payload
         if e.kind == "reservation":
-            plans[p["reservation"]] = (p["dataset"], p["blocks"], mechanism_from_dict(p["mechanism"]))
+            mech = mechanism_from_dict(p["mechanism"])
+            plans[p["reservation"]] = (p["dataset"], p["blocks"], mech)
         elif e.kind == "commit":
             ds, blocks, _ = plans[p["reservation"]]
             plans[p["reservation"]] = (ds, blocks, mechanism_from_dict(p["mechanism"]))

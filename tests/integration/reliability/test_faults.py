@@ -116,9 +116,12 @@ def test_killed_run(
         assert res.status == state
         ran = epsilon([res.mechanism.with_steps(steps_ran)], delta=budget.delta)
         charged = recomputed_epsilon(ledger, budget)
-        shown = {b["block"]: b for b in dpgov(
-            "budget", "--json", "--policy", world.policy, env=world.env()
-        ).json()["datasets"][0]["blocks"]}
+        shown = {
+            b["block"]: b
+            for b in dpgov("budget", "--json", "--policy", world.policy, env=world.env()).json()[
+                "datasets"
+            ][0]["blocks"]
+        }
         for block in res.blocks:
             # at least what ran, as recomputed from the entries and as `dpgov budget` shows it
             assert charged[("synthetic", block)] >= ran * (1 - 1e-9)
@@ -145,11 +148,20 @@ def test_killed_run(
     if point == "after_register":
         [version] = versions
         assert version.run_id == row["mlflow_run"]
-        approve = dpgov("approve", MODEL, version.version, "--by", "alice", "--policy",
-                        world.policy, env=world.env())
+        approve = dpgov(
+            "approve",
+            MODEL,
+            version.version,
+            "--by",
+            "alice",
+            "--policy",
+            world.policy,
+            env=world.env(),
+        )
         assert approve.code == 0, approve.err
-        promote = dpgov("promote", MODEL, version.version, "--policy", world.policy, "--json",
-                        env=world.env())
+        promote = dpgov(
+            "promote", MODEL, version.version, "--policy", world.policy, "--json", env=world.env()
+        )
         assert promote.code == 1 and "run_finished" in promote.err, promote.err
         assert all(not v.aliases for v in _versions(world))
     else:
@@ -157,8 +169,7 @@ def test_killed_run(
 
     if state == "pending":  # settling the crashed run keeps it charged
         before = recomputed_epsilon(ledger, budget)
-        settle = dpgov("ledger", "abort", res.id, "--reason", f"killed at {point}",
-                       env=world.env())
+        settle = dpgov("ledger", "abort", res.id, "--reason", f"killed at {point}", env=world.env())
         assert settle.code == 0, settle.err
         assert recomputed_epsilon(ledger, budget) == before
         assert ledger.verify().ok
@@ -185,11 +196,13 @@ def test_ledger_unreachable_when_reserving(
             params=world.params(),
             policy=world.policy,
             result=tmp_path / "outcome.json",
-            env=_env(world.env(
-                DPGOV_LEDGER_URL=proxy.url(postgres_url),
-                DPGOV_FAULT="before_reserve",
-                DPGOV_FAULT_PAUSE=str(pause),
-            )),
+            env=_env(
+                world.env(
+                    DPGOV_LEDGER_URL=proxy.url(postgres_url),
+                    DPGOV_FAULT="before_reserve",
+                    DPGOV_FAULT_PAUSE=str(pause),
+                )
+            ),
         )
         _wait_for(pause / "before_reserve.reached")
         proxy.down()  # the database goes away now: every connection reset, new ones refused
@@ -231,8 +244,14 @@ def test_tracking_unreachable_from_the_start(world: World, zygote: Zygote, tmp_p
     assert release.payload["reason"].startswith("no step ran")
     assert replayed_charges(ledger) == {} and ledger.verify().ok
 
-    gate = dpgov("gate", MODEL, "1", "--policy", world.policy,
-                 env=world.env(MLFLOW_TRACKING_URI=dead, **fast))
+    gate = dpgov(
+        "gate",
+        MODEL,
+        "1",
+        "--policy",
+        world.policy,
+        env=world.env(MLFLOW_TRACKING_URI=dead, **fast),
+    )
     assert gate.code == 2 and gate.clean_error(), gate.err
     assert gate.err.startswith(f"error: tracking store {dead}")
     report = _audit(world, MLFLOW_TRACKING_URI=dead, **fast)

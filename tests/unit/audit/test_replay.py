@@ -138,3 +138,11 @@ def test_prefetch_composes_in_worker_processes_and_agrees():
         assert parallel.known(k, delta=1e-5, accountant="pld") == serial.of_key(
             k, delta=1e-5, accountant="pld"
         )
+
+
+def test_start_composes_in_the_background_and_collects_on_first_use():
+    keys = [merge_key([M2.with_steps(n)]) for n in (3, 6, 9, 12)]
+    eps = Epsilons(workers=2)
+    eps.start([(k, 1e-5, "rdp") for k in keys])
+    assert eps.known(keys[0], delta=1e-5, accountant="rdp") is not None  # waited for
+    assert eps.computed == len(keys)
