@@ -333,6 +333,7 @@ def main() -> None:
         "--dvc-root",
         str(home / "repo"),
     ]
+    load_before = os.getloadavg()[0]
     rows = []
     for label, extra, workers in (
         ("`dpgov audit --json`", [], ""),
@@ -356,6 +357,7 @@ def main() -> None:
         )
     os.environ.update(env)
     split = phases(home, "")
+    load_after = os.getloadavg()[0]
     lines = [
         f"## Audit: `dpgov audit` over {stats['entries']:,} ledger entries in {stats['blocks']} "
         f"blocks ({stamp()})",
@@ -366,6 +368,8 @@ def main() -> None:
         f"- world: {stats['reservations']:,} reservations, {stats['mlflow_runs']:,} DP runs in "
         f"MLflow (SQLite store), {stats['anchors']:,} anchors, {stats['promotions']} promotions; "
         f"built once in {stats['build_seconds']:.0f} s (not timed below)",
+        f"- 1-minute load average {load_before:.1f} at the start, {load_after:.1f} at the end "
+        "(the machine is shared: other work ran beside this)",
         "- target: ≤ 10 s",
         "",
         "| command (whole process, imports included) | best s | median s | exit | findings |",
