@@ -245,8 +245,10 @@ def answer(flow_run_id: str, data: dict[str, Any]) -> dict[str, Any]:
     except ObjectNotFound as err:
         raise UsageError(f"no flow run {flow_run_id}") from err
     except Exception as err:
-        if type(err).__name__ in ("NotPausedError", "FlowPauseTimeout"):
-            raise UsageError(f"flow run {flow_run_id} is not waiting for an answer: {err}") from err
+        name = type(err).__name__
+        if name in ("NotPausedError", "FlowPauseTimeout") or isinstance(err, RuntimeError):
+            text = str(err).strip().splitlines()[0] if str(err).strip() else name
+            raise UsageError(f"flow run {flow_run_id} did not take the answer: {text}") from err
         raise
     return {
         "flow_run_id": flow_run_id,

@@ -14,6 +14,9 @@ from typing import Any, ClassVar, Literal
 from dpgov.accounting.errors import AccountingInputError
 
 Neighbouring = Literal["add_remove"]
+# No training run takes more optimizer steps; beyond, composition overflows (and the ledger's
+# 32-bit step counts would too).
+MAX_STEPS = 1_000_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +49,8 @@ class DpSgdMechanism:
             raise AccountingInputError(f"steps must be an integer, found {steps!r}")
         if steps < 1:
             raise AccountingInputError(f"steps must be >= 1, found {steps!r}")
+        if steps > MAX_STEPS:
+            raise AccountingInputError(f"steps must be <= {MAX_STEPS:_}, found {steps!r}")
         if self.neighbouring != "add_remove":
             raise AccountingInputError(
                 f"neighbouring must be 'add_remove', found {self.neighbouring!r}"

@@ -102,4 +102,10 @@ def _accounting_errors() -> tuple[type[BaseException], ...]:
 def _click_exceptions() -> tuple[type[BaseException], ...]:
     import click
 
-    return (click.exceptions.ClickException, click.exceptions.Abort)
+    found: list[type[BaseException]] = [click.exceptions.ClickException, click.exceptions.Abort]
+    try:  # typer 0.2x parses with its own copy of click, whose exceptions are other classes
+        from typer._click.exceptions import ClickException
+        from typer.exceptions import Abort
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        return tuple(found)
+    return (*found, ClickException, Abort)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import typer
 
@@ -208,6 +209,12 @@ def answer_cmd(
     from pipelines.approval import parse_answer
 
     parse_answer(data)  # missing fields: one line, exit 2, before anything starts
+    try:
+        UUID(flow_run_id)
+    except ValueError as err:
+        from dpgov.errors import UsageError
+
+        raise UsageError(f"FLOW_RUN_ID {flow_run_id!r} is not a flow run id (a UUID)") from err
 
     def call() -> dict[str, Any]:
         from pipelines.deployments import answer

@@ -66,7 +66,9 @@ def environment(env: Mapping[str, str | None] | None) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def dpgov(*args: Any, env: Mapping[str, str | None] | None = None) -> Result:
+def dpgov(
+    *args: Any, env: Mapping[str, str | None] | None = None, cwd: Path | None = None
+) -> Result:
     """``dpgov ARGS`` in this process through :func:`dpgov.cli.main` (the console entry point),
     capturing its exit code, stdout and stderr. Any exception other than SystemExit escapes:
     that is a traceback the user would have seen."""
@@ -75,15 +77,18 @@ def dpgov(*args: Any, env: Mapping[str, str | None] | None = None) -> Result:
     argv = tuple(str(a) for a in args)
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    saved_argv = sys.argv
+    saved_argv, saved_cwd = sys.argv, os.getcwd()
     sys.argv = ["dpgov", *argv]
     try:
+        if cwd is not None:
+            os.chdir(cwd)
         with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main()
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
         sys.argv = saved_argv
+        os.chdir(saved_cwd)
     return Result(code, out.getvalue(), err.getvalue(), argv)
 
 

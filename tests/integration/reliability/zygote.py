@@ -79,7 +79,8 @@ class Zygote:
         assert self.proc.stdin is not None
         key = str(result)
         Path(key).unlink(missing_ok=True)
-        self.proc.stdin.write(json.dumps({**request, "task": task, "result": key}) + "\n")
+        line = json.dumps({**request, "task": task, "result": key}, default=str)
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         self._last = key
         return key

@@ -1,0 +1,57 @@
+"""``dpgov demo --waves 3``: the bundled cohort in three enrollment waves, each ingested (DVC,
+git) and followed by retraining; early blocks spend down and retire, newer blocks carry the
+later models. One epoch per run here: the budget story depends on ε, not on epochs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_waves_spend_down_retire_and_move_on(
+    prefect_api: str, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sksurv", reason="the bundled data needs the demo extra")
+    from dpgov.cli.run import _render_waves
+    from dpgov.ledger import Ledger
+    from pipelines.demo import WAVES_DATASET, demo_waves
+
+    out = demo_waves(
+        home=str(home / "demo"),
+        waves=3,
+        train={"epochs": 1, "n_boot": 0, "reference": False},
+    )
+    waves = out["waves"]
+    assert [w["ingest"]["new_blocks"] for w in waves] == [["1995", "1996"], ["1997"], ["1998-2003"]]
+    assert all(w["retraining"]["status"] == "trained" for w in waves)
+    runs = [w["retraining"]["run"] for w in waves]
+    assert [r["plan"]["blocks"] for r in runs] == [
+        ["1995", "1996"],
+        ["1995", "1996", "1997"],
+        ["1997", "1998-2003"],
+    ]
+    assert runs[0]["epsilon"] <= 2.0 and runs[1]["epsilon"] < 1.9  # calibrated to what remains
+    assert [x["block"] for x in waves[2]["retraining"]["selection"]["retire"]] == ["1995", "1996"]
+
+    final = {b["block"]: b for b in waves[2]["retraining"]["budgets"]}
+    assert final["1995"]["state"] == final["1996"]["state"] == "retired"
+    assert final["1998-2003"]["charges"] == 1 and final["1997"]["charges"] == 2
+    assert all(b["epsilon_spent"] <= out["epsilon_per_block"] for b in final.values())
+    assert out["gate"]["model"] == "dpgov-flchain-waves"
+
+    repo = Path(out["folder"]) / "repo"
+    log = subprocess.run(
+        ["git", "log", "--format=%s"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    assert log.count("dpgov ingest flchain-wave") == 3
+    led = Ledger.open()
+    assert {b.block for b in led.blocks(WAVES_DATASET) if b.retired} == {"1995", "1996"}
+    assert led.verify().ok
+
+    _render_waves({**out, "orchestration": {}})  # what `dpgov demo --waves 3` prints
+    shown = capsys.readouterr().out
+    assert "after wave 3" in shown and "2 R" in shown and "gate: dpgov-flchain-waves" in shown
