@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine, stamp  # noqa: E402
+from _machine import machine, stamp
 
-from dpgov.accounting import DpSgdMechanism, epsilon  # noqa: E402
-from dpgov.ledger import Ledger  # noqa: E402
-from dpgov.policy.schema import Budget  # noqa: E402
+from dpgov.accounting import DpSgdMechanism, epsilon
+from dpgov.ledger import Ledger
+from dpgov.policy.schema import Budget
 
 REPO = Path(__file__).resolve().parents[1]
 DELTA = 1e-5

@@ -99,14 +99,98 @@ def check_server(url: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
         ) from err
 
 
-class Api:
-    """The Prefect API the flows of this process use; :meth:`start` returns at once."""
+class LocalServer:
+    """``prefect server start`` on a free loopback port, with its services (the scheduler
+    among them: Prefect's temporary server runs none, so cron schedules would never fire),
+    state in ``PREFECT_HOME``, output in ``$PREFECT_HOME/server.log``; stopped with this
+    process."""
 
     def __init__(self) -> None:
+        self.process: Any = None
         self.url: str | None = None
-        self.kind: str = "unknown"  # "server" (PREFECT_API_URL) or "ephemeral"
+        self.log: Path | None = None
+
+    def start(self, timeout: float = STARTUP_TIMEOUT_S) -> str:
+        import atexit
+        import socket
+        import subprocess
+        import sys
+
+        import httpx
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = home / "server.log"
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        atexit.register(self.stop)
+        url = f"http://127.0.0.1:{port}/api"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise UsageError(
+                    f"prefect server start exited {self.process.returncode}; see {self.log}"
+                )
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    self.url = url
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise UsageError(
+            f"the local Prefect server at {url} did not start in {timeout:g} s; see {self.log}"
+        )
+
+    def stop(self) -> None:
+        import signal
+
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except Exception:  # still there: no choice left
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Api:
+    """The Prefect API the flows of this process use; :meth:`start` returns at once.
+
+    ``PREFECT_API_URL`` set: that server (checked). Otherwise Prefect's temporary server, or
+    with ``scheduler`` a local ``prefect server start`` (:class:`LocalServer`), which this
+    process then talks to.
+    """
+
+    def __init__(self, *, scheduler: bool = False) -> None:
+        self.url: str | None = None
+        self.kind: str = "unknown"  # "server" (PREFECT_API_URL), "ephemeral" or "local"
         self.seconds: float = 0.0  # wall time of the check or the start-up
         self.waited: float = 0.0  # of which the caller waited in wait()
+        self.scheduler = scheduler
+        self.local: LocalServer | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -115,7 +199,7 @@ class Api:
         if configured:
             self.kind, self.url = "server", configured
         else:
-            self.kind = "ephemeral"
+            self.kind = "local" if self.scheduler else "ephemeral"
         self._thread = threading.Thread(target=self._run, name="dpgov-prefect-api", daemon=True)
         self._thread.start()
         return self
@@ -126,6 +210,9 @@ class Api:
             if self.kind == "server":
                 assert self.url is not None
                 check_server(self.url)
+            elif self.kind == "local":
+                self.local = LocalServer()
+                self.url = self.local.start()
             else:
                 from prefect.server.api.server import SubprocessASGIServer
 
@@ -160,7 +247,21 @@ class Api:
         if self.kind == "server":
             return f"Prefect server {self.url}"
         home = os.environ.get("PREFECT_HOME", "~/.prefect")
+        if self.kind == "local":
+            ui = str(self.url).removesuffix("/api")
+            return f"local Prefect server {self.url} (UI {ui}; state in {home})"
         return f"temporary Prefect server {self.url} (state in {home})"
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """This process's Prefect settings point at the local server while inside."""
+        if self.kind != "local":
+            yield
+            return
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.url}):
+            yield
 
 
 def check_deployment_name(name: str) -> str:
@@ -262,24 +363,31 @@ def clock_snapshot() -> dict[str, Any]:
 
 
 def orchestrate(
-    call: Any, *, preload_modules: list[str] | None = None, say: Any = None
+    call: Any,
+    *,
+    preload_modules: list[str] | None = None,
+    say: Any = None,
+    scheduler: bool = False,
 ) -> tuple[Any, dict[str, float | str | None]]:
     """Run ``call()`` (which runs flows) against the Prefect API, started or checked first.
 
     Configures the environment, starts the API check or the temporary server in the
     background, imports ``preload_modules`` meanwhile, waits for the API, then calls with
-    Prefect's console lines kept quiet. Returns ``(result, timings)``: seconds spent starting
-    or checking the API, of them waited for, preloading, and in the call.
+    Prefect's console lines kept quiet. ``scheduler``: without ``PREFECT_API_URL``, start a
+    local ``prefect server start`` (its scheduler fires cron schedules) instead of the
+    temporary server. Returns ``(result, timings)``: seconds spent starting or checking the
+    API, of them waited for, preloading, and in the call.
     """
     configure_env()
     quiet_console()
-    api = Api().start()
+    api = Api(scheduler=scheduler).start()
     preloaded = preload(preload_modules) if preload_modules else 0.0
     api.wait()
     if say is not None:
         say(f"orchestration: {api.describe()}")
     started = time.perf_counter()
-    result = call()
+    with api.active():
+        result = call()
     return result, {
         "api": api.kind,
         "api_url": api.url,

@@ -11,7 +11,9 @@ import typer
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 PolicyOption = typer.Option(
-    None, "--policy", help="Policy YAML file (default policies/default.yaml).",
+    None,
+    "--policy",
+    help="Policy YAML file (default policies/default.yaml).",
     show_default=False,
 )
 

@@ -23,8 +23,9 @@ def _mechanism(noise_multiplier: float, sample_rate: float, steps: int) -> Any:
     from dpgov.errors import UsageError
 
     try:
-        return DpSgdMechanism(noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                              steps=steps)
+        return DpSgdMechanism(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps
+        )
     except AccountingInputError as err:
         raise UsageError(str(err)) from err
 
@@ -48,19 +49,24 @@ def cost(
         raise UsageError(str(err)) from err
     except AccountantFailed as err:
         raise Refused(str(err)) from err
-    data = {"epsilon": eps, "delta": delta, "accountant": accountant,
-            "mechanism": mech.to_dict()}
-    emit(as_json, data, lambda: typer.echo(
-        f"ε = {eps_up(eps)} at δ = {delta:g} ({accountant}; σ={noise_multiplier:g}, "
-        f"q={sample_rate:g}, T={steps})"))
+    data = {"epsilon": eps, "delta": delta, "accountant": accountant, "mechanism": mech.to_dict()}
+    emit(
+        as_json,
+        data,
+        lambda: typer.echo(
+            f"ε = {eps_up(eps)} at δ = {delta:g} ({accountant}; σ={noise_multiplier:g}, "
+            f"q={sample_rate:g}, T={steps})"
+        ),
+    )
 
 
 def calibrate(
     target_epsilon: float = typer.Option(..., "--target-epsilon", help="ε the run may reach."),
     sample_rate: float = typer.Option(..., "--sample-rate", help="Poisson sampling rate q."),
     steps: int = typer.Option(..., "--steps", help="Number of optimizer steps T."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Calibrate against this "
-                                       "dataset's blocks (with --block)."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Calibrate against this dataset's blocks (with --block)."
+    ),
     block: list[str] = typer.Option([], "--block", help="Block the run will use (repeat)."),
     policy: Path | None = PolicyOption,
     as_json: bool = JsonOption,
@@ -77,24 +83,44 @@ def calibrate(
                 raise UsageError("--dataset and --block go together")
             from dpgov.ledger import Ledger
 
-            sigma = Ledger.open().calibrate(dataset=dataset, blocks=block,
-                                            target_epsilon=target_epsilon,
-                                            sample_rate=sample_rate, steps=steps,
-                                            budget=budget_cfg)
+            sigma = Ledger.open().calibrate(
+                dataset=dataset,
+                blocks=block,
+                target_epsilon=target_epsilon,
+                sample_rate=sample_rate,
+                steps=steps,
+                budget=budget_cfg,
+            )
         else:
-            sigma = calibrate_noise_multiplier(target_epsilon=target_epsilon,
-                                               delta=budget_cfg.delta, sample_rate=sample_rate,
-                                               steps=steps, accountant=budget_cfg.accountant)
+            sigma = calibrate_noise_multiplier(
+                target_epsilon=target_epsilon,
+                delta=budget_cfg.delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=budget_cfg.accountant,
+            )
     except AccountingInputError as err:
         raise UsageError(str(err)) from err
     except InfeasibleBudget as err:
         raise Refused(str(err)) from err
-    data = {"noise_multiplier": sigma, "target_epsilon": target_epsilon,
-            "delta": budget_cfg.delta, "accountant": budget_cfg.accountant,
-            "sample_rate": sample_rate, "steps": steps, "dataset": dataset, "blocks": block}
-    emit(as_json, data, lambda: typer.echo(
-        f"σ = {sigma:.4f} keeps ε ≤ {target_epsilon:g} at δ = {budget_cfg.delta:g}"
-        + (f" on blocks {', '.join(block)} (given their spend)" if block else "")))
+    data = {
+        "noise_multiplier": sigma,
+        "target_epsilon": target_epsilon,
+        "delta": budget_cfg.delta,
+        "accountant": budget_cfg.accountant,
+        "sample_rate": sample_rate,
+        "steps": steps,
+        "dataset": dataset,
+        "blocks": block,
+    }
+    emit(
+        as_json,
+        data,
+        lambda: typer.echo(
+            f"σ = {sigma:.4f} keeps ε ≤ {target_epsilon:g} at δ = {budget_cfg.delta:g}"
+            + (f" on blocks {', '.join(block)} (given their spend)" if block else "")
+        ),
+    )
 
 
 def budget(
@@ -111,8 +137,11 @@ def budget(
     grouped: dict[str, list[dict[str, Any]]] = {}
     for s in statuses:
         grouped.setdefault(s.dataset, []).append(s.to_dict())
-    data = {"datasets": [{"dataset": d, "blocks": b} for d, b in grouped.items()],
-            "policy": str(loaded.path), "policy_sha256": loaded.sha256}
+    data = {
+        "datasets": [{"dataset": d, "blocks": b} for d, b in grouped.items()],
+        "policy": str(loaded.path),
+        "policy_sha256": loaded.sha256,
+    }
 
     def render() -> None:
         from rich.table import Table
@@ -122,16 +151,35 @@ def budget(
             return
         b = loaded.policy.budget
         table = Table(title=f"Privacy budget per block (ε at δ={b.delta:g}, {b.accountant})")
-        for col in ("dataset", "block", "patients", "ε spent", "limit", "remaining", "used",
-                    "charges", "pending", "state"):
+        for col in (
+            "dataset",
+            "block",
+            "patients",
+            "ε spent",
+            "limit",
+            "remaining",
+            "used",
+            "charges",
+            "pending",
+            "state",
+        ):
             table.add_column(col, justify="right" if col not in ("dataset", "block") else "left")
         for s in statuses:
             used = s.epsilon_spent / s.epsilon_limit
             bar = "█" * min(10, round(used * 10)) + "░" * max(0, 10 - round(used * 10))
             state = "retired" if s.retired else ("exhausted" if s.remaining <= 1e-9 else "open")
-            table.add_row(s.dataset, s.block, str(s.patients), eps_up(s.epsilon_spent),
-                          f"{s.epsilon_limit:g}", eps_down(s.remaining), bar, str(s.charges),
-                          str(s.pending), state)
+            table.add_row(
+                s.dataset,
+                s.block,
+                str(s.patients),
+                eps_up(s.epsilon_spent),
+                f"{s.epsilon_limit:g}",
+                eps_down(s.remaining),
+                bar,
+                str(s.charges),
+                str(s.pending),
+                state,
+            )
         console().print(table)
 
     emit(as_json, data, render)

@@ -10,8 +10,7 @@ import typer
 
 from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
 
-ledger_app = typer.Typer(help="Read, verify and charge the privacy ledger.",
-                         no_args_is_help=True)
+ledger_app = typer.Typer(help="Read, verify and charge the privacy ledger.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +29,11 @@ def _summary(kind: str, payload: dict[str, Any]) -> str:
         return f"{p['dataset']}/{p['block']}: {p['patients']} patients"
     if kind == "reservation":
         m = p["mechanism"]
-        return (f"{p['reservation'][:8]} {p['dataset']}/{','.join(p['blocks'])} "
-                f"σ={m['noise_multiplier']:.4g} q={m['sample_rate']:.4g} T={m['steps']} "
-                f"ε_run={eps_up(p['epsilon_run'])}")
+        return (
+            f"{p['reservation'][:8]} {p['dataset']}/{','.join(p['blocks'])} "
+            f"σ={m['noise_multiplier']:.4g} q={m['sample_rate']:.4g} T={m['steps']} "
+            f"ε_run={eps_up(p['epsilon_run'])}"
+        )
     if kind == "commit":
         return f"{p['reservation'][:8]} steps={p['steps']}"
     if kind in ("release", "abort"):
@@ -59,8 +60,14 @@ def show(
         for col in ("seq", "time", "kind", "actor", "what", "hash"):
             table.add_column(col)
         for e in entries:
-            table.add_row(str(e.seq), e.time[:19].replace("T", " "), e.kind, e.actor,
-                          _summary(e.kind, e.payload), e.hash[:12])
+            table.add_row(
+                str(e.seq),
+                e.time[:19].replace("T", " "),
+                e.kind,
+                e.actor,
+                _summary(e.kind, e.payload),
+                e.hash[:12],
+            )
         console().print(table)
 
     emit(as_json, {"entries": [e.to_dict() for e in entries]}, render)
@@ -74,11 +81,12 @@ def verify(as_json: bool = JsonOption) -> None:
     def render() -> None:
         if result.ok:
             extra = f" ({result.unsigned} unsigned)" if result.unsigned else ""
-            typer.echo(f"ledger verified: {result.entries} entries, head {result.head[:16]}"
-                       f"{extra}")
+            typer.echo(f"ledger verified: {result.entries} entries, head {result.head[:16]}{extra}")
         else:
-            typer.echo(f"ledger verification FAILED at entry {result.first_bad_seq}: "
-                       f"{result.reason}", err=True)
+            typer.echo(
+                f"ledger verification FAILED at entry {result.first_bad_seq}: {result.reason}",
+                err=True,
+            )
 
     emit(as_json, result.to_dict(), render)
     if not result.ok:
@@ -94,13 +102,25 @@ def add_block(
     as_json: bool = JsonOption,
 ) -> None:
     """Register a block of patients (for training jobs run outside dpgov)."""
-    entry = _open().add_block(dataset=dataset, block=block, patients=patients,
-                              data_version=data_version)
-    data = {"dataset": dataset, "block": block, "patients": patients,
-            "seq": entry.seq if entry else None, "created": entry is not None}
-    emit(as_json, data, lambda: typer.echo(
-        f"block {dataset}/{block} registered ({patients} patients, entry {entry.seq})"
-        if entry else f"block {dataset}/{block} already registered with {patients} patients"))
+    entry = _open().add_block(
+        dataset=dataset, block=block, patients=patients, data_version=data_version
+    )
+    data = {
+        "dataset": dataset,
+        "block": block,
+        "patients": patients,
+        "seq": entry.seq if entry else None,
+        "created": entry is not None,
+    }
+    emit(
+        as_json,
+        data,
+        lambda: typer.echo(
+            f"block {dataset}/{block} registered ({patients} patients, entry {entry.seq})"
+            if entry
+            else f"block {dataset}/{block} already registered with {patients} patients"
+        ),
+    )
 
 
 @ledger_app.command("retire")
@@ -112,8 +132,11 @@ def retire(
 ) -> None:
     """Retire a block from training."""
     entry = _open().retire_block(dataset=dataset, block=block, reason=reason)
-    emit(as_json, {"seq": entry.seq, "dataset": dataset, "block": block},
-         lambda: typer.echo(f"block {dataset}/{block} retired (entry {entry.seq})"))
+    emit(
+        as_json,
+        {"seq": entry.seq, "dataset": dataset, "block": block},
+        lambda: typer.echo(f"block {dataset}/{block} retired (entry {entry.seq})"),
+    )
 
 
 @ledger_app.command("reserve")
@@ -133,12 +156,22 @@ def reserve(
 
     loaded = load_policy(policy)
     mech = _mechanism(noise_multiplier, sample_rate, steps)
-    res = _open().reserve(dataset=dataset, blocks=block, mechanism=mech,
-                          budget=loaded.policy.budget, policy_sha256=loaded.sha256,
-                          run_id=run_id)
-    emit(as_json, res.to_dict(), lambda: typer.echo(
-        f"reservation {res.id} (entry {res.seq}): ε_run={eps_up(res.epsilon_run)}; blocks now "
-        + ", ".join(f"{b} ε={eps_up(e)}" for b, e in res.epsilon_after.items())))
+    res = _open().reserve(
+        dataset=dataset,
+        blocks=block,
+        mechanism=mech,
+        budget=loaded.policy.budget,
+        policy_sha256=loaded.sha256,
+        run_id=run_id,
+    )
+    emit(
+        as_json,
+        res.to_dict(),
+        lambda: typer.echo(
+            f"reservation {res.id} (entry {res.seq}): ε_run={eps_up(res.epsilon_run)}; blocks now "
+            + ", ".join(f"{b} ε={eps_up(e)}" for b, e in res.epsilon_after.items())
+        ),
+    )
 
 
 @ledger_app.command("commit")
@@ -150,9 +183,13 @@ def commit(
 ) -> None:
     """Record the steps a reserved run actually took."""
     entry = _open().commit(reservation, steps=steps, run_id=run_id)
-    emit(as_json, {"reservation": reservation, "seq": entry.seq, "steps": entry.payload["steps"]},
-         lambda: typer.echo(f"committed {reservation}: {entry.payload['steps']} steps "
-                            f"(entry {entry.seq})"))
+    emit(
+        as_json,
+        {"reservation": reservation, "seq": entry.seq, "steps": entry.payload["steps"]},
+        lambda: typer.echo(
+            f"committed {reservation}: {entry.payload['steps']} steps (entry {entry.seq})"
+        ),
+    )
 
 
 @ledger_app.command("release")
@@ -163,8 +200,11 @@ def release(
 ) -> None:
     """Return a reservation's budget (only when no training step ran)."""
     entry = _open().release(reservation, reason=reason)
-    emit(as_json, {"reservation": reservation, "seq": entry.seq},
-         lambda: typer.echo(f"released {reservation} (entry {entry.seq})"))
+    emit(
+        as_json,
+        {"reservation": reservation, "seq": entry.seq},
+        lambda: typer.echo(f"released {reservation} (entry {entry.seq})"),
+    )
 
 
 @ledger_app.command("abort")
@@ -175,5 +215,8 @@ def abort(
 ) -> None:
     """Mark a crashed run: its reservation stays fully charged."""
     entry = _open().abort(reservation, reason=reason)
-    emit(as_json, {"reservation": reservation, "seq": entry.seq},
-         lambda: typer.echo(f"aborted {reservation}: stays charged (entry {entry.seq})"))
+    emit(
+        as_json,
+        {"reservation": reservation, "seq": entry.seq},
+        lambda: typer.echo(f"aborted {reservation}: stays charged (entry {entry.seq})"),
+    )

@@ -70,17 +70,17 @@ def demo(
 ) -> None:
     """The governed pipeline on the bundled flchain data, with the embedded defaults; ends with
     the gate decision."""
+    from importlib.util import find_spec
+
     from dpgov import config
     from dpgov.errors import UsageError
     from pipelines.runtime import HEAVY_MODULES, orchestrate
 
-    try:
-        import sksurv  # noqa: F401
-    except ImportError as err:
+    if find_spec("sksurv") is None:  # imported later, while the Prefect API starts
         raise UsageError(
             "dpgov demo needs the bundled flchain data from scikit-survival: "
             "pip install 'dpgov[demo]'"
-        ) from err
+        )
     home = config.home() / "demo"
 
     def call() -> dict[str, Any]:
@@ -92,7 +92,9 @@ def demo(
 
         return demo_flow(home=str(home), progress=not as_json)
 
-    result, timings = orchestrate(call, preload_modules=HEAVY_MODULES, say=_say(as_json))
+    result, timings = orchestrate(
+        call, preload_modules=[*HEAVY_MODULES, "sksurv.datasets"], say=_say(as_json)
+    )
     data = {**result, "orchestration": timings}
     emit(as_json, data, lambda: _render_waves(data) if waves else _render(data))
 

@@ -108,7 +108,7 @@ def schedule(
 
             return deploy_to_pool(pool, build())
 
-        deployed, timings = orchestrate(deploy, say=_say(as_json))
+        deployed, timings = orchestrate(deploy, say=_say(as_json), scheduler=True)
 
         def render() -> None:
             for d in deployed:
@@ -130,7 +130,7 @@ def schedule(
         )
         serve_deployments(build())
 
-    orchestrate(serve, say=_say(as_json))
+    orchestrate(serve, say=_say(as_json), scheduler=True)
 
 
 def _parse_param(text: str) -> tuple[str, Any]:

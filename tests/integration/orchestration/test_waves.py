@@ -1,6 +1,6 @@
 """``dpgov demo --waves 3``: the bundled cohort in three enrollment waves, each ingested (DVC,
 git) and followed by retraining; early blocks spend down and retire, newer blocks carry the
-later models. One epoch per run here: the budget story depends on ε, not on epochs."""
+later models. The embedded params (10 epochs), without the reference model and intervals."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_three_waves_spend_down_retire_and_move_on(
-    prefect_api: str, home: Path, capsys: pytest.CaptureFixture[str]
+    prefect_api: str,
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("sksurv", reason="the bundled data needs the demo extra")
     from dpgov.cli.run import _render_waves
@@ -23,7 +26,7 @@ def test_three_waves_spend_down_retire_and_move_on(
     out = demo_waves(
         home=str(home / "demo"),
         waves=3,
-        train={"epochs": 1, "n_boot": 0, "reference": False},
+        train={"n_boot": 0, "reference": False},
     )
     waves = out["waves"]
     assert [w["ingest"]["new_blocks"] for w in waves] == [["1995", "1996"], ["1997"], ["1998-2003"]]
@@ -52,6 +55,7 @@ def test_three_waves_spend_down_retire_and_move_on(
     assert {b.block for b in led.blocks(WAVES_DATASET) if b.retired} == {"1995", "1996"}
     assert led.verify().ok
 
+    monkeypatch.setenv("COLUMNS", "200")
     _render_waves({**out, "orchestration": {}})  # what `dpgov demo --waves 3` prints
     shown = capsys.readouterr().out
-    assert "after wave 3" in shown and "2 R" in shown and "gate: dpgov-flchain-waves" in shown
+    assert "after wave 3" in shown and "(2) R" in shown and "gate: dpgov-flchain-waves" in shown

@@ -41,13 +41,11 @@ class Result:
         if self.code not in (1, 2):
             return False
         text = self.err.strip()
-        return (
-            text.startswith(("error: ", "Usage: "))
-            or "Error: " in text
-            or (
-                self.code == 1 and bool(self.out.strip() or text)  # findings/blocked: reported
-            )
-        )
+        if text.startswith("error: ") and "\n" not in text:
+            return True
+        if "Usage: " in self.out + text:  # click's usage message, or the help shown instead
+            return True
+        return self.code == 1 and bool(self.out.strip() or text)  # findings, blocked: listed
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,11 +146,26 @@ def judge(t: Target, result: Result, before: tuple[int, str]) -> None:
             assert {e.kind for e in new} == {"gate_decision"}, shown
 
 
+TALLY: dict[str, Counter[int]] = {}  # test -> exit codes seen (printed at the end)
+
+
 def attack(t: Target, *args: Any) -> Result:
     before = t.head()
     result = dpgov(*args, env=t.env(), cwd=t.tmp)  # relative paths land in a tmp folder
     judge(t, result, before)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+    TALLY.setdefault(test, Counter())[result.code] += 1
     return result
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tally() -> Iterator[None]:
+    """Print how many inputs each test tried and how they ended (for RESULTS_reliability.md;
+    shown with ``pytest -s``)."""
+    yield
+    for test, codes in sorted(TALLY.items()):
+        shown = ", ".join(f"exit {c}: {n}" for c, n in sorted(codes.items()))
+        print(f"\nfuzz {test}: {sum(codes.values())} inputs ({shown})")
 
 
 # --------------------------------------------------------------------------- hostile values
@@ -213,11 +229,20 @@ text = st.one_of(
     st.text(alphabet="\udc80\udcfe\udcffab-_", max_size=6),  # undecodable bytes in argv
 )
 # numbers a user can type, kept out of the region where composition is merely slow (σ below
-# ~0.3 or millions of steps: see RESULTS_reliability.md)
-sigma = st.one_of(st.sampled_from(ODD), st.floats(0.3, 50).map(repr), text)
-rate = st.one_of(st.sampled_from(ODD), st.floats(0, 1.5).map(repr), text)
-steps = st.one_of(st.sampled_from(ODD[:30]), st.integers(-5, 3000).map(str), text)
-count = st.one_of(st.sampled_from(ODD), st.integers(-(2**64), 2**64).map(str), text)
+# ~0.5 with large q, or millions of steps: see RESULTS_reliability.md)
+
+
+@st.composite
+def mostly(draw: Any, valid: st.SearchStrategy[str]) -> str:
+    """A valid value seven times in ten (what hypothesis shrinks towards), else a hostile one."""
+    return draw(valid) if draw(st.integers(0, 9)) < 7 else draw(st.sampled_from(ODD) | text)
+
+
+sigma = mostly(st.floats(0.5, 50).map(repr))
+rate = mostly(st.floats(1e-4, 1.0).map(repr))
+small = mostly(st.floats(1e-12, 1e-3).map(repr))
+steps = mostly(st.integers(1, 500).map(str))
+count = mostly(st.integers(1, 5000).map(str))
 
 
 @st.composite
@@ -225,7 +250,7 @@ def options(draw: Any, spec: dict[str, Any]) -> list[str]:
     """Some of the options in ``spec`` (name -> value strategy), each maybe left out."""
     out: list[str] = []
     for name, values in spec.items():
-        if draw(st.integers(0, 9)) < 8:
+        if draw(st.integers(0, 9)) < 9:
             out += [name, draw(values)]
     if draw(st.booleans()):
         out.append("--json")
@@ -235,7 +260,7 @@ def options(draw: Any, spec: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------- the command line
 
 
-@fuzz(60)
+@fuzz(40)
 @given(data=st.data())
 def test_accounting_commands(target: Target, data: st.DataObject) -> None:
     cmd = data.draw(st.sampled_from(["cost", "calibrate"]))
@@ -244,27 +269,27 @@ def test_accounting_commands(target: Target, data: st.DataObject) -> None:
             "--noise-multiplier": sigma,
             "--sample-rate": rate,
             "--steps": steps,
-            "--delta": rate,
-            "--accountant": st.sampled_from(["pld", "rdp", "prv", "x"]),
+            "--delta": small,
+            "--accountant": mostly(st.sampled_from(["pld", "rdp"])),
         }
     else:
         spec = {
             "--target-epsilon": sigma,
             "--sample-rate": rate,
             "--steps": steps,
-            "--dataset": st.sampled_from(["synthetic", "nope"]) | text,
-            "--block": st.sampled_from(["2001", "2003", "x"]) | text,
+            "--dataset": mostly(st.just("synthetic")),
+            "--block": mostly(st.sampled_from(["2001", "2003"])),
         }
     attack(target, cmd, *data.draw(options(spec)))
 
 
-@fuzz(120)
+@fuzz(100)
 @given(data=st.data())
 def test_ledger_commands(target: Target, data: st.DataObject) -> None:
     t = target
-    reservation = st.sampled_from([t.pending, t.committed, t.pending[:8]]) | text
-    dataset = st.sampled_from(["synthetic", "Synthetic"]) | text
-    block = st.sampled_from(["2001", "2002", "2003", "2004", "1999"]) | text
+    reservation = mostly(st.sampled_from([t.pending, t.committed, t.pending[:8]]))
+    dataset = mostly(st.sampled_from(["synthetic", "Synthetic"]))
+    block = mostly(st.sampled_from(["2001", "2002", "2003", "2004", "1999"]))
     cmd = data.draw(
         st.sampled_from(
             [
@@ -345,14 +370,14 @@ def test_ledger_commands(target: Target, data: st.DataObject) -> None:
     attack(t, *args)
 
 
-@fuzz(60)
+@fuzz(40)
 @given(data=st.data())
 def test_gate_commands(target: Target, data: st.DataObject) -> None:
     t = target
-    model = st.sampled_from([t.model, "no-such-model"]) | text
-    version = st.sampled_from([t.version, "2", "0", "-1", "1.0", "01", " 1", "999999999999"]) | text
+    model = mostly(st.sampled_from([t.model, t.model, "no-such-model"]))
+    version = mostly(st.sampled_from([t.version, t.version, "2", "0", "01", " 1", "9" * 12]))
     cmd = data.draw(st.sampled_from(["gate", "approve", "refuse", "promote"]))
-    who = st.sampled_from(["alice", "ALICE ", "root"]) | text
+    who = mostly(st.sampled_from(["alice", "ALICE ", "root"]))
     spec = {
         "gate": {},
         "approve": {"--by": who, "--note": text},
@@ -433,7 +458,7 @@ VOCABULARY = [
 ]
 
 
-@fuzz(120)
+@fuzz(80)
 @given(argv=st.lists(st.sampled_from(VOCABULARY) | text, min_size=0, max_size=7))
 def test_any_argv(target: Target, argv: list[str]) -> None:
     """Whatever tokens arrive, in whatever order: a result, usage help or a clear error."""
@@ -491,8 +516,10 @@ def policy_text(draw: Any) -> bytes:
                     b"a: &a [*a]",
                     b"version: 1\n" * 50,
                     # a small billion-laughs: aliases expand to 10^5 references
-                    b"a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
-                    b"c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+                    b"a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+                    b"b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+                    b"c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+                    b"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
                     b"e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nversion: 1\n",
                 ]
             )
@@ -512,7 +539,7 @@ def policy_text(draw: Any) -> bytes:
     return yaml.safe_dump(policy, allow_unicode=True).encode("utf-8", "surrogatepass")
 
 
-@fuzz(80)
+@fuzz(60)
 @given(body=policy_text(), cmd=st.sampled_from(["budget", "reserve", "gate", "promote"]))
 def test_policy_files(target: Target, body: bytes, cmd: str) -> None:
     t = target
@@ -570,10 +597,20 @@ CSV_CELLS = [
 ]
 
 
+OUT_OF_CONTRACT = {
+    "age": ["150", "-3", "120.5"],
+    "year": ["1900", "2101"],
+    "label": ["2", "-1"],
+    "sex": ["X", "f", ""],
+    "lab": ["-1", "-0.5"],
+    "x1": ["11", "-10.5"],
+}
+
+
 @st.composite
 def data_file(draw: Any, csv_text: str) -> tuple[str, bytes]:
     """The synthetic cohort's CSV, mutated; or something that is not a CSV at all."""
-    kind = draw(st.integers(0, 11))
+    kind = draw(st.integers(0, 14))
     if kind == 0:
         return "csv", draw(st.binary(max_size=300))
     if kind == 1:
@@ -594,8 +631,17 @@ def data_file(draw: Any, csv_text: str) -> tuple[str, bytes]:
         )
     lines = csv_text.splitlines()
     header, rows = lines[0].split(","), [r.split(",") for r in lines[1:]]
-    for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.integers(0, 5))
+    for _ in range(draw(st.integers(0, 3))):
+        op = draw(st.integers(0, 6))
+        if op >= 4:  # well-typed values the contract forbids
+            column = draw(st.sampled_from(sorted(OUT_OF_CONTRACT)))
+            if column in header:
+                i = header.index(column)
+                for _ in range(draw(st.integers(1, 5))):
+                    rows[draw(st.integers(0, len(rows) - 1))][i] = draw(
+                        st.sampled_from(OUT_OF_CONTRACT[column])
+                    )
+            continue
         if op == 0 and len(header) > 1:  # drop a column
             i = draw(st.integers(0, len(header) - 1))
             header.pop(i)
@@ -644,7 +690,7 @@ def raw_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str,
     return data.read_text(), tabular_contract("fz", min_block=5, min_subgroup=2)
 
 
-@fuzz(50)
+@fuzz(40)
 @given(data=st.data())
 def test_data_files_and_contracts(
     target: Target, raw_cohort: tuple[str, dict[str, Any]], data: st.DataObject
@@ -680,13 +726,14 @@ def test_data_files_and_contracts(
     )
 
 
-@fuzz(8)
+@fuzz(6)
 @given(data=st.data())
 def test_data_validate(
     target: Target, raw_cohort: tuple[str, dict[str, Any]], data: st.DataObject
 ) -> None:
-    """``dpgov data validate`` (Great Expectations) on mutated data: a verdict or a clear
-    error (about a second each, so few examples)."""
+    """``dpgov data prepare --no-register`` then ``dpgov data validate`` (Great Expectations)
+    on mutated data: a verdict (exit 0, or 1 naming the failed checks) or a clear error; about
+    a second each, so few examples."""
     csv_text, contract = raw_cohort
     folder = target.fresh("validate")
     suffix, body = data.draw(data_file(csv_text))
@@ -694,16 +741,17 @@ def test_data_validate(
     source.write_bytes(body)
     contract_file = folder / "contract.yaml"
     contract_file.write_text(yaml.safe_dump(contract))
+    common = ["--data", source, "--contract", contract_file, "--dataset", "fz"]
+    prepared = attack(
+        target, "data", "prepare", *common, "--out", folder / "prepared", "--no-register"
+    )
+    where = ["--prepared", folder / "prepared"] if prepared.code == 0 else []
     attack(
         target,
         "data",
         "validate",
-        "--data",
-        source,
-        "--contract",
-        contract_file,
-        "--dataset",
-        "fz",
+        *common,
+        *where,
         "--out",
         folder / "validation",
         "--policy",
