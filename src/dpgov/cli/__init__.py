@@ -63,7 +63,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except UnicodeError as err:  # bytes that are not UTF-8 text, in an argument or a file
+    except (UnicodeEncodeError, UnicodeDecodeError) as err:  # not UTF-8: an argument, a file
         where = err.object[max(0, err.start - 20) : err.end + 20]
         print(f"error: input is not UTF-8 text ({err.reason}, near {where!r})", file=sys.stderr)
         sys.exit(2)

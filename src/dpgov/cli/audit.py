@@ -97,10 +97,16 @@ def audit(
         _check_output(html_file)
     ledger = open_ledger()
     try:
-        led = snapshot_ledger(ledger, loaded.policy.budget)
-        replayed = replay(led.rows)
         eps = Epsilons()
-        eps.start(block_requests(replayed, loaded, deep=deep))  # composed while MLflow is read
+        replays = []
+
+        def compose_early(rows: list[Any]) -> None:
+            """Blocks are composed in worker processes while the rest is read."""
+            replays.append(replay(rows))
+            eps.start(block_requests(replays[0], loaded, deep=deep))
+
+        led = snapshot_ledger(ledger, loaded.policy.budget, on_rows=compose_early)
+        replayed = replays[0]
         tracking = snapshot_tracking()
         index = dvc_index(dvc_root)
         report = run_audit(

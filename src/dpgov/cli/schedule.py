@@ -102,13 +102,23 @@ def schedule(
         )
 
     if pool is not None:
+        from pipelines.runtime import configure_env, configured_api_url
+
+        configure_env()
+        if not configured_api_url():
+            from dpgov.errors import UsageError
+
+            raise UsageError(
+                f"--pool {pool}: set PREFECT_API_URL to the Prefect server its workers poll "
+                "(`prefect server start`, then `prefect worker start -p POOL` on each node)"
+            )
 
         def deploy() -> list[dict[str, Any]]:
             from pipelines.deployments import deploy_to_pool
 
             return deploy_to_pool(pool, build())
 
-        deployed, timings = orchestrate(deploy, say=_say(as_json), scheduler=True)
+        deployed, timings = orchestrate(deploy, say=_say(as_json))
 
         def render() -> None:
             for d in deployed:

@@ -21,6 +21,7 @@ no step ran) or abort (a crash: the plan stays charged). Pending reservations co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -252,17 +253,17 @@ class Ledger:
                         f"'dpgov ledger entries are append-only'); END"
                     )
             else:
-                conn.exec_driver_sql(
-                    "CREATE OR REPLACE FUNCTION dpgov_entries_append_only() RETURNS trigger AS $$ "
-                    "BEGIN RAISE EXCEPTION 'dpgov ledger entries are append-only'; END; "
-                    "$$ LANGUAGE plpgsql"
-                )
                 exists = conn.exec_driver_sql(
                     "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
                     "WHERE t.tgname = 'dpgov_entries_append_only' "
                     "AND c.oid = 'dpgov_entries'::regclass"
                 ).first()
-                if not exists:
+                if not exists:  # (no DDL once set up: a read-only role can open the ledger)
+                    conn.exec_driver_sql(
+                        "CREATE OR REPLACE FUNCTION dpgov_entries_append_only() RETURNS trigger "
+                        "AS $$ BEGIN RAISE EXCEPTION 'dpgov ledger entries are append-only'; "
+                        "END; $$ LANGUAGE plpgsql"
+                    )
                     conn.exec_driver_sql(
                         "CREATE TRIGGER dpgov_entries_append_only BEFORE UPDATE OR DELETE "
                         "ON dpgov_entries FOR EACH ROW EXECUTE FUNCTION dpgov_entries_append_only()"
@@ -291,6 +292,15 @@ class Ledger:
         :class:`LedgerUnavailable` (exit 2), not a traceback; its transaction was rolled back."""
         try:
             yield
+        except sa.exc.ProgrammingError as err:
+            if getattr(err.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+                raise
+            shown = self.engine.url.render_as_string(hide_password=True)
+            reason = str(err.orig).strip().splitlines()[0]
+            raise Refused(
+                f"ledger database {shown} refused this operation ({reason}): this database "
+                f"role may not write the ledger"
+            ) from err
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
             shown = self.engine.url.render_as_string(hide_password=True)
             reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
@@ -511,8 +521,8 @@ class Ledger:
                     retired=bool(row.retired), epsilon_spent=spent,
                     epsilon_limit=budget.epsilon_per_block, delta=budget.delta,
                     accountant=budget.accountant, charges=n_charges, pending=pending))
-        if stale:  # remember what we composed, for the next reader
-            with self._write() as conn:
+        if stale:  # remember what we composed, for the next reader (a read-only role cannot)
+            with contextlib.suppress(Refused), self._write() as conn:
                 for ds, blk, multiset, state in stale:
                     now, _, _ = self._multiset(conn, ds, blk)
                     if now == multiset:

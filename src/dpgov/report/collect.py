@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -111,8 +111,14 @@ def open_ledger(url: str | None = None) -> Ledger:
     return Ledger.open(url)
 
 
-def snapshot_ledger(ledger: Ledger, budget: Budget) -> LedgerSnapshot:
-    """Read every entry row, verify the chain over exactly those rows, read the projections."""
+def snapshot_ledger(
+    ledger: Ledger,
+    budget: Budget,
+    *,
+    on_rows: Callable[[list[RawEntry]], None] | None = None,
+) -> LedgerSnapshot:
+    """Read every entry row, verify the chain over exactly those rows, read the projections.
+    ``on_rows`` is called with the rows before the (slower) projections are read."""
     import sqlalchemy as sa
 
     from dpgov.ledger.chain import hmac_key, verify_chain
@@ -141,6 +147,8 @@ def snapshot_ledger(ledger: Ledger, budget: Budget) -> LedgerSnapshot:
         verification=verify_chain(iter(rows), key),  # type: ignore[arg-type]
         hmac_key_set=key is not None,
     )
+    if on_rows is not None:
+        on_rows(snap.rows)
     _read_projections(ledger, snap)
     try:
         snap.budget = {(s.dataset, s.block): s.epsilon_spent for s in ledger.budget(budget)}

@@ -306,3 +306,53 @@ def test_schedule_serves_the_deployments_from_its_own_process(world: World) -> N
         assert skip.payload["reason"].startswith("no new data")
     finally:
         led.close()
+
+
+def test_schedule_without_a_server_starts_one_whose_scheduler_fires(tmp_path: Path) -> None:
+    """Prefect's temporary server runs no scheduler: without PREFECT_API_URL, ``dpgov schedule``
+    starts ``prefect server start`` itself (state in $DPGOV_HOME/prefect), and the cron
+    schedule produces runs; stopping dpgov stops that server."""
+    home = tmp_path / "home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DPGOV_"))},
+        "DPGOV_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    err = tmp_path / "schedule.err"
+    with err.open("wb") as handle:
+        proc = subprocess.Popen(
+            [str(BIN / "dpgov"), "schedule", "--cron", "*/5 * * * *"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        url = None
+        while url is None:
+            assert proc.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, err.read_text()
+            for line in err.read_text().splitlines():
+                if line.startswith("orchestration: local Prefect server "):
+                    url = line.split()[4]
+            time.sleep(0.5)
+        assert (home / "prefect" / "server.log").exists()
+        runs: list[Any] = []
+        while not runs:
+            assert time.monotonic() < deadline, err.read_text()
+            runs = httpx.post(
+                f"{url}/flow_runs/filter",
+                json={
+                    "deployments": {"name": {"any_": ["dpgov-retraining"]}},
+                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                },
+                timeout=5,
+            ).json()
+            time.sleep(1)
+        assert runs[0]["auto_scheduled"] is True
+    finally:
+        _stop(proc)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/health", timeout=2)

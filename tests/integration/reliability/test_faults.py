@@ -266,3 +266,67 @@ def _wait_for(path: Path, timeout: float = 120) -> None:
     while not path.exists():
         assert time.monotonic() < deadline, f"the run never reached {path.name}"
         time.sleep(0.05)
+
+
+@pytest.mark.postgres
+def test_read_only_database_role(world: World, postgres_url: str) -> None:
+    """An auditor's PostgreSQL role with SELECT only reads the ledger (show, verify, budget,
+    audit); a write is refused in one line (exit 1) and records nothing."""
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from dpgov.accounting import DpSgdMechanism
+    from dpgov.ledger import Ledger
+
+    owner = Ledger.open(postgres_url)  # creates the schema as the owner
+    owner.add_block(dataset="synthetic", block="2001", patients=100)
+    m = DpSgdMechanism(noise_multiplier=5.0, sample_rate=0.01, steps=10)
+    owner.reserve(dataset="synthetic", blocks=["2001"], mechanism=m, budget=world.budget())
+    schema = make_url(postgres_url).query["options"].split("=")[-1]
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(make_url(postgres_url).set(query={}))
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+        conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        conn.exec_driver_sql(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+    try:
+        url = make_url(postgres_url).set(username=role).render_as_string(hide_password=False)
+        env = world.env(DPGOV_LEDGER_URL=url)
+        before = owner.head()
+        for args in (
+            ["ledger", "show"],
+            ["ledger", "verify"],
+            ["budget", "--policy", world.policy],
+        ):
+            r = dpgov(*args, env=env)
+            assert r.code == 0, (args, r.err)
+        audit = dpgov("audit", "--json", "--policy", world.policy, env=env)
+        assert audit.code in (0, 1) and audit.json()["ledger"]["chain_ok"], audit.err
+        refused = dpgov(
+            "ledger",
+            "reserve",
+            "--dataset",
+            "synthetic",
+            "--block",
+            "2001",
+            "--noise-multiplier",
+            "5",
+            "--sample-rate",
+            "0.01",
+            "--steps",
+            "10",
+            "--policy",
+            world.policy,
+            env=env,
+        )
+        assert refused.code == 1 and refused.clean_error(), refused.err
+        assert "may not write the ledger" in refused.err
+        assert owner.head() == before
+    finally:
+        owner.close()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        admin.dispose()
