@@ -423,6 +423,17 @@ def main() -> None:
         f"policy's δ, each block's newest recorded figure, and partially committed runs' own ε). "
         f"Logged run figures: {split['_run_figures']}. HTML report: {split['_html_kb']:.0f} KiB.",
     ]
+    lines += [
+        "",
+        "Reading: wall time depends on what else runs on the machine; CPU s is the user + system "
+        "time of the audit process and its worker processes, which does not. The block "
+        "compositions (the bulk of the CPU) run in worker processes on all cores, started as "
+        "soon as the ledger is read, while the tracking store is read: on an idle 2-core "
+        "machine the wall time is roughly the imports and reads plus half the compositions. "
+        "Run figures: the ε each DP run logged is compared with the figure the ledger recorded "
+        "for exactly the same state; figures of partially committed runs need a composition "
+        "each, done for the newest 4 (`--deep`: all).",
+    ]
     text = "\n".join(lines) + "\n"
     (Path(__file__).parent / "RESULTS_audit.md").write_text(text)
     print(text)

@@ -117,6 +117,14 @@ FOUND = [  # (input or fault, what happened, fix): found by these tests
         "`run_finished` (only a FINISHED run's model is promotable)",
     ),
     (
+        "an auditor's read-only PostgreSQL role: `dpgov ledger show`, `verify`, `budget`; "
+        "then a write",
+        "traceback: `Ledger.open` ran `CREATE OR REPLACE FUNCTION` on every open; a write "
+        "raised `ProgrammingError` (insufficient privilege)",
+        "`ledger/store.py`: DDL only when the trigger is missing; insufficient privilege is "
+        "`Refused` (one line, exit 1); the composition cache write is skipped when refused",
+    ),
+    (
         "`dpgov run --json` against an MLflow server",
         'stdout not JSON: MLflow printed "🏃 View run ..." lines into it',
         "`cli/__init__.py`: `MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`",
@@ -228,7 +236,7 @@ def main() -> None:
         over = "none" if float(worst) <= 1 + 1e-9 else f"**{worst}×**"
         lines.append(
             f"| {backend} | {what}; 14 jobs reserve through the governed reserve step, 2 run "
-            f"real DP-SGD | {over} (largest block at {float(worst):.1%} of its limit, "
+            f"real DP-SGD | {over} (largest block at {float(worst):.4%} of its limit, "
             f"recomputed from the entries) | {state} | `DPGOV_RACE_ROUNDS={args.race_rounds} "
             f".venv/bin/pytest '{TESTS}/{key}'` |"
         )

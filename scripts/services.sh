@@ -166,6 +166,10 @@ start() {
     "$PY" -c "import flask_wtf" 2>/dev/null || die "--auth needs MLflow's auth extra: $VENV/bin/pip install 'mlflow[auth]'"
   fi
 
+  umask 077  # passwords and database URLs live in DIR
+  # A start that fails half-way stops what it started and drops what it created (logs stay).
+  trap 'echo "services.sh: start failed: cleaning up (logs kept in $DIR/logs)" >&2; \
+        PURGE=0 DROP=1 stop >&2' EXIT
   local tag; tag=$("$PY" -c 'import secrets; print(secrets.token_hex(4))')
   local ledger_db="dpgov_ledger_$tag" mlflow_db="dpgov_mlflow_$tag" auth_db="dpgov_mlflow_auth_$tag"
   mkdir -p "$DIR/logs" "$DIR/mlartifacts" "$DIR/prefect" "$DIR/worker-home"
@@ -261,6 +265,7 @@ EOF
       sleep 0.5
     done
   fi
+  trap - EXIT
   {
     echo "# dpgov services in $DIR (stop: scripts/services.sh stop $DIR)"
     print_env dpgov
@@ -273,14 +278,16 @@ stop() {
   # shellcheck disable=SC1090
   . "$STATE"
   stop_groups "worker=${WORKER_PID:-}" "prefect=${PREFECT_PID:-}" "mlflow=${MLFLOW_PID:-}"
-  if [ "$PURGE" = 1 ]; then
+  if [ "$PURGE" = 1 ] || [ "${DROP:-0}" = 1 ]; then
     for db in ${DATABASES:-}; do
       pg_sql "DROP DATABASE IF EXISTS $db WITH (FORCE)" && echo "dropped database $db"
     done
+  fi
+  if [ "$PURGE" = 1 ]; then
     rm -rf "$DIR"
   else
     rm -f "$STATE.stopped"; mv "$STATE" "$STATE.stopped"
-    echo "data kept: databases ${DATABASES:-} and $DIR (drop them: stop --purge)"
+    [ "${DROP:-0}" = 1 ] || echo "data kept: databases ${DATABASES:-} and $DIR (drop them: stop --purge)"
   fi
 }
 

@@ -22,7 +22,7 @@ mechanisms = st.builds(
 )
 histories = st.lists(mechanisms, min_size=1, max_size=4)
 deltas = st.sampled_from([1e-7, 1e-6, 1e-5, 1e-4, 1e-3])
-SETTINGS = settings(max_examples=15, deadline=None,
+SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

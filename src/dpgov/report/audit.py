@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 GOV_KINDS = ("gate_decision", "approval", "refusal", "promotion", "promotion_failed")
 MAX_CANDIDATE_STATES = 12  # ledger states tried when matching a logged cumulative ε
-MAX_RUN_COMPOSITIONS = 8  # from-scratch compositions spent on run figures (--deep: no limit)
+MAX_RUN_COMPOSITIONS = 4  # from-scratch compositions spent on run figures (--deep: no limit)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,14 @@ def isolate_prefect_home() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "240")
 
 
+def import_prefect() -> None:
+    """Import Prefect now, with the process's real stderr: its logging binds the console
+    handler to ``sys.stderr`` as it is at import, and a test's captured stream (capsys) is
+    closed when that test ends, after which every Prefect log line would fail."""
+    isolate_prefect_home()
+    import prefect  # noqa: F401
+
+
 def api_url() -> str:
     from prefect.settings import get_current_settings
 
@@ -35,7 +43,7 @@ def session() -> Iterator[str]:
     """Yield the API URL of the process's one harness (started on first use)."""
     global _stack, _users
     if _stack is None:
-        isolate_prefect_home()
+        import_prefect()
         from prefect.testing.utilities import prefect_test_harness
 
         stack = ExitStack()
@@ -49,3 +57,6 @@ def session() -> Iterator[str]:
         if _users == 0 and _stack is not None:
             stack, _stack = _stack, None
             stack.close()
+
+
+import_prefect()  # at collection, before any test captures stderr

@@ -10,12 +10,11 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.reliability.helpers import REPO, World, write_policy
+from tests.integration.reliability.helpers import REPO, Services, World, write_policy
 from tests.integration.reliability.zygote import Zygote
 
 
@@ -65,24 +64,6 @@ def world(tmp_path: Path, cohort: tuple[Path, Path, Path], mlflow_template: Path
 
 
 # --------------------------------------------------------------------------- shared services
-
-
-@dataclass
-class Services:
-    """What ``scripts/services.sh start`` started: its folder and the env of each identity."""
-
-    folder: Path
-    env: dict[str, str]  # as the dpgov service identity
-    auth: bool
-    identities: dict[str, dict[str, str]]  # dpgov, analyst, admin (with --auth)
-
-    @property
-    def tracking_uri(self) -> str:
-        return self.env["MLFLOW_TRACKING_URI"]
-
-    @property
-    def ledger_url(self) -> str:
-        return self.env["DPGOV_LEDGER_URL"]
 
 
 def _exports(text: str) -> dict[str, str]:

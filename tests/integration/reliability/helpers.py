@@ -203,6 +203,24 @@ class World:
         return load_policy(self.policy).policy.budget
 
 
+@dataclass
+class Services:
+    """What ``scripts/services.sh start`` started: its folder and the env of each identity."""
+
+    folder: Path
+    env: dict[str, str]  # as the dpgov service identity
+    auth: bool
+    identities: dict[str, dict[str, str]]  # dpgov, analyst, admin (with --auth)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    @property
+    def ledger_url(self) -> str:
+        return self.env["DPGOV_LEDGER_URL"]
+
+
 # --------------------------------------------------------------------------- independent checks
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.reliability.conftest import Services
 from tests.integration.reliability.helpers import (
     REPO,
+    Services,
     World,
     dpgov,
     dpgov_process,

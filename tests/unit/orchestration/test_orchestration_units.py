@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from dpgov.errors import UsageError
+from tests.integration.orchestration import harness
+
+harness.import_prefect()  # with the real stderr (see harness.import_prefect)
 
 
 def _free_port() -> int:
