@@ -26,11 +26,16 @@ def isolate_prefect_home() -> None:
 
 
 def import_prefect() -> None:
-    """Import Prefect now, with the process's real stderr: its logging binds the console
-    handler to ``sys.stderr`` as it is at import, and a test's captured stream (capsys) is
-    closed when that test ends, after which every Prefect log line would fail."""
+    """Import Prefect (and set up its logging) now, outside any test.
+
+    ``prefect.main`` configures logging with ``dictConfig`` on its first import, which closes
+    every existing handler; absl's handler (imported with dp_accounting) then closes the stream
+    it holds unless that is the current ``sys.stderr``. Inside a test using capsys, that stream
+    is pytest's global capture file, and every later test fails at teardown ("I/O operation on
+    closed file"). At collection ``sys.stderr`` is that very stream, so nothing is closed.
+    """
     isolate_prefect_home()
-    import prefect  # noqa: F401
+    import prefect.main  # noqa: F401
 
 
 def api_url() -> str:
