@@ -6,6 +6,8 @@ on the same data with the same mechanism, in the same invocation.
   temporary server creates its database) and then again in the same home (warm). Its JSON
   carries the seconds of each step (measured inside the tasks), the training loops' own
   seconds, and when the Prefect API was ready.
+- The same pipeline without Prefect (``--direct``, a child process in a fresh home: prepare,
+  validate, ``run_governed``, the gate): what orchestration adds is the demo minus this.
 - The bare script (``--bare``, also a child process) imports torch and Opacus, reads the
   prepared Parquet, builds the same MLP and runs DP-SGD with the demo's σ, q and T (Poisson
   sampling, ghost clipping, the same physical batches): no ledger, no validation, no MLflow,
@@ -118,6 +120,35 @@ def bare(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def direct(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same pipeline as ``dpgov demo`` without Prefect: prepare, validate, the governed
+    steps (``run_governed``), the gate. Run in a fresh home: its cost beside the demo's."""
+    started = time.perf_counter()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from dpgov.data import prepare
+    from dpgov.data.validated import ensure_validated
+    from dpgov.gate.service import run_gate
+    from dpgov.ledger import Ledger
+    from dpgov.policy import load_policy
+    from dpgov.tracking.registry import Registry
+    from dpgov.training.governed import run_governed
+    from dpgov.training.params import embedded_params_path, load_params
+
+    home = Path(spec["home"])
+    out = home / "demo" / "prepared" / "flchain"
+    policy = Path(spec["policy"])
+    prepare(None, None, out=out)
+    ensure_validated(out, policy=policy, out=home / "demo" / "validation" / "flchain")
+    base = load_params(embedded_params_path())
+    params = base.model_copy(update={"train": base.train.model_copy(update={"data": str(out)})})
+    summary = run_governed(params, policy)
+    led = Ledger.open()
+    run_gate(summary.model_name, summary.model_version, load_policy(policy), led, Registry())
+    return {"in_process": time.perf_counter() - started}
+
+
 # --------------------------------------------------------------------------- the demo
 
 
@@ -160,18 +191,18 @@ def run_demo(home: Path) -> dict[str, Any]:
     }
 
 
-def run_bare(spec: dict[str, Any]) -> dict[str, Any]:
+def run_child(flag: str, spec: dict[str, Any], **env: str) -> dict[str, Any]:
     t = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, str(Path(__file__)), "--bare", json.dumps(spec)],
-        env={**os.environ, **ENV},
+        [sys.executable, str(Path(__file__)), flag, json.dumps(spec)],
+        env={**os.environ, **ENV, **env},
         capture_output=True,
         text=True,
         check=False,
     )
     wall = time.perf_counter() - t
     if out.returncode != 0:
-        raise SystemExit(f"bare script failed: {out.stderr[-2000:]}")
+        raise SystemExit(f"{flag} child failed: {out.stderr[-2000:]}")
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "wall": wall}
 
 
@@ -190,15 +221,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="cold+warm demo rounds")
     ap.add_argument("--json", type=Path, help="write the raw results here")
     ap.add_argument("--bare", help=argparse.SUPPRESS)
+    ap.add_argument("--direct", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
         print(json.dumps(bare(json.loads(args.bare))))
+        return
+    if args.direct:
+        print(json.dumps(direct(json.loads(args.direct))))
         return
 
     sys.path.insert(0, str(HERE))
     from _machine import machine, stamp
 
-    cold, warm, bares = [], [], []
+    import dpgov
+
+    policy = Path(dpgov.__file__).resolve().parent / "defaults" / "policy.yaml"
+    cold, warm, bares, directs = [], [], [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
             home = Path(tmp) / "home"
@@ -214,7 +252,18 @@ def main() -> None:
                 "learning_rate": 0.2,
                 "max_grad_norm": plan["max_grad_norm"],
             }
-            bares.append(run_bare(spec))
+            bares.append(run_child("--bare", spec))
+        with tempfile.TemporaryDirectory(prefix="bench-direct-") as tmp:
+            home = Path(tmp) / "home"
+            home.mkdir()
+            directs.append(
+                run_child(
+                    "--direct",
+                    {"home": str(home), "policy": str(policy)},
+                    DPGOV_HOME=str(home),
+                    MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}",
+                )
+            )
 
     def block(name: str, rows: list[dict[str, Any]]) -> list[str]:
         wall = _median(rows, "wall")
@@ -258,13 +307,17 @@ def main() -> None:
             f"{k} {statistics.median(float(r['steps'].get(k, 0.0)) for r in cold):.2f}"
             for k in cold[0]["steps"]
         ),
+        f"the same pipeline without Prefect (prepare, validate, run_governed, gate; fresh "
+        f"home, one process): {_median(directs, 'wall'):.1f} s wall",
         "bare script (s, median): imports "
         f"{_median(bares, 'imports'):.1f}, setup {_median(bares, 'setup'):.1f}, loop "
         f"{_median(bares, 'loop'):.1f} for {bares[0]['steps']} steps",
     ]
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({"cold": cold, "warm": warm, "bare": bares}, indent=2))
+        args.json.write_text(
+            json.dumps({"cold": cold, "warm": warm, "bare": bares, "direct": directs}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ def approval(
     alias: str | None = None,
     timeout_seconds: int = 7 * 24 * 3600,
     poll_interval: int = 10,
+    announce: bool = False,
 ) -> dict[str, Any]:
-    """Pause for an approver's decision on ``model`` ``version``; then promote or refuse."""
+    """Pause for an approver's decision on ``model`` ``version``; then promote or refuse.
+    ``announce``: say on stderr which flow run waits (for a terminal)."""
     from dpgov.errors import Refused
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
@@ -81,6 +83,17 @@ def approval(
                 "Approve (the promotion re-checks every check) or refuse (give the reason)."
             ),
         )
+        if announce:
+            import sys
+
+            from prefect.runtime import flow_run
+
+            print(
+                f"flow run {flow_run.id} waits for an answer: dpgov flows answer {flow_run.id} "
+                "--decision approve|refuse --by NAME [--note TEXT] (or the Prefect UI)",
+                file=sys.stderr,
+                flush=True,
+            )
         answer = pause_flow_run(
             wait_for_input=form, timeout=timeout_seconds, poll_interval=poll_interval
         )

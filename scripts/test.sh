@@ -7,4 +7,4 @@ export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false PREFECT_SERVER_ANALYTICS_EN
        DO_NOT_TRACK=1 MLFLOW_ENABLE_TELEMETRY=false
 .venv/bin/ruff check src pipelines tests benchmarks
 .venv/bin/mypy
-.venv/bin/python -m pytest -n "${DPGOV_TEST_WORKERS:-2}" "$@"
+.venv/bin/python -m pytest -n "${DPGOV_TEST_WORKERS:-2}" --dist loadgroup "$@"

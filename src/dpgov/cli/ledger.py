@@ -182,7 +182,11 @@ def commit(
     as_json: bool = JsonOption,
 ) -> None:
     """Record the steps a reserved run actually took."""
-    entry = _open().commit(reservation, steps=steps, run_id=run_id)
+    from dpgov.tracking.anchor import try_record_anchor
+
+    ledger = _open()
+    entry = ledger.commit(reservation, steps=steps, run_id=run_id)
+    try_record_anchor(entry.seq, entry.hash, ledger=ledger)  # the audit's outside anchor
     emit(
         as_json,
         {"reservation": reservation, "seq": entry.seq, "steps": entry.payload["steps"]},

@@ -264,16 +264,14 @@ def approval_cmd(
         from pipelines.approval import approval
 
         return approval(
-            model, version, policy=policy_file, timeout_seconds=timeout, poll_interval=2
+            model,
+            version,
+            policy=policy_file,
+            timeout_seconds=timeout,
+            poll_interval=2,
+            announce=not as_json,
         )
 
-    if not as_json:
-        typer.echo(
-            "waiting for an answer: Prefect UI, or dpgov flows answer FLOW_RUN_ID "
-            "--decision approve|refuse --by NAME [--note TEXT] (the flow run id is in the "
-            "Prefect UI and in `prefect flow-run ls`)",
-            err=True,
-        )
     result, _ = orchestrate(call, say=_say(as_json))
     emit(as_json, result, lambda: typer.echo(f"{model} version {version}: {result['status']}"))
 

@@ -555,8 +555,14 @@ def _quiet(fn: Callable[[], Any]) -> None:
 
 def commit(reservation: Reservation, outcome: TrainOutcome, *, ledger: Ledger) -> Entry:
     """Charge the steps actually taken (never more than reserved, never less than ran)."""
+    from dpgov.tracking.anchor import try_record_anchor
+
     _fault_point("after_train")
-    return ledger.commit(reservation.id, steps=outcome.result.steps, run_id=outcome.run_id)
+    entry = ledger.commit(reservation.id, steps=outcome.result.steps, run_id=outcome.run_id)
+    # The chain head, anchored outside the ledger database (a failure is only logged: the
+    # charge is already safe, and the audit reports unanchored commits).
+    try_record_anchor(entry.seq, entry.hash, ledger=ledger)
+    return entry
 
 
 # --------------------------------------------------------------------------- evaluate
