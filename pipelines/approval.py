@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field, ValidationError, model_validator
 
-from dpgov.errors import UsageError
+from dpgov.errors import Refused, UsageError
 from pipelines import tasks
 from pipelines.governed import run_gate
 
@@ -67,7 +68,6 @@ def approval(
 ) -> dict[str, Any]:
     """Pause for an approver's decision on ``model`` ``version``; then promote or refuse.
     ``announce``: say on stderr which flow run waits (for a terminal)."""
-    from dpgov.errors import Refused
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
 
@@ -94,9 +94,15 @@ def approval(
                 file=sys.stderr,
                 flush=True,
             )
-        answer = pause_flow_run(
-            wait_for_input=form, timeout=timeout_seconds, poll_interval=poll_interval
-        )
+        try:
+            answer = pause_flow_run(
+                wait_for_input=form, timeout=timeout_seconds, poll_interval=poll_interval
+            )
+        except FlowPauseTimeout as err:
+            raise Refused(
+                f"{model} version {version}: no answer within {timeout_seconds} s; nothing "
+                "recorded (run the approval again)"
+            ) from err
         out: dict[str, Any] = {
             "model": model,
             "version": version,

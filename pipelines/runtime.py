@@ -325,7 +325,9 @@ def quiet_console() -> None:
     reach the Prefect API, whose UI shows them). Idempotent."""
     if os.environ.get("DPGOV_PREFECT_LOGS", "").lower() in ("1", "true", "yes"):
         return
-    import prefect  # noqa: F401  (sets up Prefect's logging, whose console handler we filter)
+    # prefect.main sets up Prefect's logging (dictConfig replaces the root's handlers): first,
+    # so the filter lands on the console handler that stays
+    import prefect.main  # noqa: F401
 
     for name in (None, "prefect", "uvicorn"):
         for h in logging.getLogger(name).handlers:
