@@ -39,12 +39,18 @@ def run(
 ) -> None:
     """One governed DP training run (a Prefect flow): validate, plan, reserve, train, commit,
     evaluate, track, gate."""
+    from dpgov.errors import UsageError
     from dpgov.policy import load_policy
-    from dpgov.training.params import load_params
+    from dpgov.training.params import load_params, prepared_path
     from pipelines.runtime import HEAVY_MODULES, orchestrate
 
     loaded = load_params(params)  # bad input: one line, before anything starts
     policy_file = load_policy(policy).path
+    folder = prepared_path(loaded)
+    if not (folder / "meta.json").is_file():
+        raise UsageError(
+            f"train.data: no prepared data at {folder} (run `dpgov data prepare` first)"
+        )
 
     def call() -> dict[str, Any]:
         from pipelines.governed import governed_run

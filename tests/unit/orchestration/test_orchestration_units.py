@@ -230,3 +230,20 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(
     assert code == 2
     assert err.strip().splitlines() == [err.strip()] and err.startswith(message), err
     assert out == ""
+
+
+def test_run_without_prepared_data_stops_before_any_flow(
+    dpgov_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text(f"train:\n  data: {tmp_path / 'nowhere'}\n")
+    code, out, err = _dpgov(monkeypatch, capsys, "run", "--params", str(params))
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        f"error: train.data: no prepared data at {tmp_path / 'nowhere'} "
+        "(run `dpgov data prepare` first)"
+    )
+    assert not (dpgov_home / "prefect").exists()  # no server was started
