@@ -246,6 +246,10 @@ def test_only_dpgov_moves_release_aliases(
     with environment(anonymous), pytest.raises(MlflowException):
         _client(site).get_model_version(MODEL, v)
 
+    approved = dpgov(
+        "approve", MODEL, v, "--by", "clinical-lead", "--policy", site.policy, env=site.env()
+    )
+    assert approved.code == 0, approved.err  # the gate's approvals must be on record
     as_dpgov = dpgov(
         "promote", MODEL, v, "--alias", alias, "--policy", site.policy, "--json", env=site.env()
     )
