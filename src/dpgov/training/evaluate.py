@@ -3,7 +3,10 @@
 Overall: AUROC, accuracy, Brier score, expected calibration error (10 equal-width bins).
 Per subgroup of each sensitive attribute (fairlearn ``MetricFrame``): AUROC from scores and the
 false-negative rate (underdiagnosis) from 0/1 predictions, two frames, with percentile
-bootstrap intervals (``n_boot`` resamples of the test rows, seeded). A gap is the largest minus
+bootstrap intervals (``n_boot`` resamples of the test rows, seeded). The intervals are
+fairlearn's (``MetricFrame(n_boot=…, ci_quantiles=…, random_state=seed)``: the same resamples,
+metrics and quantiles) computed without building a frame per resample, which made evaluation
+the slowest step of a run after training. A gap is the largest minus
 the smallest subgroup value over the groups *judged*: at least ``min_group_n`` patients and the
 metric defined (both classes for AUROC, a positive for FNR). With fewer than two judged
 groups a gap is reported as 0.0 with ``groups_judged`` < 2: no evidence either way.
@@ -12,6 +15,7 @@ groups a gap is reported as 0.0 with ``groups_judged`` < 2: no evidence either w
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,13 +28,21 @@ CI = [0.025, 0.975]
 
 
 def auroc(y_true: Any, y_score: Any) -> float:
-    """Area under the ROC curve; NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
+    """Area under the ROC curve; NaN when only one class is present.
 
-    y = np.asarray(y_true)
-    if y.size == 0 or np.unique(y).size < 2:
+    The Mann-Whitney form (ties count half), which is what ``sklearn.metrics.roc_auc_score``
+    integrates, without its input validation (a few ms a call, and the bootstrap makes
+    hundreds of calls)."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true).astype(bool)
+    positives = int(y.sum())
+    negatives = y.size - positives
+    if positives == 0 or negatives == 0:
         return float("nan")
-    return float(roc_auc_score(y, np.asarray(y_score)))
+    ranks = rankdata(np.asarray(y_score, dtype=float))
+    u = float(ranks[y].sum()) - positives * (positives + 1) / 2.0
+    return u / (positives * negatives)
 
 
 def false_negative_rate(y_true: Any, y_pred: Any) -> float:
@@ -166,20 +178,65 @@ def evaluate(
     return ev
 
 
-def _overall_ci(y: np.ndarray, p: np.ndarray, *, n_boot: int, seed: int) -> tuple[Any, Any]:
-    from fairlearn.metrics import MetricFrame
-
-    frame = MetricFrame(
-        metrics={"auroc": auroc},
-        y_true=y,
-        y_pred=p,
-        sensitive_features=pd.Series(np.zeros(len(y), dtype=int), name="all"),
-        n_boot=n_boot,
-        ci_quantiles=CI,
-        random_state=seed,
+def bootstrap_rows(n: int, n_boot: int, seed: int) -> list[np.ndarray]:
+    """Row indices of the ``n_boot`` resamples fairlearn's ``MetricFrame`` draws for
+    ``random_state=seed`` over ``n`` rows (one uint32 seed per resample from
+    ``default_rng(seed)``, then ``DataFrame.sample(frac=1, replace=True, random_state=…)``)."""
+    seeds = np.random.default_rng(seed).integers(
+        low=0, high=np.iinfo(np.uint32).max, size=n_boot, dtype=np.uint32
     )
-    lo, hi = frame.overall_ci
-    return _none(lo["auroc"]), _none(hi["auroc"])
+    return [np.random.RandomState(s).choice(n, size=n, replace=True) for s in seeds]
+
+
+@dataclass
+class BootstrapCI:
+    """Percentile intervals (``CI``) of a metric by group and of its between-groups gap."""
+
+    by_group: dict[str, tuple[float | None, float | None]]
+    gap: tuple[float | None, float | None]
+
+
+def _resampled(
+    metric: Any, y: np.ndarray, values: np.ndarray, groups: np.ndarray, *, n_boot: int, seed: int
+) -> tuple[list[str], np.ndarray]:
+    """The group names and, per resample (rows) and group (columns), the metric of the group:
+    NaN where the group is absent from the resample or the metric is undefined there."""
+    names = sorted({str(g) for g in groups})
+    groups = groups.astype(str)
+    samples = np.full((n_boot, len(names)), np.nan)
+    for b, idx in enumerate(bootstrap_rows(len(y), n_boot, seed)):
+        yb, vb, gb = y[idx], values[idx], groups[idx]
+        for j, g in enumerate(names):
+            mask = gb == g
+            if mask.any():
+                samples[b, j] = metric(yb[mask], vb[mask])
+    return names, samples
+
+
+def bootstrap_ci(
+    metric: Any, y: np.ndarray, values: np.ndarray, groups: np.ndarray, *, n_boot: int, seed: int
+) -> BootstrapCI:
+    """What ``MetricFrame(metrics={…: metric}, y_true=y, y_pred=values,
+    sensitive_features=groups, n_boot=n_boot, ci_quantiles=CI, random_state=seed)`` gives as
+    ``by_group_ci`` (quantiles over the resamples where the group's metric is defined) and
+    ``difference_ci()`` (quantiles of max − min over the groups of each resample)."""
+    names, samples = _resampled(metric, y, values, groups, n_boot=n_boot, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice encountered"
+        lo, hi = np.nanquantile(samples, CI, axis=0)
+        gaps = np.nanmax(samples, axis=1) - np.nanmin(samples, axis=1)
+    gap_lo, gap_hi = np.quantile(gaps, CI)
+    return BootstrapCI(
+        by_group={g: (_none(lo[j]), _none(hi[j])) for j, g in enumerate(names)},
+        gap=(_none(gap_lo), _none(gap_hi)),
+    )
+
+
+def _overall_ci(y: np.ndarray, p: np.ndarray, *, n_boot: int, seed: int) -> tuple[Any, Any]:
+    """``MetricFrame(…).overall_ci`` of the AUROC."""
+    _, samples = _resampled(auroc, y, p, np.zeros(len(y), dtype=int), n_boot=n_boot, seed=seed)
+    lo, hi = np.quantile(samples[:, 0], CI)
+    return _none(lo), _none(hi)
 
 
 def _attribute(
@@ -224,21 +281,11 @@ def _attribute(
         keep = np.isin(groups, judged[metric])
         if n_boot <= 0 or not keep.any():
             continue
-        frame = MetricFrame(
-            metrics={metric: fn},
-            y_true=y[keep],
-            y_pred=y_pred[keep],
-            sensitive_features=pd.Series(groups[keep], name=attribute),
-            n_boot=n_boot,
-            ci_quantiles=CI,
-            random_state=seed,
-        )
-        lo, hi = frame.by_group_ci
+        ci = bootstrap_ci(fn, y[keep], y_pred[keep], groups[keep], n_boot=n_boot, seed=seed)
         for g in judged[metric]:
-            group_ci[metric][g] = (_none(lo.loc[g, metric]), _none(hi.loc[g, metric]))
+            group_ci[metric][g] = ci.by_group[str(g)]
         if len(judged[metric]) >= 2:
-            dlo, dhi = frame.difference_ci()
-            gap_ci[metric] = (_none(dlo[metric]), _none(dhi[metric]))
+            gap_ci[metric] = ci.gap
 
     rows: list[SubgroupMetric] = []
     for g in counts.index:

@@ -325,9 +325,15 @@ def test_audit_explains_the_shared_world(services: Services, site: World) -> Non
     report = r.json()
     assert not {f["kind"] for f in report["findings"]} & BROKEN, report["findings"]
     assert report["ledger"]["chain_ok"]
-    assert any(
-        row["mlflow_status"] == "RUNNING" and row["status"] == "committed" for row in report["runs"]
-    )
+    cut_off = [
+        row
+        for row in report["runs"]
+        if row["mlflow_status"] == "RUNNING" and row["status"] == "committed"
+    ]
+    assert cut_off, [
+        (row["id"], row["status"], row["mlflow_run"], row["mlflow_status"])
+        for row in report["runs"]
+    ]
     again = dpgov("audit", "--json", "--policy", site.policy, env=site.env()).json()
     assert "unanchored_commits" not in {f["kind"] for f in again["findings"]}
     promoted = {e.payload["alias"] for e in site.ledger().entries("promotion")}

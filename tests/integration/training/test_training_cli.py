@@ -42,6 +42,16 @@ def _dpgov(
     return code, out.out, out.err
 
 
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder: validations recorded under ``data/validation`` (relative
+    to the working directory, as in a DVC project) must not leak into the repository or be
+    reused by another test."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
 @pytest.fixture
 def params_file(tmp_path: Path) -> Callable[..., Path]:
     """A synthetic cohort, its contract and prepared data on disk, and a params file naming

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dpgov.training.evaluate import (
     evaluate,
@@ -92,3 +94,70 @@ def test_price_of_privacy_is_reference_minus_private_auroc() -> None:
     noisy = evaluate(y, np.random.default_rng(1).random(len(y)), sens, n_boot=0)
     assert price_of_privacy(worse, good)["auroc_drop"] == pytest.approx(good.auroc - worse.auroc)
     assert price_of_privacy(noisy, good)["auroc_drop"] > 0.1
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_bootstrap_intervals_are_fairlearns(seed: int) -> None:
+    """The intervals equal fairlearn's MetricFrame bootstrap (same resamples, metric and
+    quantiles), by group and for the between-groups gap, including a group too small to have
+    both classes in every resample."""
+    from fairlearn.metrics import MetricFrame
+
+    from dpgov.training.evaluate import CI, auroc, bootstrap_ci
+
+    y, p, sens = _scored(n=300, seed=seed)
+    groups = sens["sex"].to_numpy().astype(object)
+    groups[:12] = "X"  # a dozen patients: some resamples lack a class, AUROC is NaN there
+    pred = (p >= 0.4).astype(int)
+    for fn, values in ((auroc, p), (false_negative_rate, pred)):
+        ours = bootstrap_ci(fn, y, values, groups.astype(str), n_boot=40, seed=seed)
+        frame = MetricFrame(
+            metrics={"m": fn},
+            y_true=y,
+            y_pred=values,
+            sensitive_features=pd.Series(groups.astype(str), name="g"),
+            n_boot=40,
+            ci_quantiles=CI,
+            random_state=seed,
+        )
+        lo, hi = frame.by_group_ci
+        for g in ("F", "M", "X"):
+            expected = [lo.loc[g, "m"], hi.loc[g, "m"]]
+            got = [float("nan") if v is None else v for v in ours.by_group[g]]
+            assert got == pytest.approx(expected, rel=1e-12, nan_ok=True)
+        dlo, dhi = frame.difference_ci()
+        assert list(ours.gap) == pytest.approx([dlo["m"], dhi["m"]], rel=1e-12)
+    overall = MetricFrame(
+        metrics={"m": auroc},
+        y_true=y,
+        y_pred=p,
+        sensitive_features=pd.Series(np.zeros(len(y), dtype=int), name="all"),
+        n_boot=40,
+        ci_quantiles=CI,
+        random_state=seed,
+    )
+    olo, ohi = overall.overall_ci
+    ev = evaluate(y, p, pd.DataFrame({"sex": groups.astype(str)}), n_boot=40, seed=seed)
+    assert [ev.auroc_lo, ev.auroc_hi] == pytest.approx([olo["m"], ohi["m"]], rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    labels=st.lists(st.integers(0, 1), min_size=2, max_size=60),
+    data=st.data(),
+)
+def test_auroc_is_sklearns(labels: list[int], data: st.DataObject) -> None:
+    """Ties included (scores drawn from a few values): the rank form equals sklearn's."""
+    from sklearn.metrics import roc_auc_score
+
+    from dpgov.training.evaluate import auroc
+
+    scores = data.draw(
+        st.lists(
+            st.sampled_from([0.1, 0.2, 0.5, 0.7, 0.9]), min_size=len(labels), max_size=len(labels)
+        )
+    )
+    if len(set(labels)) < 2:
+        assert math.isnan(auroc(labels, scores))
+    else:
+        assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
