@@ -307,7 +307,6 @@ def snapshot_tracking(
     """Anchors, every run (deleted ones too), every registered model with its versions and
     aliases, and the facts and privacy statement of every version holding an alias."""
     from dpgov import config
-    from dpgov.tracking.anchor import ANCHOR_EXPERIMENT, AnchorError, anchors
 
     uri = uri or config.mlflow_tracking_uri()
     snap = TrackingSnapshot(uri=uri)
@@ -316,6 +315,64 @@ def snapshot_tracking(
         snap.error = problem
         return snap
     quiet_mlflow_client_defaults()
+    from dpgov.report import mlflow_tables
+
+    try:  # the fast path: a SQL store's tables, read directly (see mlflow_tables)
+        tables = mlflow_tables.read(uri)
+    except mlflow_tables.NotReadable:
+        pass
+    else:
+        snap.runs, snap.models, snap.anchors = tables.runs, tables.models, tables.anchors
+        if release_artifacts:
+            _release_artifacts(snap, uri, tables.artifact_uris)
+        return snap
+    return _snapshot_with_client(snap, uri, release_artifacts=release_artifacts)
+
+
+def _release_artifacts(snap: TrackingSnapshot, uri: str, artifact_uris: dict[str, str]) -> None:
+    """The facts and statement of every version holding an alias: read from the run's
+    artifact folder where it is on this machine, else downloaded through MLflow's client."""
+    from dpgov.report.mlflow_tables import local_artifact_dir
+
+    client = None
+    for m in snap.models:
+        for version in sorted(set(m.aliases.values()), key=_version_key):
+            run_id = m.versions[version].run_id if version in m.versions else None
+            folder = local_artifact_dir(artifact_uris.get(run_id or "", ""))
+            if run_id is not None and folder is not None:
+                snap.artifacts[(m.name, version)] = _local_artifacts(Path(folder), run_id)
+                continue
+            if client is None:
+                from dpgov.tracking.registry import Registry
+
+                client = Registry(uri).client
+            snap.artifacts[(m.name, version)] = _artifacts(client, run_id)
+
+
+def _local_artifacts(folder: Path, run_id: str) -> ReleaseArtifacts:
+    out = ReleaseArtifacts()
+    for name in (FACTS_ARTIFACT, STATEMENT_ARTIFACT):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            out.problems.append(f"{name} of run {run_id}: not among its artifacts ({folder})")
+            continue
+        except (OSError, ValueError) as err:
+            out.problems.append(f"{name} of run {run_id}: {_first_line(err)}")
+            continue
+        if name == FACTS_ARTIFACT:
+            out.facts = data if isinstance(data, dict) else None
+        else:
+            out.statement = data if isinstance(data, dict) else None
+    return out
+
+
+def _snapshot_with_client(
+    snap: TrackingSnapshot, uri: str, *, release_artifacts: bool
+) -> TrackingSnapshot:
+    """The snapshot read through MLflow's client (any store MLflow can reach)."""
+    from dpgov.tracking.anchor import ANCHOR_EXPERIMENT, AnchorError, anchors
+
     try:
         from dpgov.tracking.registry import Registry
 
