@@ -15,38 +15,19 @@ from pipelines import tasks
 
 
 def run_audit(policy: str | None, dvc_root: Path | None, stale_hours: float) -> dict[str, Any]:
-    """The audit of :mod:`dpgov.report` (``{"ok", "findings", ...}``); where that module is
-    not installed, the ledger's hash chain alone (``Ledger.verify``), said so in ``"scope"``."""
+    """What ``dpgov audit --json`` reports (:func:`dpgov.report.audit.audit_ledger`)."""
     from dpgov.policy import load_policy
+    from dpgov.report.audit import AuditOptions, audit_ledger
+    from dpgov.report.collect import open_ledger
 
     loaded = load_policy(Path(policy) if policy else None)
-    try:
-        from dpgov.report.audit import AuditOptions
-        from dpgov.report.audit import audit as audit_all
-        from dpgov.report.collect import (
-            dvc_index,
-            open_ledger,
-            snapshot_ledger,
-            snapshot_tracking,
-        )
-    except ImportError:
-        from dpgov.ledger import Ledger
-
-        led = Ledger.open()
-        try:
-            v = led.verify()
-        finally:
-            led.close()
-        findings = [] if v.ok else [{"kind": "chain_broken", "detail": v.reason or ""}]
-        return {"ok": v.ok, "findings": findings, "scope": "ledger hash chain (Ledger.verify)"}
     ledger = open_ledger()
     try:
-        report = audit_all(
-            snapshot_ledger(ledger, loaded.policy.budget),
-            snapshot_tracking(),
-            dvc_index(dvc_root),
+        report = audit_ledger(
+            ledger,
             loaded,
             AuditOptions(now=datetime.now(UTC), stale_hours=stale_hours),
+            dvc_root=dvc_root,
         )
     finally:
         ledger.close()

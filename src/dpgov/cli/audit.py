@@ -86,10 +86,8 @@ def audit(
 ) -> None:
     """Verify the ledger, recompute every block's ε, check releases, runs and data versions."""
     from dpgov.policy import load_policy
-    from dpgov.report.audit import AuditOptions, block_requests
-    from dpgov.report.audit import audit as run_audit
-    from dpgov.report.collect import dvc_index, open_ledger, snapshot_ledger, snapshot_tracking
-    from dpgov.report.replay import Epsilons, replay
+    from dpgov.report.audit import AuditOptions, audit_ledger
+    from dpgov.report.collect import open_ledger
 
     when = parse_since(since)
     loaded = load_policy(policy)
@@ -97,26 +95,11 @@ def audit(
         _check_output(html_file)
     ledger = open_ledger()
     try:
-        eps = Epsilons()
-        replays = []
-
-        def compose_early(rows: list[Any]) -> None:
-            """Blocks are composed in worker processes while the rest is read."""
-            replays.append(replay(rows))
-            eps.start(block_requests(replays[0], loaded, deep=deep))
-
-        led = snapshot_ledger(ledger, loaded.policy.budget, on_rows=compose_early)
-        replayed = replays[0]
-        tracking = snapshot_tracking()
-        index = dvc_index(dvc_root)
-        report = run_audit(
-            led,
-            tracking,
-            index,
+        report = audit_ledger(
+            ledger,
             loaded,
             AuditOptions(now=datetime.now(UTC), since=when, stale_hours=stale_hours, deep=deep),
-            eps=eps,
-            replayed=replayed,
+            dvc_root=dvc_root,
         )
         anchored = _anchor(ledger, report) if anchor else None
     finally:

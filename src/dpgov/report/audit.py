@@ -42,6 +42,7 @@ from dpgov.report.replay import (
 )
 
 if TYPE_CHECKING:
+    from dpgov.ledger import Ledger
     from dpgov.policy import LoadedPolicy
     from dpgov.report.collect import (
         DvcIndex,
@@ -884,6 +885,17 @@ def check_runs(
             )
         claimed.setdefault(rid, run)
         out += _run_tags_vs_charge(run, c, where)
+        if run.status == "RUNNING" and c.status != "pending":
+            out.append(
+                finding(
+                    "run_left_running",
+                    f"DP run {run.run_id} is still RUNNING in MLflow, but its reservation {rid} "
+                    f"was {c.status} (entry {c.closed_seq}): the process ended without closing "
+                    "the run, so its logged metrics may be incomplete; the charge stands",
+                    time=c.closed_time or run.start_time,
+                    **where,
+                )
+            )
         if c.status == "committed":
             out += _run_metrics_vs_ledger(r, run, c, figures, policy, where)
     if tracking_ok:
@@ -1167,6 +1179,34 @@ def policies_in_force(rows: Sequence[RawEntry], current_sha: str) -> list[dict[s
 
 
 # ------------------------------------------------------------------------------------ the lot
+
+
+def audit_ledger(
+    ledger: Ledger,
+    policy: LoadedPolicy,
+    options: AuditOptions,
+    *,
+    dvc_root: Any = None,
+    tracking_uri: str | None = None,
+) -> AuditReport:
+    """The whole audit of an open ledger: what ``dpgov audit`` and the ``audit`` flow run.
+
+    Reads and verifies the ledger, starts composing every block's charges in worker
+    processes as soon as its rows are read, reads the tracking store and the DVC index
+    meanwhile, then runs every check (:func:`audit`)."""
+    from dpgov.report.collect import dvc_index, snapshot_ledger, snapshot_tracking
+
+    eps = Epsilons()
+    replays: list[Replay] = []
+
+    def compose_early(rows: list[Any]) -> None:
+        replays.append(replay(rows))
+        eps.start(block_requests(replays[0], policy, deep=options.deep))
+
+    led = snapshot_ledger(ledger, policy.policy.budget, on_rows=compose_early)
+    tracking = snapshot_tracking(tracking_uri)
+    index = dvc_index(dvc_root)
+    return audit(led, tracking, index, policy, options, eps=eps, replayed=replays[0])
 
 
 def audit(

@@ -350,21 +350,7 @@ def _release_artifacts(snap: TrackingSnapshot, uri: str, artifact_uris: dict[str
 
 
 def _local_artifacts(folder: Path, run_id: str) -> ReleaseArtifacts:
-    out = ReleaseArtifacts()
-    for name in (FACTS_ARTIFACT, STATEMENT_ARTIFACT):
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            out.problems.append(f"{name} of run {run_id}: not among its artifacts ({folder})")
-            continue
-        except (OSError, ValueError) as err:
-            out.problems.append(f"{name} of run {run_id}: {_first_line(err)}")
-            continue
-        if name == FACTS_ARTIFACT:
-            out.facts = data if isinstance(data, dict) else None
-        else:
-            out.statement = data if isinstance(data, dict) else None
-    return out
+    return _release_files(run_id, lambda name: folder / name)
 
 
 def _snapshot_with_client(
@@ -482,22 +468,30 @@ def _no_progress_bar() -> Iterator[None]:
 
 
 def _artifacts(client: Any, run_id: str | None) -> ReleaseArtifacts:
-    out = ReleaseArtifacts()
     if run_id is None:
-        out.problems.append("the version names no run")
-        return out
+        return ReleaseArtifacts(problems=["the version names no run"])
     with tempfile.TemporaryDirectory(prefix="dpgov-audit-") as tmp, _no_progress_bar():
-        for name in (FACTS_ARTIFACT, STATEMENT_ARTIFACT):
-            try:
-                path = client.download_artifacts(run_id, name, tmp)
-                data = json.loads(Path(path).read_text(encoding="utf-8"))
-            except Exception as err:
-                out.problems.append(f"{name} of run {run_id}: {_first_line(err)}")
-                continue
-            if name == FACTS_ARTIFACT:
-                out.facts = data if isinstance(data, dict) else None
-            else:
-                out.statement = data if isinstance(data, dict) else None
+        return _release_files(
+            run_id, lambda name: Path(client.download_artifacts(run_id, name, tmp))
+        )
+
+
+def _release_files(run_id: str, fetch: Callable[[str], Path]) -> ReleaseArtifacts:
+    """The facts and statement of a release's run, each file found by ``fetch(name)``."""
+    out = ReleaseArtifacts()
+    for name in (FACTS_ARTIFACT, STATEMENT_ARTIFACT):
+        try:
+            data = json.loads(fetch(name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            out.problems.append(f"{name} of run {run_id}: not among its artifacts")
+            continue
+        except Exception as err:  # a download or a parse failure: a problem of the release
+            out.problems.append(f"{name} of run {run_id}: {_first_line(err)}")
+            continue
+        if name == FACTS_ARTIFACT:
+            out.facts = data if isinstance(data, dict) else None
+        else:
+            out.statement = data if isinstance(data, dict) else None
     return out
 
 

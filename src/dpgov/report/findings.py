@@ -12,7 +12,8 @@ releases
     ``alias_outside_gate``, ``release_without_decision``, ``release_without_approvals``
 runs and data
     ``run_without_charges``, ``run_charge_mismatch``, ``charge_without_run``,
-    ``data_version_missing``, ``data_version_unknown``, ``reservation_pending``
+    ``run_left_running``, ``data_version_missing``, ``data_version_unknown``,
+    ``reservation_pending``
 inputs
     ``tracking_unavailable``
 """
@@ -41,6 +42,7 @@ KINDS = (
     "run_without_charges",
     "run_charge_mismatch",
     "charge_without_run",
+    "run_left_running",
     "data_version_missing",
     "data_version_unknown",
     "reservation_pending",

@@ -229,7 +229,7 @@ def _anchors(
     tags: dict[str, dict[str, str]],
 ) -> list[Anchor]:
     """What :func:`dpgov.tracking.anchor.anchors` reads through the client."""
-    from dpgov.tracking.anchor import METRIC_SEQ, PARAM_PREFIX, TAG_LEDGER, Anchor, _iso
+    from dpgov.tracking.anchor import METRIC_SEQ, TAG_LEDGER, anchors_in_run
 
     taken: dict[str, dict[int, int]] = defaultdict(dict)
     for r in _rows(
@@ -241,18 +241,13 @@ def _anchors(
     out = []
     for run, exp_deleted in runs:
         run_id = str(run.run_uuid)
-        deleted = exp_deleted or run.lifecycle_stage == "deleted"
-        ledger = tags.get(run_id, {}).get(TAG_LEDGER)
-        for key, digest in params.get(run_id, {}).items():
-            if not key.startswith(PARAM_PREFIX):
-                continue
-            try:
-                seq = int(key[len(PARAM_PREFIX) :])
-            except ValueError:
-                continue
-            out.append(
-                Anchor(seq, str(digest), _iso(taken[run_id].get(seq)), run_id, ledger, deleted)
-            )
+        out += anchors_in_run(
+            run_id,
+            params.get(run_id, {}),
+            tags.get(run_id, {}).get(TAG_LEDGER),
+            taken[run_id],
+            exp_deleted or run.lifecycle_stage == "deleted",
+        )
     return sorted(out, key=lambda a: (a.seq, a.time))
 
 

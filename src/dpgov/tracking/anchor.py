@@ -257,7 +257,18 @@ def _anchors_of(client: Any, run: Any, exp_deleted: bool) -> list[Anchor]:
     for m in client.get_metric_history(run_id, METRIC_SEQ):
         taken.setdefault(int(m.value), int(m.timestamp))
     deleted = exp_deleted or run.info.lifecycle_stage == "deleted"
-    ledger = run.data.tags.get(TAG_LEDGER)
+    return anchors_in_run(run_id, params, run.data.tags.get(TAG_LEDGER), taken, deleted)
+
+
+def anchors_in_run(
+    run_id: str,
+    params: dict[str, str],
+    ledger: str | None,
+    taken: dict[int, int],
+    deleted: bool,
+) -> list[Anchor]:
+    """The anchors an anchor run holds: one per ``anchor.<seq>`` param (the head's hash),
+    timed by the first ``anchor_seq`` metric logged with that value (``taken``: seq → ms)."""
     out = []
     for key, digest in params.items():
         if not key.startswith(PARAM_PREFIX):

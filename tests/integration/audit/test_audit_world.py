@@ -194,6 +194,17 @@ def test_a_run_logged_without_ledger_charges_is_found(clone, audit):
     assert found["run_id"] == run.info.run_id and "never charged" in found["detail"]
 
 
+def test_a_run_left_running_after_its_commit_is_found(clone, audit):
+    # what a process killed (or cut off from MLflow) after the ledger commit leaves behind
+    run_id = clone.world.runs[1].run_id
+    clone.client().update_run(run_id, status="RUNNING")
+    result = audit()
+    assert result.code == 1
+    found = _one(result, "run_left_running")
+    assert found["run_id"] == run_id and "committed" in found["detail"]
+    assert result.kinds() == {"run_left_running"}  # the charge itself is in order
+
+
 def test_a_false_cumulative_epsilon_logged_to_mlflow_is_found(clone, audit):
     run_id = clone.world.runs[1].run_id
     clone.client().log_metric(run_id, "epsilon_block.b1", 0.5)  # the latest value wins

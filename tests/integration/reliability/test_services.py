@@ -323,6 +323,7 @@ def test_tracking_server_lost_mid_run(
         run_id,
         "RUNNING",
     ), row
+    assert [f["run_id"] for f in report["findings"] if f["kind"] == "run_left_running"] == [run_id]
 
 
 def test_audit_explains_the_shared_world(services: Services, site: World) -> None:
