@@ -1,3 +1,3 @@
-from dpgov.cli import main
+from dpgov.cli import run
 
-main()
+run()

@@ -137,7 +137,25 @@ def calibrate_against_states(
 
 
 def _rdp_bracket(*, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """σ meeting the target for the new run alone under RDP (cheap; an upper bracket)."""
-    return calibrate_against_states(target_epsilon=target_epsilon, delta=delta,
-                                    sample_rate=sample_rate, steps=steps, priors=[],
-                                    accountant="rdp", tolerance=0.01)
+    """σ meeting the target for the new run alone under RDP (cheap; an upper bracket).
+
+    Probing small σ, dp_accounting warns through absl that an RDP order "failed to converge"
+    and is left out: the bound stays valid (only looser), and this σ is only a bracket for the
+    search under the ledger's accountant, so the warning is kept off the user's console."""
+    import logging
+
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return calibrate_against_states(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            priors=[],
+            accountant="rdp",
+            tolerance=0.01,
+        )
+    finally:
+        absl.setLevel(level)

@@ -36,6 +36,40 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
 
 
+def run() -> None:
+    """The ``dpgov`` console script: :func:`main`, then a quick exit.
+
+    Once every exit handler has run (Prefect stops its temporary server and flushes its logs
+    and events, MLflow ends its runs, logging flushes its handlers, temporary folders go),
+    tearing down the interpreter's modules (torch, Prefect, MLflow, …) takes 2–3 s here and
+    does nothing for the user, so the process ends there. A crash (an internal bug) keeps the
+    normal shutdown and its traceback. Tests call :func:`main` in-process instead.
+    """
+    import atexit
+    import contextlib
+    import os
+
+    status: dict[str, int | None] = {"code": None}
+
+    def finish() -> None:
+        code = status["code"]
+        if code is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed pipe: nothing left to say
+                stream.flush()
+        os._exit(code)
+
+    atexit.register(finish)  # registered first, so it runs after every other exit handler
+    try:
+        main()
+    except SystemExit as err:
+        if err.code is None or isinstance(err.code, int):
+            status["code"] = int(err.code or 0)
+        raise
+    status["code"] = 0
+
+
 def main() -> None:
     """Entry point: run the app, turning dpgov errors into one line and their exit code."""
     import os
