@@ -27,7 +27,8 @@ import yaml
 
 from tests.integration.orchestration.conftest import small_train, write_policy
 
-pytestmark = pytest.mark.slow
+# one worker runs the module in order: the schedule test takes over the worker test's world
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("server-worker")]
 
 BIN = Path(sys.executable).parent
 POOL = "gpu-test"
