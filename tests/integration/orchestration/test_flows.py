@@ -9,7 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.orchestration.conftest import Cohort, write_policy
+
+
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows given no validation folder record validations under ``data/validation`` of the
+    working directory (a DVC project's root): each test gets its own, not the repository's."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
 
 
 def _artifact(key: str) -> Any:
