@@ -83,7 +83,10 @@ def read(uri: str) -> Tables:
 
     if os.environ.get("MLFLOW_WORKSPACE"):
         raise NotReadable("a workspace is chosen")
-    engine = sa.create_engine(sqlalchemy_url(uri))
+    try:
+        engine = sa.create_engine(sqlalchemy_url(uri))
+    except (ImportError, sa.exc.ArgumentError) as err:  # no driver for it here, a bad URL
+        raise NotReadable(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
     try:
         with engine.connect() as conn:
             _check_schema(conn)

@@ -95,7 +95,14 @@ def test_the_audit_reads_the_fast_path_and_stays_clean(clone, audit) -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["http://127.0.0.1:5000", "databricks", "file:///tmp/mlruns", "./mlruns"],
+    [
+        "http://127.0.0.1:5000",
+        "databricks",
+        "file:///tmp/mlruns",
+        "./mlruns",
+        "mysql://u@127.0.0.1/mlflow",  # no MySQL driver installed here
+        "postgresql://u@/db?host=/nonexistent-socket-dir",  # nothing answers
+    ],
 )
 def test_other_stores_take_the_client_path(uri: str) -> None:
     with pytest.raises(mlflow_tables.NotReadable):
