@@ -18,7 +18,7 @@ Categories (seconds of the demo's wall time):
                  starts (the steps would otherwise pay them)
   orchestration  wall − imports − the steps below (Python start-up, waiting for the Prefect
                  API, flow and task overhead)
-  validation     prepare + validate + load_data
+  validation     prepare + dvc (add, push) + validate + load_data
   training       plan (σ calibration) + reserve + train + commit + evaluate (scores, the
                  non-private reference and bootstrap intervals); of which "DP loop" and
                  "reference loop" are the epochs themselves
@@ -54,7 +54,7 @@ ENV = {
     "GX_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
-VALIDATION = ("prepare", "validate", "load_data")
+VALIDATION = ("prepare", "dvc", "validate", "load_data")
 TRAINING = ("plan", "reserve", "train", "commit", "evaluate")
 TRACKING = ("track",)
 GATE = ("gate", "budgets", "artifacts")

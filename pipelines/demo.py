@@ -52,6 +52,7 @@ def embedded_policy() -> Path:
 @flow(name="demo", persist_result=False)
 def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
     """Prepare the bundled cohort under ``home`` and run the governed steps on it."""
+    from dpgov.data.ingest import init_repo
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
 
@@ -60,6 +61,10 @@ def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False
     out = base / "prepared" / "flchain"
     chosen = run_params(params if params is not None else embedded_params(data=str(out)))
     prepared = tasks.prepare(str(out), data_params(chosen))
+    # versioned like any data dpgov trains on: the demo folder is a DVC repository pushing to
+    # $DPGOV_HOME/dvc-remote, where `dpgov audit` finds every version a charge names
+    init_repo(base, git=False)
+    versioned = tasks.dvc_version(str(base), [str(out)], True, False, "dpgov demo")
     loaded = load_policy(embedded_policy())
     ledger = Ledger.open()
     try:
@@ -72,7 +77,7 @@ def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False
         )
     finally:
         ledger.close()
-    run["data"] = {"prepare": prepared.to_dict()}
+    run["data"] = {"prepare": prepared.to_dict(), "dvc": versioned.to_dict()}
     run["timings"] = clock_snapshot()
     return run
 

@@ -288,7 +288,10 @@ def dvc_version(
 ) -> DvcRecord:
     from dpgov.data.ingest import version_with_dvc
 
-    return version_with_dvc(root, list(paths), push=push, git_commit=git_commit, message=message)
+    with timed("dvc"):
+        return version_with_dvc(
+            root, list(paths), push=push, git_commit=git_commit, message=message
+        )
 
 
 @task(name="register-blocks", **RETRY)

@@ -211,3 +211,12 @@ def test_demo_runs_the_whole_pipeline_on_the_bundled_data(
     assert gate["model"] == "dpgov-flchain" and gate["version"] == data["model_version"]
     assert "approvals" in gate["failing"]
     assert [b["block"] for b in data["budgets"]] == ["1995", "1996", "1997", "1998-2003"]
+    # the demo's data is versioned with DVC and pushed: its audit finds nothing to report
+    assert data["data"]["dvc"]["added"] == ["prepared/flchain"] and data["data"]["dvc"]["pushed"]
+    code, out, err = _dpgov(monkeypatch, capsys, "audit", "--json")
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["findings"] == []
+    [found] = report["dvc"]["versions"]
+    assert found["data_version"] == data["plan"]["data_version"]
+    assert found["found_in"].startswith("DVC remote")
