@@ -95,9 +95,12 @@ class Cohort:
 
 
 @pytest.fixture
-def cohort(tmp_path: Path, home: Path) -> Callable[..., Cohort]:
+def cohort(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Cohort]:
     """``cohort(arrivals=[[2001, 2002], [2003, 2004]])``: a git+DVC repository whose remote is
-    $DPGOV_HOME/dvc-remote, and one arrival file per group of years."""
+    $DPGOV_HOME/dvc-remote, and one arrival file per group of years. The test then works from
+    the repository's root, as a user would (validations land in its ``data/validation``)."""
 
     def make(
         arrivals: list[list[int]] | None = None, n: int = 800, dataset: str = "synth"
@@ -107,6 +110,7 @@ def cohort(tmp_path: Path, home: Path) -> Callable[..., Cohort]:
 
         groups = arrivals or [[2001, 2002], [2003, 2004]]
         root = init_repo(tmp_path / "repo")
+        monkeypatch.chdir(root)
         table = make_tabular(n, n_blocks=4, start_year=2001, seed=1)
         folder = tmp_path / "arrivals"
         folder.mkdir()
