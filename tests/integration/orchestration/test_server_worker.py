@@ -27,8 +27,7 @@ import yaml
 
 from tests.integration.orchestration.conftest import small_train, write_policy
 
-# one worker runs the module in order: the schedule test takes over the worker test's world
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("server-worker")]
+pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 POOL = "gpu-test"
@@ -202,7 +201,15 @@ def _retrain(w: World) -> dict[str, Any]:
     return w.dpgov("flows", "run", "retraining/dpgov-retraining", "--wait", "240")
 
 
-def test_worker_runs_retraining_over_two_data_versions(world: World) -> None:
+def test_worker_runs_retraining_then_schedule_takes_over(world: World) -> None:
+    """A worker runs the deployments over two data versions; then ``dpgov schedule --cron``
+    serves the same deployments from its own process (one test: the second half needs the
+    first half's world)."""
+    _worker_runs_retraining_over_two_data_versions(world)
+    _schedule_serves_the_deployments_from_its_own_process(world)
+
+
+def _worker_runs_retraining_over_two_data_versions(world: World) -> None:
     from dpgov.ledger import Ledger
 
     w = world
@@ -264,14 +271,12 @@ def test_worker_runs_retraining_over_two_data_versions(world: World) -> None:
         led.close()
 
 
-def test_schedule_serves_the_deployments_from_its_own_process(world: World) -> None:
-    """After the worker test: ``dpgov schedule --cron`` takes the deployments over and runs a
-    triggered retraining itself (no new data since: skipped, on record)."""
+def _schedule_serves_the_deployments_from_its_own_process(world: World) -> None:
+    """After the worker's runs: ``dpgov schedule --cron`` takes the deployments over and runs
+    a triggered retraining itself (no new data since: skipped, on record)."""
     from dpgov.ledger import Ledger
 
     w = world
-    if not (w.home / "ledger.db").exists():
-        pytest.skip("needs the data of the worker test")
     served = w.start(
         "serve",
         str(BIN / "dpgov"),
