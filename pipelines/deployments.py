@@ -150,23 +150,26 @@ def deploy_to_pool(pool: str, deployments: list[RunnerDeployment]) -> list[dict[
     ``pool``; the pool is created as a process pool when it does not exist."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
     with get_client(sync_client=True) as client:
+        created = False
         try:
             work_pool = client.read_work_pool(pool)
-            created = False
         except ObjectNotFound:
-            work_pool = client.create_work_pool(
-                WorkPoolCreate(
-                    name=pool,
-                    type="process",
-                    base_job_template=ProcessWorker.get_default_base_job_template(),
-                    description="dpgov workers (GPU nodes: `prefect worker start -p POOL`)",
+            try:
+                work_pool = client.create_work_pool(
+                    WorkPoolCreate(
+                        name=pool,
+                        type="process",
+                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                        description="dpgov workers (GPU nodes: `prefect worker start -p POOL`)",
+                    )
                 )
-            )
-            created = True
+                created = True
+            except ObjectAlreadyExists:  # a worker started meanwhile created it
+                work_pool = client.read_work_pool(pool)
     out = []
     for d in deployments:
         deployment_id = d.apply(work_pool_name=pool)

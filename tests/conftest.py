@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,24 @@ POSTGRES_URL = os.environ.get(
     "DPGOV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow SQLite store, created once per session and copied into each
+    test's home (creating the tables costs a second or two per store)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def home(dpgov_home: Path, mlflow_store_template: Path) -> Path:
+    """``dpgov_home`` with the migrated MLflow store copied in."""
+    shutil.copy(mlflow_store_template, dpgov_home / "mlflow.db")
+    return dpgov_home
 
 
 @pytest.fixture

@@ -89,29 +89,34 @@ def read(uri: str) -> Tables:
         raise NotReadable(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
     try:
         with engine.connect() as conn:
-            _check_schema(conn)
-            return _read(conn, uri)
+            return _read(conn, uri, _check_schema(conn))
     except sa.exc.SQLAlchemyError as err:
         raise NotReadable(str(err).splitlines()[0]) from err
     finally:
         engine.dispose()
 
 
-def _check_schema(conn: Any) -> None:
+def _check_schema(conn: Any) -> set[str]:
+    """NotReadable unless every table and column read here exists; returns the tables that
+    have MLflow's ``workspace`` column."""
     import sqlalchemy as sa
 
     inspector = sa.inspect(conn)
     present = set(inspector.get_table_names())
+    scoped = set()
     for table, needed in COLUMNS.items():
         if table not in present:
             raise NotReadable(f"no table {table}")
         have = {c["name"] for c in inspector.get_columns(table)}
         if not needed <= have:
             raise NotReadable(f"table {table} lacks {sorted(needed - have)}")
+        if "workspace" in have:
+            scoped.add(table)
     if "workspaces" in present:
         names = {r[0] for r in conn.execute(sa.text("SELECT name FROM workspaces"))}
         if names - {DEFAULT_WORKSPACE}:
             raise NotReadable("more than one workspace")
+    return scoped
 
 
 def _rows(conn: Any, sql: str) -> list[Any]:
@@ -120,7 +125,7 @@ def _rows(conn: Any, sql: str) -> list[Any]:
     return list(conn.execute(sa.text(sql)))
 
 
-def _read(conn: Any, uri: str) -> Tables:
+def _read(conn: Any, uri: str, scoped: set[str]) -> Tables:
     from dpgov.report.collect import ModelRecord, RunRecord, VersionRecord, millis_iso
     from dpgov.tracking.anchor import ANCHOR_EXPERIMENT
 
@@ -171,23 +176,25 @@ def _read(conn: Any, uri: str) -> Tables:
     out.anchors = _anchors(conn, anchor_runs, params, tags)
 
     model_tags: dict[str, dict[str, str]] = defaultdict(dict)
-    for r in _rows(conn, _in_workspace(conn, "SELECT name, key, value FROM registered_model_tags")):
+    for r in _rows(
+        conn, _in_workspace(scoped, "SELECT name, key, value FROM registered_model_tags")
+    ):
         model_tags[r.name][r.key] = r.value
     aliases: dict[str, dict[str, str]] = defaultdict(dict)
     for r in _rows(
-        conn, _in_workspace(conn, "SELECT name, alias, version FROM registered_model_aliases")
+        conn, _in_workspace(scoped, "SELECT name, alias, version FROM registered_model_aliases")
     ):
         aliases[r.name][str(r.alias)] = str(r.version)
     version_tags: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for r in _rows(
-        conn, _in_workspace(conn, "SELECT name, version, key, value FROM model_version_tags")
+        conn, _in_workspace(scoped, "SELECT name, version, key, value FROM model_version_tags")
     ):
         version_tags[(r.name, str(r.version))][r.key] = r.value
     versions: dict[str, dict[str, VersionRecord]] = defaultdict(dict)
     for r in _rows(
         conn,
         _in_workspace(
-            conn,
+            scoped,
             "SELECT name, version, run_id, source, creation_time, current_stage "
             "FROM model_versions",
         ),
@@ -203,7 +210,7 @@ def _read(conn: Any, uri: str) -> Tables:
             source=r.source,
             created=millis_iso(r.creation_time) or "",
         )
-    for r in _rows(conn, _in_workspace(conn, "SELECT name FROM registered_models")):
+    for r in _rows(conn, _in_workspace(scoped, "SELECT name FROM registered_models")):
         out.models.append(
             ModelRecord(
                 name=str(r.name),
@@ -216,13 +223,10 @@ def _read(conn: Any, uri: str) -> Tables:
     return out
 
 
-def _in_workspace(conn: Any, sql: str) -> str:
-    """``sql`` limited to MLflow's default workspace where the store has workspaces."""
-    import sqlalchemy as sa
-
+def _in_workspace(scoped: set[str], sql: str) -> str:
+    """``sql`` limited to MLflow's default workspace where its table has workspaces."""
     table = sql.rsplit(" FROM ", 1)[1].strip()
-    columns = {c["name"] for c in sa.inspect(conn).get_columns(table)}
-    return f"{sql} WHERE workspace = '{DEFAULT_WORKSPACE}'" if "workspace" in columns else sql
+    return f"{sql} WHERE workspace = '{DEFAULT_WORKSPACE}'" if table in scoped else sql
 
 
 def _anchors(

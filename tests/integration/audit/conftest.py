@@ -32,16 +32,6 @@ MODEL = "audit-model"
 DATASET = "synth"
 
 
-@pytest.fixture(scope="session")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated MLflow SQLite store (creating the tables costs a second or two)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("audit-mlflow") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @dataclass
 class World:
     root: Path

@@ -18,11 +18,11 @@ A, B = "a" * 64, "b" * 64
 
 
 @pytest.fixture
-def store(mlflow_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def store(mlflow_store_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     import shutil
 
     monkeypatch.setenv("DPGOV_HOME", str(tmp_path))
-    shutil.copy(mlflow_store, tmp_path / "mlflow.db")
+    shutil.copy(mlflow_store_template, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 

@@ -90,11 +90,15 @@ def build(url: str, home: Path, world: Any) -> Small:
 
 @pytest.fixture
 def small(
-    ledger_url: str, world: Any, mlflow_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ledger_url: str,
+    world: Any,
+    mlflow_store_template: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Small:
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(mlflow_store, home / "mlflow.db")
+    shutil.copy(mlflow_store_template, home / "mlflow.db")
     monkeypatch.setenv("DPGOV_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     monkeypatch.setenv("DPGOV_LEDGER_URL", ledger_url)
@@ -204,17 +208,17 @@ def test_a_truncated_ledger_is_found_through_the_anchors(small, capsys, monkeypa
 
 
 def test_with_the_hmac_key_a_rewrite_is_found_without_anchors(
-    ledger_url, world, mlflow_store, tmp_path, capsys, monkeypatch
+    ledger_url, world, mlflow_store_template, tmp_path, capsys, monkeypatch
 ):
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(mlflow_store, home / "mlflow.db")  # an anchor store, but wiped below
+    shutil.copy(mlflow_store_template, home / "mlflow.db")  # an anchor store, but wiped below
     monkeypatch.setenv("DPGOV_HOME", str(home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     monkeypatch.setenv("DPGOV_LEDGER_URL", ledger_url)
     monkeypatch.setenv("DPGOV_LEDGER_HMAC_KEY", HMAC_KEY)
     small = build(ledger_url, home, world)
-    shutil.copy(mlflow_store, home / "mlflow.db")  # the anchors are gone too
+    shutil.copy(mlflow_store_template, home / "mlflow.db")  # the anchors are gone too
     _rewrite(small)
     code, report, _ = run_audit(small, capsys, monkeypatch)
     assert code == 1

@@ -12,19 +12,11 @@ import numpy as np
 import pytest
 
 from dpgov.ledger import Ledger
+from tests.cli import run_dpgov
 
 
 def dpgov(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from dpgov.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["dpgov", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_dpgov(monkeypatch, capsys, *args)
 
 
 @pytest.fixture

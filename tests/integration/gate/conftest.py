@@ -24,17 +24,6 @@ from dpgov.gate.facts import CandidateFacts  # noqa: E402
 BLOCKS = ["1995", "1996"]
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated MLflow SQLite store, created once and copied into each test's home
-    (creating the tables costs a second or two per store)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @dataclass
 class Env:
     home: Path
@@ -150,12 +139,12 @@ class Env:
 
 
 @pytest.fixture
-def env(dpgov_home: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+def env(dpgov_home: Path, mlflow_store_template: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     from mlflow import MlflowClient
 
     from dpgov.ledger import Ledger
 
-    shutil.copy(mlflow_template, dpgov_home / "mlflow.db")
+    shutil.copy(mlflow_store_template, dpgov_home / "mlflow.db")
     uri = f"sqlite:///{dpgov_home / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = client.create_experiment("gate-tests", artifact_location=str(dpgov_home / "mlartifacts"))

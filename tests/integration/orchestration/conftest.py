@@ -4,7 +4,6 @@ year blocks."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +23,6 @@ REPO = Path(__file__).resolve().parents[3]
 def prefect_api() -> Iterator[str]:
     """The Prefect test harness: started once per test session (never nested)."""
     yield from harness.session()
-
-
-@pytest.fixture(scope="session")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated MLflow SQLite store, copied into each test's home."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def home(dpgov_home: Path, mlflow_store: Path) -> Path:
-    shutil.copy(mlflow_store, dpgov_home / "mlflow.db")
-    return dpgov_home
 
 
 def small_train(**over: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@ name (unknown names: exit 2)."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,25 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cli import run_dpgov
 from tests.integration.orchestration.conftest import Cohort, write_policy
 
 
 def _dpgov(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, str, str]:
-    from dpgov.cli import main
-    from pipelines.runtime import env_defaults
-
-    for key, value in env_defaults(Path(".")).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(sys, "argv", ["dpgov", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as err:
-        code = int(err.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_dpgov(monkeypatch, capsys, *args, prefect_defaults=True)
 
 
 def _open_policy(folder: Path) -> Path:

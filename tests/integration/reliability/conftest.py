@@ -35,22 +35,12 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return prepared, root / "raw" / "synthetic.csv", root / "raw" / "synthetic.yaml"
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated MLflow SQLite store (migrating one costs ~2 s)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
-def world(tmp_path: Path, cohort: tuple[Path, Path, Path], mlflow_template: Path) -> World:
+def world(tmp_path: Path, cohort: tuple[Path, Path, Path], mlflow_store_template: Path) -> World:
     """An isolated installation: SQLite ledger and MLflow store in a fresh home."""
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(mlflow_template, home / "mlflow.db")
+    shutil.copy(mlflow_store_template, home / "mlflow.db")
     prepared, raw, contract = cohort
     return World(
         home=home,

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.reliability.helpers import (
+    LEDGER_BROKEN,
     World,
     dpgov,
     recomputed_epsilon,
@@ -29,18 +30,7 @@ PROCESSES = 16
 TRAINERS = 2  # of the 16, these run the whole governed pipeline
 LIMIT = 1.5  # ε per block: three runs of σ = 2 fit (PLD composes them to 1.47)
 ROUNDS = int(os.environ.get("DPGOV_RACE_ROUNDS", "1"))  # reservations per job: 2 × ROUNDS
-BROKEN = {
-    "chain_broken",
-    "row_corrupted",
-    "replay_inconsistent",
-    "projection_mismatch",
-    "projection_unreadable",
-    "epsilon_mismatch",
-    "block_over_budget",
-    "run_without_charges",
-    "run_charge_mismatch",
-    "charge_without_run",
-}
+BROKEN = LEDGER_BROKEN
 
 
 def test_sixteen_processes_never_overspend(

@@ -21,6 +21,8 @@ import pytest
 
 from dpgov.accounting import epsilon
 from tests.integration.reliability.helpers import (
+    LEDGER_BROKEN,
+    RELEASE_BROKEN,
     World,
     dpgov,
     recomputed_epsilon,
@@ -33,23 +35,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
 MODEL = "rel-model"
 PLANNED_STEPS = 8  # 480 training patients, batch 64: q = 1/8, 8 steps in one epoch
-# Findings that would mean a fault broke something; the others describe the test world
-# (synthetic data is not in DVC; commits are not anchored by training).
-BROKEN = {
-    "chain_broken",
-    "row_corrupted",
-    "replay_inconsistent",
-    "projection_mismatch",
-    "projection_unreadable",
-    "epsilon_mismatch",
-    "block_over_budget",
-    "alias_outside_gate",
-    "release_without_decision",
-    "release_without_approvals",
-    "run_without_charges",
-    "run_charge_mismatch",
-    "charge_without_run",
-}
+BROKEN = LEDGER_BROKEN | RELEASE_BROKEN
 
 
 def _env(env: dict[str, str | None]) -> dict[str, str]:

@@ -86,7 +86,7 @@ class Target:
 def target(
     tmp_path_factory: pytest.TempPathFactory,
     cohort: tuple[Path, Path, Path],
-    mlflow_template: Path,
+    mlflow_store_template: Path,
     zygote: Zygote,
 ) -> Iterator[Target]:
     """A world with blocks, a pending and a committed reservation, and a model version from a
@@ -94,7 +94,7 @@ def target(
     tmp = tmp_path_factory.mktemp("hostile")
     home = tmp / "home"
     home.mkdir()
-    shutil.copy(mlflow_template, home / "mlflow.db")
+    shutil.copy(mlflow_store_template, home / "mlflow.db")
     prepared, raw, contract = cohort
     world = World(
         home=home,

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from tests.integration.reliability.helpers import (
+    LEDGER_BROKEN,
+    RELEASE_BROKEN,
     REPO,
     Services,
     World,
@@ -34,26 +36,9 @@ from tests.integration.reliability.zygote import Zygote
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
 MODEL = "rel-model"
-# Findings that would mean something is broken (the others describe this world: the synthetic
-# data is not in DVC, and commits are anchored only on demand).
-BROKEN = {
-    "chain_broken",
-    "row_corrupted",
-    "anchor_mismatch",
-    "ledger_truncated",
-    "replay_inconsistent",
-    "projection_mismatch",
-    "projection_unreadable",
-    "epsilon_mismatch",
-    "block_over_budget",
-    "alias_outside_gate",
-    "release_without_decision",
-    "release_without_approvals",
-    "run_without_charges",
-    "run_charge_mismatch",
-    "charge_without_run",
-    "tracking_unavailable",
-}
+BROKEN = (
+    LEDGER_BROKEN | RELEASE_BROKEN | {"anchor_mismatch", "ledger_truncated", "tracking_unavailable"}
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,14 @@ dpgov home; the command line is run in-process through its real entry point."""
 
 from __future__ import annotations
 
-import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.cli import run_dpgov
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -24,22 +24,6 @@ TRAIN = {
     "device": "cpu",
     "experiment": "sweep-test",
 }
-
-
-@pytest.fixture(scope="session")
-def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated MLflow SQLite store (creating tables costs ~2 s per store)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("sweep-mlflow-store") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def home(dpgov_home: Path, mlflow_store_template: Path) -> Path:
-    shutil.copy(mlflow_store_template, dpgov_home / "mlflow.db")
-    return dpgov_home
 
 
 @pytest.fixture
@@ -96,15 +80,6 @@ def dpgov(
     """Run ``dpgov ARGS`` in-process: (exit code, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
-        from dpgov.cli import main
-
-        monkeypatch.setattr(sys, "argv", ["dpgov", *args])
-        code = 0
-        try:
-            main()
-        except SystemExit as err:
-            code = int(err.code or 0)
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return run_dpgov(monkeypatch, capsys, *args)
 
     return run

@@ -3,7 +3,6 @@ tmp dpgov home."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,23 +11,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="session")
-def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated MLflow SQLite store (creating tables costs ~2 s per store)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def home(dpgov_home: Path, mlflow_store_template: Path) -> Path:
-    """``dpgov_home`` with the migrated MLflow store copied in."""
-    shutil.copy(mlflow_store_template, dpgov_home / "mlflow.db")
-    return dpgov_home
 
 
 @pytest.fixture

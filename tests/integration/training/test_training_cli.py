@@ -5,7 +5,6 @@ on the session's one test harness, with prepared data on disk read by
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cli import run_dpgov
 from tests.integration.orchestration import harness
 
 REPO = Path(__file__).resolve().parents[3]
@@ -27,19 +27,7 @@ def prefect_api() -> Iterator[str]:
 def _dpgov(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, str, str]:
-    from dpgov.cli import main
-    from pipelines.runtime import env_defaults
-
-    for key, value in env_defaults(Path(".")).items():  # restored after the test
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(sys, "argv", ["dpgov", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as err:
-        code = int(err.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_dpgov(monkeypatch, capsys, *args, prefect_defaults=True)
 
 
 @pytest.fixture(autouse=True)

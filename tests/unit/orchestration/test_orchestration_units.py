@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 from dpgov.errors import UsageError
+from tests.cli import run_dpgov
 from tests.integration.orchestration import harness
 
 harness.import_prefect()  # with the real stderr (see harness.import_prefect)
@@ -185,16 +185,7 @@ def test_decision_markdown_lists_failing_checks_first() -> None:
 
 
 def _dpgov(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str):
-    from dpgov.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["dpgov", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as err:
-        code = int(err.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_dpgov(monkeypatch, capsys, *args)
 
 
 @pytest.mark.parametrize(
