@@ -1,7 +1,7 @@
 """Benchmark: prepare + validate end to end, beside plain pandas doing the same checks.
 
 Two datasets: the bundled flchain cohort (7,679 rows) and a generated 1,000,000-row table
-(``dpgov.data.synthetic.make_tabular``, written as Parquet). For each:
+(``dpgov.testing.sources.make_tabular``, written as Parquet). For each:
 
 - prepare: read, type, pseudonymise, split, block, encode, write Parquet, DVC md5, register the
   blocks in a (temporary) SQLite ledger;
@@ -204,7 +204,7 @@ def main() -> None:
 
     gx_import = time.perf_counter() - t
     from dpgov.data import DataParams
-    from dpgov.data.synthetic import make_tabular, tabular_contract, write_yaml
+    from dpgov.testing.sources import make_tabular, tabular_contract, write_yaml
 
     repo = Path(__file__).resolve().parents[1]
     rows: list[dict[str, Any]] = []

@@ -44,7 +44,7 @@ def _flchain(home: Path) -> Any:
 
 
 def _images(n_train: int, n_test: int) -> Any:
-    from dpgov.training.synthetic import make_images
+    from dpgov.testing.memory import make_images
 
     return make_images(n_train=n_train, n_test=n_test, size=28, seed=0)
 

@@ -107,11 +107,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     from dpgov.gate.promotion import promote
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
+    from dpgov.testing.memory import make_tabular
     from dpgov.tracking.anchor import record_anchor, record_head
     from dpgov.tracking.registry import Registry
     from dpgov.training.governed import run_governed
     from dpgov.training.params import parse_params
-    from dpgov.training.synthetic import make_tabular
 
     root = tmp_path_factory.mktemp("audit-world")
     home, repo = root / "home", root / "repo"

@@ -80,7 +80,7 @@ def test_missing_data_file_exits_2_with_one_line(project, monkeypatch, capsys) -
 
 
 def test_unknown_contract_key_exits_2_naming_it(project, monkeypatch, capsys) -> None:
-    from dpgov.data.synthetic import tabular_contract, write_tabular, write_yaml
+    from dpgov.testing.sources import tabular_contract, write_tabular, write_yaml
 
     data, _ = write_tabular(project / "raw", 50)
     bad = tabular_contract()
@@ -96,7 +96,7 @@ def test_unknown_contract_key_exits_2_naming_it(project, monkeypatch, capsys) ->
 def test_nan_labels_exit_2_naming_file_and_column(project, monkeypatch, capsys) -> None:
     import pandas as pd
 
-    from dpgov.data.synthetic import write_tabular
+    from dpgov.testing.sources import write_tabular
 
     data, contract = write_tabular(project / "raw", 60)
     table = pd.read_csv(data)
@@ -122,7 +122,7 @@ def test_data_without_contract_exits_2(project, monkeypatch, capsys) -> None:
 
 
 def test_own_csv_prepares_and_validates(project, monkeypatch, capsys) -> None:
-    from dpgov.data.synthetic import write_tabular
+    from dpgov.testing.sources import write_tabular
 
     data, contract = write_tabular(project / "raw", 400, dataset="mine")
     code, out, _ = dpgov(
@@ -153,7 +153,7 @@ def test_own_csv_prepares_and_validates(project, monkeypatch, capsys) -> None:
 
 
 def test_images_prepare_and_validate_from_the_command_line(project, monkeypatch, capsys) -> None:
-    from dpgov.data.synthetic import write_images
+    from dpgov.testing.sources import write_images
 
     npz, contract, meta = write_images(project / "raw", n_train=60, n_val=10, n_test=50)
     args = ["--data", str(npz), "--contract", str(contract), "--metadata", str(meta), "--json"]

@@ -89,7 +89,7 @@ def test_dvc_repro_from_a_fresh_checkout_records_the_data_version(
 
 def test_data_version_equals_dvc_add_on_image_outputs(checkout, env, tmp_path) -> None:
     from dpgov.data import prepare
-    from dpgov.data.synthetic import write_images
+    from dpgov.testing.sources import write_images
 
     npz, contract, meta = write_images(tmp_path / "raw", n_train=20, n_val=5, n_test=10)
     result = prepare(npz, contract, metadata=meta, out=checkout / "images", register=False)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from dpgov.data import DataParams, data_version, prepare
-from dpgov.data.synthetic import write_tabular
 from dpgov.errors import UsageError
 from dpgov.ledger import Ledger
+from dpgov.testing.sources import write_tabular
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def cohort(
         arrivals: list[list[int]] | None = None, n: int = 800, dataset: str = "synth"
     ) -> Cohort:
         from dpgov.data.ingest import init_repo
-        from dpgov.data.synthetic import make_tabular, tabular_contract, write_yaml
+        from dpgov.testing.sources import make_tabular, tabular_contract, write_yaml
 
         groups = arrivals or [[2001, 2002], [2003, 2004]]
         root = init_repo(tmp_path / "repo")

@@ -147,7 +147,7 @@ def _cohort(w: World) -> dict[str, Any]:
     """A git+DVC repository, two arrival files (years 2001-2002, then 2003-2004), params and
     a policy whose budget one run nearly spends."""
     from dpgov.data.ingest import init_repo
-    from dpgov.data.synthetic import make_tabular, tabular_contract, write_yaml
+    from dpgov.testing.sources import make_tabular, tabular_contract, write_yaml
 
     repo = init_repo(w.tmp / "repo", remote=w.home / "dvc-remote")
     table = make_tabular(800, n_blocks=4, start_year=2001, seed=1)

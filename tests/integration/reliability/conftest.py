@@ -28,7 +28,7 @@ def zygote() -> Iterator[Zygote]:
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A prepared synthetic cohort of 600 patients in 4 year blocks: (prepared, raw, contract)."""
-    from dpgov.data.synthetic import make_prepared
+    from dpgov.testing.sources import make_prepared
 
     root = tmp_path_factory.mktemp("cohort")
     prepared = make_prepared(root, n=600)

@@ -681,7 +681,7 @@ def contract_text(draw: Any, contract: dict[str, Any]) -> bytes:
 @pytest.fixture(scope="module")
 def raw_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     """A small cohort CSV (240 patients, 4 year blocks) and its contract."""
-    from dpgov.data.synthetic import tabular_contract, write_tabular
+    from dpgov.testing.sources import tabular_contract, write_tabular
 
     data, contract = write_tabular(
         tmp_path_factory.mktemp("raw"), 240, dataset="fz", min_block=5, min_subgroup=2

@@ -28,7 +28,7 @@ TRAIN = {
 
 @pytest.fixture
 def data() -> Any:
-    from dpgov.training.synthetic import make_tabular
+    from dpgov.testing.memory import make_tabular
 
     return make_tabular(n_train=300, n_test=200, blocks=2, seed=0)
 
@@ -36,7 +36,7 @@ def data() -> Any:
 @pytest.fixture
 def params_file(tmp_path: Path, data: Any) -> Callable[..., Path]:
     """The synthetic data on disk and a params file pointing at it."""
-    from dpgov.training.synthetic import write_prepared
+    from dpgov.testing.memory import write_prepared
 
     folder = write_prepared(data, tmp_path / "prepared" / "synth")
 

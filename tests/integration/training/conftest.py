@@ -29,7 +29,7 @@ def write_policy(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def small_data() -> Any:
-    from dpgov.training.synthetic import make_tabular
+    from dpgov.testing.memory import make_tabular
 
     return make_tabular(n_train=300, n_test=200, blocks=2, seed=0)
 

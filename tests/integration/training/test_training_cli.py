@@ -46,7 +46,7 @@ def params_file(tmp_path: Path) -> Callable[..., Path]:
     them (data: for validation, train: for the run)."""
     from dpgov.data import prepare
     from dpgov.data.params import DataParams
-    from dpgov.data.synthetic import write_tabular
+    from dpgov.testing.sources import write_tabular
 
     source, contract = write_tabular(
         tmp_path / "raw", 500, dataset="synth", min_block=20, min_subgroup=5

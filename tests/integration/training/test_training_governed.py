@@ -265,7 +265,7 @@ def test_cnn_on_images_runs_governed_with_per_sample_hooks(
     small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
-    from dpgov.training.synthetic import make_images
+    from dpgov.testing.memory import make_images
 
     data = make_images(n_train=160, n_test=80, size=12)
     params = small_params(model="cnn", epochs=1, batch_size=32, min_group_n=5)

@@ -22,7 +22,7 @@ import sys
 from dpgov.ledger import Ledger
 from dpgov.training.governed import run_governed
 from dpgov.training.params import parse_params
-from dpgov.training.synthetic import make_tabular
+from dpgov.testing.memory import make_tabular
 
 def report(steps, loss):
     print(f"STEP {steps}", flush=True)

@@ -40,9 +40,9 @@ def governed_run(
     tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path
 ) -> Iterator[tuple[Any, Any, Path]]:
     from dpgov.ledger import Ledger
+    from dpgov.testing.memory import make_tabular
     from dpgov.training.governed import run_governed
     from dpgov.training.params import parse_params
-    from dpgov.training.synthetic import make_tabular
 
     root = tmp_path_factory.mktemp("governed")
     home = root / "dpgov-home"

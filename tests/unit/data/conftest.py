@@ -12,7 +12,7 @@ import yaml
 @pytest.fixture
 def contract_dict() -> dict[str, Any]:
     """A small tabular contract (a fresh copy for each test to change)."""
-    from dpgov.data.synthetic import tabular_contract
+    from dpgov.testing.sources import tabular_contract
 
     return tabular_contract("small", min_block=5, min_subgroup=2)
 
@@ -30,7 +30,7 @@ def write_contract(tmp_path: Path):
 @pytest.fixture
 def small_table():
     """40 patients over two years, clean."""
-    from dpgov.data.synthetic import make_tabular
+    from dpgov.testing.sources import make_tabular
 
     return make_tabular(40, n_blocks=2, seed=1)
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from dpgov.data import DataParams, data_version, load_prepared, prepare
-from dpgov.data.synthetic import write_images, write_tabular
 from dpgov.errors import UsageError
+from dpgov.testing.sources import write_images, write_tabular
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_age_bands_are_labelled_by_edges() -> None:
 def test_a_feature_named_like_a_prepared_column_is_renamed(
     tmp_path, contract_dict, write_contract
 ) -> None:
-    from dpgov.data.synthetic import make_tabular
+    from dpgov.testing.sources import make_tabular
 
     table = make_tabular(100, n_blocks=1)
     table["sex"] = (table["sex"] == "M").astype(int)

@@ -178,7 +178,7 @@ def test_bundled_flchain_is_the_five_year_task() -> None:
 
 
 def test_image_npz_without_required_array_is_named(tmp_path) -> None:
-    from dpgov.data.synthetic import image_contract
+    from dpgov.testing.sources import image_contract
 
     path = tmp_path / "x.npz"
     np.savez(path, train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros((2, 1)))
@@ -187,7 +187,7 @@ def test_image_npz_without_required_array_is_named(tmp_path) -> None:
 
 
 def test_image_metadata_naming_an_absent_image_is_named(tmp_path) -> None:
-    from dpgov.data.synthetic import image_contract, make_images
+    from dpgov.testing.sources import image_contract, make_images
 
     npz, meta = make_images(tmp_path / "x.npz", n_train=4, n_val=2, n_test=2)
     table = pd.read_csv(meta)
@@ -202,7 +202,7 @@ def test_image_metadata_naming_an_absent_image_is_named(tmp_path) -> None:
 
 
 def test_color_images_become_nchw(tmp_path) -> None:
-    from dpgov.data.synthetic import image_contract, make_images
+    from dpgov.testing.sources import image_contract, make_images
 
     npz, _ = make_images(
         tmp_path / "x.npz", n_train=4, n_val=2, n_test=3, channels=3, metadata=False

@@ -8,9 +8,9 @@ import pytest
 
 from dpgov.data import DataParams, load_prepared, prepare, validate
 from dpgov.data.contract import load_contract
-from dpgov.data.synthetic import write_images, write_tabular
 from dpgov.data.validation import prepared_checks
 from dpgov.errors import UsageError
+from dpgov.testing.sources import write_images, write_tabular
 
 
 @pytest.fixture

@@ -171,7 +171,7 @@ def test_date_columns_fail(small_table, contract_dict) -> None:
 
 
 def test_record_number_like_integers_fail(contract_dict) -> None:
-    from dpgov.data.synthetic import make_tabular
+    from dpgov.testing.sources import make_tabular
 
     table = make_tabular(120, n_blocks=2)
     contract_dict["columns"]["ref"] = {"type": "integer"}

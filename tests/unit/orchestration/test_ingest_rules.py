@@ -50,7 +50,7 @@ def test_block_changes_names_every_way_a_block_could_change() -> None:
 
 @pytest.fixture
 def arrivals(tmp_path: Path) -> tuple[list[Path], Path]:
-    from dpgov.data.synthetic import make_tabular, tabular_contract, write_yaml
+    from dpgov.testing.sources import make_tabular, tabular_contract, write_yaml
 
     table = make_tabular(600, n_blocks=3, start_year=2001, seed=3)
     files = []
