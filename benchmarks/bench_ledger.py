@@ -31,9 +31,11 @@ DELTA = 1e-5
 
 def random_run(rng: random.Random) -> DpSgdMechanism:
     """A retraining run as hospitals run them: a handful of configurations, varied lengths."""
-    return DpSgdMechanism(noise_multiplier=rng.choice([0.9, 1.0, 1.2, 1.5, 2.0]),
-                          sample_rate=rng.choice([0.005, 0.01, 0.02]),
-                          steps=rng.choice([50, 100, 200, 400]))
+    return DpSgdMechanism(
+        noise_multiplier=rng.choice([0.9, 1.0, 1.2, 1.5, 2.0]),
+        sample_rate=rng.choice([0.005, 0.01, 0.02]),
+        steps=rng.choice([50, 100, 200, 400]),
+    )
 
 
 def tightness(rng: random.Random) -> list[dict]:
@@ -48,9 +50,17 @@ def tightness(rng: random.Random) -> list[dict]:
         reference = ref.get_epsilon(DELTA)
         naive = sum(epsilon([r], delta=DELTA) for r in runs)
         rdp = epsilon(runs, delta=DELTA, accountant="rdp")
-        rows.append({"runs": n, "dpgov_pld": ours, "reference_pld_5e-5": reference,
-                     "ratio_to_reference": ours / reference, "rdp": rdp, "naive_sum": naive,
-                     "ratio_to_naive": ours / naive})
+        rows.append(
+            {
+                "runs": n,
+                "dpgov_pld": ours,
+                "reference_pld_5e-5": reference,
+                "ratio_to_reference": ours / reference,
+                "rdp": rdp,
+                "naive_sum": naive,
+                "ratio_to_naive": ours / naive,
+            }
+        )
     return rows
 
 
@@ -75,16 +85,24 @@ def budget_speed(charges: int, blocks: int, rng: random.Random) -> dict:
     fill = time.perf_counter() - t0
 
     env = {**os.environ, "DPGOV_LEDGER_URL": url, "DPGOV_HOME": str(home)}
+
     def cli_budget() -> tuple[float, dict]:
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "dpgov", "budget", "--json"], cwd=REPO,
-                             env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "dpgov", "budget", "--json"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return time.perf_counter() - t, json.loads(out.stdout)
 
     warm_times = [cli_budget()[0] for _ in range(3)]
     _, data = cli_budget()
     # cold: drop the composition cache, so every block is recomposed from its charges
     import sqlalchemy as sa
+
     with ledger.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM dpgov_composition_cache"))
     cold, _ = cli_budget()
@@ -98,11 +116,15 @@ def budget_speed(charges: int, blocks: int, rng: random.Random) -> dict:
     dp_alone = time.perf_counter() - t
     spent = {row["block"]: row["epsilon_spent"] for row in data["datasets"][0]["blocks"]}
     worst = max(abs(spent[b] / reference[b] - 1) for b in names)
-    return {"charges": charges, "blocks": blocks, "fill_seconds": fill,
-            "budget_cli_seconds_median": statistics.median(warm_times),
-            "budget_cli_seconds_cold_cache": cold,
-            "dp_accounting_alone_seconds": dp_alone,
-            "max_relative_difference_to_dp_accounting": worst}
+    return {
+        "charges": charges,
+        "blocks": blocks,
+        "fill_seconds": fill,
+        "budget_cli_seconds_median": statistics.median(warm_times),
+        "budget_cli_seconds_cold_cache": cold,
+        "dp_accounting_alone_seconds": dp_alone,
+        "max_relative_difference_to_dp_accounting": worst,
+    }
 
 
 def _racer(url: str, n: int, barrier, out) -> None:
@@ -134,9 +156,13 @@ def concurrency(url: str, procs: int, each: int) -> dict:
         p.join()
     assert ledger.verify().ok
     lats.sort()
-    return {"processes": procs, "reservations": len(lats), "per_second": len(lats) / wall,
-            "latency_p50_ms": 1000 * lats[len(lats) // 2],
-            "latency_p95_ms": 1000 * lats[int(len(lats) * 0.95) - 1]}
+    return {
+        "processes": procs,
+        "reservations": len(lats),
+        "per_second": len(lats) / wall,
+        "latency_p50_ms": 1000 * lats[len(lats) // 2],
+        "latency_p95_ms": 1000 * lats[int(len(lats) * 0.95) - 1],
+    }
 
 
 def main() -> None:
@@ -145,8 +171,12 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--procs", type=int, default=8)
     ap.add_argument("--each", type=int, default=10)
-    ap.add_argument("--postgres", default=os.environ.get(
-        "DPGOV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    ap.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "DPGOV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        ),
+    )
     args = ap.parse_args()
     rng = random.Random(7)
     tight = tightness(rng)
@@ -155,50 +185,74 @@ def main() -> None:
     conc = [("SQLite", concurrency(f"sqlite:///{home / 'c.db'}", args.procs, args.each))]
     try:
         import sqlalchemy as sa
+
         schema = f"bench_{int(time.time())}"
         eng = sa.create_engine(args.postgres)
         with eng.begin() as c:
             c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        conc.append(("PostgreSQL", concurrency(
-            f"{args.postgres}?options=-csearch_path%3D{schema}", args.procs, args.each)))
+        conc.append(
+            (
+                "PostgreSQL",
+                concurrency(
+                    f"{args.postgres}?options=-csearch_path%3D{schema}", args.procs, args.each
+                ),
+            )
+        )
         with eng.begin() as c:
             c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     except Exception as err:  # report, don't hide
         conc.append(("PostgreSQL", {"error": str(err).splitlines()[0]}))
 
-    lines = [f"## Ledger and accounting ({stamp()})", "",
-             f"Machine: {machine()}.",
-             f"Command: `.venv/bin/python benchmarks/bench_ledger.py --charges {args.charges} "
-             f"--blocks {args.blocks} --procs {args.procs} --each {args.each}`", "",
-             "### Tightness (δ = 1e-5, random retraining histories)", "",
-             "| runs | dpgov PLD ε | reference PLD (5e-5) | ratio (target ≤ 1.01) | RDP ε | "
-             "naive sum ε | dpgov / naive |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Ledger and accounting ({stamp()})",
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `.venv/bin/python benchmarks/bench_ledger.py --charges {args.charges} "
+        f"--blocks {args.blocks} --procs {args.procs} --each {args.each}`",
+        "",
+        "### Tightness (δ = 1e-5, random retraining histories)",
+        "",
+        "| runs | dpgov PLD ε | reference PLD (5e-5) | ratio (target ≤ 1.01) | RDP ε | "
+        "naive sum ε | dpgov / naive |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in tight:
-        lines.append(f"| {r['runs']} | {r['dpgov_pld']:.4f} | {r['reference_pld_5e-5']:.4f} | "
-                     f"{r['ratio_to_reference']:.4f} | {r['rdp']:.4f} | {r['naive_sum']:.3f} | "
-                     f"{r['ratio_to_naive']:.3f} |")
+        lines.append(
+            f"| {r['runs']} | {r['dpgov_pld']:.4f} | {r['reference_pld_5e-5']:.4f} | "
+            f"{r['ratio_to_reference']:.4f} | {r['rdp']:.4f} | {r['naive_sum']:.3f} | "
+            f"{r['ratio_to_naive']:.3f} |"
+        )
     s = speed
-    lines += ["", f"### `dpgov budget` over {s['charges']} charges in {s['blocks']} blocks", "",
-              "| measure | seconds |", "|---|---|",
-              f"| `dpgov budget --json`, whole process, cache warm (median of 3; target ≤ 2 s) "
-              f"| {s['budget_cli_seconds_median']:.2f} |",
-              f"| `dpgov budget --json`, cache dropped (every block recomposed) "
-              f"| {s['budget_cli_seconds_cold_cache']:.2f} |",
-              f"| dp_accounting PLDAccountant alone, same 10 compositions, same run "
-              f"| {s['dp_accounting_alone_seconds']:.2f} |",
-              f"| filling the ledger: {s['charges']} reserve + commit pairs "
-              f"| {s['fill_seconds']:.1f} |", "",
-              f"Largest relative difference between the ledger's ε and dp_accounting's: "
-              f"{s['max_relative_difference_to_dp_accounting']:.2e}.", "",
-              f"### Concurrent reservations ({args.procs} processes × {args.each}, one block)",
-              "", "| database | reservations/s | p50 latency ms | p95 latency ms |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        f"### `dpgov budget` over {s['charges']} charges in {s['blocks']} blocks",
+        "",
+        "| measure | seconds |",
+        "|---|---|",
+        f"| `dpgov budget --json`, whole process, cache warm (median of 3; target ≤ 2 s) "
+        f"| {s['budget_cli_seconds_median']:.2f} |",
+        f"| `dpgov budget --json`, cache dropped (every block recomposed) "
+        f"| {s['budget_cli_seconds_cold_cache']:.2f} |",
+        f"| dp_accounting PLDAccountant alone, same 10 compositions, same run "
+        f"| {s['dp_accounting_alone_seconds']:.2f} |",
+        f"| filling the ledger: {s['charges']} reserve + commit pairs | {s['fill_seconds']:.1f} |",
+        "",
+        f"Largest relative difference between the ledger's ε and dp_accounting's: "
+        f"{s['max_relative_difference_to_dp_accounting']:.2e}.",
+        "",
+        f"### Concurrent reservations ({args.procs} processes × {args.each}, one block)",
+        "",
+        "| database | reservations/s | p50 latency ms | p95 latency ms |",
+        "|---|---|---|---|",
+    ]
     for name, c in conc:
         if "error" in c:
             lines.append(f"| {name} | not run: {c['error']} | | |")
         else:
-            lines.append(f"| {name} | {c['per_second']:.1f} | {c['latency_p50_ms']:.0f} | "
-                         f"{c['latency_p95_ms']:.0f} |")
+            lines.append(
+                f"| {name} | {c['per_second']:.1f} | {c['latency_p50_ms']:.0f} | "
+                f"{c['latency_p95_ms']:.0f} |"
+            )
     text = "\n".join(lines) + "\n"
     (Path(__file__).parent / "RESULTS_ledger.md").write_text(text)
     print(text)

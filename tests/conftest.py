@@ -62,8 +62,12 @@ def _postgres_reason() -> str | None:
     url = make_url(POSTGRES_URL)
     try:
         psycopg.connect(
-            host=url.host, port=url.port or 5432, user=url.username, dbname=url.database,
-            password=url.password, connect_timeout=3,
+            host=url.host,
+            port=url.port or 5432,
+            user=url.username,
+            dbname=url.database,
+            password=url.password,
+            connect_timeout=3,
         ).close()
     except Exception as err:  # any failure to connect means: skip, and say why
         return f"no PostgreSQL answers at {url.render_as_string(hide_password=True)}: {err}"

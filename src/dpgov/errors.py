@@ -29,7 +29,13 @@ class BudgetExceeded(Refused):
     """A reservation would push a block past its budget."""
 
     def __init__(
-        self, *, dataset: str, block: str, requested: float, spent: float, limit: float,
+        self,
+        *,
+        dataset: str,
+        block: str,
+        requested: float,
+        spent: float,
+        limit: float,
         after: float,
     ) -> None:
         self.dataset = dataset

@@ -22,8 +22,7 @@ mechanisms = st.builds(
 )
 histories = st.lists(mechanisms, min_size=1, max_size=4)
 deltas = st.sampled_from([1e-7, 1e-6, 1e-5, 1e-4, 1e-3])
-SETTINGS = settings(max_examples=10, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def reference_pld(history: list[DpSgdMechanism], delta: float, pessimistic: bool) -> float:
@@ -31,8 +30,10 @@ def reference_pld(history: list[DpSgdMechanism], delta: float, pessimistic: bool
     composed = None
     for m in history:
         one = pld.privacy_loss_distribution.from_gaussian_mechanism(
-            standard_deviation=m.noise_multiplier, sampling_prob=m.sample_rate,
-            value_discretization_interval=fine, pessimistic_estimate=pessimistic,
+            standard_deviation=m.noise_multiplier,
+            sampling_prob=m.sample_rate,
+            value_discretization_interval=fine,
+            pessimistic_estimate=pessimistic,
             use_connect_dots=pessimistic,
         ).self_compose(m.steps)
         composed = one if composed is None else composed.compose(one)
@@ -71,7 +72,8 @@ def test_rdp_equals_dp_accountings_rdp_accountant(history, delta):
     acc = rdp.RdpAccountant()
     acc.compose(dp_event.ComposedDpEvent([m.to_dp_event() for m in history]))
     assert epsilon(history, delta=delta, accountant="rdp") == pytest.approx(
-        acc.get_epsilon(delta), rel=1e-9)
+        acc.get_epsilon(delta), rel=1e-9
+    )
 
 
 prv_mechanisms = st.builds(
@@ -103,8 +105,14 @@ def test_prv_agrees_with_the_pld_reference_within_its_error(history, delta):
 def test_calibrated_sigma_never_overshoots_the_target(prior, target, q, steps, accountant):
     delta = 1e-5
     assume(epsilon(prior, delta=delta, accountant=accountant) < target * 0.9)
-    sigma = calibrate_noise_multiplier(target_epsilon=target, delta=delta, sample_rate=q,
-                                       steps=steps, prior=prior, accountant=accountant)
+    sigma = calibrate_noise_multiplier(
+        target_epsilon=target,
+        delta=delta,
+        sample_rate=q,
+        steps=steps,
+        prior=prior,
+        accountant=accountant,
+    )
     run = DpSgdMechanism(noise_multiplier=sigma, sample_rate=q, steps=steps)
     assert epsilon([*prior, run], delta=delta, accountant=accountant) <= target
     if sigma > 0.1:  # and is tight: 3% less noise would overshoot

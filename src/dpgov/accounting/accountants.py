@@ -63,8 +63,12 @@ class PldAccountant:
         return pld.identity(value_discretization_interval=self.discretization)
 
     def single(self, mechanism: DpSgdMechanism, count: int = 1) -> Any:
-        return _pld_of(mechanism.noise_multiplier, mechanism.sample_rate,
-                       mechanism.steps * count, self.discretization)
+        return _pld_of(
+            mechanism.noise_multiplier,
+            mechanism.sample_rate,
+            mechanism.steps * count,
+            self.discretization,
+        )
 
     def add(self, state: Any, mechanism: DpSgdMechanism, count: int = 1) -> Any:
         return state.compose(self.single(mechanism, count), PLD_TAIL_MASS_TRUNCATION)
@@ -94,8 +98,11 @@ class PldAccountant:
             ],
         }
         buf = io.BytesIO()
-        np.savez(buf, remove=np.asarray(remove._probs, dtype=np.float64),
-                 add=np.asarray(add._probs, dtype=np.float64))
+        np.savez(
+            buf,
+            remove=np.asarray(remove._probs, dtype=np.float64),
+            add=np.asarray(add._probs, dtype=np.float64),
+        )
         return json.dumps(header).encode() + b"\n" + buf.getvalue()
 
     def loads(self, blob: bytes) -> Any:
@@ -110,8 +117,11 @@ class PldAccountant:
         arrays = np.load(io.BytesIO(body), allow_pickle=False)
         pmfs = [
             pld_pmf.DensePLDPmf(
-                meta["discretization"], meta["lower_loss"], arrays[key],
-                meta["infinity_mass"], meta["pessimistic"],
+                meta["discretization"],
+                meta["lower_loss"],
+                arrays[key],
+                meta["infinity_mass"],
+                meta["pessimistic"],
             )
             for meta, key in zip(header["pmfs"], ("remove", "add"), strict=True)
         ]

@@ -38,8 +38,13 @@ def calibrate_noise_multiplier(
     prior charges already use the budget up).
     """
     return calibrate_against_states(
-        target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps,
-        priors=[compose(list(prior), accountant)], accountant=accountant, tolerance=tolerance,
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        priors=[compose(list(prior), accountant)],
+        accountant=accountant,
+        tolerance=tolerance,
     )
 
 
@@ -85,8 +90,12 @@ def calibrate_against_states(
     hi = 1.0
     if acc.name != "rdp":
         try:
-            hi = min(SIGMA_MAX, _rdp_bracket(target_epsilon=min(goals), delta=delta,
-                                             sample_rate=sample_rate, steps=steps))
+            hi = min(
+                SIGMA_MAX,
+                _rdp_bracket(
+                    target_epsilon=min(goals), delta=delta, sample_rate=sample_rate, steps=steps
+                ),
+            )
         except InfeasibleBudget:
             hi = SIGMA_MAX
     g_hi = excess(hi)

@@ -21,14 +21,22 @@ GENESIS = "0" * 64
 
 def canonical(obj: Any) -> str:
     """Canonical JSON: sorted keys, no spaces, no NaN; floats written with repr (lossless)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
-def entry_hash(*, seq: int, kind: str, payload: dict[str, Any], time: str, actor: str,
-               prev_hash: str) -> str:
-    envelope = {"seq": seq, "kind": kind, "payload": payload, "time": time, "actor": actor,
-                "prev_hash": prev_hash}
+def entry_hash(
+    *, seq: int, kind: str, payload: dict[str, Any], time: str, actor: str, prev_hash: str
+) -> str:
+    envelope = {
+        "seq": seq,
+        "kind": kind,
+        "payload": payload,
+        "time": time,
+        "actor": actor,
+        "prev_hash": prev_hash,
+    }
     return hashlib.sha256(canonical(envelope).encode()).hexdigest()
 
 
@@ -55,9 +63,16 @@ class Entry:
     signature: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "kind": self.kind, "payload": self.payload, "time": self.time,
-                "actor": self.actor, "prev_hash": self.prev_hash, "hash": self.hash,
-                "signature": self.signature}
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "payload": self.payload,
+            "time": self.time,
+            "actor": self.actor,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "signature": self.signature,
+        }
 
 
 @dataclass(frozen=True)
@@ -71,13 +86,19 @@ class Verification:
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "entries": self.entries, "head": self.head,
-                "first_bad_seq": self.first_bad_seq, "reason": self.reason,
-                "unsigned": self.unsigned}
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "head": self.head,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+            "unsigned": self.unsigned,
+        }
 
 
-def verify_chain(rows: Iterable[tuple[int, str, str, str, str, str, str, str | None]],
-                 key: bytes | None = None) -> Verification:
+def verify_chain(
+    rows: Iterable[tuple[int, str, str, str, str, str, str, str | None]], key: bytes | None = None
+) -> Verification:
     """Verify rows ``(seq, kind, payload_json, time, actor, prev_hash, hash, signature)``
     given in storage order of ``seq``. Stops at the first bad entry and names it."""
     expected_prev, expected_seq, count, unsigned = GENESIS, 1, 0, 0
@@ -85,35 +106,44 @@ def verify_chain(rows: Iterable[tuple[int, str, str, str, str, str, str, str | N
     for seq, kind, payload_text, time, actor, prev_hash, digest, signature in rows:
         count += 1
 
-        def bad(reason: str, at: int = seq, n: int = count, head: str = expected_prev
-                ) -> Verification:
+        def bad(
+            reason: str, at: int = seq, n: int = count, head: str = expected_prev
+        ) -> Verification:
             return Verification(ok=False, entries=n, head=head, first_bad_seq=at, reason=reason)
 
         if seq != expected_seq:
             what = "missing (deleted?)" if seq > expected_seq else "duplicated or out of order"
-            return bad(f"expected entry {expected_seq}, found {seq}: entry {expected_seq} is "
-                       f"{what}", at=min(seq, expected_seq))
+            return bad(
+                f"expected entry {expected_seq}, found {seq}: entry {expected_seq} is {what}",
+                at=min(seq, expected_seq),
+            )
         if prev_hash != expected_prev:
-            return bad(f"entry {seq} does not follow entry {seq - 1}: its previous hash "
-                       f"{prev_hash[:12]}… differs from {expected_prev[:12]}… (inserted, "
-                       f"reordered, or the one before was altered)")
+            return bad(
+                f"entry {seq} does not follow entry {seq - 1}: its previous hash "
+                f"{prev_hash[:12]}… differs from {expected_prev[:12]}… (inserted, "
+                f"reordered, or the one before was altered)"
+            )
         try:
             payload = json.loads(payload_text)
         except (TypeError, ValueError):
             return bad(f"entry {seq}: payload is not valid JSON (edited)")
-        recomputed = entry_hash(seq=seq, kind=kind, payload=payload, time=time, actor=actor,
-                                prev_hash=prev_hash)
+        recomputed = entry_hash(
+            seq=seq, kind=kind, payload=payload, time=time, actor=actor, prev_hash=prev_hash
+        )
         if recomputed != digest:
             return bad(f"entry {seq} ({kind}): content does not match its hash (edited)")
         if key is not None:
             if signature is None:
                 if seen_signed:
-                    return bad(f"entry {seq} ({kind}): unsigned after signed entries "
-                               f"(signature stripped?)")
+                    return bad(
+                        f"entry {seq} ({kind}): unsigned after signed entries (signature stripped?)"
+                    )
                 unsigned += 1
             elif not hmac.compare_digest(signature, sign(digest, key) or ""):
-                return bad(f"entry {seq} ({kind}): HMAC signature does not match (rewritten "
-                           f"without the key)")
+                return bad(
+                    f"entry {seq} ({kind}): HMAC signature does not match (rewritten "
+                    f"without the key)"
+                )
             else:
                 seen_signed = True
         expected_prev, expected_seq = digest, seq + 1

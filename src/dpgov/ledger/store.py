@@ -60,7 +60,8 @@ from dpgov.policy.schema import Budget
 metadata = sa.MetaData()
 
 entries_t = sa.Table(
-    "dpgov_entries", metadata,
+    "dpgov_entries",
+    metadata,
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("kind", sa.String(64), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
@@ -71,7 +72,8 @@ entries_t = sa.Table(
     sa.Column("signature", sa.String(64), nullable=True),
 )
 blocks_t = sa.Table(
-    "dpgov_blocks", metadata,
+    "dpgov_blocks",
+    metadata,
     sa.Column("dataset", sa.String(200), primary_key=True),
     sa.Column("block", sa.String(200), primary_key=True),
     sa.Column("patients", sa.Integer, nullable=False),
@@ -80,7 +82,8 @@ blocks_t = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
 )
 reservations_t = sa.Table(
-    "dpgov_reservations", metadata,
+    "dpgov_reservations",
+    metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("dataset", sa.String(200), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),  # pending|committed|released|aborted
@@ -91,14 +94,16 @@ reservations_t = sa.Table(
     sa.Column("closed_seq", sa.BigInteger, nullable=True),
 )
 charges_t = sa.Table(
-    "dpgov_charges", metadata,
+    "dpgov_charges",
+    metadata,
     sa.Column("reservation_id", sa.String(64), primary_key=True),
     sa.Column("dataset", sa.String(200), primary_key=True),
     sa.Column("block", sa.String(200), primary_key=True),
     sa.Index("dpgov_charges_block", "dataset", "block"),
 )
 cache_t = sa.Table(
-    "dpgov_composition_cache", metadata,
+    "dpgov_composition_cache",
+    metadata,
     sa.Column("dataset", sa.String(200), primary_key=True),
     sa.Column("block", sa.String(200), primary_key=True),
     sa.Column("accountant", sa.String(64), primary_key=True),
@@ -139,11 +144,19 @@ class BlockStatus:
         return max(0.0, self.epsilon_limit - self.epsilon_spent)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "block": self.block, "patients": self.patients,
-                "retired": self.retired, "epsilon_spent": self.epsilon_spent,
-                "epsilon_limit": self.epsilon_limit, "remaining": self.remaining,
-                "delta": self.delta, "accountant": self.accountant, "charges": self.charges,
-                "pending": self.pending}
+        return {
+            "dataset": self.dataset,
+            "block": self.block,
+            "patients": self.patients,
+            "retired": self.retired,
+            "epsilon_spent": self.epsilon_spent,
+            "epsilon_limit": self.epsilon_limit,
+            "remaining": self.remaining,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "charges": self.charges,
+            "pending": self.pending,
+        }
 
 
 @dataclass(frozen=True)
@@ -157,9 +170,15 @@ class Reservation:
     epsilon_after: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reservation": self.id, "seq": self.seq, "dataset": self.dataset,
-                "blocks": self.blocks, "mechanism": self.mechanism.to_dict(),
-                "epsilon_run": self.epsilon_run, "epsilon_after": self.epsilon_after}
+        return {
+            "reservation": self.id,
+            "seq": self.seq,
+            "dataset": self.dataset,
+            "blocks": self.blocks,
+            "mechanism": self.mechanism.to_dict(),
+            "epsilon_run": self.epsilon_run,
+            "epsilon_after": self.epsilon_after,
+        }
 
 
 @dataclass(frozen=True)
@@ -190,13 +209,17 @@ def _normalise_url(url: str) -> sa.URL:
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as err:
-        raise UsageError(f"ledger URL {url!r} is malformed: expected a SQLAlchemy URL such as "
-                         f"sqlite:///path/ledger.db or postgresql://user@host/db") from err
+        raise UsageError(
+            f"ledger URL {url!r} is malformed: expected a SQLAlchemy URL such as "
+            f"sqlite:///path/ledger.db or postgresql://user@host/db"
+        ) from err
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise UsageError(f"ledger URL {parsed.render_as_string(hide_password=True)!r}: "
-                         f"only sqlite and postgresql are supported")
+        raise UsageError(
+            f"ledger URL {parsed.render_as_string(hide_password=True)!r}: "
+            f"only sqlite and postgresql are supported"
+        )
     return parsed
 
 
@@ -221,16 +244,20 @@ class Ledger:
 
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(parsed, connect_args={"timeout": 120},
-                                      poolclass=sa.pool.NullPool)
+            engine = sa.create_engine(
+                parsed, connect_args={"timeout": 120}, poolclass=sa.pool.NullPool
+            )
             _configure_sqlite(engine)
         else:
             try:
-                engine = sa.create_engine(parsed, pool_pre_ping=True,
-                                          connect_args={"connect_timeout": 10})
+                engine = sa.create_engine(
+                    parsed, pool_pre_ping=True, connect_args={"connect_timeout": 10}
+                )
             except ImportError as err:
-                raise UsageError(f"ledger URL {shown!r} needs the PostgreSQL driver: "
-                                 f"pip install 'dpgov[postgres]'") from err
+                raise UsageError(
+                    f"ledger URL {shown!r} needs the PostgreSQL driver: "
+                    f"pip install 'dpgov[postgres]'"
+                ) from err
         ledger = cls(engine)
         try:
             ledger._create_schema()
@@ -315,8 +342,9 @@ class Ledger:
         return self._accountants[name]
 
     # ------------------------------------------------------------------ appending
-    def _append(self, conn: Connection, kind: str, payload: dict[str, Any],
-                actor: str | None) -> Entry:
+    def _append(
+        self, conn: Connection, kind: str, payload: dict[str, Any], actor: str | None
+    ) -> Entry:
         from dpgov import config
 
         who = actor or config.actor()
@@ -331,15 +359,32 @@ class Ledger:
         except (TypeError, ValueError) as err:
             raise UsageError(f"ledger entry payload is not JSON-serialisable: {err}") from err
         payload = json.loads(canonical(payload))  # what is stored is exactly what is hashed
-        digest = entry_hash(seq=seq, kind=kind, payload=payload, time=time, actor=who,
-                            prev_hash=prev)
+        digest = entry_hash(
+            seq=seq, kind=kind, payload=payload, time=time, actor=who, prev_hash=prev
+        )
         signature = sign_hash(digest, hmac_key())
-        conn.execute(entries_t.insert().values(
-            seq=seq, kind=kind, payload=canonical(payload), time=time, actor=who,
-            prev_hash=prev, hash=digest, signature=signature,
-        ))
-        return Entry(seq=seq, kind=kind, payload=payload, time=time, actor=who, prev_hash=prev,
-                     hash=digest, signature=signature)
+        conn.execute(
+            entries_t.insert().values(
+                seq=seq,
+                kind=kind,
+                payload=canonical(payload),
+                time=time,
+                actor=who,
+                prev_hash=prev,
+                hash=digest,
+                signature=signature,
+            )
+        )
+        return Entry(
+            seq=seq,
+            kind=kind,
+            payload=payload,
+            time=time,
+            actor=who,
+            prev_hash=prev,
+            hash=digest,
+            signature=signature,
+        )
 
     def append(self, *, kind: str, payload: dict[str, Any], actor: str | None = None) -> Entry:
         """Append a record that changes no budget (gate decisions, approvals, promotions...)."""
@@ -357,15 +402,28 @@ class Ledger:
             query = query.where(entries_t.c.kind == kind)
         with self._read() as conn:
             rows = conn.execute(query).all()
-        return [Entry(seq=r.seq, kind=r.kind, payload=json.loads(r.payload), time=r.time,
-                      actor=r.actor, prev_hash=r.prev_hash, hash=r.hash, signature=r.signature)
-                for r in rows]
+        return [
+            Entry(
+                seq=r.seq,
+                kind=r.kind,
+                payload=json.loads(r.payload),
+                time=r.time,
+                actor=r.actor,
+                prev_hash=r.prev_hash,
+                hash=r.hash,
+                signature=r.signature,
+            )
+            for r in rows
+        ]
 
     def head(self) -> tuple[int, str]:
         """(sequence, hash) of the newest entry; (0, genesis) for an empty ledger."""
         with self._read() as conn:
-            last = conn.execute(sa.select(entries_t.c.seq, entries_t.c.hash)
-                                .order_by(entries_t.c.seq.desc()).limit(1)).first()
+            last = conn.execute(
+                sa.select(entries_t.c.seq, entries_t.c.hash)
+                .order_by(entries_t.c.seq.desc())
+                .limit(1)
+            ).first()
         return (last.seq, last.hash) if last else (0, GENESIS)
 
     def verify(self) -> Verification:
@@ -373,15 +431,27 @@ class Ledger:
         reordered."""
         cols = entries_t.c
         with self._read() as conn:
-            rows = conn.execute(sa.select(cols.seq, cols.kind, cols.payload, cols.time,
-                                          cols.actor, cols.prev_hash, cols.hash, cols.signature)
-                                .order_by(cols.seq)).all()
+            rows = conn.execute(
+                sa.select(
+                    cols.seq,
+                    cols.kind,
+                    cols.payload,
+                    cols.time,
+                    cols.actor,
+                    cols.prev_hash,
+                    cols.hash,
+                    cols.signature,
+                ).order_by(cols.seq)
+            ).all()
         return verify_chain((tuple(r) for r in rows), hmac_key())  # type: ignore[misc]
 
     def datasets(self) -> list[str]:
         with self._read() as conn:
-            return list(conn.execute(sa.select(blocks_t.c.dataset).distinct()
-                                     .order_by(blocks_t.c.dataset)).scalars())
+            return list(
+                conn.execute(
+                    sa.select(blocks_t.c.dataset).distinct().order_by(blocks_t.c.dataset)
+                ).scalars()
+            )
 
     def blocks(self, dataset: str | None = None) -> list[BlockInfo]:
         query = sa.select(blocks_t).order_by(blocks_t.c.dataset, blocks_t.c.block)
@@ -389,8 +459,9 @@ class Ledger:
             query = query.where(blocks_t.c.dataset == dataset)
         with self._read() as conn:
             rows = conn.execute(query).all()
-        return [BlockInfo(r.dataset, r.block, r.patients, r.data_version, bool(r.retired))
-                for r in rows]
+        return [
+            BlockInfo(r.dataset, r.block, r.patients, r.data_version, bool(r.retired)) for r in rows
+        ]
 
     def reservation(self, reservation_id: str) -> ReservationInfo:
         with self._read() as conn:
@@ -404,52 +475,82 @@ class Ledger:
             return [self._reservation(conn, rid) for rid in conn.execute(query).scalars()]
 
     def _reservation(self, conn: Connection, reservation_id: str) -> ReservationInfo:
-        row = conn.execute(sa.select(reservations_t)
-                           .where(reservations_t.c.id == reservation_id)).first()
+        row = conn.execute(
+            sa.select(reservations_t).where(reservations_t.c.id == reservation_id)
+        ).first()
         if row is None:
             raise UsageError(f"unknown reservation {reservation_id!r}")
-        blocks = list(conn.execute(sa.select(charges_t.c.block)
-                                   .where(charges_t.c.reservation_id == reservation_id)
-                                   .order_by(charges_t.c.block)).scalars())
-        return ReservationInfo(id=row.id, dataset=row.dataset, blocks=blocks, status=row.status,
-                               mechanism=mechanism_from_dict(json.loads(row.mechanism)),
-                               planned_steps=row.planned_steps, run_id=row.run_id, seq=row.seq)
+        blocks = list(
+            conn.execute(
+                sa.select(charges_t.c.block)
+                .where(charges_t.c.reservation_id == reservation_id)
+                .order_by(charges_t.c.block)
+            ).scalars()
+        )
+        return ReservationInfo(
+            id=row.id,
+            dataset=row.dataset,
+            blocks=blocks,
+            status=row.status,
+            mechanism=mechanism_from_dict(json.loads(row.mechanism)),
+            planned_steps=row.planned_steps,
+            run_id=row.run_id,
+            seq=row.seq,
+        )
 
     def _block_row(self, conn: Connection, dataset: str, block: str) -> Any:
-        row = conn.execute(sa.select(blocks_t).where(blocks_t.c.dataset == dataset,
-                                                      blocks_t.c.block == block)).first()
+        row = conn.execute(
+            sa.select(blocks_t).where(blocks_t.c.dataset == dataset, blocks_t.c.block == block)
+        ).first()
         if row is None:
-            known = conn.execute(sa.select(blocks_t.c.dataset).where(
-                blocks_t.c.dataset == dataset).limit(1)).first()
+            known = conn.execute(
+                sa.select(blocks_t.c.dataset).where(blocks_t.c.dataset == dataset).limit(1)
+            ).first()
             if known is None:
-                raise UsageError(f"unknown dataset {dataset!r}: register its blocks first "
-                                 f"(dpgov data prepare, or dpgov ledger add-block)")
+                raise UsageError(
+                    f"unknown dataset {dataset!r}: register its blocks first "
+                    f"(dpgov data prepare, or dpgov ledger add-block)"
+                )
             raise UsageError(f"unknown block {block!r} in dataset {dataset!r}")
         return row
 
-    def _multiset(self, conn: Connection, dataset: str, block: str
-                  ) -> tuple[list[tuple[DpSgdMechanism, int]], int, int]:
+    def _multiset(
+        self, conn: Connection, dataset: str, block: str
+    ) -> tuple[list[tuple[DpSgdMechanism, int]], int, int]:
         """The block's active charges as a canonical multiset, their count, pending count."""
         rows = conn.execute(
             sa.select(reservations_t.c.mechanism, reservations_t.c.status)
             .join(charges_t, charges_t.c.reservation_id == reservations_t.c.id)
-            .where(charges_t.c.dataset == dataset, charges_t.c.block == block,
-                   reservations_t.c.status.in_(ACTIVE))
+            .where(
+                charges_t.c.dataset == dataset,
+                charges_t.c.block == block,
+                reservations_t.c.status.in_(ACTIVE),
+            )
         ).all()
         mechs = [mechanism_from_dict(json.loads(r.mechanism)) for r in rows]
         pending = sum(1 for r in rows if r.status == "pending")
         return group(mechs), len(rows), pending
 
     # ------------------------------------------------------------------ composition
-    def _state(self, conn: Connection, dataset: str, block: str, acc: Any,
-               multiset: list[tuple[DpSgdMechanism, int]]) -> tuple[Any, bool]:
+    def _state(
+        self,
+        conn: Connection,
+        dataset: str,
+        block: str,
+        acc: Any,
+        multiset: list[tuple[DpSgdMechanism, int]],
+    ) -> tuple[Any, bool]:
         """The composed state of ``multiset`` for a block, from the cache when it matches,
         extended incrementally when the cache holds a sub-multiset, else recomposed.
         Returns (state, cache_is_current)."""
         digest = _digest(multiset)
-        row = conn.execute(sa.select(cache_t).where(
-            cache_t.c.dataset == dataset, cache_t.c.block == block,
-            cache_t.c.accountant == _accountant_key(acc))).first()
+        row = conn.execute(
+            sa.select(cache_t).where(
+                cache_t.c.dataset == dataset,
+                cache_t.c.block == block,
+                cache_t.c.accountant == _accountant_key(acc),
+            )
+        ).first()
         if row is not None:
             try:
                 cached_state = acc.loads(row.state)
@@ -472,16 +573,31 @@ class Ledger:
             state = acc.add(state, mech, n)
         return state, False
 
-    def _store_state(self, conn: Connection, dataset: str, block: str, acc: Any,
-                     multiset: list[tuple[DpSgdMechanism, int]], state: Any) -> None:
+    def _store_state(
+        self,
+        conn: Connection,
+        dataset: str,
+        block: str,
+        acc: Any,
+        multiset: list[tuple[DpSgdMechanism, int]],
+        state: Any,
+    ) -> None:
         key = _accountant_key(acc)
-        conn.execute(cache_t.delete().where(cache_t.c.dataset == dataset,
-                                            cache_t.c.block == block,
-                                            cache_t.c.accountant == key))
-        conn.execute(cache_t.insert().values(
-            dataset=dataset, block=block, accountant=key, digest=_digest(multiset),
-            multiset=canonical([[m.to_dict(), n] for m, n in multiset]),
-            state=acc.dumps(state)))
+        conn.execute(
+            cache_t.delete().where(
+                cache_t.c.dataset == dataset, cache_t.c.block == block, cache_t.c.accountant == key
+            )
+        )
+        conn.execute(
+            cache_t.insert().values(
+                dataset=dataset,
+                block=block,
+                accountant=key,
+                digest=_digest(multiset),
+                multiset=canonical([[m.to_dict(), n] for m, n in multiset]),
+                state=acc.dumps(state),
+            )
+        )
 
     def _epsilon(self, acc: Any, state: Any, delta: float) -> float:
         try:
@@ -493,8 +609,9 @@ class Ledger:
         """A block's spent ε at the policy's δ: the composition of every active charge."""
         return self.budget(budget, dataset=dataset, blocks=[block])[0]
 
-    def budget(self, budget: Budget, dataset: str | None = None,
-               blocks: Sequence[str] | None = None) -> list[BlockStatus]:
+    def budget(
+        self, budget: Budget, dataset: str | None = None, blocks: Sequence[str] | None = None
+    ) -> list[BlockStatus]:
         """Status of every block (of one dataset, or the named blocks of it)."""
         acc = self._acc(budget.accountant)
         with self._read() as conn:
@@ -516,11 +633,20 @@ class Ledger:
                 if not current and multiset:
                     stale.append((row.dataset, row.block, multiset, state))
                 spent = self._epsilon(acc, state, budget.delta) if multiset else 0.0
-                out.append(BlockStatus(
-                    dataset=row.dataset, block=row.block, patients=row.patients,
-                    retired=bool(row.retired), epsilon_spent=spent,
-                    epsilon_limit=budget.epsilon_per_block, delta=budget.delta,
-                    accountant=budget.accountant, charges=n_charges, pending=pending))
+                out.append(
+                    BlockStatus(
+                        dataset=row.dataset,
+                        block=row.block,
+                        patients=row.patients,
+                        retired=bool(row.retired),
+                        epsilon_spent=spent,
+                        epsilon_limit=budget.epsilon_per_block,
+                        delta=budget.delta,
+                        accountant=budget.accountant,
+                        charges=n_charges,
+                        pending=pending,
+                    )
+                )
         if stale:  # remember what we composed, for the next reader (a read-only role cannot)
             with contextlib.suppress(Refused), self._write() as conn:
                 for ds, blk, multiset, state in stale:
@@ -530,55 +656,97 @@ class Ledger:
         return out
 
     def _check_dataset(self, conn: Connection, dataset: str) -> None:
-        if conn.execute(sa.select(blocks_t.c.dataset)
-                        .where(blocks_t.c.dataset == dataset).limit(1)).first() is None:
+        if (
+            conn.execute(
+                sa.select(blocks_t.c.dataset).where(blocks_t.c.dataset == dataset).limit(1)
+            ).first()
+            is None
+        ):
             raise UsageError(f"unknown dataset {dataset!r}")
 
     # ------------------------------------------------------------------ blocks
-    def add_block(self, *, dataset: str, block: str, patients: int,
-                  data_version: str | None = None, actor: str | None = None) -> Entry | None:
+    def add_block(
+        self,
+        *,
+        dataset: str,
+        block: str,
+        patients: int,
+        data_version: str | None = None,
+        actor: str | None = None,
+    ) -> Entry | None:
         """Register a block of patients. Idempotent for identical facts (returns None);
         a block cannot be registered again with a different number of patients."""
         for name, value in (("dataset", dataset), ("block", block)):
             if not isinstance(value, str) or not value.strip() or len(value) > 200:
-                raise UsageError(f"{name} must be a non-empty name of at most 200 characters, "
-                                 f"found {value!r}")
+                raise UsageError(
+                    f"{name} must be a non-empty name of at most 200 characters, found {value!r}"
+                )
         if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
             raise UsageError(f"patients must be a positive integer, found {patients!r}")
         with self._write() as conn:
-            row = conn.execute(sa.select(blocks_t).where(blocks_t.c.dataset == dataset,
-                                                          blocks_t.c.block == block)).first()
+            row = conn.execute(
+                sa.select(blocks_t).where(blocks_t.c.dataset == dataset, blocks_t.c.block == block)
+            ).first()
             if row is not None:
                 if row.patients != patients:
                     raise UsageError(
                         f"block {block!r} of dataset {dataset!r} is registered with "
                         f"{row.patients} patients, not {patients}: new patients arrive as a "
-                        f"new block")
+                        f"new block"
+                    )
                 return None
-            entry = self._append(conn, "block_added", {
-                "dataset": dataset, "block": block, "patients": patients,
-                "data_version": data_version}, actor)
-            conn.execute(blocks_t.insert().values(
-                dataset=dataset, block=block, patients=patients, data_version=data_version,
-                retired=False, seq=entry.seq))
+            entry = self._append(
+                conn,
+                "block_added",
+                {
+                    "dataset": dataset,
+                    "block": block,
+                    "patients": patients,
+                    "data_version": data_version,
+                },
+                actor,
+            )
+            conn.execute(
+                blocks_t.insert().values(
+                    dataset=dataset,
+                    block=block,
+                    patients=patients,
+                    data_version=data_version,
+                    retired=False,
+                    seq=entry.seq,
+                )
+            )
             return entry
 
-    def retire_block(self, *, dataset: str, block: str, reason: str,
-                     actor: str | None = None) -> Entry:
+    def retire_block(
+        self, *, dataset: str, block: str, reason: str, actor: str | None = None
+    ) -> Entry:
         """Retire a block from training (its budget is spent, or its data withdrawn)."""
         with self._write() as conn:
             row = self._block_row(conn, dataset, block)
             if row.retired:
                 raise UsageError(f"block {block!r} of dataset {dataset!r} is already retired")
-            entry = self._append(conn, "block_retired",
-                                 {"dataset": dataset, "block": block, "reason": reason}, actor)
-            conn.execute(blocks_t.update().where(blocks_t.c.dataset == dataset,
-                                                 blocks_t.c.block == block).values(retired=True))
+            entry = self._append(
+                conn, "block_retired", {"dataset": dataset, "block": block, "reason": reason}, actor
+            )
+            conn.execute(
+                blocks_t.update()
+                .where(blocks_t.c.dataset == dataset, blocks_t.c.block == block)
+                .values(retired=True)
+            )
             return entry
 
     # ------------------------------------------------------------------ planning
-    def calibrate(self, *, dataset: str, blocks: Sequence[str], target_epsilon: float,
-                  sample_rate: float, steps: int, budget: Budget) -> float:
+    def calibrate(
+        self,
+        *,
+        dataset: str,
+        blocks: Sequence[str],
+        target_epsilon: float,
+        sample_rate: float,
+        steps: int,
+        budget: Budget,
+    ) -> float:
         """Smallest σ such that the run's own ε stays within ``target_epsilon`` and every
         block's composed ε (its charges and this run) stays within the block limit."""
         acc = self._acc(budget.accountant)
@@ -586,14 +754,22 @@ class Ledger:
         with self._read() as conn:
             for b in blocks:
                 self._block_row(conn, dataset, b)
-            states = [self._state(conn, dataset, b, acc,
-                                  self._multiset(conn, dataset, b)[0])[0] for b in blocks]
+            states = [
+                self._state(conn, dataset, b, acc, self._multiset(conn, dataset, b)[0])[0]
+                for b in blocks
+            ]
         priors = [acc.empty(), *states]
         targets = [target_epsilon] + [budget.epsilon_per_block] * len(states)
         try:
             return calibrate_against_states(
-                target_epsilon=min(targets), delta=budget.delta, sample_rate=sample_rate,
-                steps=steps, priors=priors, accountant=budget.accountant, targets=targets)
+                target_epsilon=min(targets),
+                delta=budget.delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                priors=priors,
+                accountant=budget.accountant,
+                targets=targets,
+            )
         except InfeasibleBudget as err:
             raise Refused(f"dataset {dataset!r}, blocks {', '.join(blocks)}: {err}") from err
 
@@ -607,10 +783,19 @@ class Ledger:
         return names
 
     # ------------------------------------------------------------------ reservations
-    def reserve(self, *, dataset: str, blocks: Sequence[str], mechanism: DpSgdMechanism,
-                budget: Budget, policy_sha256: str | None = None, run_id: str | None = None,
-                data_version: str | None = None, actor: str | None = None,
-                max_run_epsilon: float | None = None) -> Reservation:
+    def reserve(
+        self,
+        *,
+        dataset: str,
+        blocks: Sequence[str],
+        mechanism: DpSgdMechanism,
+        budget: Budget,
+        policy_sha256: str | None = None,
+        run_id: str | None = None,
+        data_version: str | None = None,
+        actor: str | None = None,
+        max_run_epsilon: float | None = None,
+    ) -> Reservation:
         """Atomically check that every block can afford ``mechanism`` and charge it to all.
 
         Raises :class:`BudgetExceeded` (nothing written) when a block would pass its limit.
@@ -621,8 +806,9 @@ class Ledger:
         acc = self._acc(budget.accountant)
         run_eps = self._epsilon(acc, acc.add(acc.empty(), mechanism), budget.delta)
         if max_run_epsilon is not None and run_eps > max_run_epsilon:
-            raise Refused(f"this run alone costs ε={run_eps:.4f}, over the per-run limit "
-                          f"{max_run_epsilon:g}")
+            raise Refused(
+                f"this run alone costs ε={run_eps:.4f}, over the per-run limit {max_run_epsilon:g}"
+            )
 
         def candidates(conn: Connection) -> dict[str, tuple[Any, Any, Any]]:
             out = {}
@@ -661,60 +847,119 @@ class Ledger:
                 if eps_after[b] > budget.epsilon_per_block:
                     multiset, state, _ = planned[b]
                     spent = self._epsilon(acc, state, budget.delta) if multiset else 0.0
-                    raise BudgetExceeded(dataset=dataset, block=b, requested=run_eps,
-                                         spent=spent, limit=budget.epsilon_per_block,
-                                         after=eps_after[b])
-            entry = self._append(conn, "reservation", {
-                "reservation": rid, "dataset": dataset, "blocks": blocks,
-                "mechanism": mechanism.to_dict(), "run_id": run_id,
-                "data_version": data_version, "policy_sha256": policy_sha256,
-                "budget": budget.model_dump(), "epsilon_run": run_eps,
-                "epsilon_after": eps_after}, actor)
-            conn.execute(reservations_t.insert().values(
-                id=rid, dataset=dataset, status="pending",
-                mechanism=canonical(mechanism.to_dict()), planned_steps=mechanism.steps,
-                run_id=run_id, seq=entry.seq))
+                    raise BudgetExceeded(
+                        dataset=dataset,
+                        block=b,
+                        requested=run_eps,
+                        spent=spent,
+                        limit=budget.epsilon_per_block,
+                        after=eps_after[b],
+                    )
+            entry = self._append(
+                conn,
+                "reservation",
+                {
+                    "reservation": rid,
+                    "dataset": dataset,
+                    "blocks": blocks,
+                    "mechanism": mechanism.to_dict(),
+                    "run_id": run_id,
+                    "data_version": data_version,
+                    "policy_sha256": policy_sha256,
+                    "budget": budget.model_dump(),
+                    "epsilon_run": run_eps,
+                    "epsilon_after": eps_after,
+                },
+                actor,
+            )
+            conn.execute(
+                reservations_t.insert().values(
+                    id=rid,
+                    dataset=dataset,
+                    status="pending",
+                    mechanism=canonical(mechanism.to_dict()),
+                    planned_steps=mechanism.steps,
+                    run_id=run_id,
+                    seq=entry.seq,
+                )
+            )
             for b in blocks:
-                conn.execute(charges_t.insert().values(reservation_id=rid, dataset=dataset,
-                                                       block=b))
+                conn.execute(
+                    charges_t.insert().values(reservation_id=rid, dataset=dataset, block=b)
+                )
                 self._store_state(conn, dataset, b, acc, planned[b][2], after_states[b])
-        return Reservation(id=rid, seq=entry.seq, dataset=dataset, blocks=blocks,
-                           mechanism=mechanism, epsilon_run=run_eps, epsilon_after=eps_after)
+        return Reservation(
+            id=rid,
+            seq=entry.seq,
+            dataset=dataset,
+            blocks=blocks,
+            mechanism=mechanism,
+            epsilon_run=run_eps,
+            epsilon_after=eps_after,
+        )
 
-    def _close(self, reservation_id: str, kind: str, status: str, payload: dict[str, Any],
-               actor: str | None, mechanism: DpSgdMechanism | None = None) -> Entry:
+    def _close(
+        self,
+        reservation_id: str,
+        kind: str,
+        status: str,
+        payload: dict[str, Any],
+        actor: str | None,
+        mechanism: DpSgdMechanism | None = None,
+    ) -> Entry:
         with self._write() as conn:
             info = self._reservation(conn, reservation_id)
             if info.status != "pending":
-                raise UsageError(f"reservation {reservation_id} is {info.status}, not pending: "
-                                 f"it cannot be {status} again")
+                raise UsageError(
+                    f"reservation {reservation_id} is {info.status}, not pending: "
+                    f"it cannot be {status} again"
+                )
             entry = self._append(conn, kind, {"reservation": reservation_id, **payload}, actor)
             values: dict[str, Any] = {"status": status, "closed_seq": entry.seq}
             if mechanism is not None:
                 values["mechanism"] = canonical(mechanism.to_dict())
-            conn.execute(reservations_t.update().where(reservations_t.c.id == reservation_id)
-                         .values(**values))
+            conn.execute(
+                reservations_t.update()
+                .where(reservations_t.c.id == reservation_id)
+                .values(**values)
+            )
             return entry
 
-    def commit(self, reservation_id: str, *, steps: int | None = None, run_id: str | None = None,
-               actor: str | None = None) -> Entry:
+    def commit(
+        self,
+        reservation_id: str,
+        *,
+        steps: int | None = None,
+        run_id: str | None = None,
+        actor: str | None = None,
+    ) -> Entry:
         """Replace the planned mechanism with the one actually run (``steps`` taken, default
         all). Never more than reserved: a run that took more steps must not commit less."""
         info = self.reservation(reservation_id)
         taken = info.planned_steps if steps is None else steps
         if isinstance(taken, bool) or not isinstance(taken, int) or taken < 1:
-            raise UsageError(f"steps must be an integer >= 1 (release a reservation where no "
-                             f"step ran), found {steps!r}")
+            raise UsageError(
+                f"steps must be an integer >= 1 (release a reservation where no "
+                f"step ran), found {steps!r}"
+            )
         if taken > info.planned_steps:
-            raise UsageError(f"steps {taken} exceed the {info.planned_steps} reserved by "
-                             f"{reservation_id}: reserve again for more")
+            raise UsageError(
+                f"steps {taken} exceed the {info.planned_steps} reserved by "
+                f"{reservation_id}: reserve again for more"
+            )
         actual = info.mechanism.with_steps(taken)
-        return self._close(reservation_id, "commit", "committed",
-                           {"steps": taken, "mechanism": actual.to_dict(),
-                            "run_id": run_id or info.run_id}, actor, mechanism=actual)
+        return self._close(
+            reservation_id,
+            "commit",
+            "committed",
+            {"steps": taken, "mechanism": actual.to_dict(), "run_id": run_id or info.run_id},
+            actor,
+            mechanism=actual,
+        )
 
-    def release(self, reservation_id: str, *, reason: str = "no step ran",
-                actor: str | None = None) -> Entry:
+    def release(
+        self, reservation_id: str, *, reason: str = "no step ran", actor: str | None = None
+    ) -> Entry:
         """Return a reservation's budget. Only for runs in which no training step ran."""
         return self._close(reservation_id, "release", "released", {"reason": reason}, actor)
 

@@ -17,8 +17,14 @@ from tests.conftest import REPO
 def dpgov(*args: str, home: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "DPGOV_HOME": str(home), **(env or {})}
     full_env.pop("DPGOV_LEDGER_URL", None) if "DPGOV_LEDGER_URL" not in (env or {}) else None
-    return subprocess.run([sys.executable, "-m", "dpgov", *args], capture_output=True,
-                          text=True, cwd=REPO, env=full_env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "dpgov", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=full_env,
+        timeout=120,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -29,8 +35,19 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 
 def test_cost_json_matches_the_agreed_shape(dpgov_home):
-    proc = dpgov("cost", "--noise-multiplier", "1.1", "--sample-rate", "0.01", "--steps", "1000",
-                 "--delta", "1e-5", "--json", home=dpgov_home)
+    proc = dpgov(
+        "cost",
+        "--noise-multiplier",
+        "1.1",
+        "--sample-rate",
+        "0.01",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-5",
+        "--json",
+        home=dpgov_home,
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["accountant"] == "pld" and data["delta"] == 1e-5
@@ -58,10 +75,36 @@ def test_cost_bad_input_is_one_line_and_exit_2(dpgov_home, args, message):
 
 
 def test_reserve_commit_budget_and_verify_round_trip(dpgov_home):
-    assert dpgov("ledger", "add-block", "--dataset", "d", "--block", "b1", "--patients", "300",
-                 home=dpgov_home).returncode == 0
-    proc = dpgov("ledger", "reserve", "--dataset", "d", "--block", "b1", "--noise-multiplier",
-                 "1.0", "--sample-rate", "0.01", "--steps", "200", "--json", home=dpgov_home)
+    assert (
+        dpgov(
+            "ledger",
+            "add-block",
+            "--dataset",
+            "d",
+            "--block",
+            "b1",
+            "--patients",
+            "300",
+            home=dpgov_home,
+        ).returncode
+        == 0
+    )
+    proc = dpgov(
+        "ledger",
+        "reserve",
+        "--dataset",
+        "d",
+        "--block",
+        "b1",
+        "--noise-multiplier",
+        "1.0",
+        "--sample-rate",
+        "0.01",
+        "--steps",
+        "200",
+        "--json",
+        home=dpgov_home,
+    )
     assert proc.returncode == 0, proc.stderr
     rid = json.loads(proc.stdout)["reservation"]
     assert dpgov("ledger", "commit", rid, "--steps", "150", home=dpgov_home).returncode == 0
@@ -70,8 +113,9 @@ def test_reserve_commit_budget_and_verify_round_trip(dpgov_home):
     assert block["block"] == "b1" and block["charges"] == 1 and block["epsilon_limit"] == 8.0
     from dpgov.accounting import DpSgdMechanism, epsilon
 
-    expected = epsilon([DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=150)],
-                       delta=1e-5)
+    expected = epsilon(
+        [DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=150)], delta=1e-5
+    )
     assert block["epsilon_spent"] == pytest.approx(expected, rel=1e-6)
     verify = dpgov("ledger", "verify", "--json", home=dpgov_home)
     assert verify.returncode == 0 and json.loads(verify.stdout)["entries"] == 3
@@ -80,15 +124,38 @@ def test_reserve_commit_budget_and_verify_round_trip(dpgov_home):
 
 
 def test_refused_reservation_exits_1_naming_block_request_and_remainder(dpgov_home):
-    dpgov("ledger", "add-block", "--dataset", "d", "--block", "b1", "--patients", "300",
-          home=dpgov_home)
-    proc = dpgov("ledger", "reserve", "--dataset", "d", "--block", "b1", "--noise-multiplier",
-                 "0.5", "--sample-rate", "0.1", "--steps", "5000", home=dpgov_home)
+    dpgov(
+        "ledger",
+        "add-block",
+        "--dataset",
+        "d",
+        "--block",
+        "b1",
+        "--patients",
+        "300",
+        home=dpgov_home,
+    )
+    proc = dpgov(
+        "ledger",
+        "reserve",
+        "--dataset",
+        "d",
+        "--block",
+        "b1",
+        "--noise-multiplier",
+        "0.5",
+        "--sample-rate",
+        "0.1",
+        "--steps",
+        "5000",
+        home=dpgov_home,
+    )
     assert proc.returncode == 1
     line = one_line_error(proc)
     assert "block 'b1'" in line and "costs ε=" in line and "remaining 8.0000" in line
-    assert len(json.loads(dpgov("ledger", "show", "--json", home=dpgov_home).stdout)
-               ["entries"]) == 1
+    assert (
+        len(json.loads(dpgov("ledger", "show", "--json", home=dpgov_home).stdout)["entries"]) == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,17 +167,32 @@ def test_refused_reservation_exits_1_naming_block_request_and_remainder(dpgov_ho
     ],
 )
 def test_bad_reservations_exit_2_and_write_nothing(dpgov_home, args, message):
-    dpgov("ledger", "add-block", "--dataset", "d", "--block", "b1", "--patients", "300",
-          home=dpgov_home)
-    base = {"--dataset": "d", "--block": "b1", "--noise-multiplier": "1", "--sample-rate": "0.01",
-            "--steps": "10"}
+    dpgov(
+        "ledger",
+        "add-block",
+        "--dataset",
+        "d",
+        "--block",
+        "b1",
+        "--patients",
+        "300",
+        home=dpgov_home,
+    )
+    base = {
+        "--dataset": "d",
+        "--block": "b1",
+        "--noise-multiplier": "1",
+        "--sample-rate": "0.01",
+        "--steps": "10",
+    }
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
     proc = dpgov("ledger", "reserve", *[x for kv in base.items() for x in kv], home=dpgov_home)
     assert proc.returncode == 2
     assert message in one_line_error(proc)
-    assert len(json.loads(dpgov("ledger", "show", "--json", home=dpgov_home).stdout)
-               ["entries"]) == 1
+    assert (
+        len(json.loads(dpgov("ledger", "show", "--json", home=dpgov_home).stdout)["entries"]) == 1
+    )
 
 
 def test_malformed_ledger_url_is_one_line_exit_2(dpgov_home):
@@ -120,8 +202,9 @@ def test_malformed_ledger_url_is_one_line_exit_2(dpgov_home):
 
 
 def test_unreachable_ledger_database_is_one_line_exit_2(dpgov_home):
-    proc = dpgov("budget", home=dpgov_home,
-                 env={"DPGOV_LEDGER_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    proc = dpgov(
+        "budget", home=dpgov_home, env={"DPGOV_LEDGER_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    )
     assert proc.returncode == 2
     assert "does not answer" in one_line_error(proc)
 
@@ -129,10 +212,28 @@ def test_unreachable_ledger_database_is_one_line_exit_2(dpgov_home):
 def test_verify_exits_1_naming_the_first_bad_entry(dpgov_home):
     import sqlite3
 
-    dpgov("ledger", "add-block", "--dataset", "d", "--block", "b1", "--patients", "300",
-          home=dpgov_home)
-    dpgov("ledger", "add-block", "--dataset", "d", "--block", "b2", "--patients", "300",
-          home=dpgov_home)
+    dpgov(
+        "ledger",
+        "add-block",
+        "--dataset",
+        "d",
+        "--block",
+        "b1",
+        "--patients",
+        "300",
+        home=dpgov_home,
+    )
+    dpgov(
+        "ledger",
+        "add-block",
+        "--dataset",
+        "d",
+        "--block",
+        "b2",
+        "--patients",
+        "300",
+        home=dpgov_home,
+    )
     db = sqlite3.connect(dpgov_home / "ledger.db")
     db.execute("DROP TRIGGER dpgov_entries_no_update")
     db.execute("UPDATE dpgov_entries SET actor = 'mallory' WHERE seq = 2")

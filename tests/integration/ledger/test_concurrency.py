@@ -17,8 +17,7 @@ ATTEMPTS_EACH = 2
 
 def limit_for(feasible: int) -> float:
     """A limit halfway between the ε of ``feasible`` and ``feasible + 1`` runs."""
-    return (epsilon([RUN] * feasible, delta=1e-5) + epsilon([RUN] * (feasible + 1),
-                                                            delta=1e-5)) / 2
+    return (epsilon([RUN] * feasible, delta=1e-5) + epsilon([RUN] * (feasible + 1), delta=1e-5)) / 2
 
 
 def _racer(url: str, limit: float, barrier, results) -> None:  # runs in a child process
@@ -46,8 +45,10 @@ def test_racing_processes_never_overspend(ledger_url):
 
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [ctx.Process(target=_racer, args=(ledger_url, limit, barrier, results))
-             for _ in range(PROCESSES)]
+    procs = [
+        ctx.Process(target=_racer, args=(ledger_url, limit, barrier, results))
+        for _ in range(PROCESSES)
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=300) for _ in range(PROCESSES * ATTEMPTS_EACH)]

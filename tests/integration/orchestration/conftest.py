@@ -78,9 +78,7 @@ class Cohort:
 
 
 @pytest.fixture
-def cohort(
-    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., Cohort]:
+def cohort(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Cohort]:
     """``cohort(arrivals=[[2001, 2002], [2003, 2004]])``: a git+DVC repository whose remote is
     $DPGOV_HOME/dvc-remote, and one arrival file per group of years. The test then works from
     the repository's root, as a user would (validations land in its ``data/validation``)."""

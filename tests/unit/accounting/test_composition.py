@@ -43,8 +43,9 @@ def test_rdp_is_looser_than_pld_but_an_upper_bound():
 def test_full_batch_gaussian_matches_the_closed_form():
     # q = 1, T steps of σ compose to one Gaussian with μ = sqrt(T)/σ.
     sigma, steps, delta = 4.0, 9, 1e-5
-    eps = epsilon([DpSgdMechanism(noise_multiplier=sigma, sample_rate=1.0, steps=steps)],
-                  delta=delta)
+    eps = epsilon(
+        [DpSgdMechanism(noise_multiplier=sigma, sample_rate=1.0, steps=steps)], delta=delta
+    )
     mu = math.sqrt(steps) / sigma
     assert gaussian_delta(eps, mu) <= delta * 1.001  # never optimistic
     assert gaussian_delta(eps - 0.01, mu) > delta  # and tight to 0.01

@@ -41,8 +41,11 @@ def test_pending_reservations_count_as_spent(ledger):
 
 
 def test_block_spend_is_the_composition_of_its_charges_not_the_sum(ledger):
-    runs = [RUN, RUN.with_steps(100), DpSgdMechanism(noise_multiplier=2.0, sample_rate=0.02,
-                                                     steps=200)]
+    runs = [
+        RUN,
+        RUN.with_steps(100),
+        DpSgdMechanism(noise_multiplier=2.0, sample_rate=0.02, steps=200),
+    ]
     for run in runs:
         ledger.reserve(dataset="cohort", blocks=["2001"], mechanism=run, budget=BUDGET)
     assert spent(ledger, "2001") == pytest.approx(epsilon(runs, delta=1e-5), rel=1e-3)
@@ -131,10 +134,22 @@ def test_add_block_is_idempotent_but_refuses_conflicting_facts(ledger):
 
 def test_calibrated_sigma_fits_the_block_that_already_spent(ledger):
     ledger.reserve(dataset="cohort", blocks=["2001"], mechanism=RUN, budget=BUDGET)
-    sigma = ledger.calibrate(dataset="cohort", blocks=["2001", "2002"], target_epsilon=2.9,
-                             sample_rate=0.01, steps=300, budget=BUDGET)
-    fresh = ledger.calibrate(dataset="cohort", blocks=["2002"], target_epsilon=2.9,
-                             sample_rate=0.01, steps=300, budget=BUDGET)
+    sigma = ledger.calibrate(
+        dataset="cohort",
+        blocks=["2001", "2002"],
+        target_epsilon=2.9,
+        sample_rate=0.01,
+        steps=300,
+        budget=BUDGET,
+    )
+    fresh = ledger.calibrate(
+        dataset="cohort",
+        blocks=["2002"],
+        target_epsilon=2.9,
+        sample_rate=0.01,
+        steps=300,
+        budget=BUDGET,
+    )
     assert sigma > fresh  # the spent block needs more noise
     run = DpSgdMechanism(noise_multiplier=sigma, sample_rate=0.01, steps=300)
     res = ledger.reserve(dataset="cohort", blocks=["2001", "2002"], mechanism=run, budget=BUDGET)
@@ -144,11 +159,21 @@ def test_calibrated_sigma_fits_the_block_that_already_spent(ledger):
 
 def test_calibration_on_an_exhausted_block_is_refused(ledger):
     big = DpSgdMechanism(noise_multiplier=0.8, sample_rate=0.02, steps=1200)
-    ledger.reserve(dataset="cohort", blocks=["2001"], mechanism=big,
-                   budget=Budget(epsilon_per_block=100, delta=1e-5))
+    ledger.reserve(
+        dataset="cohort",
+        blocks=["2001"],
+        mechanism=big,
+        budget=Budget(epsilon_per_block=100, delta=1e-5),
+    )
     with pytest.raises(Refused, match="the budget is spent"):
-        ledger.calibrate(dataset="cohort", blocks=["2001"], target_epsilon=1.0,
-                         sample_rate=0.01, steps=100, budget=BUDGET)
+        ledger.calibrate(
+            dataset="cohort",
+            blocks=["2001"],
+            target_epsilon=1.0,
+            sample_rate=0.01,
+            steps=100,
+            budget=BUDGET,
+        )
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
@@ -157,7 +182,8 @@ def test_other_accountants_compose_the_same_history(ledger, accountant):
     ledger.reserve(dataset="cohort", blocks=["2001"], mechanism=RUN, budget=budget)
     ledger.reserve(dataset="cohort", blocks=["2001"], mechanism=RUN.with_steps(50), budget=budget)
     assert spent(ledger, "2001", budget) == pytest.approx(
-        epsilon([RUN, RUN.with_steps(50)], delta=1e-5, accountant=accountant), rel=1e-6)
+        epsilon([RUN, RUN.with_steps(50)], delta=1e-5, accountant=accountant), rel=1e-6
+    )
 
 
 def test_cached_composition_is_recomputed_when_stale(ledger):

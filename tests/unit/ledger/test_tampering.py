@@ -39,8 +39,9 @@ def bypass_triggers(led: Ledger) -> None:
             conn.exec_driver_sql("DROP TRIGGER dpgov_entries_no_update")
             conn.exec_driver_sql("DROP TRIGGER dpgov_entries_no_delete")
         else:
-            conn.exec_driver_sql("ALTER TABLE dpgov_entries DISABLE TRIGGER "
-                                 "dpgov_entries_append_only")
+            conn.exec_driver_sql(
+                "ALTER TABLE dpgov_entries DISABLE TRIGGER dpgov_entries_append_only"
+            )
 
 
 def sql(led: Ledger, statement: str, **params) -> None:
@@ -60,8 +61,12 @@ def test_an_edited_payload_is_detected_at_that_entry(ledger):
     bypass_triggers(ledger)
     entry = ledger.entries()[2]
     forged = dict(entry.payload, epsilon_run=0.0001)
-    sql(ledger, "UPDATE dpgov_entries SET payload = :p WHERE seq = :s",
-        p=canonical(forged), s=entry.seq)
+    sql(
+        ledger,
+        "UPDATE dpgov_entries SET payload = :p WHERE seq = :s",
+        p=canonical(forged),
+        s=entry.seq,
+    )
     result = ledger.verify()
     assert not result.ok and result.first_bad_seq == entry.seq
     assert "does not match its hash" in result.reason
@@ -88,11 +93,18 @@ def test_an_inserted_entry_is_detected(ledger):
     sql(ledger, "UPDATE dpgov_entries SET seq = seq - 99 WHERE seq >= 103")
     prev = ledger.entries()[1]
     payload = {"text": "forged"}
-    digest = entry_hash(seq=3, kind="note", payload=payload, time=prev.time, actor="mallory",
-                        prev_hash=prev.hash)
-    sql(ledger, "INSERT INTO dpgov_entries (seq, kind, payload, time, actor, prev_hash, hash) "
+    digest = entry_hash(
+        seq=3, kind="note", payload=payload, time=prev.time, actor="mallory", prev_hash=prev.hash
+    )
+    sql(
+        ledger,
+        "INSERT INTO dpgov_entries (seq, kind, payload, time, actor, prev_hash, hash) "
         "VALUES (3, 'note', :p, :t, 'mallory', :prev, :h)",
-        p=canonical(payload), t=prev.time, prev=prev.hash, h=digest)
+        p=canonical(payload),
+        t=prev.time,
+        prev=prev.hash,
+        h=digest,
+    )
     result = ledger.verify()
     assert not result.ok and result.first_bad_seq == 4
 
@@ -110,13 +122,20 @@ def rewrite_chain(led: Ledger, edit_seq: int) -> None:
     """Edit one entry and recompute every hash after it: a consistent forged chain."""
     entries = led.entries()
     prev = entries[edit_seq - 2].hash
-    for e in entries[edit_seq - 1:]:
+    for e in entries[edit_seq - 1 :]:
         payload = dict(e.payload, forged=True) if e.seq == edit_seq else e.payload
-        digest = entry_hash(seq=e.seq, kind=e.kind, payload=payload, time=e.time, actor=e.actor,
-                            prev_hash=prev)
-        sql(led, "UPDATE dpgov_entries SET payload = :p, prev_hash = :prev, hash = :h, "
+        digest = entry_hash(
+            seq=e.seq, kind=e.kind, payload=payload, time=e.time, actor=e.actor, prev_hash=prev
+        )
+        sql(
+            led,
+            "UPDATE dpgov_entries SET payload = :p, prev_hash = :prev, hash = :h, "
             "signature = NULL WHERE seq = :s",
-            p=json.dumps(payload), prev=prev, h=digest, s=e.seq)
+            p=json.dumps(payload),
+            prev=prev,
+            h=digest,
+            s=e.seq,
+        )
         prev = digest
 
 
