@@ -140,7 +140,7 @@ def exhausted(remaining: float) -> bool:
 
 def json_safe(obj: Any) -> Any:
     """Standard JSON values: NaN → null, ±inf → ``"inf"``/``"-inf"``, numpy scalars → Python,
-    tuples and sets → lists, mapping keys → strings; other objects → ``str``."""
+    numpy arrays, tuples and sets → lists, mapping keys → strings; other objects → ``str``."""
     if isinstance(obj, bool) or obj is None or isinstance(obj, int | str):
         return obj
     if isinstance(obj, float):
@@ -151,9 +151,9 @@ def json_safe(obj: Any) -> Any:
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
         return [json_safe(v) for v in obj]
-    item = getattr(obj, "item", None)  # numpy scalars
-    if callable(item) and type(obj).__module__ == "numpy":
-        return json_safe(item())
+    tolist = getattr(obj, "tolist", None)  # numpy scalars (→ Python) and arrays (→ lists)
+    if callable(tolist) and type(obj).__module__ == "numpy":
+        return json_safe(tolist())
     return str(obj)
 
 
