@@ -49,6 +49,7 @@ TAG_REPLACED_BY = "dpgov.replaced_by"
 
 STATUS_CANDIDATE = "candidate"
 STATUS_REFERENCE = "reference"
+STATUS_SWEEP = "sweep"  # the parent run of a sweep
 
 # --------------------------------------------------------------------------- artifacts
 

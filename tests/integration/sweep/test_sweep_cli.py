@@ -121,7 +121,7 @@ def test_small_sweep_charges_one_reservation_per_trial_and_nests_its_runs(
     from dpgov.accounting import epsilon
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
-    from dpgov.tracking import sweeps
+    from dpgov.tracking import sweep_runs
 
     code, out, err = dpgov(
         "sweep", "--epsilons", "3,1", "--seeds", "2", "--json", "--params", str(params_file())
@@ -149,11 +149,11 @@ def test_small_sweep_charges_one_reservation_per_trial_and_nests_its_runs(
     assert len(ledger.entries("reservation")) == 4 and len(ledger.entries("commit")) == 4
 
     # MLflow: a finished parent with four trials and the reference as children
-    parent = sweeps.find_sweep(result["sweep_id"], "sweep-test")
+    parent = sweep_runs.find_sweep(result["sweep_id"], "sweep-test")
     assert parent is not None and parent["run_id"] == result["parent_run_id"]
     assert parent["status"] == "FINISHED"
     assert parent["artifacts"] == ["sweep"]
-    children = sweeps.children(result["parent_run_id"])
+    children = sweep_runs.children(result["parent_run_id"])
     assert len(children) == 5
     by_trial = {c["tags"]["dpgov.sweep.trial"]: c for c in children}
     assert set(by_trial) == {"1", "2", "3", "4", "reference"}

@@ -27,7 +27,7 @@ def test_a_concurrent_charge_stops_the_sweep_and_it_reports_what_ran(
     from dpgov.accounting import DpSgdMechanism
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
-    from dpgov.tracking import runs, sweeps
+    from dpgov.tracking import runs, sweep_runs
     from dpgov.training.sweep import Trial, plan_sweep, run_sweep
 
     policy = load_policy(write_policy(epsilon_per_block=LIMIT))
@@ -71,6 +71,6 @@ def test_a_concurrent_charge_stops_the_sweep_and_it_reports_what_ran(
     parent = runs.read_run(result.parent_run_id)
     assert parent["status"] == "KILLED"
     assert parent["tags"]["dpgov.sweep.stopped"] == result.stopped
-    children = sweeps.children(result.parent_run_id)
+    children = sweep_runs.children(result.parent_run_id)
     assert sorted(c["tags"]["dpgov.sweep.trial"] for c in children) == ["1", "reference"]
     assert result.folder is not None and (result.folder / "summary.csv").exists()
