@@ -20,6 +20,8 @@ from prefect.input import RunInput
 from pydantic import Field, ValidationError, model_validator
 
 from dpgov.errors import Refused, UsageError
+from dpgov.ledger import Ledger
+from dpgov.policy import load_policy
 from pipelines import tasks
 from pipelines.governed import run_gate
 
@@ -68,9 +70,6 @@ def approval(
 ) -> dict[str, Any]:
     """Pause for an approver's decision on ``model`` ``version``; then promote or refuse.
     ``announce``: say on stderr which flow run waits (for a terminal)."""
-    from dpgov.ledger import Ledger
-    from dpgov.policy import load_policy
-
     loaded = load_policy(Path(policy) if policy else None)
     ledger = Ledger.open()
     try:

@@ -19,8 +19,13 @@ from typing import Any
 import yaml
 from prefect import flow
 
+from dpgov.data.ingest import init_repo, wave_path
+from dpgov.ledger import Ledger
+from dpgov.policy import load_policy
+from dpgov.training.governed import RunOptions, RunSummary
+from dpgov.training.params import data_params, embedded_params_path, load_params
 from pipelines import tasks
-from pipelines.governed import data_params, run_params, run_steps
+from pipelines.governed import run_in_flow, run_params
 from pipelines.ingest import ingest
 from pipelines.retraining import retraining
 from pipelines.runtime import clock_snapshot, start_clock
@@ -36,26 +41,18 @@ WAVES_EPSILON_PER_BLOCK = 2.6
 
 def embedded_params(**train: Any) -> dict[str, Any]:
     """The embedded default params (``dpgov/defaults/params.yaml``) with ``train`` overrides."""
-    from dpgov.training.params import embedded_params_path, load_params
-
     params = load_params(embedded_params_path()).model_dump(mode="json")
     params["train"].update(train)
     return params
 
 
 def embedded_policy() -> Path:
-    import dpgov
-
-    return Path(dpgov.__file__).resolve().parent / "defaults" / "policy.yaml"
+    return embedded_params_path().parent / "policy.yaml"
 
 
 @flow(name="demo", persist_result=False)
-def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False) -> dict[str, Any]:
+def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False) -> RunSummary:
     """Prepare the bundled cohort under ``home`` and run the governed steps on it."""
-    from dpgov.data.ingest import init_repo
-    from dpgov.ledger import Ledger
-    from dpgov.policy import load_policy
-
     start_clock()
     base = Path(home)
     out = base / "prepared" / "flchain"
@@ -68,17 +65,16 @@ def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False
     loaded = load_policy(embedded_policy())
     ledger = Ledger.open()
     try:
-        run = run_steps(
+        run = run_in_flow(
             chosen,
             loaded,
             ledger,
-            validation_out=str(base / "validation" / "flchain"),
-            progress=progress,
+            RunOptions(validation_out=str(base / "validation" / "flchain"), progress=progress),
         )
     finally:
         ledger.close()
-    run["data"] = {"prepare": prepared.to_dict(), "dvc": versioned.to_dict()}
-    run["timings"] = clock_snapshot()
+    run.data = {"prepare": prepared.to_dict(), "dvc": versioned.to_dict()}
+    run.timings = clock_snapshot()
     return run
 
 
@@ -106,8 +102,6 @@ def demo_waves(
     Returns the waves with what each ingested, how retraining chose, and the block budgets after
     it (``budgets``), plus the last gate decision.
     """
-    from dpgov.data.ingest import init_repo, wave_path
-
     started = time.perf_counter()
     root = Path(home) / "waves" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if root.exists():  # two demonstrations within a second

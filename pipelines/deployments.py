@@ -25,6 +25,7 @@ from prefect.deployments.runner import EntrypointType
 from dpgov.errors import Refused, UsageError
 from pipelines.approval import approval, parse_answer
 from pipelines.audit import audit
+from pipelines.demo import embedded_params
 from pipelines.governed import governed_run
 from pipelines.ingest import ingest
 from pipelines.retraining import retraining
@@ -70,8 +71,6 @@ def retraining_parameters(
     require_new_data: bool = True,
 ) -> dict[str, Any]:
     """Defaults of the retraining deployment: the given params, else the embedded ones."""
-    from pipelines.demo import embedded_params
-
     return {
         "params": params if params is not None else embedded_params(),
         "policy": policy,

@@ -14,8 +14,10 @@ from typing import Any
 
 from prefect import flow
 
+from dpgov.ledger import Ledger
+from dpgov.training.params import data_params
 from pipelines import tasks
-from pipelines.governed import data_params, run_params
+from pipelines.governed import run_params
 
 
 @flow(name="ingest", persist_result=False)
@@ -37,8 +39,6 @@ def ingest(
     ``data:`` section's, else the bundled flchain one). ``git_commit``: also commit the DVC
     files to git (only them).
     """
-    from dpgov.ledger import Ledger
-
     section = data_params(run_params(params))
     staged = tasks.stage_arrival(
         arrival,

@@ -10,15 +10,45 @@ included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import flow
 
+from dpgov.data.prepared_data import load_prepared
 from dpgov.errors import Refused
+from dpgov.ledger import Ledger
+from dpgov.policy import load_policy
+from dpgov.training import retraining as rules
+from dpgov.training.governed import RunOptions
+from dpgov.training.params import prepared_path
 from pipelines import tasks
-from pipelines.governed import publish_budgets, run_params, run_steps
+from pipelines.governed import publish_budgets, run_in_flow, run_params
 from pipelines.runtime import clock_snapshot, start_clock
+from pipelines.steps import prefect_step
+
+T = TypeVar("T")
+
+
+class _PlanRefused(Exception):
+    """The plan found no noise level the blocks can afford (nothing was reserved)."""
+
+    def __init__(self, err: Refused) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+
+def _plan_refusal_is_a_skip(
+    name: str, fn: Callable[..., T], /, *args: Any, retry: bool = False, **kwargs: Any
+) -> T:
+    """The flows' step runner, except that a refused plan ends retraining as a skip."""
+    try:
+        return prefect_step(name, fn, *args, retry=retry, **kwargs)
+    except Refused as err:
+        if name == "plan":
+            raise _PlanRefused(err) from err
+        raise
 
 
 @flow(name="retraining", persist_result=False)
@@ -39,12 +69,6 @@ def retraining(
     already used this data version. ``pull``: fetch DVC-tracked data missing from the workspace.
     Returns ``{"status": "trained" | "skipped", "selection", "budgets", "run"?, "reason"?}``.
     """
-    from dpgov.data.prepared import load_prepared
-    from dpgov.ledger import Ledger
-    from dpgov.policy import load_policy
-    from dpgov.training import retraining as rules
-    from dpgov.training.params import prepared_path
-
     start_clock()
     base = run_params(params)
     loaded = load_policy(Path(policy) if policy else None)
@@ -75,6 +99,9 @@ def retraining(
 
         def skipped(reason: str | None) -> dict[str, Any]:
             entry = tasks.record_skip(ledger, selection, reason)
+            budgets = budget_rows() if registered else []
+            if registered:
+                publish_budgets(budgets, dataset)
             return {
                 "status": "skipped",
                 "reason": entry.payload["reason"],
@@ -82,33 +109,33 @@ def retraining(
                 "dataset": dataset,
                 "data_version": version,
                 "selection": selection.to_dict(),
-                "budgets": publish_budgets(ledger, loaded, dataset) if registered else [],
+                "budgets": budgets,
                 "timings": clock_snapshot(),
             }
 
         if selection.skip:
             return skipped(None)
 
-        def refused(err: Refused) -> dict[str, Any]:
-            return skipped(f"no noise level fits the blocks' remaining budgets: {err}")
+        def budget_rows() -> list[dict[str, Any]]:
+            return rules.budget_rows(tasks.block_budgets(ledger, loaded, dataset))
 
-        run = run_steps(
-            rules.params_for(base, selection, folder),
-            loaded,
-            ledger,
-            validation_out=validation_out,
-            progress=progress,
-            on_plan_refused=refused,
-        )
-        if run.get("status") == "skipped":
-            return run
+        try:
+            run = run_in_flow(
+                rules.params_for(base, selection, folder),
+                loaded,
+                ledger,
+                RunOptions(validation_out=validation_out, progress=progress),
+                step=_plan_refusal_is_a_skip,
+            )
+        except _PlanRefused as refused:
+            return skipped(f"no noise level fits the blocks' remaining budgets: {refused.err}")
         return {
             "status": "trained",
             "dataset": dataset,
             "data_version": version,
             "selection": selection.to_dict(),
-            "budgets": run["budgets"],
-            "run": run,
+            "budgets": run.budgets,
+            "run": run.to_dict(),
             "timings": clock_snapshot(),
         }
     finally:

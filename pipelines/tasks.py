@@ -16,20 +16,22 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from dpgov.data import ingest
+from dpgov.data import prepare as run_prepare
 from dpgov.errors import DpgovError
+from dpgov.gate import approvals
+from dpgov.gate.promotion import PromotionResult
+from dpgov.gate.promotion import promote as run_promotion
+from dpgov.tracking.registry import Registry
+from dpgov.training import retraining
 from pipelines.runtime import timed
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.data import PrepareResult
     from dpgov.data.ingest import DvcRecord, Staged, Wave
     from dpgov.data.params import DataParams
-    from dpgov.data.validated import Validated
-    from dpgov.gate.promotion import PromotionResult
-    from dpgov.gate.service import GateResult
-    from dpgov.ledger import BlockStatus, Entry, Ledger, Reservation
+    from dpgov.ledger import BlockStatus, Entry, Ledger
     from dpgov.policy import LoadedPolicy
-    from dpgov.training.governed import EvalOutcome, RunPlan, TrackOutcome, TrainOutcome
-    from dpgov.training.params import RunParams
     from dpgov.training.retraining import Selection
 
 
@@ -49,96 +51,11 @@ RETRY: dict[str, Any] = {
 }
 
 
-def _registry() -> Any:
-    from dpgov.tracking.registry import Registry
-
+def _registry() -> Registry:
     return Registry()
 
 
-# --------------------------------------------------------------------------- governed run
-
-
-@task(name="validate", **RETRY)
-def validate(
-    prepared: str, data_params: DataParams, policy: str | None, out: str | None
-) -> Validated:
-    from dpgov.data.validated import ensure_validated
-
-    with timed("validate"):
-        return ensure_validated(prepared, data_params=data_params, policy=policy, out=out)
-
-
-@task(name="load-data", **RETRY)
-def load_data(prepared: str) -> tuple[Any, str]:
-    from dpgov.training.governed import load_data as load
-
-    with timed("load_data"):
-        return load(prepared)
-
-
-@task(name="plan", **ONCE)
-def plan(
-    params: RunParams, policy: LoadedPolicy, data: Any, ledger: Ledger, data_version: str
-) -> RunPlan:
-    from dpgov.training import governed
-
-    with timed("plan"):
-        return governed.plan(params, policy, data, ledger=ledger, data_version=data_version)
-
-
-@task(name="reserve", **ONCE)
-def reserve(p: RunPlan, ledger: Ledger) -> Reservation:
-    from dpgov.training import governed
-
-    with timed("reserve"):
-        return governed.reserve(p, ledger=ledger)
-
-
-@task(name="train", **ONCE)
-def train(p: RunPlan, reservation: Reservation, ledger: Ledger, progress: bool) -> TrainOutcome:
-    from dpgov.training import governed
-
-    with timed("train"):
-        return governed.train(p, reservation, ledger=ledger, progress=progress)
-
-
-@task(name="commit", **ONCE)
-def commit(reservation: Reservation, outcome: TrainOutcome, ledger: Ledger) -> Entry:
-    from dpgov.training import governed
-
-    with timed("commit"):
-        return governed.commit(reservation, outcome, ledger=ledger)
-
-
-@task(name="evaluate", **ONCE)
-def evaluate(p: RunPlan, outcome: TrainOutcome, progress: bool) -> EvalOutcome:
-    from dpgov.training import governed
-
-    with timed("evaluate"):
-        return governed.evaluate(p, outcome, progress=progress)
-
-
-@task(name="track", **ONCE)
-def track(
-    p: RunPlan,
-    reservation: Reservation,
-    outcome: TrainOutcome,
-    commit_entry: Entry,
-    evals: EvalOutcome,
-    ledger: Ledger,
-) -> TrackOutcome:
-    from dpgov.training import governed
-
-    with timed("track"):
-        return governed.track(p, reservation, outcome, commit_entry, evals, ledger=ledger)
-
-
-@task(name="gate", **RETRY)
-def gate(model: str, version: str, policy: LoadedPolicy, ledger: Ledger) -> GateResult:
-    from dpgov.gate.service import run_gate
-
-    with timed("gate"):
-        return run_gate(model, version, policy, ledger, _registry())
+# --------------------------------------------------------------------------- budgets
 
 
 @task(name="block-budgets", **RETRY)
@@ -172,17 +89,13 @@ def publish_budgets(rows: list[dict[str, Any]], description: str) -> None:
 
 @task(name="newest-data", **RETRY)
 def newest_data(prepared: str, pull: bool) -> str:
-    from dpgov.data.ingest import checkout_newest
-
     with timed("newest_data"):
-        return checkout_newest(prepared, pull=pull)
+        return ingest.checkout_newest(prepared, pull=pull)
 
 
 @task(name="last-trained-version", **RETRY)
 def last_trained(ledger: Ledger, dataset: str) -> str | None:
-    from dpgov.training.retraining import last_trained_version
-
-    return last_trained_version(ledger, dataset)
+    return retraining.last_trained_version(ledger, dataset)
 
 
 @task(name="select-blocks", **ONCE)
@@ -196,8 +109,6 @@ def select_blocks(
     last_trained_version: str | None,
     require_new_data: bool,
 ) -> Selection:
-    from dpgov.training import retraining
-
     return retraining.select_blocks(
         dataset=dataset,
         data_version=data_version,
@@ -211,15 +122,11 @@ def select_blocks(
 
 @task(name="retire-blocks", **ONCE)
 def retire_blocks(ledger: Ledger, dataset: str, retire: list[tuple[str, str]]) -> list[Entry]:
-    from dpgov.training import retraining
-
     return retraining.retire(ledger, dataset=dataset, retire=retire)
 
 
 @task(name="record-skip", **ONCE)
 def record_skip(ledger: Ledger, selection: Selection, reason: str | None) -> Entry:
-    from dpgov.training import retraining
-
     return retraining.record_skip(ledger, selection, reason=reason)
 
 
@@ -228,8 +135,6 @@ def record_skip(ledger: Ledger, selection: Selection, reason: str | None) -> Ent
 
 @task(name="prepare", **RETRY)
 def prepare(out: str, data_params: DataParams) -> PrepareResult:
-    from dpgov.data import prepare as run_prepare
-
     with timed("prepare"):
         source = (
             None if data_params.source in ("bundled:flchain", "flchain") else data_params.source
@@ -246,9 +151,7 @@ def prepare(out: str, data_params: DataParams) -> PrepareResult:
 
 @task(name="write-waves", **RETRY)
 def write_waves(folder: str, n: int, data_params: DataParams) -> list[Wave]:
-    from dpgov.data.ingest import write_waves as write
-
-    return write(folder, n, params=data_params)
+    return ingest.write_waves(folder, n, params=data_params)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -263,9 +166,7 @@ def stage_arrival(
     dataset: str | None,
     data_params: DataParams,
 ) -> Staged:
-    from dpgov.data.ingest import stage
-
-    return stage(
+    return ingest.stage(
         arrival,
         raw=raw,
         prepared=prepared,
@@ -277,19 +178,15 @@ def stage_arrival(
 
 @task(name="publish-arrival", **ONCE)
 def publish_arrival(staged: Staged) -> Staged:
-    from dpgov.data.ingest import publish
-
-    return publish(staged)
+    return ingest.publish(staged)
 
 
 @task(name="dvc-version", **RETRY)
 def dvc_version(
     root: str, paths: list[str], push: bool, git_commit: bool, message: str
 ) -> DvcRecord:
-    from dpgov.data.ingest import version_with_dvc
-
     with timed("dvc"):
-        return version_with_dvc(
+        return ingest.version_with_dvc(
             root, list(paths), push=push, git_commit=git_commit, message=message
         )
 
@@ -298,9 +195,7 @@ def dvc_version(
 def register_blocks(
     ledger: Ledger, dataset: str, blocks: dict[str, int], data_version: str
 ) -> list[str]:
-    from dpgov.data.ingest import register_blocks as register
-
-    return register(ledger, dataset=dataset, blocks=blocks, data_version=data_version)
+    return ingest.register_blocks(ledger, dataset=dataset, blocks=blocks, data_version=data_version)
 
 
 # --------------------------------------------------------------------------- approval
@@ -310,9 +205,7 @@ def register_blocks(
 def record_approval(
     model: str, version: str, by: str, note: str, policy: LoadedPolicy, ledger: Ledger
 ) -> Entry:
-    from dpgov.gate.approvals import record_approval as record
-
-    entry, _ = record(
+    entry, _ = approvals.record_approval(
         model=model,
         version=version,
         by=by,
@@ -328,9 +221,7 @@ def record_approval(
 def record_refusal(
     model: str, version: str, by: str, reason: str, policy: LoadedPolicy, ledger: Ledger
 ) -> Entry:
-    from dpgov.gate.approvals import record_refusal as record
-
-    entry, _ = record(
+    entry, _ = approvals.record_refusal(
         model=model,
         version=version,
         by=by,
@@ -346,8 +237,6 @@ def record_refusal(
 def promote(
     model: str, version: str, policy: LoadedPolicy, ledger: Ledger, alias: str | None
 ) -> PromotionResult:
-    from dpgov.gate.promotion import promote as run_promotion
-
     return run_promotion(
         model=model,
         version=version,

@@ -57,7 +57,7 @@ def run(
 
         return governed_run(
             params=loaded.model_dump(mode="json"), policy=str(policy_file), progress=not as_json
-        )
+        ).to_dict()
 
     summary, timings = orchestrate(call, preload_modules=HEAVY_MODULES, say=_say(as_json))
     data = {**summary, "orchestration": timings}
@@ -96,7 +96,7 @@ def demo(
             return demo_waves(home=str(home), waves=waves, progress=not as_json)
         from pipelines.demo import demo as demo_flow
 
-        return demo_flow(home=str(home), progress=not as_json)
+        return demo_flow(home=str(home), progress=not as_json).to_dict()
 
     result, timings = orchestrate(
         call, preload_modules=[*HEAVY_MODULES, "sksurv.datasets"], say=_say(as_json)

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dpgov.data.params import DataParams
 from dpgov.errors import UsageError
+from dpgov.training.models import model_names
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEVICES = ("auto", "cpu", "cuda")
@@ -31,8 +33,6 @@ class ModelParams(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from dpgov.training.models import model_names
-
         if value not in model_names():
             raise ValueError(f"unknown model {value!r}; known: {', '.join(model_names())}")
         return value
@@ -125,6 +125,17 @@ def prepared_path(params: RunParams) -> Path:
     return Path("data/prepared") / str(dataset)
 
 
+def data_params(params: RunParams) -> DataParams:
+    """The ``data:`` section as :mod:`dpgov.data` reads it (unknown keys: UsageError)."""
+    try:
+        return DataParams.model_validate(params.data or {})
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        raise UsageError(f"params: data.{loc}: {msg} (found {e.get('input')!r})") from err
+
+
 def default_params_path() -> Path:
     """``params.yaml`` in the working directory, else the copy shipped in the package."""
     if DEFAULT_PARAMS.exists():
@@ -138,8 +149,6 @@ def embedded_params_path() -> Path:
 
 def parse_params(data: Any, *, source: str = "params") -> RunParams:
     """Validate a mapping into :class:`RunParams`; one line naming the key on failure."""
-    from pydantic import ValidationError
-
     if not isinstance(data, dict):
         raise UsageError(f"{source}: expected a mapping at top level, found {type(data).__name__}")
     try:

@@ -4,16 +4,37 @@ them)."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dpgov import config
+from dpgov.accounting import epsilon
+from dpgov.contracts import (
+    NOT_COVERED,
+    STATUS_CANDIDATE,
+    STATUS_REFERENCE,
+    TAG_AUTHOR,
+    TAG_BLOCKS,
+    TAG_DATA_VERSION,
+    TAG_DATASET,
+    TAG_DELTA,
+    TAG_EPSILON,
+    TAG_LEDGER_ENTRIES,
+    TAG_POLICY_SHA256,
+    TAG_PRIVATE,
+    TAG_RESERVATION,
+    TAG_RUN_ID,
+    TAG_STATUS,
+    compact_json,
+)
+from dpgov.gate.facts import CandidateFacts
+
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.ledger import Entry, Reservation
     from dpgov.training.evaluate import Evaluation
-    from dpgov.training.governed import RunPlan
+    from dpgov.training.planning import RunPlan
 
 SAMPLING = "poisson"
 NEIGHBOURING = "add_remove"
@@ -68,26 +89,19 @@ def run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) ->
 
 def run_tags(p: RunPlan, reservation: Reservation | None, *, private: bool) -> dict[str, str]:
     """MLflow run tags linking the run to its data version, ledger entries and policy."""
-    from dpgov import config
-
     tags = {
-        "dpgov.private": str(private).lower(),
-        "dpgov.status": "candidate" if private else "reference",
-        "dpgov.dataset": p.dataset,
-        "dpgov.blocks": compact_json(p.blocks),
-        "dpgov.data_version": p.data_version,
-        "dpgov.policy_sha256": p.policy.sha256,
-        "dpgov.author": config.actor(),
+        TAG_PRIVATE: str(private).lower(),
+        TAG_STATUS: STATUS_CANDIDATE if private else STATUS_REFERENCE,
+        TAG_DATASET: p.dataset,
+        TAG_BLOCKS: compact_json(p.blocks),
+        TAG_DATA_VERSION: p.data_version,
+        TAG_POLICY_SHA256: p.policy.sha256,
+        TAG_AUTHOR: config.actor(),
     }
     if reservation is not None:
-        tags["dpgov.reservation"] = reservation.id
-        tags["dpgov.ledger_entries"] = compact_json([reservation.seq])
+        tags[TAG_RESERVATION] = reservation.id
+        tags[TAG_LEDGER_ENTRIES] = compact_json([reservation.seq])
     return tags
-
-
-def compact_json(value: Any) -> str:
-    """JSON without spaces, for list-valued tags (``["1995","1996"]``)."""
-    return json.dumps(value, separators=(",", ":"))
 
 
 def privacy_statement(
@@ -98,8 +112,6 @@ def privacy_statement(
     block_epsilon: dict[str, float],
 ) -> dict[str, Any]:
     """What this model's guarantee is, for whom, and what it does not cover."""
-    from dpgov.accounting import epsilon
-
     eps = epsilon([p.mechanism.with_steps(steps)], delta=p.delta, accountant=p.accountant)
     return {
         "private": True,
@@ -128,11 +140,7 @@ def privacy_statement(
         },
         "cumulative_epsilon_per_block": block_epsilon,
         "epsilon_per_block_limit": p.policy.policy.budget.epsilon_per_block,
-        "not_covered": [
-            "the held-out test split (used for evaluation, released as metrics)",
-            "the non-private reference model (never promotable)",
-            "choices made outside this run (hyperparameters, preprocessing fitted on data)",
-        ],
+        "not_covered": list(NOT_COVERED),
         "ledger": {"reservation": reservation.id, "entries": [reservation.seq, commit_entry.seq]},
         "policy_sha256": p.policy.sha256,
     }
@@ -184,9 +192,6 @@ def candidate_facts(
     reference: Any = None,
 ) -> dict[str, Any]:
     """``candidate_facts.json``: validated through :class:`CandidateFacts`, then as JSON."""
-    from dpgov import config
-    from dpgov.gate.facts import CandidateFacts
-
     cfg = p.params.train
     facts = CandidateFacts(
         model_name=model_name,
@@ -226,18 +231,18 @@ def version_tags(facts: dict[str, Any]) -> dict[str, str]:
     """The model-version tags of docs/INTERFACES.md, from the candidate facts."""
     eps, delta = facts["epsilon"], facts["delta"]
     return {
-        "dpgov.status": "candidate" if facts["private"] else "reference",
-        "dpgov.private": str(facts["private"]).lower(),
-        "dpgov.run_id": facts["run_id"],
-        "dpgov.data_version": facts["data_version"],
-        "dpgov.dataset": facts["dataset"],
-        "dpgov.blocks": compact_json(facts["blocks"]),
-        "dpgov.reservation": facts["reservation_id"] or "",
-        "dpgov.ledger_entries": compact_json(facts["ledger_entries"]),
-        "dpgov.policy_sha256": facts["policy_sha256"],
-        "dpgov.author": facts["author"],
-        "dpgov.epsilon": repr(float(eps)) if eps is not None else "inf",
-        "dpgov.delta": repr(float(delta)) if delta is not None else "none",
+        TAG_STATUS: STATUS_CANDIDATE if facts["private"] else STATUS_REFERENCE,
+        TAG_PRIVATE: str(facts["private"]).lower(),
+        TAG_RUN_ID: facts["run_id"],
+        TAG_DATA_VERSION: facts["data_version"],
+        TAG_DATASET: facts["dataset"],
+        TAG_BLOCKS: compact_json(facts["blocks"]),
+        TAG_RESERVATION: facts["reservation_id"] or "",
+        TAG_LEDGER_ENTRIES: compact_json(facts["ledger_entries"]),
+        TAG_POLICY_SHA256: facts["policy_sha256"],
+        TAG_AUTHOR: facts["author"],
+        TAG_EPSILON: repr(float(eps)) if eps is not None else "inf",
+        TAG_DELTA: repr(float(delta)) if delta is not None else "none",
     }
 
 
@@ -250,8 +255,3 @@ def subgroup_csv(ev: Evaluation) -> str:
     buf = io.StringIO()
     pd.DataFrame(ev.table()).to_csv(buf, index=False)
     return buf.getvalue()
-
-
-def metric_key(text: str) -> str:
-    """A name usable in an MLflow metric key."""
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in str(text))

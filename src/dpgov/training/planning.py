@@ -1,0 +1,244 @@
+"""The plan step: check everything that can be checked before budget moves, fix the mechanism.
+
+Bad input raises :class:`UsageError` (exit 2); a budget that cannot afford the run raises
+:class:`Refused` (exit 1). Nothing is written: σ for the target ε is calibrated against what
+the chosen blocks already spent (the ledger composes their history), not a fresh budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dpgov.accounting import DpSgdMechanism, calibrate_noise_multiplier, epsilon
+from dpgov.accounting.errors import AccountingInputError, InfeasibleBudget
+from dpgov.contracts import exceeds
+from dpgov.errors import Refused, UsageError
+from dpgov.training.inputs import Arrays, PreparedLike, arrays, data_version_of, subset
+from dpgov.training.models import build_model, input_spec
+from dpgov.training.trainer import (
+    check_secure_rng,
+    choose_grad_sample_mode,
+    resolve_device,
+    sampling_plan,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dpgov.ledger import Ledger
+    from dpgov.policy import LoadedPolicy
+    from dpgov.training.params import RunParams
+    from dpgov.training.trainer import SamplingPlan
+
+
+@dataclass
+class RunPlan:
+    params: RunParams
+    policy: LoadedPolicy
+    dataset: str
+    data_version: str
+    blocks: list[str]
+    block_patients: dict[str, int]
+    train: Arrays
+    test: Arrays
+    meta: dict[str, Any]
+    sampling: SamplingPlan
+    noise_multiplier: float
+    mechanism: DpSgdMechanism
+    epsilon_run: float
+    delta: float
+    accountant: str
+    device: str
+    grad_sample_mode: str
+    calibrated: bool
+
+    @property
+    def target_epsilon(self) -> float:
+        return self.params.train.target_epsilon
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "data_version": self.data_version,
+            "blocks": self.blocks,
+            "n_train_patients": len(self.train.y),
+            "n_test_patients": len(self.test.y),
+            "noise_multiplier": self.noise_multiplier,
+            "calibrated": self.calibrated,
+            "sample_rate": self.sampling.sample_rate,
+            "expected_batch_size": self.sampling.expected_batch_size,
+            "steps": self.sampling.steps,
+            "epochs": self.sampling.epochs,
+            "max_grad_norm": self.params.train.max_grad_norm,
+            "target_epsilon": self.target_epsilon,
+            "epsilon_run": self.epsilon_run,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "device": self.device,
+            "grad_sample_mode": self.grad_sample_mode,
+            "model": self.params.model.name,
+        }
+
+
+def plan(
+    params: RunParams,
+    policy: LoadedPolicy,
+    data: PreparedLike,
+    *,
+    ledger: Ledger,
+    data_version: str | None = None,
+) -> RunPlan:
+    """Check the run and fix its mechanism; nothing is written anywhere."""
+    cfg = params.train
+    budget = policy.policy.budget
+    meta = data.meta
+    dataset = str(meta.get("dataset") or "")
+    if not dataset:
+        raise UsageError("meta.json: dataset is missing")
+    version = data_version or data_version_of(data, None)
+    device = resolve_device(cfg.device)
+    check_secure_rng(cfg.secure_rng)
+    if meta.get("kind", "tabular") == "image" and params.model.name != "cnn":
+        raise UsageError(f"model.name: {params.model.name!r} cannot take image data; use cnn")
+
+    train_all = arrays(data, "train")
+    test = arrays(data, "test")
+    blocks = _choose_blocks(cfg.blocks, meta, train_all, dataset, ledger, budget)
+    train = subset(train_all, np.isin(train_all.block, blocks))
+    _check_unit_of_privacy(train, test)
+    if len(np.unique(train.y)) < 2:
+        raise UsageError(f"training data of blocks {blocks}: labels hold one class only")
+
+    model = build_model(params.model, input_spec(meta))
+    mode = choose_grad_sample_mode(cfg.grad_sample_mode, model)
+    sampling = sampling_plan(n=len(train.y), batch_size=cfg.batch_size, epochs=cfg.epochs)
+    if budget.delta >= 1.0 / len(train.y):
+        raise UsageError(
+            f"policy budget.delta: {budget.delta:g} is not below 1/n = {1 / len(train.y):.3g} "
+            f"for the {len(train.y)} training patients"
+        )
+
+    registered = _registered_blocks(ledger, dataset)
+    known = [b for b in blocks if b in registered]
+    try:
+        if cfg.noise_multiplier is not None:
+            sigma = float(cfg.noise_multiplier)
+            calibrated = False
+        elif known:
+            sigma = ledger.calibrate(
+                dataset=dataset,
+                blocks=known,
+                target_epsilon=cfg.target_epsilon,
+                sample_rate=sampling.sample_rate,
+                steps=sampling.steps,
+                budget=budget,
+            )
+            calibrated = True
+        else:  # blocks not yet in the ledger: nothing spent on them
+            sigma = calibrate_noise_multiplier(
+                target_epsilon=cfg.target_epsilon,
+                delta=budget.delta,
+                sample_rate=sampling.sample_rate,
+                steps=sampling.steps,
+                accountant=budget.accountant,
+            )
+            calibrated = True
+        mechanism = DpSgdMechanism(
+            noise_multiplier=sigma, sample_rate=sampling.sample_rate, steps=sampling.steps
+        )
+        eps_run = epsilon([mechanism], delta=budget.delta, accountant=budget.accountant)
+    except AccountingInputError as err:
+        raise UsageError(f"train: {err}") from err
+    except InfeasibleBudget as err:
+        raise Refused(f"dataset {dataset!r}, blocks {', '.join(blocks)}: {err}") from err
+    if exceeds(eps_run, cfg.target_epsilon):
+        raise UsageError(
+            f"train.noise_multiplier: σ={sigma:g} with sample rate {sampling.sample_rate:.4g} for "
+            f"{sampling.steps} steps costs ε={eps_run:.4f} at δ={budget.delta:g}, over "
+            f"train.target_epsilon {cfg.target_epsilon:g}; raise σ, or lower epochs or "
+            "batch_size, or leave noise_multiplier unset to calibrate it"
+        )
+    return RunPlan(
+        params=params,
+        policy=policy,
+        dataset=dataset,
+        data_version=version,
+        blocks=blocks,
+        block_patients={b: int(meta["blocks"][b]) for b in blocks},
+        train=train,
+        test=test,
+        meta=meta,
+        sampling=sampling,
+        noise_multiplier=sigma,
+        mechanism=mechanism,
+        epsilon_run=eps_run,
+        delta=budget.delta,
+        accountant=budget.accountant,
+        device=str(device),
+        grad_sample_mode=mode,
+        calibrated=calibrated,
+    )
+
+
+def _registered_blocks(ledger: Ledger, dataset: str) -> dict[str, Any]:
+    return {b.block: b for b in ledger.blocks() if b.dataset == dataset}
+
+
+def _choose_blocks(
+    wanted: list[str] | None,
+    meta: dict[str, Any],
+    train: Arrays,
+    dataset: str,
+    ledger: Ledger,
+    budget: Any,
+) -> list[str]:
+    """The named blocks, or every block of the data that is active with budget left."""
+    available = list((meta.get("blocks") or {}).keys())
+    if not available:
+        raise UsageError("meta.json: blocks is empty: nothing to train on")
+    registered = _registered_blocks(ledger, dataset)
+    if wanted is not None:
+        unknown = [b for b in wanted if b not in available]
+        if unknown:
+            raise UsageError(
+                f"train.blocks: unknown block(s) {unknown} of dataset {dataset!r}; "
+                f"the data holds {available}"
+            )
+        if len(set(wanted)) != len(wanted):
+            raise UsageError(f"train.blocks: a block is named twice in {wanted}")
+        retired = [b for b in wanted if b in registered and registered[b].retired]
+        if retired:
+            raise Refused(f"train.blocks: block(s) {retired} of dataset {dataset!r} are retired")
+        chosen = list(wanted)
+    else:
+        chosen = []
+        for b in available:
+            info = registered.get(b)
+            if info is None or (
+                not info.retired and ledger.block_status(dataset, b, budget).remaining > 0
+            ):
+                chosen.append(b)
+        if not chosen:
+            raise Refused(f"dataset {dataset!r}: every block is retired or has no budget left")
+    present = set(np.unique(train.block))
+    empty = [b for b in chosen if b not in present]
+    if empty:
+        raise UsageError(f"train.blocks: block(s) {empty} have no rows in the training split")
+    return chosen
+
+
+def _check_unit_of_privacy(train: Arrays, test: Arrays) -> None:
+    """Record-level DP-SGD protects a patient only if each contributes one training record."""
+    ids, counts = np.unique(train.patient_id, return_counts=True)
+    if (counts > 1).any():
+        worst = ids[np.argmax(counts)]
+        raise Refused(
+            f"unit of privacy: patient {worst!r} has {counts.max()} training records; "
+            "DP-SGD here protects a patient only with one record each"
+        )
+    overlap = np.intersect1d(ids, np.unique(test.patient_id))
+    if overlap.size:
+        raise UsageError(
+            f"prepared data: {overlap.size} patient(s) appear in both train and test splits"
+        )

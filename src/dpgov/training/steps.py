@@ -1,0 +1,188 @@
+"""The steps of a governed run after the plan: reserve → train → commit → evaluate.
+
+- **reserve** charges the planned mechanism to every block atomically. No training without it.
+- **train** runs DP-SGD under the reservation; on failure it settles the ledger
+  (:mod:`dpgov.training.settle`) and marks the MLflow run failed.
+- **commit** replaces the plan with the steps actually taken (never less than ran) and anchors
+  the chain head in the tracking store.
+- **evaluate** scores the test split overall and per subgroup; optionally trains the
+  non-private reference (same model, data, epochs; never promotable).
+
+:func:`dpgov.training.governed.run_governed` calls them in order; tests call them one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dpgov.accounting import epsilon
+from dpgov.contracts import EPSILON_TOLERANCE
+from dpgov.errors import UsageError
+from dpgov.tracking import runs
+from dpgov.tracking.anchor import try_record_anchor
+from dpgov.training import records
+from dpgov.training.evaluate import evaluate as score
+from dpgov.training.faults import fault_point
+from dpgov.training.models import build_model, input_spec
+from dpgov.training.settle import end_failed_run, settle_reservation
+from dpgov.training.trainer import (
+    StepCounter,
+    check_history,
+    predict_scores,
+    resolve_device,
+    seed_everything,
+    train_nonprivate,
+    train_private,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dpgov.ledger import Entry, Ledger, Reservation
+    from dpgov.training.evaluate import Evaluation
+    from dpgov.training.planning import RunPlan
+    from dpgov.training.trainer import TrainResult
+
+
+@dataclass
+class TrainOutcome:
+    result: TrainResult
+    run_id: str  # the MLflow run of the private model
+
+
+@dataclass
+class EvalOutcome:
+    private: Evaluation
+    reference: Evaluation | None = None
+    reference_result: TrainResult | None = None
+
+
+def reserve(p: RunPlan, *, ledger: Ledger) -> Reservation:
+    """Register the blocks (idempotent) and charge the planned mechanism to all of them."""
+    fault_point("before_reserve")
+    for b in p.blocks:
+        ledger.add_block(
+            dataset=p.dataset, block=b, patients=p.block_patients[b], data_version=p.data_version
+        )
+    return ledger.reserve(
+        dataset=p.dataset,
+        blocks=p.blocks,
+        mechanism=p.mechanism,
+        budget=p.policy.policy.budget,
+        policy_sha256=p.policy.sha256,
+        data_version=p.data_version,
+        max_run_epsilon=p.target_epsilon * (1 + EPSILON_TOLERANCE),
+    )
+
+
+def train(
+    p: RunPlan,
+    reservation: Reservation,
+    *,
+    ledger: Ledger,
+    progress: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> TrainOutcome:
+    """Open the MLflow run and train under the reservation; settle the ledger on failure.
+
+    ``parent_run_id`` nests the MLflow run under another (a sweep); ``tags`` are added to (or
+    override) the run's tags.
+    """
+    if reservation.mechanism != p.mechanism:
+        raise UsageError("reservation does not hold this plan's mechanism: no training")
+    counter = StepCounter()
+    run_id: str | None = None
+    try:
+        run_id = runs.start_run(
+            experiment=p.params.train.experiment,
+            run_name=f"dp-{p.params.model.name}",
+            params=records.run_params(p, reservation, private=True),
+            tags={**records.run_tags(p, reservation, private=True), **(tags or {})},
+            parent_run_id=parent_run_id,
+        )
+
+        def eps_so_far(steps: int) -> float:
+            if steps < 1:
+                return 0.0
+            return epsilon([p.mechanism.with_steps(steps)], delta=p.delta, accountant=p.accountant)
+
+        def stepped(steps: int, loss: float) -> None:
+            if steps == min(2, p.sampling.steps):
+                fault_point("during_train")
+            if on_step is not None:
+                on_step(steps, loss)
+
+        seed_everything(p.params.train.seed)
+        model = build_model(p.params.model, input_spec(p.meta))
+        result = train_private(
+            model,
+            p.train.x,
+            p.train.y,
+            plan=p.sampling,
+            noise_multiplier=p.noise_multiplier,
+            max_grad_norm=p.params.train.max_grad_norm,
+            cfg=p.params.train,
+            device=resolve_device(p.device),
+            grad_sample_mode=p.grad_sample_mode,
+            counter=counter,
+            on_step=stepped,
+            epsilon_fn=eps_so_far,
+            progress=progress,
+        )
+        check_history(
+            result.history,
+            noise_multiplier=p.noise_multiplier,
+            sample_rate=p.sampling.sample_rate,
+            steps=result.steps,
+        )
+    except BaseException as err:
+        settle_reservation(ledger, reservation, counter.steps, err)
+        end_failed_run(run_id, err)
+        raise
+    return TrainOutcome(result=result, run_id=run_id)
+
+
+def commit(reservation: Reservation, outcome: TrainOutcome, *, ledger: Ledger) -> Entry:
+    """Charge the steps actually taken (never more than reserved, never less than ran)."""
+    fault_point("after_train")
+    entry = ledger.commit(reservation.id, steps=outcome.result.steps, run_id=outcome.run_id)
+    # The chain head, anchored outside the ledger database (a failure is only logged: the
+    # charge is already safe, and the audit reports unanchored commits).
+    try_record_anchor(entry.seq, entry.hash, ledger=ledger)
+    return entry
+
+
+def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> EvalOutcome:
+    """Score the test split; train and score the non-private reference when asked."""
+    cfg = p.params.train
+
+    def judge(model: Any) -> Evaluation:
+        return score(
+            p.test.y,
+            predict_scores(model, p.test.x),
+            p.test.sensitive,
+            threshold=cfg.threshold,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+            min_group_n=cfg.min_group_n,
+        )
+
+    out = EvalOutcome(private=judge(outcome.result.model))
+    if cfg.reference:
+        seed_everything(cfg.seed)
+        ref_model = build_model(p.params.model, input_spec(p.meta))
+        ref = train_nonprivate(
+            ref_model,
+            p.train.x,
+            p.train.y,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            cfg=cfg,
+            device=resolve_device(p.device),
+            progress=progress,
+        )
+        out.reference_result = ref
+        out.reference = judge(ref.model)
+    return out

@@ -1,0 +1,233 @@
+"""The track step: log a governed run (and its non-private reference) to MLflow.
+
+The ledger is already committed here. The private run gets its metrics, its privacy statement
+and its candidate facts; with ``register`` its model is logged and registered as a candidate
+version (the gate reads the facts). The reference leaves metrics and facts only (a reference
+version is registered for comparison, never promotable). A tracking failure marks the MLflow
+run FAILED and propagates; the charge stands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dpgov.contracts import (
+    ARTIFACT_CANDIDATE_FACTS,
+    ARTIFACT_PRIVACY_STATEMENT,
+    ARTIFACT_PRIVACY_STATEMENT_TEXT,
+    ARTIFACT_SUBGROUPS_CSV,
+    ARTIFACT_SUBGROUPS_JSON,
+    TAG_COMMIT,
+    TAG_LEDGER_ENTRIES,
+    TAG_PRIVATE_RUN,
+    TAG_REFERENCE_RUN,
+    block_metric_key,
+    compact_json,
+)
+from dpgov.tracking import runs
+from dpgov.training import records
+from dpgov.training.evaluate import price_of_privacy, reference_facts
+from dpgov.training.faults import fault_point
+from dpgov.training.settle import end_failed_run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dpgov.ledger import Entry, Ledger, Reservation
+    from dpgov.training.evaluate import Evaluation
+    from dpgov.training.planning import RunPlan
+    from dpgov.training.steps import EvalOutcome, TrainOutcome
+
+
+@dataclass
+class TrackOutcome:
+    run_id: str
+    model_name: str
+    model_version: str | None  # None when the model was not registered (register=False)
+    reference_run_id: str | None
+    reference_version: str | None
+    facts: dict[str, Any]
+    block_epsilon: dict[str, float] = field(default_factory=dict)
+
+
+def _register(
+    run_id: str,
+    model: Any,
+    p: RunPlan,
+    facts: dict[str, Any],
+    ev: Evaluation,
+    *,
+    register: bool = True,
+) -> str | None:
+    """Log the model, register a version with the tags, then its candidate facts.
+
+    ``register=False`` logs no model and registers no version (a study, not a candidate);
+    the facts and subgroup tables are still written.
+    """
+    version: str | None = None
+    if register:
+        ref = runs.log_model(
+            run_id,
+            model,
+            input_example=records.input_example(p.test.x if len(p.test.x) else p.train.x),
+            register_as=facts["model_name"],
+            version_tags=records.version_tags(facts),
+        )
+        assert ref is not None
+        version = facts["model_version"] = ref.version
+    runs.log_json(run_id, facts, ARTIFACT_CANDIDATE_FACTS)
+    runs.log_text(run_id, records.subgroup_csv(ev), ARTIFACT_SUBGROUPS_CSV)
+    runs.log_json(
+        run_id,
+        {"subgroups": ev.table(), "gaps": [g.model_dump() for g in ev.gaps]},
+        ARTIFACT_SUBGROUPS_JSON,
+    )
+    return version
+
+
+def track(
+    p: RunPlan,
+    reservation: Reservation,
+    outcome: TrainOutcome,
+    commit_entry: Entry,
+    evals: EvalOutcome,
+    *,
+    ledger: Ledger,
+    register: bool = True,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> TrackOutcome:
+    """Log both runs (private and reference) to MLflow and register their model versions.
+
+    The ledger is already committed here; a tracking failure marks the MLflow run FAILED
+    (with the reservation tag it was opened with) and propagates. ``register=False`` logs
+    neither model and registers no version (sweep trials are studies, not candidates);
+    ``parent_run_id`` and ``tags`` apply to the reference run this step opens.
+    """
+    try:
+        return _track(
+            p,
+            reservation,
+            outcome,
+            commit_entry,
+            evals,
+            ledger=ledger,
+            register=register,
+            parent_run_id=parent_run_id,
+            tags=tags,
+        )
+    except BaseException as err:
+        end_failed_run(outcome.run_id, err)
+        raise
+
+
+def _track(
+    p: RunPlan,
+    reservation: Reservation,
+    outcome: TrainOutcome,
+    commit_entry: Entry,
+    evals: EvalOutcome,
+    *,
+    ledger: Ledger,
+    register: bool = True,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> TrackOutcome:
+    cfg = p.params.train
+    model_name = cfg.model_name
+    budget = p.policy.policy.budget
+    block_eps = {b: ledger.block_status(p.dataset, b, budget).epsilon_spent for b in p.blocks}
+    steps = outcome.result.steps
+    entries = [reservation.seq, commit_entry.seq]
+
+    ref_run_id = ref_version = None
+    ref_facts = None
+    if evals.reference is not None and evals.reference_result is not None:
+        ref_ev, ref_res = evals.reference, evals.reference_result
+        ref_run_id = runs.start_run(
+            experiment=cfg.experiment,
+            run_name=f"reference-{p.params.model.name}",
+            params=records.run_params(p, None, private=False),
+            tags={
+                **records.run_tags(p, None, private=False),
+                TAG_PRIVATE_RUN: outcome.run_id,
+                **(tags or {}),
+            },
+            parent_run_id=parent_run_id,
+        )
+        runs.log_metrics(
+            ref_run_id, {**ref_ev.metrics(), "seconds_per_epoch": _mean(ref_res.epoch_seconds)}
+        )
+        runs.log_series(ref_run_id, "train_loss", ref_res.epoch_losses)
+        facts = records.candidate_facts(
+            p,
+            run_id=ref_run_id,
+            private=False,
+            ev=ref_ev,
+            model_name=model_name,
+            model_version=None,
+            reservation=None,
+            entries=[],
+            steps=None,
+            eps=None,
+        )
+        ref_version = _register(ref_run_id, ref_res.model, p, facts, ref_ev, register=register)
+        runs.end_run(ref_run_id)
+        ref_facts = reference_facts(ref_run_id, ref_ev)
+
+    run_id = outcome.run_id
+    statement = records.privacy_statement(p, reservation, commit_entry, steps, block_eps)
+    ev = evals.private
+    metrics: dict[str, float] = {
+        "epsilon": statement["epsilon"],
+        "delta": p.delta,
+        "seconds_per_epoch": _mean(outcome.result.epoch_seconds),
+        **{block_metric_key(b): v for b, v in block_eps.items()},
+        **ev.metrics(),
+    }
+    if evals.reference is not None:
+        metrics.update({f"price.{k}": v for k, v in price_of_privacy(ev, evals.reference).items()})
+        metrics["reference_auroc"] = evals.reference.auroc
+    runs.log_metrics(run_id, metrics)
+    fault_point("during_track")
+    runs.log_series(run_id, "train_loss", outcome.result.epoch_losses)
+    runs.set_tags(
+        run_id,
+        {
+            TAG_LEDGER_ENTRIES: compact_json(entries),
+            TAG_COMMIT: str(commit_entry.seq),
+            **({TAG_REFERENCE_RUN: ref_run_id} if ref_run_id else {}),
+        },
+    )
+    runs.log_json(run_id, statement, ARTIFACT_PRIVACY_STATEMENT)
+    runs.log_text(run_id, records.statement_text(statement), ARTIFACT_PRIVACY_STATEMENT_TEXT)
+    facts = records.candidate_facts(
+        p,
+        run_id=run_id,
+        private=True,
+        ev=ev,
+        model_name=model_name,
+        model_version=None,
+        reservation=reservation,
+        entries=entries,
+        steps=steps,
+        eps=statement["epsilon"],
+        reference=ref_facts,
+    )
+    version = _register(run_id, outcome.result.model, p, facts, ev, register=register)
+    fault_point("after_register")
+    runs.end_run(run_id)
+    return TrackOutcome(
+        run_id=run_id,
+        model_name=model_name,
+        model_version=version,
+        reference_run_id=ref_run_id,
+        reference_version=ref_version,
+        facts=facts,
+        block_epsilon=block_eps,
+    )
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
