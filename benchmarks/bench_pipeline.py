@@ -131,7 +131,7 @@ def direct(spec: dict[str, Any]) -> dict[str, Any]:
 
     warnings.filterwarnings("ignore")
     from dpgov.data import prepare
-    from dpgov.data.validated import ensure_validated
+    from dpgov.data.validation import ensure_validated
     from dpgov.gate.service import run_gate
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy

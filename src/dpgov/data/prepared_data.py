@@ -1,4 +1,5 @@
-"""Reading prepared data: what training, evaluation and validation consume.
+"""Reading prepared data (:class:`PreparedData`, :func:`load_prepared`): what training,
+evaluation and validation consume. Writing it is :mod:`dpgov.data.preparation`'s job.
 
 ``data/prepared/<dataset>/`` holds ``train.parquet`` and ``test.parquet`` (disjoint patients),
 ``meta.json`` and, for images, ``train_images.npy`` / ``test_images.npy`` (N, C, H, W) indexed
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpgov.data.versioning import data_version
 from dpgov.errors import UsageError
 
 SPLITS = ("train", "test")
@@ -116,8 +118,6 @@ class PreparedData:
 def load_prepared(path: str | Path, *, version: bool = True) -> PreparedData:
     """Read a prepared folder (``data/prepared/<dataset>``). ``version=False`` skips hashing."""
     import pandas as pd
-
-    from dpgov.data.versioning import data_version
 
     folder = Path(path)
     if not folder.is_dir():

@@ -122,7 +122,7 @@ def _preload() -> None:
     import sqlalchemy  # noqa: F401
     import torch
 
-    import dpgov.data.prepared
+    import dpgov.data.prepared_data
     import dpgov.ledger
     import dpgov.tracking.registry
     import dpgov.tracking.runs

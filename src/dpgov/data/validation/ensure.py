@@ -11,14 +11,17 @@ validate it raises :class:`UsageError` (exit 2).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dpgov.data.params import DataParams
+from dpgov.data.prepared_data import load_prepared
+from dpgov.data.validation.report import VALIDATION_ROOT
+from dpgov.data.validation.run import validate
 from dpgov.errors import Refused, UsageError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from dpgov.data.params import DataParams
+from dpgov.policy import load_policy
 
 
 @dataclass(frozen=True)
@@ -67,13 +70,6 @@ def ensure_validated(
     """A passing validation of ``prepared`` (reused when recorded for this version, contract
     and policy, else computed now and written to ``out``, default
     ``data/validation/<dataset>``)."""
-    import time
-
-    from dpgov.data.params import DataParams
-    from dpgov.data.prepared import load_prepared
-    from dpgov.data.validation import VALIDATION_ROOT, validate
-    from dpgov.policy import load_policy
-
     started = time.perf_counter()
     params = data_params or DataParams()
     folder = Path(prepared)
