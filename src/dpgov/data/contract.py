@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dpgov.data.flchain import CONTRACT_YAML
 from dpgov.errors import UsageError
 
 ColumnType = Literal["integer", "float", "string", "boolean"]
@@ -261,8 +262,6 @@ def load_contract(path: str | Path | None = None) -> LoadedContract:
         if local.is_file():
             path = local
         else:
-            from dpgov.data.flchain import CONTRACT_YAML
-
             return parse_contract(CONTRACT_YAML, "builtin:flchain")
     file = Path(path)
     try:

@@ -30,13 +30,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dpgov import config
+from dpgov.data.contract import LoadedContract, load_contract
+from dpgov.data.params import DataParams
+from dpgov.data.preparation import build_prepared, prepare
+from dpgov.data.sources import TABLE_SUFFIXES, load_source, read_table
+from dpgov.data.versioning import data_version, find_dvc_root
 from dpgov.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from dpgov.data.contract import LoadedContract
-    from dpgov.data.params import DataParams
     from dpgov.ledger import Ledger
 
 SPLITS = ("train", "test")
@@ -82,11 +86,6 @@ def stage(
     would move an already-prepared patient to another block or split.
     """
     import pandas as pd
-
-    from dpgov.data.contract import LoadedContract, load_contract
-    from dpgov.data.params import DataParams
-    from dpgov.data.preparation import prepare
-    from dpgov.data.sources import TABLE_SUFFIXES, read_table
 
     params = params or DataParams()
     loaded = contract if isinstance(contract, LoadedContract) else load_contract(contract)
@@ -268,8 +267,6 @@ def init_repo(root: str | Path, *, remote: str | Path | None = None, git: bool =
     """Make ``root`` a DVC repository (in git when git is available and ``git`` is true) whose
     default remote ``local`` is ``remote`` (default ``config.dvc_remote()``). Idempotent."""
     import subprocess
-
-    from dpgov import config
 
     folder = Path(root).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -473,11 +470,6 @@ def plan_waves(groups: list[tuple[str, int]], n: int) -> list[list[str]]:
 def enrollment_waves(n: int = 3, *, params: DataParams | None = None) -> list[Wave]:
     """The bundled flchain cohort as ``n`` chronological arrivals of whole blocks (blocks as
     :func:`dpgov.data.prepare` groups the full cohort, so no arrival regroups a block)."""
-    from dpgov.data.contract import load_contract
-    from dpgov.data.params import DataParams
-    from dpgov.data.preparation import build_prepared
-    from dpgov.data.sources import load_source
-
     params = params or DataParams()
     loaded = load_contract(None)
     c = loaded.contract
@@ -520,8 +512,6 @@ def checkout_newest(prepared: str | Path, *, pull: bool = True) -> str:
     """The data version of ``prepared``; a DVC-tracked folder missing from the workspace (a
     fresh checkout on a worker) is first pulled from the remote (``dvc pull``), so the run
     trains on the version the repository records. Raises UsageError when there is none."""
-    from dpgov.data.versioning import data_version, find_dvc_root
-
     folder = Path(prepared).resolve()
     if not folder.exists() and pull:
         root = find_dvc_root(folder.parent if folder.parent.exists() else Path.cwd())

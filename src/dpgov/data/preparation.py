@@ -28,10 +28,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from dpgov import __version__
 from dpgov.data.contract import RESERVED_COLUMNS, Contract, LoadedContract, load_contract
 from dpgov.data.params import DataParams
+from dpgov.data.pseudonym import METHOD as PSEUDONYM_METHOD
+from dpgov.data.pseudonym import key_source, pseudonymise
 from dpgov.data.sources import Source, is_bundled, load_source
+from dpgov.data.versioning import compute_md5
 from dpgov.errors import UsageError
+from dpgov.ledger import Ledger
 
 FORMAT = 1
 PREPARED_ROOT = Path("data/prepared")
@@ -114,8 +119,6 @@ def prepare(
 def _register(dataset: str, blocks: dict[str, int], version: str, url: str | None) -> list[str]:
     """Add every block to the ledger; check all first, so a conflict changes nothing.
     Returns the blocks newly added."""
-    from dpgov.ledger import Ledger
-
     led = Ledger.open(url)
     try:
         known = {b.block: b for b in led.blocks(dataset)}
@@ -151,9 +154,6 @@ def build_prepared(
     """The prepared train and test tables, meta.json and (images) the pixel arrays."""
     import numpy as np
     import pandas as pd
-
-    from dpgov.data.pseudonym import METHOD as PSEUDONYM_METHOD
-    from dpgov.data.pseudonym import key_source, pseudonymise
 
     c = loaded.contract
     frame = src.frame
@@ -252,8 +252,6 @@ def build_prepared(
     test_blocks = {
         str(k): int(v) for k, v in test.groupby("block", sort=True)["patient_id"].nunique().items()
     }
-    from dpgov import __version__
-
     run_params: dict[str, Any] = {
         "test_fraction": params.test_fraction,
         "seed": params.seed,
@@ -470,8 +468,6 @@ def write_prepared(
     """Write into a temporary sibling folder, hash it, call ``before_commit(version)``, then
     swap it into place. Returns the data version (DVC md5)."""
     import numpy as np
-
-    from dpgov.data.versioning import compute_md5
 
     target = Path(target)
     parent = target.parent

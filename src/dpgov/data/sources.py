@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dpgov.data.contract import IMAGE_KEY_COLUMNS, ColumnSpec, Contract
+from dpgov.data.flchain import SOURCE, load_task_table
 from dpgov.errors import UsageError
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -53,8 +54,6 @@ def load_source(
 ) -> Source:
     """Read ``source`` (a path, or ``None``/``"bundled:flchain"``) and type it per ``contract``."""
     if is_bundled(source):
-        from dpgov.data.flchain import SOURCE, load_task_table
-
         if contract.kind != "tabular":
             raise UsageError("the bundled flchain dataset is tabular; the contract says image")
         frame = load_task_table(horizon_years)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from dpgov import config
 from dpgov.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,6 @@ def configure_remote(root: str | Path) -> str | None:
     committed, per machine). Returns the URL written, or None when nothing needed changing.
     """
     from configobj import ConfigObj
-
-    from dpgov import config
 
     dvc_dir = Path(root) / ".dvc"
     if not dvc_dir.is_dir():

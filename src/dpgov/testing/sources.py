@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dpgov.data.params import DataParams
+from dpgov.data.preparation import prepare
+
 
 def make_tabular(
     n_patients: int = 2000,
@@ -217,9 +220,6 @@ def make_prepared(
 ) -> Path:
     """Generate, prepare (without registering in the ledger) and return the prepared folder:
     a quick fixture for training and gate tests."""
-    from dpgov.data.params import DataParams
-    from dpgov.data.preparation import prepare
-
     out = Path(folder)
     params = DataParams(seed=seed, min_block_patients=1)
     if kind == "tabular":
