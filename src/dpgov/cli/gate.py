@@ -93,7 +93,8 @@ def gate(
     """Evaluate the policy for a model version now, print every check, and record the decision
     (ledger entry and model-version tags). Exit 0 allowed, 1 blocked."""
     from dpgov.errors import Refused
-    from dpgov.gate.service import parse_version, run_gate
+    from dpgov.gate.candidate import parse_version
+    from dpgov.gate.service import run_gate
 
     version = parse_version(version)
     with _services(policy) as (loaded, ledger, registry):
@@ -112,8 +113,9 @@ def gate(
 def _approval_cmd(
     kind: str, model: str, version: str, by: str, text: str, policy: Path | None, as_json: bool
 ) -> None:
-    from dpgov.gate.approvals import record_approval, record_refusal, summarize
-    from dpgov.gate.service import parse_version
+    from dpgov.gate.approvals import record_approval, record_refusal
+    from dpgov.gate.candidate import parse_version
+    from dpgov.gate.standing import summarize
 
     version = parse_version(version)
     with _services(policy) as (loaded, ledger, registry):
@@ -199,7 +201,7 @@ def promote(
     """Re-check the gate now and, if every check passes, point the alias at this version.
     Rollback to an older version goes through the same gate. Exit 1 when blocked."""
     from dpgov.gate import promotion as promo
-    from dpgov.gate.service import parse_version
+    from dpgov.gate.candidate import parse_version
 
     version = parse_version(version)
     with _services(policy) as (loaded, ledger, registry):

@@ -3,17 +3,7 @@
 Every approval and refusal is a ledger entry (kinds ``approval`` and ``refusal``) and is mirrored
 as tags on the model version; the ledger is the record, tags are for people browsing MLflow.
 
-Which actions stand (:func:`standing`, pure):
-
-* Approvers are compared by :func:`dpgov.policy.approver_key` (case and spacing ignored), so the
-  same approver twice counts once.
-* Each approver's **latest** action on a version stands. A refusal therefore blocks promotion of
-  that version until the same approver later approves it (changing their mind is recorded, never
-  erased); approvals by others do not override it. A new model version starts with no approvals
-  and no refusals.
-* Only approvers allowed by the policy in force *at evaluation* count, for approvals and
-  refusals alike; the run's author's approval counts only with ``approvals.allow_author``.
-  The author may always refuse their own model (refusing is never self-serving).
+Which actions stand is :mod:`dpgov.gate.standing` (pure).
 
 Recording (:func:`record_approval`, :func:`record_refusal`) checks first, then writes: an
 approver outside ``approvals.approvers``, a self-approval the policy forbids, or the non-private
@@ -23,12 +13,13 @@ reference raise :class:`UsageError` (exit 2) before anything is recorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
+from dpgov.contracts import TAG_APPROVALS, TAG_PREFIX, TAG_REFUSALS
 from dpgov.errors import UsageError
-from dpgov.policy.schema import Approvals, approver_key
+from dpgov.gate.candidate import fit, load_candidate, parse_version
+from dpgov.gate.standing import ApprovalRecord, read_records, standing
+from dpgov.policy.schema import approver_key
 
 if TYPE_CHECKING:
     from dpgov.gate.facts import CandidateFacts
@@ -36,86 +27,7 @@ if TYPE_CHECKING:
     from dpgov.ledger import Entry, Ledger
     from dpgov.policy import LoadedPolicy
 
-KINDS = ("approval", "refusal")
 MAX_TEXT = 2000  # characters of a note or reason kept (the ledger keeps them whole)
-
-
-@dataclass(frozen=True)
-class ApprovalRecord:
-    """One approval or refusal of a model version, as read from the ledger."""
-
-    kind: Literal["approval", "refusal"]
-    by: str
-    text: str  # the note of an approval, the reason of a refusal
-    time: str = ""
-    seq: int = 0
-    actor: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "by": self.by,
-            "text": self.text,
-            "time": self.time,
-            "seq": self.seq,
-            "actor": self.actor,
-        }
-
-
-@dataclass(frozen=True)
-class Standing:
-    approvals: tuple[ApprovalRecord, ...]  # counted towards approvals.required
-    refusals: tuple[ApprovalRecord, ...]  # block promotion
-    ignored: tuple[tuple[ApprovalRecord, str], ...]  # standing but not counted, and why
-
-
-def standing(records: Iterable[ApprovalRecord], policy: Approvals, *, author: str) -> Standing:
-    """Which approvals count and which refusals stand (latest action of each approver)."""
-    latest: dict[str, ApprovalRecord] = {}
-    for r in sorted(records, key=lambda r: r.seq):
-        latest[approver_key(r.by)] = r
-    approvals: list[ApprovalRecord] = []
-    refusals: list[ApprovalRecord] = []
-    ignored: list[tuple[ApprovalRecord, str]] = []
-    author_key = approver_key(author)
-    for key, r in latest.items():
-        if not policy.may_approve(r.by):
-            ignored.append((r, "not an approver under this policy"))
-        elif r.kind == "refusal":
-            refusals.append(r)
-        elif key == author_key and not policy.allow_author:
-            ignored.append((r, "author of the run"))
-        else:
-            approvals.append(r)
-    return Standing(tuple(approvals), tuple(refusals), tuple(ignored))
-
-
-def records_from_entries(
-    entries: Iterable[Entry], model: str, version: str
-) -> list[ApprovalRecord]:
-    """The approvals and refusals of one model version among ledger entries."""
-    out = []
-    for e in entries:
-        p = e.payload
-        if e.kind not in KINDS or p.get("model") != model or str(p.get("version")) != version:
-            continue
-        text = p.get("note") if e.kind == "approval" else p.get("reason")
-        out.append(
-            ApprovalRecord(
-                kind="approval" if e.kind == "approval" else "refusal",
-                by=str(p.get("by", "")),
-                text=str(text or ""),
-                time=e.time,
-                seq=e.seq,
-                actor=e.actor,
-            )
-        )
-    return sorted(out, key=lambda r: r.seq)
-
-
-def read_records(ledger: Ledger, model: str, version: str) -> list[ApprovalRecord]:
-    entries = [e for kind in KINDS for e in ledger.entries(kind=kind)]
-    return records_from_entries(entries, model, version)
 
 
 # ---------------------------------------------------------------------------------- recording
@@ -165,9 +77,6 @@ def _record(
     ledger: Ledger,
     registry: RegistryPort,
 ) -> tuple[Entry, list[ApprovalRecord]]:
-    from dpgov.gate.service import fit as _fit
-    from dpgov.gate.service import load_candidate, parse_version
-
     version = parse_version(version)
     facts, _ = load_candidate(registry, model, version)
     name = check_approver(kind, by, policy, facts)
@@ -193,12 +102,12 @@ def _record(
         model,
         version,
         {
-            f"dpgov.{kind}.{entry.seq}": json.dumps(
+            f"{TAG_PREFIX}{kind}.{entry.seq}": json.dumps(
                 {"by": name, field: text[:MAX_TEXT], "time": entry.time, "seq": entry.seq},
                 ensure_ascii=False,
             ),
-            "dpgov.approvals": _fit(", ".join(r.by for r in s.approvals)),
-            "dpgov.refusals": _fit(", ".join(r.by for r in s.refusals)),
+            TAG_APPROVALS: fit(", ".join(r.by for r in s.approvals)),
+            TAG_REFUSALS: fit(", ".join(r.by for r in s.refusals)),
         },
     )
     return entry, records
@@ -248,14 +157,3 @@ def record_refusal(
         ledger=ledger,
         registry=registry,
     )
-
-
-def summarize(records: Sequence[ApprovalRecord], policy: Approvals, author: str) -> dict[str, Any]:
-    s = standing(records, policy, author=author)
-    return {
-        "required": policy.required,
-        "approvals": [r.to_dict() for r in s.approvals],
-        "refusals": [r.to_dict() for r in s.refusals],
-        "ignored": [{**r.to_dict(), "why": why} for r, why in s.ignored],
-        "complete": len(s.approvals) >= policy.required and not s.refusals,
-    }

@@ -20,7 +20,9 @@ Conventions (documented in policies/README.md and docs/gate.md):
   judges the upper bound of the gap's interval (the gap is within the limit with the interval's
   confidence); a missing interval then fails.
 * Widening is the candidate's judged gap minus the non-private reference's point gap.
-* Approvals: see :mod:`dpgov.gate.approvals` (latest action of each approver stands).
+* Approvals: see :mod:`dpgov.gate.standing` (latest action of each approver stands).
+* An ε is within a limit up to :func:`dpgov.contracts.within` (the accountants' round-off);
+  spent ε is shown rounded up (:func:`dpgov.contracts.show_spent`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from dpgov.gate.approvals import ApprovalRecord, standing
+from dpgov.contracts import show_spent, within
 from dpgov.gate.facts import CandidateFacts, Gap, SubgroupMetric
+from dpgov.gate.standing import ApprovalRecord, standing
 from dpgov.policy.schema import Fairness, Policy
 
 Observed = float | int | str | bool | None
@@ -188,14 +191,14 @@ def _privacy_checks(policy: Policy, facts: CandidateFacts, led: LedgerFacts) -> 
     else:
         eps = max(claimed)
         source = "ledger" if led.run_epsilon is not None and eps == led.run_epsilon else "run"
-        ok = eps <= max_eps
+        ok = within(eps, max_eps)
         out.append(
             Check(
                 "release_epsilon",
                 eps,
                 max_eps,
                 ok,
-                f"ε={eps:.4f} ({source}) {'within' if ok else 'over'} the release limit "
+                f"ε={show_spent(eps, 4)} ({source}) {'within' if ok else 'over'} the release limit "
                 f"{max_eps:g}",
             )
         )
@@ -284,7 +287,7 @@ def _privacy_checks(policy: Policy, facts: CandidateFacts, led: LedgerFacts) -> 
         if b.note:
             out.append(Check(check, None, b.epsilon_limit, False, b.note))
             continue
-        ok = b.epsilon_spent <= b.epsilon_limit
+        ok = within(b.epsilon_spent, b.epsilon_limit)
         pending = f", {b.pending} pending" if b.pending else ""
         out.append(
             Check(
@@ -292,8 +295,9 @@ def _privacy_checks(policy: Policy, facts: CandidateFacts, led: LedgerFacts) -> 
                 b.epsilon_spent,
                 b.epsilon_limit,
                 ok,
-                f"ε spent {b.epsilon_spent:.4f} of {b.epsilon_limit:g} at δ={b.delta:g} over "
-                f"{b.charges} charge(s){pending}" + ("" if ok else ": over budget"),
+                f"ε spent {show_spent(b.epsilon_spent, 4)} of {b.epsilon_limit:g} at "
+                f"δ={b.delta:g} over {b.charges} charge(s){pending}"
+                + ("" if ok else ": over budget"),
             )
         )
     return out

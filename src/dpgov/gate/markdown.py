@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dpgov.contracts import show_spent
+
 
 def _cell(name: str, value: Any) -> str:
     if value is None:
@@ -18,7 +20,7 @@ def _cell(name: str, value: Any) -> str:
         if math.isinf(value):
             return "∞"
         if name == "release_epsilon" or name.startswith("block_budget"):
-            return f"{math.ceil(value * 1000) / 1000:.3f}"  # spent ε: rounded up
+            return show_spent(value)  # spent ε: rounded up
         return f"{value:.4g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
 

@@ -16,9 +16,11 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dpgov.contracts import TAG_PROMOTION, TAG_REPLACED_BY
 from dpgov.errors import Refused, UsageError
+from dpgov.gate.candidate import parse_version
 from dpgov.gate.decision import Decision
-from dpgov.gate.service import GateResult, parse_version, run_gate
+from dpgov.gate.service import GateResult, run_gate
 from dpgov.policy.schema import alias_problem
 
 if TYPE_CHECKING:
@@ -130,7 +132,7 @@ def promote(
         model,
         version,
         {
-            "dpgov.promotion": json.dumps(
+            TAG_PROMOTION: json.dumps(
                 {"alias": alias, "seq": entry.seq, "time": entry.time, "replaced": current}
             ),
         },
@@ -140,7 +142,7 @@ def promote(
             model,
             current,
             {
-                "dpgov.replaced_by": json.dumps(
+                TAG_REPLACED_BY: json.dumps(
                     {"alias": alias, "version": version, "seq": entry.seq, "time": entry.time}
                 ),
             },

@@ -9,60 +9,27 @@ model version. Bad input (unknown model or version, facts that contradict the re
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dpgov.accounting import AccountantFailed, epsilon
+from dpgov.contracts import compact_json, json_safe
 from dpgov.errors import DpgovError, UsageError
-from dpgov.gate.approvals import ApprovalRecord, read_records
+from dpgov.gate.candidate import fit, load_candidate
+from dpgov.gate.candidate import parse_version as parse_version  # re-exported for callers
 from dpgov.gate.decision import BlockFacts, Decision, LedgerFacts, evaluate
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.ports import ModelVersionInfo, RegistryPort
+from dpgov.gate.standing import ApprovalRecord, read_records
 
 if TYPE_CHECKING:
     from dpgov.ledger import Entry, Ledger
     from dpgov.policy import LoadedPolicy, Policy
 
-TAG_LIMIT = 4000  # characters of one tag value we write (MLflow stores at most 5000)
-
-
-def parse_version(version: str | int) -> str:
-    """A registry version number as MLflow writes it ("3"); UsageError otherwise."""
-    text = str(version).strip()
-    if not text.isdigit() or int(text) < 1 or len(text) > 12:
-        raise UsageError(f"VERSION must be a model version number such as 3, found {version!r}")
-    return str(int(text))
-
-
-def load_candidate(
-    registry: RegistryPort, model: str, version: str
-) -> tuple[CandidateFacts, ModelVersionInfo]:
-    """The version's facts, checked against the registry. Tags that mark the version as the
-    non-private reference win over facts that claim otherwise (never promotable)."""
-    version = parse_version(version)
-    info = registry.model_version(model, version)
-    facts = registry.candidate_facts(model, version)
-    where = f"model {model!r} version {version}"
-    if facts.model_name != model:
-        raise UsageError(f"{where}: candidate_facts.json names model {facts.model_name!r}")
-    if facts.model_version is not None and str(facts.model_version) != version:
-        raise UsageError(f"{where}: candidate_facts.json names version {facts.model_version}")
-    if info.run_id is not None and facts.run_id != info.run_id:
-        raise UsageError(
-            f"{where}: candidate_facts.json names run {facts.run_id}, the registry {info.run_id}"
-        )
-    update: dict[str, Any] = {"model_version": version}
-    tags = info.tags
-    if tags.get("dpgov.status") == "reference" or tags.get("dpgov.private", "").lower() == "false":
-        update["private"] = False
-    return facts.model_copy(update=update), info
-
 
 def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) -> LedgerFacts:
     """What the ledger says now about the candidate's blocks, reservation and chain."""
-    from dpgov.accounting import AccountantFailed, epsilon
-
     blocks = []
     for name in facts.blocks:
         try:
@@ -186,7 +153,7 @@ def record_decision(
         "reservation": inputs.facts.reservation_id,
         "approvals_seen": [r.seq for r in inputs.approvals],
     }
-    entry = ledger.append(kind="gate_decision", payload=_finite(payload))
+    entry = ledger.append(kind="gate_decision", payload=json_safe(payload))
     failing = ",".join(c.name for c in decision.failing)
     registry.set_tags(
         decision.model,
@@ -197,25 +164,7 @@ def record_decision(
             "dpgov.gate.policy_sha256": policy.sha256,
             "dpgov.gate.seq": str(entry.seq),
             "dpgov.gate.time": entry.time,
-            "dpgov.gate.summary": fit(
-                json.dumps({c.name: c.passed for c in decision.checks}, separators=(",", ":"))
-            ),
+            "dpgov.gate.summary": fit(compact_json({c.name: c.passed for c in decision.checks})),
         },
     )
     return entry
-
-
-def fit(text: str) -> str:
-    """Cut a tag value to what MLflow stores."""
-    return text if len(text) <= TAG_LIMIT else text[: TAG_LIMIT - 1] + "…"
-
-
-def _finite(obj: Any) -> Any:
-    """Ledger payloads are strict JSON: infinities become strings, NaN becomes None."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpgov.gate.approvals import ApprovalRecord
 from dpgov.gate.decision import BlockFacts, LedgerFacts
 from dpgov.gate.facts import CandidateFacts, Gap, ReferenceFacts, SubgroupMetric
+from dpgov.gate.standing import ApprovalRecord
 from dpgov.policy import Policy
 
 MODEL = "flchain-mlp"
