@@ -54,12 +54,14 @@ def sweep(
 
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
-    from dpgov.training.governed import load_data
+    from dpgov.training.governed import validate_for
+    from dpgov.training.inputs import load_data
     from dpgov.training.params import load_params, prepared_path
     from dpgov.training.sweep import plan_sweep, run_sweep
 
     loaded = load_params(params)
     pol = load_policy(policy)
+    validate_for(loaded, pol)  # dpgov trains only on validated data: refused before any plan
     data, version = load_data(prepared_path(loaded))
     ledger = Ledger.open()
     sp = plan_sweep(
@@ -82,7 +84,7 @@ def sweep(
         f"sweep: {len(sp.trials)} trials on {sp.dataset} blocks {', '.join(sp.blocks)}; "
         f"composed cost ε={sp.costs[0].sweep:.3f} per block, checked against the budget"
     )
-    result = run_sweep(sp, data, ledger=ledger, progress=say)
+    result = run_sweep(sp, ledger=ledger, progress=say)
     data_out = result.to_dict()
     emit(as_json, data_out, lambda: _render_result(data_out))
     if result.stopped:

@@ -14,7 +14,7 @@ from typing import Any
 
 from dpgov.data.params import DataParams
 from dpgov.data.preparation import prepare
-from dpgov.testing.sources import write_images, write_tabular
+from dpgov.testing.sources import make_tabular, tabular_contract, write_images, write_yaml
 from dpgov.training.params import RunParams, parse_params
 
 
@@ -44,15 +44,21 @@ def governed_data(
     n: int = 600,
     seed: int = 0,
     dataset: str | None = None,
+    n_blocks: int = 2,
     **contract_kw: Any,
 ) -> GovernedData:
     """Write a source and its contract under ``root/raw``, prepare it under ``root/<dataset>``
-    (one block per year, blocks not registered) and return both."""
+    (tabular: ``n_blocks`` blocks, one per year from 2001; blocks not registered) and return
+    both."""
     out = Path(root)
     params = DataParams(seed=seed, min_block_patients=1)
     if kind == "tabular":
         name = dataset or "synthetic"
-        source, contract = write_tabular(out / "raw", n, dataset=name, seed=seed, **contract_kw)
+        raw = out / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        source = raw / f"{name}.csv"
+        make_tabular(n, n_blocks=n_blocks, seed=seed).to_csv(source, index=False)
+        contract = write_yaml(tabular_contract(name, **contract_kw), raw / f"{name}.yaml")
         metadata = None
     elif kind == "image":
         name = dataset or "synthimg"

@@ -159,17 +159,10 @@ def run_governed(
     """
     opts = options or RunOptions()
     started = time.perf_counter()
-    folder = str(prepared_path(params))
     validated: Validated = step(
-        "validate",
-        ensure_validated,
-        folder,
-        data_params=data_params(params),
-        policy=str(policy.path),
-        out=opts.validation_out,
-        retry=True,
+        "validate", validate_for, params, policy, validation_out=opts.validation_out, retry=True
     )
-    data, version = step("load-data", load_data, folder, retry=True)
+    data, version = step("load-data", load_data, str(prepared_path(params)), retry=True)
     p = step("plan", plan, params, policy, data, ledger=ledger, data_version=version)
     reservation = step("reserve", reserve, p, ledger=ledger)
     outcome = step(
@@ -238,6 +231,20 @@ def run_governed(
         seconds=time.perf_counter() - started,
         evaluation=evals.private,
         reference_evaluation=ref,
+    )
+
+
+def validate_for(
+    params: RunParams, policy: LoadedPolicy, *, validation_out: str | None = None
+) -> Validated:
+    """The validate step: a passing validation of the run's data (``train.data``) against the
+    ``data:`` section's source and contract and the policy; :class:`~dpgov.errors.Refused`
+    when it fails, before anything is reserved."""
+    return ensure_validated(
+        str(prepared_path(params)),
+        data_params=data_params(params),
+        policy=str(policy.path),
+        out=validation_out,
     )
 
 

@@ -14,7 +14,7 @@ from tests.cli import run_dpgov
 
 REPO = Path(__file__).resolve().parents[3]
 
-# Tiny runs: 300 training patients in 2 blocks, q = 0.1, T = 20 steps (logistic regression).
+# Tiny runs: 400 training patients in 2 blocks (2001, 2002), q ≈ 0.07, logistic regression.
 TRAIN = {
     "epochs": 2,
     "batch_size": 30,
@@ -26,35 +26,42 @@ TRAIN = {
 }
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Source, contract and prepared data of dataset ``synth`` (one per module: preparing and
+    validating it once is what every sweep test shares)."""
+    from dpgov.testing.runs import governed_data
+
+    return governed_data(tmp_path_factory.mktemp("sweep-data"), n=500, dataset="synth")
+
+
 @pytest.fixture
-def data() -> Any:
-    from dpgov.testing.memory import make_tabular
+def data(world: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The prepared data; the test works from the world's folder, where the validation the
+    sweep records (data/validation/synth) is kept apart from the repository."""
+    from dpgov.data import load_prepared
 
-    return make_tabular(n_train=300, n_test=200, blocks=2, seed=0)
+    monkeypatch.chdir(world.prepared.parent)
+    return load_prepared(world.prepared)
 
 
 @pytest.fixture
-def params_file(tmp_path: Path, data: Any) -> Callable[..., Path]:
-    """The synthetic data on disk and a params file pointing at it."""
-    from dpgov.testing.memory import write_prepared
-
-    folder = write_prepared(data, tmp_path / "prepared" / "synth")
+def params_file(tmp_path: Path, world: Any, data: Any) -> Callable[..., Path]:
+    """A params file pointing at the world's data."""
 
     def make(**train: Any) -> Path:
         path = tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.yaml"
-        body = {"train": {"data": str(folder), **TRAIN, **train}, "model": {"name": "logreg"}}
-        path.write_text(yaml.safe_dump(body))
+        body = world.params({"train": {**TRAIN, **train}, "model": {"name": "logreg"}})
+        path.write_text(yaml.safe_dump(body.model_dump(mode="json")))
         return path
 
     return make
 
 
 @pytest.fixture
-def params() -> Callable[..., Any]:
-    from dpgov.training.params import parse_params
-
+def params(world: Any, data: Any) -> Callable[..., Any]:
     def make(**train: Any) -> Any:
-        return parse_params({"train": {**TRAIN, **train}, "model": {"name": "logreg"}})
+        return world.params({"train": {**TRAIN, **train}, "model": {"name": "logreg"}})
 
     return make
 

@@ -43,13 +43,13 @@ def test_dry_run_charges_nothing_and_reports_the_composition(
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
 
-    # block b0 already spent something (a run outside the sweep); b1 nothing
+    # block 2001 already spent something (a run outside the sweep); 2002 nothing
     budget = load_policy(None).policy.budget
     ledger = Ledger.open()
     for b, n in data.meta["blocks"].items():
         ledger.add_block(dataset="synth", block=b, patients=n)
     prior = DpSgdMechanism(noise_multiplier=2.0, sample_rate=0.1, steps=20)
-    r = ledger.reserve(dataset="synth", blocks=["b0"], mechanism=prior, budget=budget)
+    r = ledger.reserve(dataset="synth", blocks=["2001"], mechanism=prior, budget=budget)
     ledger.commit(r.id)
     before = _ledger_and_runs()
 
@@ -76,21 +76,21 @@ def test_dry_run_charges_nothing_and_reports_the_composition(
         assert t["epsilon_run"] <= t["epsilon"]
         assert epsilon([_mechanism(t)], delta=1e-5) == pytest.approx(t["epsilon_run"], rel=1e-9)
     cost = {c["block"]: c for c in plan["blocks_cost"]}
-    assert cost["b0"]["charges"] == 1 and cost["b1"]["charges"] == 0
-    assert cost["b0"]["epsilon_spent"] == pytest.approx(epsilon([prior], delta=1e-5), rel=1e-9)
-    assert cost["b0"]["epsilon_after"] == pytest.approx(
+    assert cost["2001"]["charges"] == 1 and cost["2002"]["charges"] == 0
+    assert cost["2001"]["epsilon_spent"] == pytest.approx(epsilon([prior], delta=1e-5), rel=1e-9)
+    assert cost["2001"]["epsilon_after"] == pytest.approx(
         epsilon([prior, *trials], delta=1e-5), rel=1e-9
     )
-    assert cost["b1"]["epsilon_after"] == pytest.approx(epsilon(trials, delta=1e-5), rel=1e-9)
+    assert cost["2002"]["epsilon_after"] == pytest.approx(epsilon(trials, delta=1e-5), rel=1e-9)
     assert plan["epsilon_sweep"] == pytest.approx(epsilon(trials, delta=1e-5), rel=1e-9)
     # composed tightly, well below the naive sum of the trials and the prior charge
     naive = sum(t["epsilon_run"] for t in plan["trials"])
     assert plan["epsilon_sum_of_trials"] == pytest.approx(naive)
-    assert cost["b0"]["epsilon_after"] < cost["b0"]["epsilon_spent"] + naive - 1.0
+    assert cost["2001"]["epsilon_after"] < cost["2001"]["epsilon_spent"] + naive - 1.0
     assert all(c["fits"] for c in cost.values())
     # the block's own ledger status agrees with what the dry run says it spent
-    status = ledger.block_status("synth", "b0", budget)
-    assert status.epsilon_spent == pytest.approx(cost["b0"]["epsilon_spent"], rel=1e-6)
+    status = ledger.block_status("synth", "2001", budget)
+    assert status.epsilon_spent == pytest.approx(cost["2001"]["epsilon_spent"], rel=1e-6)
 
 
 def test_sweep_over_budget_is_refused_whole_and_charges_nothing(
@@ -141,7 +141,7 @@ def test_small_sweep_charges_one_reservation_per_trial_and_nests_its_runs(
     planned = [_mechanism(t) for t in result["plan"]["trials"]]
     assert sorted(str(r.mechanism) for r in reservations) == sorted(str(m) for m in planned)
     budget = load_policy(None).policy.budget
-    for block in ("b0", "b1"):
+    for block in ("2001", "2002"):
         status = ledger.block_status("synth", block, budget)
         assert status.charges == 4
         assert status.epsilon_spent == pytest.approx(epsilon(planned, delta=1e-5), rel=1e-3)

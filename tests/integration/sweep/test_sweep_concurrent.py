@@ -43,11 +43,11 @@ def test_a_concurrent_charge_stops_the_sweep_and_it_reports_what_ran(
         if due:
             other = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.1, steps=20)
             r = ledger.reserve(
-                dataset="synth", blocks=["b0"], mechanism=other, budget=policy.policy.budget
+                dataset="synth", blocks=["2001"], mechanism=other, budget=policy.policy.budget
             )
             foreign.append(r.id)
 
-    result = run_sweep(sp, data, ledger=ledger, on_trial=intervene)
+    result = run_sweep(sp, ledger=ledger, on_trial=intervene)
 
     assert foreign, "the concurrent run was not charged"
     assert not result.complete and result.stopped is not None
@@ -56,7 +56,7 @@ def test_a_concurrent_charge_stops_the_sweep_and_it_reports_what_ran(
         assert "made outside the sweep" in result.stopped and foreign[0] in result.stopped
     else:
         assert "at trial 2/2 (ε=3, seed 0): its reservation was refused" in result.stopped
-        assert "budget refused for block 'b0'" in result.stopped
+        assert "budget refused for block '2001'" in result.stopped
     report = result.to_dict()
     assert report["trials_run"] == [1] and report["trials_not_run"] == [2]
     assert [c["trial"] for c in report["charged"]] == [1]
@@ -65,7 +65,7 @@ def test_a_concurrent_charge_stops_the_sweep_and_it_reports_what_ran(
     mine = report["charged"][0]["reservation"]
     held = {r.id: r.status for r in ledger.reservations()}
     assert held == {mine: "committed", foreign[0]: "pending"}
-    assert ledger.block_status("synth", "b0", policy.policy.budget).epsilon_spent <= LIMIT
+    assert ledger.block_status("synth", "2001", policy.policy.budget).epsilon_spent <= LIMIT
 
     # MLflow: the parent is marked KILLED with the reason; trial 1 and the reference ran
     parent = runs.read_run(result.parent_run_id)

@@ -18,14 +18,15 @@ from dpgov.accounting import (
     epsilon,
     group,
 )
+from dpgov.contracts import show_spent, within
 from dpgov.errors import UsageError
 from dpgov.ledger.store import ACTIVE
-from dpgov.training import governed
+from dpgov.training.planning import plan as plan_run
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.ledger import Ledger
     from dpgov.policy import LoadedPolicy
-    from dpgov.training.governed import PreparedLike
+    from dpgov.training.inputs import PreparedLike
     from dpgov.training.params import RunParams
 
 # σ of the probe plan, which only fixes blocks, q and T (it is never reserved or trained).
@@ -111,7 +112,7 @@ class BlockCost:
 
     @property
     def fits(self) -> bool:
-        return self.after <= self.limit
+        return within(self.after, self.limit)
 
     @property
     def remaining_after(self) -> float:
@@ -161,10 +162,12 @@ class SweepPlan:
         worst = max(over, key=lambda c: c.after - c.limit)
         names = ", ".join(c.block for c in over)
         return (
-            f"sweep refused: its {len(self.trials)} trials compose to ε={self.costs[0].sweep:.4f} "
+            f"sweep refused: its {len(self.trials)} trials compose to "
+            f"ε={show_spent(self.costs[0].sweep, 4)} "
             f"on their own and would bring {len(over)} block(s) of dataset {self.dataset!r} "
             f"({names}) over the limit {worst.limit:g} (worst: {worst.block} from "
-            f"{worst.spent:.4f} to {worst.after:.4f}, over by {worst.after - worst.limit:.4f}); "
+            f"{show_spent(worst.spent, 4)} to {show_spent(worst.after, 4)}, over by "
+            f"{show_spent(worst.after - worst.limit, 4)}); "
             "nothing was charged: use fewer ε values or seeds, or a policy with a larger "
             "budget.epsilon_per_block"
         )
@@ -292,7 +295,7 @@ def plan_sweep(
         reference=False,
         blocks=params.train.blocks,
     )
-    probe = governed.plan(probe_params, policy, data, ledger=ledger, data_version=data_version)
+    probe = plan_run(probe_params, policy, data, ledger=ledger, data_version=data_version)
     q, steps = probe.sampling.sample_rate, probe.sampling.steps
 
     mechanisms: dict[float, tuple[DpSgdMechanism, float]] = {}

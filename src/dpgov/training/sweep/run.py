@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from dpgov import config
 from dpgov.contracts import (
@@ -26,8 +26,9 @@ from dpgov.contracts import (
     compact_json,
 )
 from dpgov.errors import Refused
-from dpgov.tracking import runs, sweep_runs
-from dpgov.training import governed
+from dpgov.tracking import sweep_runs
+from dpgov.training.governed import RunOptions, StepRunner, call_step, run_governed, validate_for
+from dpgov.training.settle import quiet, reason
 from dpgov.training.sweep.outputs import write_outputs
 from dpgov.training.sweep.plan import (
     SweepPlan,
@@ -40,12 +41,14 @@ from dpgov.training.sweep.results import ReferenceResult, SweepResult, TrialResu
 from dpgov.training.sweep.summary import summarise
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dpgov.ledger import Ledger
+    from dpgov.ledger import Ledger, Reservation
     from dpgov.training.evaluate import Evaluation
-    from dpgov.training.governed import PreparedLike, RunPlan
+    from dpgov.training.planning import RunPlan
+    from dpgov.training.steps import EvalOutcome
 
 
 TrialHook = Callable[[str, Trial], None]
+T = TypeVar("T")
 
 
 def new_sweep_id() -> str:
@@ -56,16 +59,18 @@ def new_sweep_id() -> str:
 
 def run_sweep(
     sp: SweepPlan,
-    data: PreparedLike,
     *,
     ledger: Ledger,
     progress: Callable[[str], None] | None = None,
     on_trial: TrialHook | None = None,
     out_root: Path | None = None,
+    validation_out: str | None = None,
 ) -> SweepResult:
-    """Run a checked sweep: every trial through the governed steps, one reservation each.
+    """Run a checked sweep: every trial is one governed run (validation on, gate and
+    registration off), one reservation each.
 
-    Refuses (nothing charged) when ``sp`` does not fit. ``on_trial(event, trial)`` is called
+    Refuses (nothing charged) when ``sp`` does not fit or its data fails validation (before
+    the parent run opens). ``on_trial(event, trial)`` is called
     with ``"reserve"`` just before a trial's reservation and ``"done"`` after it is tracked.
     Results go to a parent MLflow run and to ``out_root/<sweep id>/`` (default
     ``$DPGOV_HOME/sweeps``).
@@ -74,6 +79,7 @@ def run_sweep(
 
     if not sp.fits:
         raise Refused(sp.refusal())
+    validate_for(sp.params, sp.policy, validation_out=validation_out)
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     sweep_id = new_sweep_id()
@@ -86,7 +92,9 @@ def run_sweep(
     )
     result = SweepResult(sweep_id=sweep_id, parent_run_id=parent, experiment=experiment, plan=sp)
     try:
-        _run_trials(sp, data, result, ledger=ledger, say=say, on_trial=on_trial)
+        _run_trials(
+            sp, result, ledger=ledger, say=say, on_trial=on_trial, validation_out=validation_out
+        )
         budget = sp.policy.policy.budget
         registered = {x.block for x in ledger.blocks(sp.dataset)}
         result.block_epsilon = {
@@ -105,8 +113,8 @@ def run_sweep(
             metrics=_parent_metrics(result),
         )
     except BaseException as err:
-        why = governed._reason(err)
-        governed._quiet(lambda: sweep_runs.end_sweep(parent, status="FAILED", reason=why))
+        why = reason(err)
+        quiet(lambda: sweep_runs.end_sweep(parent, status="FAILED", reason=why))
         raise
     if result.stopped:
         sweep_runs.end_sweep(parent, status="KILLED", reason=result.stopped)
@@ -115,14 +123,53 @@ def run_sweep(
     return result
 
 
+class _Stop(Exception):
+    """A trial's reservation was refused: the sweep stops, keeping what ran."""
+
+
+def _trial_runner(
+    sp: SweepPlan,
+    trial: Trial,
+    *,
+    label: str,
+    first: bool,
+    reference: Evaluation | None,
+    on_trial: TrialHook | None,
+    say: Callable[[str], None],
+) -> StepRunner:
+    """The plain step runner, plus what a sweep trial adds around three steps: the plan must be
+    what the sweep's check composed, a refused reservation stops the sweep, and the
+    evaluation is priced against the sweep's one reference."""
+
+    def step(name: str, fn: Callable[..., T], /, *args: Any, retry: bool = False, **kw: Any) -> T:
+        if name == "reserve":
+            if on_trial:
+                on_trial("reserve", trial)
+            try:
+                made = call_step(name, fn, *args, **kw)
+            except Refused as err:
+                raise _Stop(str(err)) from err
+            sigma = trial.mechanism.noise_multiplier
+            say(f"{label}: reserved {cast('Reservation', made).id} (σ={sigma:.4g}), training")
+            return made
+        out = call_step(name, fn, *args, **kw)
+        if name == "plan":
+            _check_same(cast("RunPlan", out), sp, trial)
+        elif name == "evaluate" and not first and reference is not None:
+            cast("EvalOutcome", out).reference = reference
+        return out
+
+    return step
+
+
 def _run_trials(
     sp: SweepPlan,
-    data: PreparedLike,
     result: SweepResult,
     *,
     ledger: Ledger,
     say: Callable[[str], None],
     on_trial: TrialHook | None,
+    validation_out: str | None,
 ) -> None:
     ours: set[str] = set()
     ref_ev: Evaluation | None = None
@@ -142,63 +189,47 @@ def _run_trials(
             reference=first,
             blocks=sp.blocks,
         )
-        p = governed.plan(params, sp.policy, data, ledger=ledger, data_version=sp.data_version)
-        _check_same(p, sp, trial)
-        tags = sweep_runs.child_tags(result.sweep_id, trial.index)
+        train_tags = sweep_runs.child_tags(result.sweep_id, trial.index)
         if result.reference is not None:
-            tags[TAG_REFERENCE_RUN] = result.reference.run_id
-        if on_trial:
-            on_trial("reserve", trial)
+            train_tags[TAG_REFERENCE_RUN] = result.reference.run_id
+        options = RunOptions(
+            gate=False,
+            register=False,
+            validation_out=validation_out,
+            parent_run_id=result.parent_run_id,
+            train_tags=train_tags,
+            reference_tags=sweep_runs.child_tags(result.sweep_id, None),
+        )
+        t0 = _now()
+        step = _trial_runner(
+            sp, trial, label=label, first=first, reference=ref_ev, on_trial=on_trial, say=say
+        )
         try:
-            reservation = governed.reserve(p, ledger=ledger)
-        except Refused as err:
+            run = run_governed(params, sp.policy, ledger=ledger, options=options, step=step)
+        except _Stop as err:
             result.stopped = f"sweep stopped at {label}: its reservation was refused: {err}"
             return
-        ours.add(reservation.id)
-        say(f"{label}: reserved {reservation.id} (σ={p.noise_multiplier:.4g}), training")
-        t0 = _now()
-        outcome = governed.train(
-            p, reservation, ledger=ledger, parent_run_id=result.parent_run_id, tags=tags
-        )
-        try:
-            entry = governed.commit(reservation, outcome, ledger=ledger)
-            evals = governed.evaluate(p, outcome)
-        except BaseException as err:  # the ledger keeps the charge; MLflow shows the failure
-            run_id, failed = outcome.run_id, governed._reason(err)
-            governed._quiet(lambda: runs.end_run(run_id, failed=True, reason=failed))  # noqa: B023
-            raise
+        ours.add(run.reservation)
         if first:
-            ref_ev = evals.reference
-        elif ref_ev is not None:  # price of privacy against the sweep's one reference
-            evals.reference = ref_ev
-        tracked = governed.track(
-            p,
-            reservation,
-            outcome,
-            entry,
-            evals,
-            ledger=ledger,
-            register=False,
-            parent_run_id=result.parent_run_id,
-            tags=sweep_runs.child_tags(result.sweep_id, None),
-        )
-        if first and tracked.reference_run_id and ref_ev is not None:
-            result.reference = ReferenceResult(
-                run_id=tracked.reference_run_id, seed=trial.seed, evaluation=ref_ev
-            )
+            ref_ev = run.reference_evaluation
+            if run.reference_run_id and ref_ev is not None:
+                result.reference = ReferenceResult(
+                    run_id=run.reference_run_id, seed=trial.seed, evaluation=ref_ev
+                )
+        assert run.evaluation is not None
         done = TrialResult(
             trial=trial,
-            run_id=outcome.run_id,
-            reservation=reservation.id,
-            ledger_entries=[reservation.seq, entry.seq],
-            steps=outcome.result.steps,
-            epsilon_spent=float(tracked.facts["epsilon"]),
-            evaluation=evals.private,
+            run_id=run.run_id,
+            reservation=run.reservation,
+            ledger_entries=list(run.ledger_entries),
+            steps=run.steps,
+            epsilon_spent=run.epsilon,
+            evaluation=run.evaluation,
             seconds=_now() - t0,
         )
         result.trials.append(done)
         say(
-            f"{label}: committed, ε={done.epsilon_spent:.3f}, AUROC {evals.private.auroc:.3f}"
+            f"{label}: committed, ε={done.epsilon_spent:.3f}, AUROC {run.evaluation.auroc:.3f}"
             + (f" (reference {ref_ev.auroc:.3f})" if ref_ev is not None else "")
         )
         if on_trial:
