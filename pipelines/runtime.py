@@ -28,6 +28,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from dpgov import config
 from dpgov.errors import UsageError
 
 STARTUP_TIMEOUT_S = 180
@@ -52,8 +53,6 @@ def configure_env(home: Path | None = None) -> dict[str, str]:
 
     Must run before ``import prefect`` to take effect (Prefect reads its settings at import).
     """
-    from dpgov import config
-
     chosen = {}
     for key, value in env_defaults(home or config.home()).items():
         if key not in os.environ:
