@@ -82,7 +82,7 @@ def sweep(
 
     say(
         f"sweep: {len(sp.trials)} trials on {sp.dataset} blocks {', '.join(sp.blocks)}; "
-        f"composed cost ε={sp.costs[0].sweep:.3f} per block, checked against the budget"
+        f"composed cost ε={eps_up(sp.costs[0].sweep)} per block, checked against the budget"
     )
     result = run_sweep(sp, ledger=ledger, progress=say)
     data_out = result.to_dict()
