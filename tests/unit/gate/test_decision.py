@@ -226,6 +226,21 @@ def test_block_over_budget_fails():
     assert not c.passed and "over budget" in c.reason
 
 
+def test_block_at_its_limit_up_to_round_off_passes():
+    led = ledger_facts(blocks=(block("1995", spent=8.0 * (1 + 1e-12)), block("1996")))
+    assert check("block_budget:flchain/1995", led=led).passed  # contracts.within, not <=
+
+
+def test_block_reason_shows_spent_epsilon_rounded_up():
+    led = ledger_facts(blocks=(block("1995", spent=7.12341), block("1996")))
+    assert "ε spent 7.1235 of 8" in check("block_budget:flchain/1995", led=led).reason
+
+
+def test_block_beyond_the_tolerance_fails():
+    led = ledger_facts(blocks=(block("1995", spent=8.0 * (1 + 1e-6)), block("1996")))
+    assert not check("block_budget:flchain/1995", led=led).passed
+
+
 def test_block_missing_from_ledger_fails():
     c = check("block_budget:flchain/1996", led=ledger_facts(blocks=(block("1995"),)))
     assert not c.passed and "not in the ledger" in c.reason

@@ -136,3 +136,13 @@ def test_summary_rows_per_epsilon_then_reference() -> None:
     assert flat["variant"] == "ε=1" and flat["seeds"] == 2
     assert {"auroc_sd", "gap_fnr.sex_lo", "subgroup_auroc.age_band.<60_hi"} <= set(flat)
     assert summary_columns(rows[-1])["auroc_sd"] is None
+
+
+def test_a_block_fits_up_to_the_ledgers_round_off() -> None:
+    from dpgov.training.sweep import BlockCost
+
+    def cost(after: float) -> BlockCost:
+        return BlockCost(block="b", charges=0, spent=0.0, sweep=after, after=after, limit=8.0)
+
+    assert cost(8.0).fits and cost(8.0 * (1 + 1e-12)).fits
+    assert not cost(8.0 * (1 + 1e-6)).fits
