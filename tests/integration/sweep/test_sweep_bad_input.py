@@ -48,3 +48,26 @@ def test_an_epsilon_no_noise_can_reach_is_bad_input(
     assert code == 2
     assert err.startswith("error: --epsilons: ε=0.0001 is too small") and err.count("\n") == 1
     assert Ledger.open().entries() == []
+
+
+def test_data_that_fails_its_contract_is_refused_before_anything_is_charged(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dpgov: Run
+) -> None:
+    """Every path validates: a sweep on data that fails its contract (here: blocks under the
+    contract's minimum of patients) is refused, exit 1, with no reservation and no run."""
+    import yaml
+
+    from dpgov.ledger import Ledger
+    from dpgov.testing.runs import governed_data
+
+    world = governed_data(tmp_path / "data", n=300, dataset="small", min_block=400)
+    monkeypatch.chdir(tmp_path)  # the validation it records stays in tmp_path
+    params = tmp_path / "params.yaml"
+    body = world.params({"train": {"epochs": 1, "batch_size": 30, "n_boot": 0, "device": "cpu"}})
+    params.write_text(yaml.safe_dump(body.model_dump(mode="json")))
+    code, out, err = dpgov("sweep", "--epsilons", "1,3", "--params", str(params), "--json")
+    assert code == 1, err
+    assert "validation of" in err and "at least 400 training patients" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert Ledger.open().entries() == []
+    assert not (home / "sweeps").exists()
