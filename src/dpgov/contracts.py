@@ -46,10 +46,13 @@ TAG_PROMOTION = "dpgov.promotion"
 TAG_APPROVALS = "dpgov.approvals"
 TAG_REFUSALS = "dpgov.refusals"
 TAG_REPLACED_BY = "dpgov.replaced_by"
+TAG_SWEEP_STOPPED = "dpgov.sweep.stopped"  # why a sweep stopped early (a refusal)
+TAG_SWEEP_ROLE = "dpgov.sweep.trial"  # a sweep run's role: "parent", "reference" or the trial
 
 STATUS_CANDIDATE = "candidate"
 STATUS_REFERENCE = "reference"
 STATUS_SWEEP = "sweep"  # the parent run of a sweep
+STATUS_STUDY = "study"  # a sweep's trial: a study, never a release candidate
 
 # --------------------------------------------------------------------------- artifacts
 
@@ -64,6 +67,9 @@ ARTIFACT_SUBGROUPS_JSON = "subgroups.json"
 METRIC_EPSILON = "epsilon"
 METRIC_DELTA = "delta"
 METRIC_BLOCK_PREFIX = "epsilon_block."
+
+PARAM_NOISE_MULTIPLIER = "noise_multiplier"  # run parameters a DP run logs
+PARAM_ACCOUNTANT = "accountant"
 
 
 def metric_key(text: str) -> str:
