@@ -65,7 +65,7 @@ def test_data_that_fails_its_contract_is_refused_before_anything_is_charged(
     params = tmp_path / "params.yaml"
     body = world.params({"train": {"epochs": 1, "batch_size": 30, "n_boot": 0, "device": "cpu"}})
     params.write_text(yaml.safe_dump(body.model_dump(mode="json")))
-    code, out, err = dpgov("sweep", "--epsilons", "1,3", "--params", str(params), "--json")
+    code, _out, err = dpgov("sweep", "--epsilons", "1,3", "--params", str(params), "--json")
     assert code == 1, err
     assert "validation of" in err and "at least 400 training patients" in err
     assert err.count("\n") == 1 and "Traceback" not in err
