@@ -1,6 +1,7 @@
 """Privacy accounting: mechanisms as value objects, tight composition, calibration.
 
-Pure: imports nothing else from dpgov. dp_accounting and Opacus are imported lazily.
+Pure: imports nothing else from dpgov but the error base (:mod:`dpgov.errors`). dp_accounting
+and Opacus are imported lazily.
 """
 
 from dpgov.accounting.accountants import (

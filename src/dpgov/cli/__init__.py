@@ -84,9 +84,6 @@ def main() -> None:
     except DpgovError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    except _accounting_errors() as err:  # accounting is pure and has its own error types
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1 if type(err).__name__ == "InfeasibleBudget" else 2)
     except SystemExit:
         raise
     except _click_exceptions() as err:  # usage errors from click: exit 2, one line
@@ -129,12 +126,6 @@ def _tracking_error(err: Exception) -> tuple[str, int] | None:
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return f"tracking server {uri} refused the request ({code}): {first}", 1
     return f"tracking store {uri} failed: {first}", 2
-
-
-def _accounting_errors() -> tuple[type[BaseException], ...]:
-    from dpgov.accounting.errors import AccountingInputError, InfeasibleBudget
-
-    return (AccountingInputError, InfeasibleBudget)
 
 
 def _click_exceptions() -> tuple[type[BaseException], ...]:
