@@ -24,6 +24,7 @@ from dpgov.contracts import (
     TAG_STATUS,
     block_metric_key,
     compact_json,
+    show_spent,
 )
 from dpgov.errors import Refused
 from dpgov.tracking import sweep_runs
@@ -270,8 +271,8 @@ def _recheck(sp: SweepPlan, trial: Trial, *, ledger: Ledger, ours: set[str]) -> 
     others = sorted({rid for c in over for rid in foreign[c.block]})
     return (
         f"{len(others)} charge(s) made outside the sweep since its check "
-        f"({', '.join(others)}) leave block {worst.block!r} ε={worst.spent:.4f}; the "
-        f"{len(remaining)} trial(s) left would bring it to ε={worst.after:.4f}, over the "
+        f"({', '.join(others)}) leave block {worst.block!r} ε={show_spent(worst.spent, 4)}; the "
+        f"{len(remaining)} trial(s) left would bring it to ε={show_spent(worst.after, 4)}, over the "
         f"limit {worst.limit:g}"
     )
 
