@@ -271,9 +271,9 @@ def _recheck(sp: SweepPlan, trial: Trial, *, ledger: Ledger, ours: set[str]) -> 
     others = sorted({rid for c in over for rid in foreign[c.block]})
     return (
         f"{len(others)} charge(s) made outside the sweep since its check "
-        f"({', '.join(others)}) leave block {worst.block!r} ε={show_spent(worst.spent, 4)}; the "
-        f"{len(remaining)} trial(s) left would bring it to ε={show_spent(worst.after, 4)}, over the "
-        f"limit {worst.limit:g}"
+        f"({', '.join(others)}) leave block {worst.block!r} ε={show_spent(worst.spent, 4)}; "
+        f"the {len(remaining)} trial(s) left would bring it to ε={show_spent(worst.after, 4)}, "
+        f"over the limit {worst.limit:g}"
     )
 
 
