@@ -1,5 +1,10 @@
 """Governed training on small synthetic data against a real ledger and MLflow (SQLite) in a
-tmp dpgov home."""
+tmp dpgov home.
+
+The step functions (plan, reserve, train, commit) take data in memory (``small_data``); a whole
+governed run validates its data first, so it trains on ``world``: a source, its contract and
+the data prepared from them (dataset ``synth``, blocks 2001 and 2002), one per module, with its
+validation recorded beside it (``run_options``) and reused by the module's runs."""
 
 from __future__ import annotations
 
@@ -25,6 +30,32 @@ def write_policy(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Validatable data of dataset ``synth``: 500 patients, 399 training (2001: 184, 2002: 215).
+    ``world.params(params)`` trains ``params`` on it."""
+    from dpgov.testing.runs import governed_data
+
+    return governed_data(tmp_path_factory.mktemp("training-data"), n=500, dataset="synth")
+
+
+@pytest.fixture
+def world_data(world: Any) -> Any:
+    """The world's prepared data, as the step functions read it."""
+    from dpgov.data import load_prepared
+
+    return load_prepared(world.prepared)
+
+
+@pytest.fixture
+def run_options(world: Any) -> Any:
+    """Options of a governed run on the world: its validation is written beside the world
+    (never under the repository's data/validation) and reused by later runs."""
+    from dpgov.training.governed import RunOptions
+
+    return RunOptions(validation_out=str(world.prepared.parent / "validation"))
 
 
 @pytest.fixture

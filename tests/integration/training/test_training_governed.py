@@ -1,5 +1,8 @@
 """Governed spending against a real SQLite ledger: what Opacus runs is what the ledger holds,
-crashes stay charged, and bad input or a refused budget charges nothing."""
+crashes stay charged, and bad input or a refused budget charges nothing.
+
+The steps (plan, reserve, train, commit) are called one by one on data in memory; whole
+governed runs (:func:`run_governed`: validate first) train on the module's ``world``."""
 
 from __future__ import annotations
 
@@ -13,16 +16,18 @@ from dpgov.accounting import DpSgdMechanism, epsilon
 from dpgov.errors import BudgetExceeded, Refused, UsageError
 from dpgov.ledger import Ledger
 from dpgov.policy import load_policy
-from dpgov.training import governed
+from dpgov.training import planning
+from dpgov.training import steps as governed_steps
+from dpgov.training.governed import run_governed
 
 
 def _steps(params: Any, policy: Path, data: Any, ledger: Ledger) -> tuple[Any, ...]:
     """plan → reserve → train → commit, returning everything each step gave."""
     loaded = load_policy(policy)
-    p = governed.plan(params, loaded, data, ledger=ledger)
-    reservation = governed.reserve(p, ledger=ledger)
-    outcome = governed.train(p, reservation, ledger=ledger)
-    entry = governed.commit(reservation, outcome, ledger=ledger)
+    p = planning.plan(params, loaded, data, ledger=ledger)
+    reservation = governed_steps.reserve(p, ledger=ledger)
+    outcome = governed_steps.train(p, reservation, ledger=ledger)
+    entry = governed_steps.commit(reservation, outcome, ledger=ledger)
     return p, reservation, outcome, entry
 
 
@@ -95,15 +100,15 @@ def test_exception_mid_training_leaves_the_reservation_charged_and_aborted(
 ) -> None:
     policy = write_policy()
     ledger = Ledger.open()
-    p = governed.plan(small_params(epochs=5), load_policy(policy), small_data, ledger=ledger)
-    reservation = governed.reserve(p, ledger=ledger)
+    p = planning.plan(small_params(epochs=5), load_policy(policy), small_data, ledger=ledger)
+    reservation = governed_steps.reserve(p, ledger=ledger)
 
     def interrupt(steps: int, _loss: float) -> None:
         if steps == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        governed.train(p, reservation, ledger=ledger, on_step=interrupt)
+        governed_steps.train(p, reservation, ledger=ledger, on_step=interrupt)
     assert ledger.reservation(reservation.id).status == "aborted"
     full = epsilon([p.mechanism], delta=1e-5, accountant="pld")
     assert _status(ledger, policy, p.dataset, p.blocks[0]).epsilon_spent == pytest.approx(full)
@@ -118,14 +123,14 @@ def test_a_crashed_run_is_marked_failed_in_mlflow_with_its_reservation(
     from dpgov.tracking import runs
 
     ledger = Ledger.open()
-    p = governed.plan(small_params(), load_policy(write_policy()), small_data, ledger=ledger)
-    reservation = governed.reserve(p, ledger=ledger)
+    p = planning.plan(small_params(), load_policy(write_policy()), small_data, ledger=ledger)
+    reservation = governed_steps.reserve(p, ledger=ledger)
 
     def crash(steps: int, _loss: float) -> None:
         raise ValueError("disk full")
 
     with pytest.raises(ValueError, match="disk full"):
-        governed.train(p, reservation, ledger=ledger, on_step=crash)
+        governed_steps.train(p, reservation, ledger=ledger, on_step=crash)
     [run] = runs.find_runs("dpgov", "dpgov.reservation", reservation.id)
     assert run["status"] == "FAILED"
     assert run["tags"]["dpgov.failure"] == "ValueError: disk full"
@@ -138,18 +143,16 @@ def test_failure_before_the_first_step_releases_the_reservation(
     write_policy: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from dpgov.training import trainer
-
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("out of memory before the first batch")
 
-    monkeypatch.setattr(trainer, "train_private", broken)
+    monkeypatch.setattr(governed_steps, "train_private", broken)  # what the train step calls
     policy = write_policy()
     ledger = Ledger.open()
-    p = governed.plan(small_params(), load_policy(policy), small_data, ledger=ledger)
-    reservation = governed.reserve(p, ledger=ledger)
+    p = planning.plan(small_params(), load_policy(policy), small_data, ledger=ledger)
+    reservation = governed_steps.reserve(p, ledger=ledger)
     with pytest.raises(RuntimeError, match="out of memory"):
-        governed.train(p, reservation, ledger=ledger)
+        governed_steps.train(p, reservation, ledger=ledger)
     assert ledger.reservation(reservation.id).status == "released"
     assert _status(ledger, policy, p.dataset, p.blocks[0]).epsilon_spent == 0.0
 
@@ -163,50 +166,55 @@ def test_no_training_under_a_reservation_for_another_mechanism(
     policy = write_policy()
     ledger = Ledger.open()
     loaded = load_policy(policy)
-    p1 = governed.plan(small_params(), loaded, small_data, ledger=ledger)
-    p2 = governed.plan(small_params(epochs=3), loaded, small_data, ledger=ledger)
-    reservation = governed.reserve(p1, ledger=ledger)
+    p1 = planning.plan(small_params(), loaded, small_data, ledger=ledger)
+    p2 = planning.plan(small_params(epochs=3), loaded, small_data, ledger=ledger)
+    reservation = governed_steps.reserve(p1, ledger=ledger)
     with pytest.raises(UsageError, match="does not hold this plan's mechanism"):
-        governed.train(p2, reservation, ledger=ledger)
+        governed_steps.train(p2, reservation, ledger=ledger)
 
 
 def test_fixed_sigma_over_the_target_is_bad_input_and_charges_nothing(
     home: Path,
-    small_data: Any,
+    world: Any,
+    run_options: Any,
     small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     ledger = Ledger.open()
-    params = small_params(noise_multiplier=0.3, target_epsilon=1.0)
+    params = world.params(small_params(noise_multiplier=0.3, target_epsilon=1.0))
     with pytest.raises(
         UsageError,
         match=r"train\.noise_multiplier: σ=0.3 .* over "
         r"train\.target_epsilon 1",
     ):
-        governed.run_governed(params, write_policy(), data=small_data, ledger=ledger)
+        run_governed(params, load_policy(write_policy()), ledger=ledger, options=run_options)
     assert ledger.entries("reservation") == []
 
 
 def test_budget_refusal_exits_1_and_charges_nothing(
     home: Path,
-    small_data: Any,
+    world: Any,
+    world_data: Any,
+    run_options: Any,
     small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
     policy = write_policy(epsilon_per_block=2.0)
     ledger = Ledger.open()
-    params = small_params(noise_multiplier=1.5, target_epsilon=2.0)  # ε ≈ 1.69, two ≈ 2.28
-    _steps(params, policy, small_data, ledger)
+    # 399 training patients, batch 40: q = 0.1, 20 steps; ε ≈ 1.69, two ≈ 2.28
+    params = world.params(small_params(noise_multiplier=1.5, target_epsilon=2.0, batch_size=40))
+    _steps(params, policy, world_data, ledger)
     before = len(ledger.entries())
     with pytest.raises(BudgetExceeded, match="budget refused for block") as err:
-        governed.run_governed(params, policy, data=small_data, ledger=ledger)
+        run_governed(params, load_policy(policy), ledger=ledger, options=run_options)
     assert err.value.exit_code == 1
     assert len(ledger.entries()) == before
 
 
 def test_cuda_requested_where_absent_is_bad_input_and_charges_nothing(
     home: Path,
-    small_data: Any,
+    world: Any,
+    run_options: Any,
     small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
@@ -216,8 +224,11 @@ def test_cuda_requested_where_absent_is_bad_input_and_charges_nothing(
         pytest.skip("this machine has CUDA")
     ledger = Ledger.open()
     with pytest.raises(UsageError, match="no CUDA device"):
-        governed.run_governed(
-            small_params(device="cuda"), write_policy(), data=small_data, ledger=ledger
+        run_governed(
+            world.params(small_params(device="cuda")),
+            load_policy(write_policy()),
+            ledger=ledger,
+            options=run_options,
         )
     assert ledger.entries() == []
 
@@ -230,7 +241,7 @@ def test_unknown_block_is_bad_input(
 ) -> None:
     ledger = Ledger.open()
     with pytest.raises(UsageError, match=r"train\.blocks: unknown block\(s\) \['nope'\]"):
-        governed.plan(
+        planning.plan(
             small_params(blocks=["nope"]), load_policy(write_policy()), small_data, ledger=ledger
         )
 
@@ -243,7 +254,7 @@ def test_several_records_per_patient_are_refused(
 ) -> None:
     small_data.train.loc[1, "patient_id"] = small_data.train.loc[0, "patient_id"]
     with pytest.raises(Refused, match="unit of privacy: patient 'p000000' has 2 training"):
-        governed.plan(small_params(), load_policy(write_policy()), small_data, ledger=Ledger.open())
+        planning.plan(small_params(), load_policy(write_policy()), small_data, ledger=Ledger.open())
 
 
 def test_training_on_named_blocks_charges_only_those(
@@ -262,14 +273,19 @@ def test_training_on_named_blocks_charges_only_those(
 
 def test_cnn_on_images_runs_governed_with_per_sample_hooks(
     home: Path,
+    tmp_path: Path,
     small_params: Callable[..., Any],
     write_policy: Callable[..., Path],
 ) -> None:
-    from dpgov.testing.memory import make_images
+    from dpgov.testing.runs import governed_data
+    from dpgov.training.governed import RunOptions
 
-    data = make_images(n_train=160, n_test=80, size=12)
-    params = small_params(model="cnn", epochs=1, batch_size=32, min_group_n=5)
-    summary = governed.run_governed(params, write_policy(), data=data, ledger=Ledger.open())
+    images = governed_data(tmp_path / "images", kind="image", n=160)
+    params = images.params(small_params(model="cnn", epochs=1, batch_size=32, min_group_n=5))
+    options = RunOptions(validation_out=str(tmp_path / "validation"))
+    summary = run_governed(
+        params, load_policy(write_policy()), ledger=Ledger.open(), options=options
+    )
     assert summary.plan["grad_sample_mode"] == "hooks"
     assert summary.steps == summary.plan["steps"]
     assert 0.0 <= summary.auroc <= 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,30 +19,48 @@ from dpgov.policy import load_policy
 REPO = Path(__file__).resolve().parents[3]
 
 SCRIPT = """
+import json
 import sys
 from dpgov.ledger import Ledger
-from dpgov.training.governed import run_governed
+from dpgov.policy import load_policy
+from dpgov.training.governed import RunOptions, run_governed
 from dpgov.training.params import parse_params
-from dpgov.testing.memory import make_tabular
 
 def report(steps, loss):
     print(f"STEP {steps}", flush=True)
 
-params = parse_params({"train": {"epochs": 1000, "batch_size": 30, "noise_multiplier": 50.0,
-                                 "target_epsilon": 3.0, "reference": False, "n_boot": 0,
-                                 "device": "cpu"},
-                       "model": {"name": "logreg"}})
-run_governed(params, sys.argv[1], data=make_tabular(n_train=300, n_test=100),
-             ledger=Ledger.open(), on_step=report)
+params = parse_params(json.loads(sys.argv[2]))
+options = RunOptions(validation_out=sys.argv[3], on_step=report)
+run_governed(params, load_policy(sys.argv[1]), ledger=Ledger.open(), options=options)
 print("FINISHED", flush=True)
 """
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_killed_run_stays_charged(dpgov_home: Path, tmp_path: Path) -> None:
+    from dpgov.testing.runs import governed_data
+
     policy = REPO / "policies" / "default.yaml"
+    # 399 training patients, batch 40: 10 steps an epoch
+    world = governed_data(tmp_path / "data", n=500, dataset="synth")
+    params = world.params(
+        {
+            "train": {
+                "epochs": 1000,
+                "batch_size": 40,
+                "noise_multiplier": 50.0,
+                "target_epsilon": 3.0,
+                "reference": False,
+                "n_boot": 0,
+                "device": "cpu",
+            },
+            "model": {"name": "logreg"},
+        }
+    )
+    body = json.dumps(params.model_dump(mode="json"))
+    validation = str(tmp_path / "validation")
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(policy)],
+        [sys.executable, "-c", SCRIPT, str(policy), body, validation],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -39,10 +39,11 @@ INTERFACE_TAGS = {
 def governed_run(
     tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path
 ) -> Iterator[tuple[Any, Any, Path]]:
+    from dpgov.data import load_prepared
     from dpgov.ledger import Ledger
-    from dpgov.testing.memory import make_tabular
-    from dpgov.training.governed import run_governed
-    from dpgov.training.params import parse_params
+    from dpgov.policy import load_policy
+    from dpgov.testing.runs import governed_data
+    from dpgov.training.governed import RunOptions, run_governed
 
     root = tmp_path_factory.mktemp("governed")
     home = root / "dpgov-home"
@@ -50,12 +51,14 @@ def governed_run(
     shutil.copy(mlflow_store_template, home / "mlflow.db")
     policy = root / "policy.yaml"
     policy.write_text((REPO / "policies" / "default.yaml").read_text())
-    data = make_tabular(n_train=300, n_test=200, blocks=2, seed=1)
-    params = parse_params(
+    # 399 training patients (2001: 201, 2002: 198); batch 40: q = 0.1, 10 steps an epoch
+    world = governed_data(root / "data", n=500, dataset="synth", seed=1)
+    data = load_prepared(world.prepared)
+    params = world.params(
         {
             "train": {
                 "epochs": 2,
-                "batch_size": 30,
+                "batch_size": 40,
                 "n_boot": 5,
                 "reference": True,
                 "min_group_n": 10,
@@ -73,7 +76,8 @@ def governed_run(
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
         mp.delenv("DPGOV_LEDGER_URL", raising=False)
         mp.delenv("DPGOV_LEDGER_HMAC_KEY", raising=False)
-        summary = run_governed(params, policy, data=data, ledger=Ledger.open())
+        options = RunOptions(validation_out=str(root / "validation"))
+        summary = run_governed(params, load_policy(policy), ledger=Ledger.open(), options=options)
         yield summary, data, policy
 
 
@@ -85,7 +89,7 @@ def test_run_records_every_privacy_parameter(governed_run: Any) -> None:
         "sample_rate": "0.1",
         "steps": "20",
         "epochs": "2",
-        "batch_size": "30",
+        "batch_size": "40",
         "max_grad_norm": "1.0",
         "accountant": "pld",
         "delta": "1e-05",
@@ -101,7 +105,7 @@ def test_run_metrics_hold_epsilon_block_totals_utility_and_gaps(governed_run: An
     summary, _, _ = governed_run
     metrics = runs.read_run(summary.run_id)["metrics"]
     assert metrics["epsilon"] == pytest.approx(summary.epsilon)
-    assert metrics["epsilon_block.b0"] == pytest.approx(summary.block_epsilon["b0"])
+    assert metrics["epsilon_block.2001"] == pytest.approx(summary.block_epsilon["2001"])
     assert metrics["auroc"] == pytest.approx(summary.auroc)
     assert {
         "accuracy",
@@ -148,7 +152,7 @@ def test_model_version_carries_the_interface_tags(governed_run: Any) -> None:
     assert (tags["dpgov.status"], tags["dpgov.private"]) == ("candidate", "true")
     assert tags["dpgov.run_id"] == version["run_id"] == summary.run_id
     assert float(tags["dpgov.epsilon"]) == pytest.approx(summary.epsilon)
-    assert json.loads(tags["dpgov.blocks"]) == ["b0", "b1"]
+    assert json.loads(tags["dpgov.blocks"]) == ["2001", "2002"]
 
 
 def test_reference_is_registered_as_a_non_private_reference(governed_run: Any) -> None:
@@ -174,9 +178,9 @@ def test_privacy_statement_names_what_the_guarantee_covers(governed_run: Any) ->
     assert statement["unit_of_privacy"] == "patient"
     assert statement["covers"] == {
         "dataset": "synth",
-        "blocks": ["b0", "b1"],
+        "blocks": ["2001", "2002"],
         "data_version": data.meta["data_version"],
-        "n_train_patients": 300,
+        "n_train_patients": 399,
         "split": "train",
     }
     artifacts = runs.read_run(summary.run_id)["artifacts"]
