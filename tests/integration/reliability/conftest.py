@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.reliability.helpers import REPO, Services, World, write_policy
+from tests.integration.reliability.helpers import (
+    REPO,
+    Services,
+    World,
+    validate,
+    write_policy,
+)
 from tests.integration.reliability.zygote import Zygote
 
 
@@ -27,12 +33,16 @@ def zygote() -> Iterator[Zygote]:
 
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """A prepared synthetic cohort of 600 patients in 4 year blocks: (prepared, raw, contract)."""
+    """A prepared synthetic cohort of 600 patients in 4 year blocks: (prepared, raw, contract),
+    validated once under the worlds' policy (``write_policy``) where their governed runs reuse
+    the validation (``helpers.validation_folder``)."""
     from dpgov.testing.sources import make_prepared
 
     root = tmp_path_factory.mktemp("cohort")
     prepared = make_prepared(root, n=600)
-    return prepared, root / "raw" / "synthetic.csv", root / "raw" / "synthetic.yaml"
+    raw, contract = root / "raw" / "synthetic.csv", root / "raw" / "synthetic.yaml"
+    validate(prepared, raw, contract, write_policy(root / "policy.yaml"))
+    return prepared, raw, contract
 
 
 @pytest.fixture

@@ -170,6 +170,40 @@ def tiny_train(**over: Any) -> dict[str, Any]:
     return {**base, **over}
 
 
+def data_section(raw: Path, contract: Path) -> dict[str, Any]:
+    """The ``data:`` params of the synthetic cohort: what its validation reads."""
+    return {
+        "dataset": "synthetic",
+        "source": str(raw),
+        "contract": str(contract),
+        "min_block_patients": 1,
+        "seed": 0,
+    }
+
+
+def validation_folder(prepared: str | Path, policy: str | Path) -> Path:
+    """Where governed runs on ``prepared`` record and reuse its validation under ``policy``:
+    beside the prepared data, one folder per policy content (never the repository's
+    ``data/validation``)."""
+    from dpgov.policy import load_policy
+
+    return Path(prepared).parent / "validation" / load_policy(policy).sha256[:12]
+
+
+def validate(prepared: Path, raw: Path, contract: Path, policy: Path) -> Any:
+    """Validate the cohort under ``policy`` now, where its governed runs will reuse it (runs
+    started together would each validate it, racing to write the same folder)."""
+    from dpgov.data.params import DataParams
+    from dpgov.data.validation import ensure_validated
+
+    return ensure_validated(
+        prepared,
+        data_params=DataParams.model_validate(data_section(raw, contract)),
+        policy=policy,
+        out=validation_folder(prepared, policy),
+    )
+
+
 @dataclass
 class World:
     """One isolated dpgov installation: home, ledger, tracking store, data, policy."""
@@ -197,16 +231,14 @@ class World:
 
     def params(self, **train: Any) -> dict[str, Any]:
         return {
-            "data": {
-                "dataset": "synthetic",
-                "source": str(self.raw),
-                "contract": str(self.contract),
-                "min_block_patients": 1,
-                "seed": 0,
-            },
+            "data": data_section(self.raw, self.contract),
             "train": tiny_train(data=str(self.data), **train),
             "model": {"name": "logreg"},
         }
+
+    def validate(self) -> Any:
+        """Validate the world's data under its policy, where its governed runs reuse it."""
+        return validate(self.data, self.raw, self.contract, self.policy)
 
     def params_file(self, path: Path, **train: Any) -> Path:
         path.write_text(yaml.safe_dump(self.params(**train)))

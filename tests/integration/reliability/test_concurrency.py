@@ -55,6 +55,7 @@ def test_sixteen_processes_never_overspend(
             data_version=meta["data_version"],
         )
 
+    world.validate()  # under this policy, once: both governed runs reuse it
     env = {k: v for k, v in world.env().items() if v is not None}
     go = tmp_path / "go"
     keys = []

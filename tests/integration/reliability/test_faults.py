@@ -7,7 +7,7 @@ tracking store is unreachable. After each: the ledger still verifies, every bloc
 at least what ran (a pending reservation counts as spent), ``dpgov audit`` says what happened,
 and no model version of a killed run holds or can get the release alias.
 
-The points are the test-only hook ``dpgov.training.governed._fault_point`` (``DPGOV_FAULT``);
+The points are the test-only hook ``dpgov.training.faults.fault_point`` (``DPGOV_FAULT``);
 the processes are forked from one zygote that imported the training stack once.
 """
 

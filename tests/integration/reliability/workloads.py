@@ -41,16 +41,33 @@ def _wait_for(path: str | None, timeout: float = 120) -> None:
 
 
 def governed_run(request: dict[str, Any]) -> None:
-    """``run_governed(params, policy)``: plan, reserve, train, commit, evaluate, track."""
+    """``run_governed(params, policy)``: validate, plan, reserve, train, commit, evaluate,
+    track, gate. The validation is recorded in (and reused from) ``validation_out``, by default
+    the world's folder beside its prepared data (:func:`helpers.validation_folder`)."""
+    ledger = None
     try:
-        from dpgov.training.governed import run_governed
-        from dpgov.training.params import parse_params
+        from dpgov.ledger import Ledger
+        from dpgov.policy import load_policy
+        from dpgov.training.governed import RunOptions, run_governed
+        from dpgov.training.params import parse_params, prepared_path
+        from tests.integration.reliability.helpers import validation_folder
 
+        params = parse_params(request["params"])
+        policy = load_policy(request["policy"])
+        out = request.get("validation_out") or validation_folder(
+            prepared_path(params), request["policy"]
+        )
         _wait_for(request.get("go"))
-        summary = run_governed(parse_params(request["params"]), request["policy"])
+        ledger = Ledger.open()
+        summary = run_governed(
+            params, policy, ledger=ledger, options=RunOptions(validation_out=str(out))
+        )
         outcome: dict[str, Any] = {"ok": True, "summary": summary.to_dict()}
     except BaseException as err:  # the outcome is what the test inspects
         outcome = _failure(err)
+    finally:
+        if ledger is not None:
+            ledger.close()
     _write(request, outcome)
 
 
@@ -58,14 +75,14 @@ def reservations(request: dict[str, Any]) -> None:
     """A training job outside dpgov's trainer, through the governed reserve step: for each set
     of ``blocks``, take σ (``noise_multiplier``, or calibrated for the target ε against what
     the blocks spent, as the plan step does with ``Ledger.calibrate``), reserve
-    (``dpgov.training.governed.reserve``), then settle as a job would: commit every step, commit
+    (``dpgov.training.steps.reserve``), then settle as a job would: commit every step, commit
     fewer (it stopped early), release (no step ran), abort (it crashed), or leave it pending
     (killed). Starts when the file ``go`` exists."""
     from dpgov.accounting import DpSgdMechanism
     from dpgov.errors import BudgetExceeded, Refused
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
-    from dpgov.training import governed
+    from dpgov.training.steps import reserve
 
     rng = random.Random(request["seed"])
     outcomes: list[dict[str, Any]] = []
@@ -98,7 +115,7 @@ def reservations(request: dict[str, Any]) -> None:
                 target_epsilon=request["target_epsilon"],
             )
             try:
-                res = governed.reserve(plan, ledger=ledger)  # type: ignore[arg-type]
+                res = reserve(plan, ledger=ledger)  # type: ignore[arg-type]
             except BudgetExceeded as err:  # someone else was faster: refused, nothing written
                 outcomes.append({"blocks": blocks, "result": "refused", "why": str(err)})
                 continue
