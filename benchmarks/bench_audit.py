@@ -271,10 +271,13 @@ def phases(home: Path, workers: str) -> dict[str, float]:
     from datetime import UTC, datetime
 
     from dpgov.policy import load_policy
-    from dpgov.report.audit import AuditOptions, audit, block_requests
-    from dpgov.report.collect import dvc_index, open_ledger, snapshot_ledger, snapshot_tracking
+    from dpgov.report.audit import AuditOptions, audit
+    from dpgov.report.checks.budgets import block_requests
+    from dpgov.report.dvc_index import dvc_index
     from dpgov.report.html import render
+    from dpgov.report.ledger_snapshot import open_ledger, snapshot_ledger
     from dpgov.report.replay import Epsilons, replay
+    from dpgov.tracking import reader
 
     out: dict[str, float] = {}
     t = time.perf_counter()
@@ -293,7 +296,7 @@ def phases(home: Path, workers: str) -> dict[str, float]:
         time.perf_counter() - t
     )
     t = time.perf_counter()
-    tracking = snapshot_tracking()
+    tracking = reader.snapshot()
     out["read the tracking store"] = time.perf_counter() - t
     t = time.perf_counter()
     index = dvc_index(home / "repo")
@@ -313,9 +316,9 @@ def phases(home: Path, workers: str) -> dict[str, float]:
     page = render(report)
     out["HTML with plots"] = time.perf_counter() - t
     out["_findings"] = float(len(report.findings))
-    out["_compositions"] = float(report.counts["epsilon_compositions"])
+    out["_compositions"] = float(report.counts.epsilon_compositions)
     out["_html_kb"] = len(page.encode()) / 1024
-    out["_run_figures"] = report.counts["run_figures"]  # type: ignore[assignment]
+    out["_run_figures"] = report.counts.run_figures.to_dict()  # type: ignore[assignment]
     ledger.close()
     return out
 
@@ -433,7 +436,7 @@ def main() -> None:
         "Run figures: the ε each DP run logged is compared with the figure the ledger recorded "
         "for exactly the same state; figures of partially committed runs need a composition "
         "each, done for the newest 4 (`--deep`: all). The tracking store is SQLite here: "
-        "the audit reads its tables directly (`dpgov.report.mlflow_tables`, the same snapshot "
+        "the audit reads its tables directly (`dpgov.tracking.reader.sql`, the same snapshot "
         "as MLflow's client, which took 3-4 s for these runs and ~2 s more to import).",
     ]
     median_default = rows[0][2]

@@ -1,49 +1,22 @@
 """The audit on a schedule: everything ``dpgov audit`` checks, as a flow with a Markdown
 artifact of the findings (``audit-report``). A run with findings ends Completed with
 ``ok: false`` in its result; the findings are the result, not a crash.
+
+The work is :func:`dpgov.report.audit.run_audit` (the ``audit`` task runs it) and
+:func:`dpgov.report.markdown.audit_markdown`; this module only wires them.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
+from dpgov.report.audit import run_audit
+from dpgov.report.markdown import audit_markdown
 from pipelines import tasks
 
-
-def run_audit(policy: str | None, dvc_root: Path | None, stale_hours: float) -> dict[str, Any]:
-    """What ``dpgov audit --json`` reports (:func:`dpgov.report.audit.audit_ledger`)."""
-    from dpgov.policy import load_policy
-    from dpgov.report.audit import AuditOptions, audit_ledger
-    from dpgov.report.collect import open_ledger
-
-    loaded = load_policy(Path(policy) if policy else None)
-    ledger = open_ledger()
-    try:
-        report = audit_ledger(
-            ledger,
-            loaded,
-            AuditOptions(now=datetime.now(UTC), stale_hours=stale_hours),
-            dvc_root=dvc_root,
-        )
-    finally:
-        ledger.close()
-    return {**report.to_dict(), "scope": "dpgov audit (ledger, budgets, releases, runs, data)"}
-
-
-def audit_markdown(report: dict[str, Any]) -> str:
-    findings = report.get("findings") or []
-    verdict = "CLEAN" if report.get("ok") else f"{len(findings)} FINDING(S)"
-    lines = [f"# audit: {verdict}", "", f"scope: {report.get('scope', 'dpgov audit')}", ""]
-    if findings:
-        lines += ["| kind | detail |", "|---|---|"]
-        for f in findings:
-            detail = str(f.get("detail", "")).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{f.get('kind')}` | {detail} |")
-    return "\n".join(lines) + "\n"
+__all__ = ["audit", "audit_markdown", "run_audit"]
 
 
 @flow(name="audit", persist_result=False)

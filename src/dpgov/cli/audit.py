@@ -8,11 +8,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
+
+if TYPE_CHECKING:
+    from dpgov.ledger import Ledger
+    from dpgov.report.rows import AuditReport
+
+# findings that suggest the chain was tampered with: --anchor does not seal such a head
+BLOCKS_ANCHORING = frozenset(
+    {"chain_broken", "anchor_mismatch", "ledger_truncated", "row_corrupted", "tracking_unavailable"}
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -87,7 +96,7 @@ def audit(
     """Verify the ledger, recompute every block's ε, check releases, runs and data versions."""
     from dpgov.policy import load_policy
     from dpgov.report.audit import AuditOptions, audit_ledger
-    from dpgov.report.collect import open_ledger
+    from dpgov.report.ledger_snapshot import open_ledger
 
     when = parse_since(since)
     loaded = load_policy(policy)
@@ -112,23 +121,16 @@ def audit(
 
         html_file.write_text(render(report), encoding="utf-8")
         data["html"] = str(html_file)
-    emit(as_json, data, lambda: _render(data))
+    emit(as_json, data, lambda: _render(report, anchored, str(html_file) if html_file else None))
     if not report.ok:
         raise typer.Exit(1)
 
 
-def _anchor(ledger: Any, report: Any) -> dict[str, Any]:
+def _anchor(ledger: Ledger, report: AuditReport) -> dict[str, Any]:
     """Anchor the head only when nothing suggests the chain was tampered with."""
     from dpgov.tracking.anchor import AnchorError, record_head
 
-    blocking = {
-        "chain_broken",
-        "anchor_mismatch",
-        "ledger_truncated",
-        "row_corrupted",
-        "tracking_unavailable",
-    }
-    bad = sorted({f.kind for f in report.findings if f.kind in blocking})
+    bad = sorted({f.kind for f in report.findings if f.kind in BLOCKS_ANCHORING})
     if bad:
         return {"recorded": False, "reason": f"not anchored: {', '.join(bad)}"}
     try:
@@ -140,54 +142,53 @@ def _anchor(ledger: Any, report: Any) -> dict[str, Any]:
     return {"recorded": True, **a.to_dict()}
 
 
-def _render(d: dict[str, Any]) -> None:
+def _render(report: AuditReport, anchored: dict[str, Any] | None, html: str | None) -> None:
     from rich.table import Table
 
     con = console()
-    led, anc = d["ledger"], d["anchors"]
-    n = len(d["findings"])
-    verdict = "[bold green]CLEAN[/]" if d["ok"] else f"[bold red]{n} FINDING(S)[/]"
-    con.print(f"audit: {verdict}" + (f" (since {d['since']})" if d["since"] else ""))
-    chain = "verifies" if led["chain_ok"] else f"BROKEN at entry {led['first_bad_seq']}"
+    led, anc = report.ledger, report.anchors
+    n = len(report.findings)
+    verdict = "[bold green]CLEAN[/]" if report.ok else f"[bold red]{n} FINDING(S)[/]"
+    con.print(f"audit: {verdict}" + (f" (since {report.since})" if report.since else ""))
+    chain = "verifies" if led.chain_ok else f"BROKEN at entry {led.first_bad_seq}"
     con.print(
-        f"ledger {led['url']}: {led['entries']} entries, head {led['head_seq']}, "
-        f"chain {chain}; HMAC key {'set' if led['hmac_key_set'] else 'not set'}"
+        f"ledger {led.url}: {led.entries} entries, head {led.head_seq}, "
+        f"chain {chain}; HMAC key {'set' if led.hmac_key_set else 'not set'}"
     )
-    if anc.get("checked"):
-        con.print(
-            f"anchors: {anc['count']} ({anc['matched']} matching), newest entry {anc['newest_seq']}"
-        )
+    if anc.checked:
+        con.print(f"anchors: {anc.count} ({anc.matched} matching), newest entry {anc.newest_seq}")
     else:
         con.print("anchors: not checked")
-    c = d["counts"]
+    c = report.counts
     con.print(
-        f"reservations {c['reservations']} {c['by_status']}; MLflow runs "
-        f"{c['mlflow_runs']} ({c['dp_runs']} DP); releases {c['releases']}"
+        f"reservations {c.reservations} {c.by_status}; MLflow runs "
+        f"{c.mlflow_runs} ({c.dp_runs} DP); releases {c.releases}"
     )
-    if d["blocks"]:
+    if report.blocks:
         t = Table(title="ε per block (recomputed from the entries)")
         for col in ("dataset", "block", "ε recomputed", "ε ledger", "limit", "charges", "pending"):
             t.add_column(col)
-        for b in d["blocks"]:
+        for b in report.blocks:
             t.add_row(
-                b["dataset"],
-                b["block"],
-                "—" if b["epsilon"] is None else eps_up(b["epsilon"]),
-                "—" if b["epsilon_ledger"] is None else eps_up(b["epsilon_ledger"]),
-                f"{b['epsilon_limit']:g}",
-                str(b["charges"]),
-                str(b["pending"]),
+                b.dataset,
+                b.block,
+                "—" if b.epsilon is None else eps_up(b.epsilon),
+                "—" if b.epsilon_ledger is None else eps_up(b.epsilon_ledger),
+                f"{b.epsilon_limit:g}",
+                str(b.charges),
+                str(b.pending),
             )
         con.print(t)
-    if d["findings"]:
+    if report.findings:
         t = Table(title="Findings")
         t.add_column("kind", no_wrap=True)
         t.add_column("detail")
-        for f in d["findings"]:
-            t.add_row(f["kind"], f["detail"])
+        for f in report.findings:
+            t.add_row(f.kind, f.detail)
         con.print(t)
-    if d.get("anchored"):
-        a = d["anchored"]
-        con.print(f"anchored head entry {a['seq']}" if a["recorded"] else a["reason"])
-    if d.get("html"):
-        con.print(f"report written to {d['html']}")
+    if anchored:
+        con.print(
+            f"anchored head entry {anchored['seq']}" if anchored["recorded"] else anchored["reason"]
+        )
+    if html:
+        con.print(f"report written to {html}")

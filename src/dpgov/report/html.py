@@ -12,10 +12,11 @@ import html
 import io
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dpgov.report.audit import AuditReport
+from dpgov.contracts import show_remaining, show_spent
+from dpgov.report.rows import AuditReport, BlockRow, ReleaseRow, ReleaseStatement, RunRow
+from dpgov.report.times import parse_time
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 MAX_ROWS = 500  # rows of one table shown; the JSON has them all
@@ -52,13 +53,13 @@ def esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def eps_cell(value: Any) -> str:
+def eps_cell(value: float | None) -> str:
     """Spent ε rounded up (never understate a spend)."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "—"
     if math.isinf(value):
         return "∞"
-    return f"{math.ceil(value * 1000) / 1000:.3f}"
+    return show_spent(value)
 
 
 def _table(
@@ -107,12 +108,6 @@ def _figure(png: str | None, alt: str, caption: str) -> str:
     )
 
 
-def _time(text: str | None) -> Any:
-    from dpgov.report.audit import parse_time
-
-    return parse_time(text)
-
-
 def _setup() -> Any:
     import matplotlib
 
@@ -130,14 +125,14 @@ def _dates(ax: Any) -> None:
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
-def burn_down_png(blocks: Sequence[dict[str, Any]], limit: float) -> str | None:
+def burn_down_png(blocks: Sequence[BlockRow], limit: float) -> str | None:
     series = [
         (
             b,
             [
-                (t, p["epsilon"])
-                for p in b["burn_down"]
-                if (t := _time(p["time"])) is not None and p["epsilon"] is not None
+                (t, p.epsilon)
+                for p in b.burn_down
+                if (t := parse_time(p.time)) is not None and p.epsilon is not None
             ],
         )
         for b in blocks
@@ -156,7 +151,7 @@ def burn_down_png(blocks: Sequence[dict[str, Any]], limit: float) -> str | None:
             marker="o",
             markersize=2.5,
             linewidth=1.2,
-            label=f"{b['dataset']}/{b['block']}",
+            label=f"{b.dataset}/{b.block}",
         )
     ax.axhline(limit, color="#b3261e", linestyle="--", linewidth=1.2, label=f"limit {limit:g}")
     ax.set_ylabel("ε spent by the block")
@@ -175,11 +170,11 @@ def burn_down_png(blocks: Sequence[dict[str, Any]], limit: float) -> str | None:
     return _png(fig)
 
 
-def runs_png(runs: Sequence[dict[str, Any]]) -> str | None:
+def runs_png(runs: Sequence[RunRow]) -> str | None:
     pts = [
-        (t, r["epsilon"], r["status"])
+        (t, r.epsilon, r.status)
         for r in runs
-        if r.get("epsilon") is not None and (t := _time(r["time"])) is not None
+        if r.epsilon is not None and (t := parse_time(r.time)) is not None
     ]
     if not pts:
         return None
@@ -208,8 +203,9 @@ def runs_png(runs: Sequence[dict[str, Any]]) -> str | None:
     return _png(fig)
 
 
-def subgroups_png(release: dict[str, Any]) -> str | None:
-    groups = [g for g in release.get("subgroups") or [] if isinstance(g, dict)]
+def subgroups_png(release: ReleaseRow) -> str | None:
+    subgroups = release.statement.subgroups if release.statement else []
+    groups = [g for g in subgroups or [] if isinstance(g, dict)]
     if not groups:
         return None
     plt = _setup()
@@ -251,7 +247,7 @@ def subgroups_png(release: dict[str, Any]) -> str | None:
     axes[0].set_yticklabels(labels, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(
-        f"{release['model']} v{release['version']} @{release['alias']}: subgroups "
+        f"{release.model} v{release.version} @{release.alias}: subgroups "
         "on the held-out test split",
         fontsize=10,
         y=1.0,
@@ -264,122 +260,122 @@ def subgroups_png(release: dict[str, Any]) -> str | None:
 
 
 def render(report: AuditReport) -> str:
-    d = report.to_dict()
     n = len(report.findings)
     verdict = (
         '<span class="verdict ok">CLEAN: no findings</span>'
         if report.ok
         else f'<span class="verdict bad">{n} FINDING{"S" if n != 1 else ""}</span>'
     )
-    led, pol = d["ledger"], d["policy"]
-    budget = pol["budget"]
+    led, pol = report.ledger, report.policy
+    budget = pol.budget
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>dpgov audit {esc(d['generated'])}</title><style>{CSS}</style></head>",
+        f"<title>dpgov audit {esc(report.generated)}</title><style>{CSS}</style></head>",
         "<body><main>",
         f"<h1>Privacy audit</h1><p>{verdict}</p>",
-        f'<p class="meta">Generated {esc(d["generated"])}'
+        f'<p class="meta">Generated {esc(report.generated)}'
         + (
-            f"; restricted to what happened since {esc(d['since'])} "
-            f"({d['findings_before_since']} older finding(s) left out)"
-            if d["since"]
+            f"; restricted to what happened since {esc(report.since)} "
+            f"({report.findings_before_since} older finding(s) left out)"
+            if report.since
             else ""
         )
-        + f". Ledger {esc(led['url'])}; tracking store {esc(d['tracking']['uri'])}; policy "
-        f"{esc(pol['path'])} (sha256 <code>{esc(pol['sha256'])}</code>): ε ≤ "
-        f"{esc(budget['epsilon_per_block'])} per block at δ = {esc(budget['delta'])}, "
-        f"{esc(budget['accountant'])} accountant.</p>",
-        _findings(d),
-        _integrity(d),
-        _budgets(d, budget),
-        _runs(d),
-        _reservations(d),
-        _releases(d),
-        _policies(d),
+        + f". Ledger {esc(led.url)}; tracking store {esc(report.tracking.uri)}; policy "
+        f"{esc(pol.path)} (sha256 <code>{esc(pol.sha256)}</code>): ε ≤ "
+        f"{esc(budget.epsilon_per_block)} per block at δ = {esc(budget.delta)}, "
+        f"{esc(budget.accountant)} accountant.</p>",
+        _findings(report),
+        _integrity(report),
+        _budgets(report),
+        _runs(report),
+        _reservations(report),
+        _releases(report),
+        _policies(report),
         "</main></body></html>",
     ]
     return "\n".join(parts)
 
 
-def _findings(d: dict[str, Any]) -> str:
+def _findings(report: AuditReport) -> str:
     out = ["<h2>Findings</h2>"]
-    if not d["findings"]:
+    if not report.findings:
         out.append("<p>None: every check passed.</p>")
         return "".join(out)
     rows = []
-    for f in d["findings"]:
+    for finding in report.findings:
+        f = finding.to_dict()
         where = ", ".join(f"{k}={v}" for k, v in f.items() if k not in ("kind", "detail"))
         rows.append([esc(f["kind"]), esc(f["detail"]), esc(where)])
     out.append(_table(["kind", "detail", "where"], rows, cls="finding"))
     return "".join(out)
 
 
-def _integrity(d: dict[str, Any]) -> str:
-    led, anc = d["ledger"], d["anchors"]
+def _integrity(report: AuditReport) -> str:
+    led, anc = report.ledger, report.anchors
     chain = (
         "verifies"
-        if led["chain_ok"]
-        else f'<span class="warn">BROKEN at entry {esc(led["first_bad_seq"])}: '
-        f"{esc(led['reason'])}</span>"
+        if led.chain_ok
+        else f'<span class="warn">BROKEN at entry {esc(led.first_bad_seq)}: '
+        f"{esc(led.reason)}</span>"
     )
-    if led["hmac_key_set"]:
+    if led.hmac_key_set:
         hmac = (
-            f"DPGOV_LEDGER_HMAC_KEY set: signatures checked ({led['signed_entries']} signed, "
-            f"{led['unsigned_entries']} unsigned from before the key)"
+            f"DPGOV_LEDGER_HMAC_KEY set: signatures checked ({led.signed_entries} signed, "
+            f"{led.unsigned_entries} unsigned from before the key)"
         )
-    elif led["signed_entries"]:
+    elif led.signed_entries:
         hmac = (
-            f"{led['signed_entries']} entries are signed, but DPGOV_LEDGER_HMAC_KEY is not "
+            f"{led.signed_entries} entries are signed, but DPGOV_LEDGER_HMAC_KEY is not "
             "set here: signatures not checked"
         )
     else:
         hmac = "no HMAC key: entries are not signed (anchors protect against rewrites)"
-    if anc.get("checked"):
+    if anc.checked:
         anchors = (
-            f"{anc['count']} anchor(s) in the tracking store, {anc['matched']} matching; "
-            f"newest: entry {esc(anc['newest_seq'])} ({esc(anc['newest_time'])}); "
-            f"{anc['unanchored_entries']} entries after it"
+            f"{anc.count} anchor(s) in the tracking store, {anc.matched} matching; "
+            f"newest: entry {esc(anc.newest_seq)} ({esc(anc.newest_time)}); "
+            f"{anc.unanchored_entries} entries after it"
         )
     else:
         anchors = '<span class="warn">not checked (tracking store unreadable)</span>'
-    kinds = ", ".join(f"{k} {v}" for k, v in led["kinds"].items())
+    kinds = ", ".join(f"{k} {v}" for k, v in led.kinds.items())
     return (
         "<h2>Ledger integrity</h2><div class='card'><table><tbody>"
-        f"<tr><th>entries</th><td>{led['entries']} ({esc(kinds)}); "
-        f"{esc(led['first_time'])} … {esc(led['last_time'])}</td></tr>"
-        f"<tr><th>head</th><td>entry {led['head_seq']}, <code>{esc(led['head_hash'])}</code>"
+        f"<tr><th>entries</th><td>{led.entries} ({esc(kinds)}); "
+        f"{esc(led.first_time)} … {esc(led.last_time)}</td></tr>"
+        f"<tr><th>head</th><td>entry {led.head_seq}, <code>{esc(led.head_hash)}</code>"
         "</td></tr>"
         f"<tr><th>hash chain</th><td>{chain}</td></tr>"
         f"<tr><th>signatures</th><td>{esc(hmac)}</td></tr>"
         f"<tr><th>anchors</th><td>{anchors}</td></tr>"
-        f"<tr><th>data versions (DVC)</th><td>{esc(d['dvc']['searched'])}</td></tr>"
+        f"<tr><th>data versions (DVC)</th><td>{esc(report.dvc.searched)}</td></tr>"
         "</tbody></table></div>"
     )
 
 
-def _budgets(d: dict[str, Any], budget: dict[str, Any]) -> str:
-    blocks = d["blocks"]
+def _budgets(report: AuditReport) -> str:
+    blocks = report.blocks
     rows = [
         [
-            esc(b["dataset"]),
-            esc(b["block"]),
-            esc(b["patients"]),
-            esc(b["retired"]),
-            eps_cell(b["epsilon"]),
-            eps_cell(b["epsilon_ledger"]),
-            esc(b["epsilon_limit"]),
-            "—" if b["remaining"] is None else f"{math.floor(b['remaining'] * 1000) / 1000:.3f}",
-            esc(b["charges"]),
-            esc(b["pending"]),
-            esc(b["aborted"]),
-            esc(b["released"]),
+            esc(b.dataset),
+            esc(b.block),
+            esc(b.patients),
+            esc(b.retired),
+            eps_cell(b.epsilon),
+            eps_cell(b.epsilon_ledger),
+            esc(b.epsilon_limit),
+            show_remaining(b.remaining),
+            esc(b.charges),
+            esc(b.pending),
+            esc(b.aborted),
+            esc(b.released),
         ]
         for b in blocks
     ]
-    png = burn_down_png(blocks, float(budget["epsilon_per_block"]))
+    png = burn_down_png(blocks, float(report.policy.budget.epsilon_per_block))
     return (
         "<h2>Privacy budget per block</h2>"
         "<p>ε recomputed from scratch from the mechanisms in the ledger's entries, compared "
@@ -412,23 +408,23 @@ def _budgets(d: dict[str, Any], budget: dict[str, Any]) -> str:
     )
 
 
-def _runs(d: dict[str, Any]) -> str:
-    runs = d["runs"]
+def _runs(report: AuditReport) -> str:
+    runs = report.runs
     rows = [
         [
-            esc(r["time"][:19].replace("T", " ")),
-            f"<code>{esc(r['reservation'][:8])}</code>",
-            esc(r["status"]),
-            esc(f"{r['dataset']}/{','.join(r['blocks'])}"),
-            eps_cell(r["epsilon"]),
-            esc(r["delta"]),
+            esc(r.time[:19].replace("T", " ")),
+            f"<code>{esc(r.reservation[:8])}</code>",
+            esc(r.status),
+            esc(f"{r.dataset}/{','.join(r.blocks)}"),
+            eps_cell(r.epsilon),
+            esc(r.delta),
             esc(
-                f"σ={r['mechanism']['noise_multiplier']:.4g} q={r['mechanism']['sample_rate']:.4g}"
-                f" T={r['mechanism']['steps']}"
+                f"σ={r.mechanism.noise_multiplier:.4g} q={r.mechanism.sample_rate:.4g}"
+                f" T={r.mechanism.steps}"
             ),
-            esc(r["mlflow_run"]),
-            esc(r["mlflow_status"]),
-            esc(r["data_version"]),
+            esc(r.mlflow_run),
+            esc(r.mlflow_status),
+            esc(r.data_version),
         ]
         for r in reversed(runs)
     ]
@@ -459,28 +455,28 @@ def _runs(d: dict[str, Any]) -> str:
     )
 
 
-def _reservations(d: dict[str, Any]) -> str:
-    res = d["reservations"]
+def _reservations(report: AuditReport) -> str:
+    res = report.reservations
     pending = [
         [
-            esc(r["reservation"]),
-            esc(r["time"]),
-            esc(f"{r['age_hours']:.1f} h"),
-            esc(f"{r['dataset']}/{','.join(r['blocks'])}"),
-            esc(r["run_id"]),
-            '<span class="warn">stale</span>' if r["stale"] else "in progress?",
+            esc(r.reservation),
+            esc(r.time),
+            esc(f"{r.age_hours:.1f} h"),
+            esc(f"{r.dataset}/{','.join(r.blocks)}"),
+            esc(r.run_id),
+            '<span class="warn">stale</span>' if r.stale else "in progress?",
         ]
-        for r in res["pending"]
+        for r in res.pending
     ]
     aborted = [
         [
-            esc(r["reservation"]),
-            esc(r["time"]),
-            esc(r["closed_time"]),
-            esc(f"{r['dataset']}/{','.join(r['blocks'])}"),
-            esc(r["reason"]),
+            esc(r.reservation),
+            esc(r.time),
+            esc(r.closed_time),
+            esc(f"{r.dataset}/{','.join(r.blocks)}"),
+            esc(r.reason),
         ]
-        for r in res["aborted"]
+        for r in res.aborted
     ]
     out = [
         "<h2>Reservations left open or aborted</h2>",
@@ -501,73 +497,75 @@ def _reservations(d: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _releases(d: dict[str, Any]) -> str:
+def _releases(report: AuditReport) -> str:
     out = ["<h2>Released models</h2>"]
-    if not d["releases"]:
+    if not report.releases:
         out.append("<p>No model version holds a release alias (or none through the gate).</p>")
         return "".join(out)
-    for rel in d["releases"]:
+    for rel in report.releases:
         out.append("<div class='card'>")
+        out.append(f"<h3>{esc(rel.model)} version {esc(rel.version)} @{esc(rel.alias)}</h3>")
+        check = rel.check
+        approvals = ", ".join(f"{a.by} (entry {a.seq})" for a in check.approvals) or "—"
         out.append(
-            f"<h3>{esc(rel['model'])} version {esc(rel['version'])} @{esc(rel['alias'])}</h3>"
+            f"<p>Promoted {esc(rel.promoted)} by {esc(rel.promoted_by)} (entry "
+            f"{esc(rel.promotion_seq)}; replaced version {esc(rel.replaced)}), decision "
+            f"entry {esc(check.decision_seq)}, approvals: {esc(approvals)}; run "
+            f"<code>{esc(rel.run_id)}</code>.</p>"
         )
-        approvals = ", ".join(f"{a['by']} (entry {a['seq']})" for a in rel["approvals"]) or "—"
-        out.append(
-            f"<p>Promoted {esc(rel['promoted'])} by {esc(rel['promoted_by'])} (entry "
-            f"{esc(rel['promotion_seq'])}; replaced version {esc(rel['replaced'])}), decision "
-            f"entry {esc(rel['decision_seq'])}, approvals: {esc(approvals)}; run "
-            f"<code>{esc(rel['run_id'])}</code>.</p>"
-        )
-        out.append("<h3>Privacy statement</h3>")
-        out.append(f"<pre>{esc(rel['statement_text'])}</pre>")
-        util = rel.get("utility") or {}
-        if util:
-            out.append("<p>" + esc(", ".join(f"{k} {v:.4g}" for k, v in util.items())) + "</p>")
-        out.append(
-            _figure(
-                subgroups_png(rel),
-                f"Subgroup metrics of {rel['model']} v{rel['version']}",
-                "Per subgroup of each sensitive attribute, "
-                "with bootstrap intervals where computed.",
-            )
-        )
-        gaps = [
-            [
-                esc(g.get("attribute")),
-                esc(g.get("metric")),
-                esc(g.get("gap")),
-                esc(g.get("lo")),
-                esc(g.get("hi")),
-                esc(g.get("groups_judged")),
-            ]
-            for g in rel.get("gaps") or []
-            if isinstance(g, dict)
-        ]
-        if gaps:
-            out.append(
-                _table(
-                    ["attribute", "metric", "gap", "lo", "hi", "groups judged"],
-                    gaps,
-                    numeric=(2, 3, 4, 5),
-                )
-            )
-        if rel.get("artifact_problems"):
-            out.append('<p class="muted">' + esc("; ".join(rel["artifact_problems"])) + "</p>")
+        if rel.statement is not None:
+            out.append(_statement(rel, rel.statement))
         out.append("</div>")
     return "".join(out)
 
 
-def _policies(d: dict[str, Any]) -> str:
+def _statement(rel: ReleaseRow, st: ReleaseStatement) -> str:
+    out = ["<h3>Privacy statement</h3>", f"<pre>{esc(st.text)}</pre>"]
+    if st.utility:
+        out.append("<p>" + esc(", ".join(f"{k} {v:.4g}" for k, v in st.utility.items())) + "</p>")
+    out.append(
+        _figure(
+            subgroups_png(rel),
+            f"Subgroup metrics of {rel.model} v{rel.version}",
+            "Per subgroup of each sensitive attribute, with bootstrap intervals where computed.",
+        )
+    )
+    gaps = [
+        [
+            esc(g.get("attribute")),
+            esc(g.get("metric")),
+            esc(g.get("gap")),
+            esc(g.get("lo")),
+            esc(g.get("hi")),
+            esc(g.get("groups_judged")),
+        ]
+        for g in st.gaps or []
+        if isinstance(g, dict)
+    ]
+    if gaps:
+        out.append(
+            _table(
+                ["attribute", "metric", "gap", "lo", "hi", "groups judged"],
+                gaps,
+                numeric=(2, 3, 4, 5),
+            )
+        )
+    if st.artifact_problems:
+        out.append('<p class="muted">' + esc("; ".join(st.artifact_problems)) + "</p>")
+    return "".join(out)
+
+
+def _policies(report: AuditReport) -> str:
     rows = [
         [
-            f"<code>{esc(p['sha256'])}</code>",
-            esc(", ".join(p["paths"]) or "—"),
-            esc(p["first_seen"]),
-            esc(p["last_seen"]),
-            esc(", ".join(f"{k} {v}" for k, v in p["entries"].items())),
-            "yes" if p["current"] else "",
+            f"<code>{esc(p.sha256)}</code>",
+            esc(", ".join(p.paths) or "—"),
+            esc(p.first_seen),
+            esc(p.last_seen),
+            esc(", ".join(f"{k} {v}" for k, v in p.entries.items())),
+            "yes" if p.current else "",
         ]
-        for p in d["policies"]
+        for p in report.policies
     ]
     return (
         "<h2>Policies in force</h2><p>Every policy the ledger's entries were made under, "

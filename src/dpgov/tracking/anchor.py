@@ -16,18 +16,21 @@ was taken. Reading includes deleted runs and a deleted experiment: deleting anch
 hide them from the audit. One run per ledger keeps the experiment readable in the MLflow UI and
 the audit's read to one request, however many commits were anchored.
 
-Only :mod:`dpgov.tracking` imports mlflow; it is imported inside the functions.
+Only :mod:`dpgov.tracking` imports mlflow; it is imported inside the functions. The audit
+reads anchors with every other record of the store (:mod:`dpgov.tracking.reader`): through
+:func:`anchors` on the client backend, through :func:`anchors_in_run` on the SQL backend.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dpgov import config
 from dpgov.errors import DpgovError
+from dpgov.tracking.records import Anchor, first_line, millis_iso
+from dpgov.tracking.store import experiment_location, mlflow_client
 
 if TYPE_CHECKING:
     from dpgov.ledger import Ledger
@@ -47,44 +50,9 @@ class AnchorError(DpgovError):
     exit_code = 2
 
 
-@dataclass(frozen=True)
-class Anchor:
-    """One recorded chain head; ``deleted`` when its run or the experiment was deleted."""
-
-    seq: int
-    hash: str
-    time: str  # ISO 8601, UTC: when the anchor was recorded ("" if unknown)
-    run_id: str
-    ledger: str | None = None
-    deleted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "hash": self.hash,
-            "time": self.time,
-            "run_id": self.run_id,
-            "ledger": self.ledger,
-            "deleted": self.deleted,
-        }
-
-
-def _client(tracking_uri: str | None) -> Any:
-    from mlflow import MlflowClient
-
-    from dpgov import config
-
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    uri = tracking_uri or config.mlflow_tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def ledger_name(ledger: Ledger | str | None) -> str:
     """How an anchor names its ledger: the SQLAlchemy URL with the password hidden."""
     import sqlalchemy as sa
-
-    from dpgov import config
 
     if ledger is None:
         ledger = config.ledger_url()
@@ -104,14 +72,7 @@ def _experiment_id(client: Any, *, create: bool) -> str | None:
         return str(found.experiment_id)
     if not create:
         return None
-    from dpgov import config
-
-    location = None
-    uri = str(client.tracking_uri)
-    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
-        root = config.mlflow_artifact_root()
-        root.mkdir(parents=True, exist_ok=True)
-        location = (root / ANCHOR_EXPERIMENT).as_uri()
+    location = experiment_location(str(client.tracking_uri), ANCHOR_EXPERIMENT)
     try:
         return str(client.create_experiment(ANCHOR_EXPERIMENT, artifact_location=location))
     except Exception:  # created by a concurrent writer meanwhile
@@ -150,8 +111,6 @@ def record_anchor(
     """Record the chain head ``(seq, hash)`` of ``ledger`` (a :class:`Ledger`, its URL, or
     None for the configured one) in the tracking store. Anchoring an entry again with the same
     hash is a no-op; with another hash it raises :class:`AnchorError` (the entry changed)."""
-    from dpgov import config
-
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
         raise AnchorError(f"anchor seq must be a ledger sequence number >= 1, found {seq!r}")
     if not isinstance(hash, str) or len(hash) != 64:
@@ -162,7 +121,7 @@ def record_anchor(
     try:
         from mlflow.entities import Metric, Param
 
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         run_id = _ledger_run(client, str(_experiment_id(client, create=True)), name)
         key = f"{PARAM_PREFIX}{seq}"
         try:
@@ -183,11 +142,11 @@ def record_anchor(
     except AnchorError:
         raise
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AnchorError(
-            f"cannot record the ledger anchor (entry {seq}) in the tracking store {where}: {reason}"
+            f"cannot record the ledger anchor (entry {seq}) in the tracking store {where}: "
+            f"{first_line(err)}"
         ) from err
-    return Anchor(seq=seq, hash=hash, time=_iso(now), run_id=run_id, ledger=name)
+    return Anchor(seq=seq, hash=hash, time=millis_iso(now) or "", run_id=run_id, ledger=name)
 
 
 def record_head(ledger: Ledger, *, tracking_uri: str | None = None) -> Anchor | None:
@@ -220,11 +179,9 @@ def anchors(*, tracking_uri: str | None = None) -> list[Anchor]:
     Raises :class:`AnchorError` when the store cannot be read."""
     from mlflow.entities import ViewType
 
-    from dpgov import config
-
     out: list[Anchor] = []
     try:
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         exp = _experiment_id(client, create=False)
         if exp is None:
             return []
@@ -240,10 +197,9 @@ def anchors(*, tracking_uri: str | None = None) -> list[Anchor]:
             if not token:
                 break
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AnchorError(
             f"cannot read ledger anchors from the tracking store "
-            f"{tracking_uri or config.mlflow_tracking_uri()}: {reason}"
+            f"{tracking_uri or config.mlflow_tracking_uri()}: {first_line(err)}"
         ) from err
     return sorted(out, key=lambda a: (a.seq, a.time))
 
@@ -277,11 +233,6 @@ def anchors_in_run(
             seq = int(key[len(PARAM_PREFIX) :])
         except ValueError:
             continue
-        out.append(Anchor(seq, str(digest), _iso(taken.get(seq)), run_id, ledger, deleted))
+        when = millis_iso(taken.get(seq)) or ""
+        out.append(Anchor(seq, str(digest), when, run_id, ledger, deleted))
     return out
-
-
-def _iso(millis: int | None) -> str:
-    if not millis:
-        return ""
-    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")

@@ -2,41 +2,41 @@
 
 Only :mod:`dpgov.tracking` imports mlflow (lazily, inside methods). Releases are registry
 aliases (stages are deprecated in MLflow 3); in dpgov only :mod:`dpgov.gate.promotion` moves
-them. :class:`Registry` satisfies :class:`dpgov.gate.ports.RegistryPort`.
+them. :class:`Registry` satisfies :class:`dpgov.gate.ports.RegistryPort`. Its reads turn
+MLflow's entities into records with the tracking reader's client backend
+(:mod:`dpgov.tracking.reader.client`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dpgov import config
+from dpgov.contracts import ARTIFACT_CANDIDATE_FACTS
 from dpgov.errors import UsageError
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.ports import ModelVersionInfo
+from dpgov.tracking.reader.client import download, version_record
+from dpgov.tracking.store import mlflow_client
 
-FACTS_ARTIFACT = "candidate_facts.json"
+FACTS_ARTIFACT = ARTIFACT_CANDIDATE_FACTS
 
 
 class Registry:
     """The MLflow model registry at ``tracking_uri`` (default: :func:`dpgov.config`'s)."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
-        from dpgov import config
-
         self.uri = tracking_uri or config.mlflow_tracking_uri()
         self._client: Any = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._client = mlflow_client(self.uri)
         return self._client
 
     # ------------------------------------------------------------------ reading
@@ -49,14 +49,15 @@ class Registry:
             if _not_found(err):
                 raise UsageError(self._unknown(name, version)) from err
             raise
+        record = version_record(mv)
         return ModelVersionInfo(
-            name=mv.name,
-            version=str(mv.version),
-            run_id=mv.run_id or None,
-            tags=dict(mv.tags or {}),
+            name=record.model,
+            version=record.version,
+            run_id=record.run_id,
+            tags=record.tags,
             aliases=tuple(mv.aliases or ()),
-            source=mv.source,
-            run_status=self._run_status(mv.run_id) if mv.run_id else None,
+            source=record.source,
+            run_status=self._run_status(record.run_id) if record.run_id else None,
         )
 
     def _run_status(self, run_id: str) -> str:
@@ -92,8 +93,7 @@ class Registry:
             raise UsageError(f"{where} has no run: it was not registered by dpgov")
         with tempfile.TemporaryDirectory(prefix="dpgov-facts-") as tmp:
             try:
-                with _quiet_progress():
-                    path = self.client.download_artifacts(info.run_id, FACTS_ARTIFACT, tmp)
+                path = download(self.client, info.run_id, FACTS_ARTIFACT, tmp)
             except MlflowException as err:
                 raise UsageError(
                     f"{where}: run {info.run_id} has no {FACTS_ARTIFACT} (not registered by "
@@ -141,21 +141,6 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``alias`` at ``version``. Call only from :func:`dpgov.gate.promotion.promote`."""
         self.client.set_registered_model_alias(name, alias, str(version))
-
-
-@contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """No download progress bar on a one-file read (it would clutter the command's output)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 def _not_found(err: Any) -> bool:

@@ -1,8 +1,10 @@
 """MLflow runs: parameters, metrics, tags, the model, the privacy statement, candidate facts.
 
-The only place (with :mod:`dpgov.tracking.registry`) that imports mlflow. The store is SQLite
-at ``$DPGOV_HOME/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names another; with a local store,
-artifacts live under ``$DPGOV_HOME/mlartifacts``.
+Training's writer (only :mod:`dpgov.tracking` imports mlflow). The store is SQLite at
+``$DPGOV_HOME/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names another; with a local store,
+artifacts live under ``$DPGOV_HOME/mlartifacts``. Its reads (:func:`read_run`,
+:func:`read_model_version`) turn MLflow's entities into records with the tracking reader's
+client backend (:mod:`dpgov.tracking.reader.client`), as the audit's reads do.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpgov import config
+from dpgov.contracts import ARTIFACT_CANDIDATE_FACTS, TAG_FAILURE
+from dpgov.tracking.reader.client import run_record, version_record
+from dpgov.tracking.store import experiment_location
 
-CANDIDATE_FACTS = "candidate_facts.json"
+CANDIDATE_FACTS = ARTIFACT_CANDIDATE_FACTS
 MODEL_ARTIFACT = "model"
 
 
@@ -38,10 +43,6 @@ def _mlflow() -> Any:
     return mlflow
 
 
-def _local_store(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
-
-
 def experiment_id(name: str) -> str:
     """The experiment's id, created on first use (artifacts under the home folder locally)."""
     mlflow = _mlflow()
@@ -49,11 +50,7 @@ def experiment_id(name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
-    location = None
-    if _local_store(config.mlflow_tracking_uri()):
-        root = config.mlflow_artifact_root()
-        root.mkdir(parents=True, exist_ok=True)
-        location = (root / name).as_uri()
+    location = experiment_location(config.mlflow_tracking_uri(), name)
     try:
         return str(client.create_experiment(name, artifact_location=location))
     except Exception:  # created by a concurrent run meanwhile
@@ -182,7 +179,7 @@ def log_model(
 def end_run(run_id: str, *, failed: bool = False, reason: str | None = None) -> None:
     client = _mlflow().MlflowClient()
     if reason:
-        client.set_tag(run_id, "dpgov.failure", reason[:4000])
+        client.set_tag(run_id, TAG_FAILURE, reason[:4000])
     client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
@@ -190,14 +187,15 @@ def read_run(run_id: str) -> dict[str, Any]:
     """Parameters, metrics, tags and top-level artifact paths of a run, from the store."""
     client = _mlflow().MlflowClient()
     run = client.get_run(run_id)
+    record = run_record(run)
     return {
         "run_id": run_id,
-        "status": run.info.status,
-        "experiment_id": run.info.experiment_id,
+        "status": record.status,
+        "experiment_id": record.experiment_id,
         "artifact_uri": run.info.artifact_uri,
-        "params": dict(run.data.params),
-        "metrics": dict(run.data.metrics),
-        "tags": dict(run.data.tags),
+        "params": record.params,
+        "metrics": record.metrics,
+        "tags": record.tags,
         "artifacts": sorted(a.path for a in client.list_artifacts(run_id)),
     }
 
@@ -222,14 +220,13 @@ def read_json(run_id: str, name: str) -> Any:
 
 
 def read_model_version(name: str, version: str) -> dict[str, Any]:
-    client = _mlflow().MlflowClient()
-    mv = client.get_model_version(name, version)
+    record = version_record(_mlflow().MlflowClient().get_model_version(name, version), name)
     return {
         "name": name,
-        "version": str(mv.version),
-        "run_id": mv.run_id,
-        "source": mv.source,
-        "tags": dict(mv.tags),
+        "version": record.version,
+        "run_id": record.run_id,
+        "source": record.source,
+        "tags": record.tags,
     }
 
 

@@ -12,10 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dpgov.contracts import (
+    STATUS_STUDY,
+    TAG_FAILURE,
+    TAG_STATUS,
+    TAG_SWEEP,
+    TAG_SWEEP_ROLE,
+    TAG_SWEEP_STOPPED,
+)
 from dpgov.tracking import runs
 
-SWEEP_TAG = "dpgov.sweep"
-TRIAL_TAG = "dpgov.sweep.trial"
+SWEEP_TAG = TAG_SWEEP
+TRIAL_TAG = TAG_SWEEP_ROLE
 ARTIFACT_DIR = "sweep"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 
@@ -36,7 +44,7 @@ def child_tags(sweep_id: str, trial: int | None) -> dict[str, str]:
     """Tags of a sweep's child run: a numbered trial (status ``study``) or the reference."""
     if trial is None:
         return {SWEEP_TAG: sweep_id, TRIAL_TAG: "reference"}
-    return {SWEEP_TAG: sweep_id, TRIAL_TAG: str(trial), "dpgov.status": "study"}
+    return {SWEEP_TAG: sweep_id, TRIAL_TAG: str(trial), TAG_STATUS: STATUS_STUDY}
 
 
 def log_sweep(run_id: str, *, files: list[Path], metrics: dict[str, float]) -> None:
@@ -54,7 +62,7 @@ def end_sweep(run_id: str, *, status: str = "FINISHED", reason: str | None = Non
     client = runs._mlflow().MlflowClient()
     if reason:
         client.set_tag(
-            run_id, "dpgov.sweep.stopped" if status == "KILLED" else "dpgov.failure", reason[:4000]
+            run_id, TAG_SWEEP_STOPPED if status == "KILLED" else TAG_FAILURE, reason[:4000]
         )
     client.set_terminated(run_id, status=status)
 

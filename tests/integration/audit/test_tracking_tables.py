@@ -1,8 +1,8 @@
-"""The audit's fast path into a SQL tracking store gives exactly what MLflow's client gives.
+"""The tracking reader's SQL backend gives exactly what its client backend gives.
 
 The world's store is varied first the way people vary one: a deleted run, a run in a deleted
 experiment, a NaN metric, a deleted model version, more aliases, model and version tags, a
-second registered model; then both readers snapshot it and the snapshots must be equal.
+second registered model; then both backends snapshot it and the snapshots must be equal.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from dpgov.report import collect, mlflow_tables
-from dpgov.report.collect import TrackingSnapshot
+from dpgov.tracking import reader
+from dpgov.tracking.reader import sql
+from dpgov.tracking.records import TrackingSnapshot
 
 MODEL = "audit-model"
 
@@ -36,8 +37,8 @@ def _plain(x: Any) -> str:
 
 
 def _both(uri: str) -> tuple[TrackingSnapshot, TrackingSnapshot]:
-    fast = collect.snapshot_tracking(uri)
-    slow = collect._snapshot_with_client(TrackingSnapshot(uri=uri), uri, release_artifacts=True)
+    fast = reader.snapshot(uri, backend="sql")
+    slow = reader.snapshot(uri, backend="client")
     assert fast.error is None and slow.error is None and slow.anchors_error is None
     return fast, slow
 
@@ -87,7 +88,7 @@ def test_fast_path_equals_the_client_on_a_varied_store(clone) -> None:
 
 
 def test_the_audit_reads_the_fast_path_and_stays_clean(clone, audit) -> None:
-    assert mlflow_tables.read(clone.tracking_uri).runs  # the world's store is readable fast
+    assert sql.read(clone.tracking_uri).runs  # the world's store is readable fast
     result = audit()
     assert result.code == 0, result.out + result.err
     assert result.json["counts"]["mlflow_runs"] == len(clone.world.runs) * 1
@@ -105,8 +106,8 @@ def test_the_audit_reads_the_fast_path_and_stays_clean(clone, audit) -> None:
     ],
 )
 def test_other_stores_take_the_client_path(uri: str) -> None:
-    with pytest.raises(mlflow_tables.NotReadable):
-        mlflow_tables.read(uri)
+    with pytest.raises(sql.NotReadable):
+        sql.read(uri)
 
 
 def test_a_store_without_mlflows_columns_takes_the_client_path(tmp_path: Path) -> None:
@@ -114,17 +115,13 @@ def test_a_store_without_mlflows_columns_takes_the_client_path(tmp_path: Path) -
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE runs (run_uuid TEXT)")
         conn.execute("CREATE TABLE experiments (experiment_id INTEGER)")
-    with pytest.raises(mlflow_tables.NotReadable, match=r"lacks|no table"):
-        mlflow_tables.read(f"sqlite:///{path}")
+    with pytest.raises(sql.NotReadable, match=r"lacks|no table"):
+        sql.read(f"sqlite:///{path}")
 
 
 def test_postgresql_urls_use_the_installed_driver() -> None:
-    assert mlflow_tables.sqlalchemy_url("postgresql://u@h:5432/db") == (
-        "postgresql+psycopg://u@h:5432/db"
-    )
-    assert mlflow_tables.sqlalchemy_url("postgresql+psycopg://u@h/db") == (
-        "postgresql+psycopg://u@h/db"
-    )
+    assert sql.sqlalchemy_url("postgresql://u@h:5432/db") == ("postgresql+psycopg://u@h:5432/db")
+    assert sql.sqlalchemy_url("postgresql+psycopg://u@h/db") == ("postgresql+psycopg://u@h/db")
 
 
 def test_fast_path_equals_the_client_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
@@ -152,7 +149,7 @@ def test_fast_path_equals_the_client_on_postgresql(postgres_url: str, tmp_path: 
     record_anchor(1, "a" * 64, ledger=ledger, tracking_uri=postgres_url)
     record_anchor(2, "b" * 64, ledger=ledger, tracking_uri=postgres_url)
 
-    assert mlflow_tables.read(postgres_url).runs
+    assert sql.read(postgres_url).runs
     fast, slow = _both(postgres_url)
     _assert_same(fast, slow)
     [record] = [r for r in fast.runs if r.run_id == run.info.run_id]

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from dpgov.accounting import DpSgdMechanism
-from dpgov.report.collect import ModelRecord, RunRecord, VersionRecord
 from dpgov.report.replay import RawEntry
+from dpgov.tracking.records import ModelRecord, RunRecord, VersionRecord
 
 BUDGET = {"epsilon_per_block": 8.0, "delta": 1e-5, "accountant": "pld"}
 M1 = DpSgdMechanism(noise_multiplier=1.5, sample_rate=0.05, steps=40)

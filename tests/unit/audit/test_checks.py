@@ -8,17 +8,14 @@ from pathlib import Path
 import pytest
 from audit_factories import M1, Rows, model, run
 
+from dpgov.contracts import block_metric_key
 from dpgov.policy import load_policy
-from dpgov.report.audit import (
-    check_anchors,
-    check_pending,
-    check_releases,
-    check_runs,
-    gov_entries,
-    is_dp_run,
-    metric_key,
-    policies_in_force,
-)
+from dpgov.report.checks import run_figures
+from dpgov.report.checks.anchors import check_anchors
+from dpgov.report.checks.pending import check_pending
+from dpgov.report.checks.policies import policies_in_force
+from dpgov.report.checks.releases import check_releases, gov_entries
+from dpgov.report.checks.runs import check_runs, is_dp_run
 from dpgov.report.replay import Epsilons, replay
 from dpgov.tracking.anchor import Anchor
 
@@ -56,7 +53,7 @@ def test_matching_anchors_pass():
     found, summary = check_anchors(
         rows, [anchor(3, rows[2].hash), anchor(5, rows[4].hash)], hmac_key_set=False
     )
-    assert found == [] and summary["matched"] == 2 and summary["unanchored_entries"] == 0
+    assert found == [] and summary.matched == 2 and summary.unanchored_entries == 0
 
 
 def test_a_changed_hash_a_missing_entry_and_a_truncation_are_found():
@@ -77,14 +74,14 @@ def test_deleted_anchors_are_found_and_still_checked():
     found, summary = check_anchors(
         rows, [anchor(5, rows[4].hash, deleted=True)], hmac_key_set=False
     )
-    assert kinds(found) == ["anchor_deleted"] and summary["matched"] == 1
+    assert kinds(found) == ["anchor_deleted"] and summary.matched == 1
 
 
 def test_commits_after_the_newest_anchor_need_the_hmac_key():
     rows = ledger_with_commits().rows
     found, summary = check_anchors(rows, [anchor(3, rows[2].hash)], hmac_key_set=False)
     assert kinds(found) == ["unanchored_commits"] and "entries 5..5" in found[0].detail
-    assert summary["unanchored_entries"] == 2
+    assert summary.unanchored_entries == 2
     found, _ = check_anchors(rows, [anchor(3, rows[2].hash)], hmac_key_set=True)
     assert found == []
 
@@ -106,7 +103,7 @@ def test_a_release_through_the_gate_passes(policy):
     )
     assert found == []
     (rel,) = releases
-    assert rel["decision_ok"] and rel["approvals_ok"] and rel["approvals"][0]["by"] == "alice"
+    assert rel.check.decision_ok and rel.check.approvals_ok and rel.check.approvals[0].by == "alice"
 
 
 @pytest.mark.parametrize("aliases", [{"champion": "2"}, {"champion": "1", "prod": "1"}])
@@ -162,7 +159,7 @@ def test_an_alias_moved_between_promotions_is_found_and_failed_promotions_ignore
     assert kinds(found) == ["alias_outside_gate"]
     assert "found it on version 3" in found[0].detail
     assert found[0].where["seq"] not in (p1.seq, failed.seq)
-    assert releases[0]["version"] == "2"
+    assert releases[0].version == "2"
 
 
 # --------------------------------------------------------------------------------------- runs
@@ -176,11 +173,16 @@ def test_which_runs_count_as_dp():
     assert not is_dp_run(run("e", metrics={"auroc": 0.8}))
 
 
-def test_metric_key_is_the_one_training_uses():
-    from dpgov.training import records
-
-    for block in ("1995-1996", "a/b c", "80+", "<50", "é"):
-        assert metric_key(block) == records.metric_key(block)
+def test_block_metric_key_is_epsilon_block_and_a_key_mlflow_accepts():
+    # training writes and the audit reads this one key (dpgov.contracts)
+    keys = [block_metric_key(b) for b in ("1995-1996", "a/b c", "80+", "<50", "é")]
+    assert keys == [
+        "epsilon_block.1995-1996",
+        "epsilon_block.a/b c",
+        "epsilon_block.80_",
+        "epsilon_block._50",
+        "epsilon_block.é",
+    ]
 
 
 def test_runs_against_charges(policy):
@@ -239,12 +241,10 @@ def test_a_logged_epsilon_that_disagrees_with_the_ledger(policy):
     assert kinds(found) == ["epsilon_mismatch", "epsilon_mismatch"]
     assert found[1].where["block"] == "b1"
     # compared with the figures the reservation recorded: no composition needed
-    assert figures == {"compared_with_recorded": 2, "recomputed": 0, "not_checked": 0}
+    assert figures.to_dict() == {"compared_with_recorded": 2, "recomputed": 0, "not_checked": 0}
 
 
 def test_run_figures_beyond_the_composition_budget_are_counted_not_checked(policy):
-    import dpgov.report.audit as audit_module
-
     rows = Rows()
     rows.block("b1")
     runs = []
@@ -260,17 +260,17 @@ def test_run_figures_beyond_the_composition_budget_are_counted_not_checked(polic
             )
         )
     r = replay(rows.rows)
-    budget = audit_module.MAX_RUN_COMPOSITIONS
-    audit_module.MAX_RUN_COMPOSITIONS = 1
+    budget = run_figures.MAX_RUN_COMPOSITIONS
+    run_figures.MAX_RUN_COMPOSITIONS = 1
     try:
         found, _, figures = check_runs(r, runs, Epsilons(), policy, tracking_ok=False)
         _, _, deep = check_runs(r, runs, Epsilons(), policy, tracking_ok=False, deep=True)
     finally:
-        audit_module.MAX_RUN_COMPOSITIONS = budget
+        run_figures.MAX_RUN_COMPOSITIONS = budget
     assert kinds(found) == ["epsilon_mismatch"]
-    assert figures == {"compared_with_recorded": 0, "recomputed": 1, "not_checked": 2}
+    assert figures.to_dict() == {"compared_with_recorded": 0, "recomputed": 1, "not_checked": 2}
     assert found[0].where["run_id"] == "run-0"
-    assert deep["not_checked"] == 0 and deep["recomputed"] >= 3
+    assert deep.not_checked == 0 and deep.recomputed >= 3
 
 
 # ------------------------------------------------------------------------ pending, policies
@@ -283,7 +283,7 @@ def test_pending_reservations_become_findings_after_the_grace_period():
     r = replay(rows.rows)
     reserved = datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC)
     found, listing = check_pending(r, now=reserved + timedelta(hours=1), stale_hours=24)
-    assert found == [] and listing["pending"][0]["stale"] is False
+    assert found == [] and listing.pending[0].stale is False
     found, _ = check_pending(r, now=reserved + timedelta(hours=25), stale_hours=24)
     assert kinds(found) == ["reservation_pending"] and "dpgov ledger abort r1" in found[0].detail
 
@@ -291,5 +291,5 @@ def test_pending_reservations_become_findings_after_the_grace_period():
 def test_policies_in_force_by_hash():
     rows = released(ledger_with_commits())
     (p,) = policies_in_force(rows.rows, "f" * 64)
-    assert p["current"] and p["paths"] == ["policy.yaml"]
-    assert p["entries"] == {"reservation": 2, "gate_decision": 1, "promotion": 1}
+    assert p.current and p.paths == ["policy.yaml"]
+    assert p.entries == {"reservation": 2, "gate_decision": 1, "promotion": 1}

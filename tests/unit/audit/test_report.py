@@ -12,16 +12,13 @@ from audit_factories import BUDGET, M1, Rows, model
 from dpgov.ledger.chain import verify_chain
 from dpgov.policy import load_policy
 from dpgov.report.audit import AuditOptions, audit
-from dpgov.report.collect import (
-    VIEW_ALL,
-    DvcIndex,
-    LedgerSnapshot,
-    ReleaseArtifacts,
-    TrackingSnapshot,
-)
+from dpgov.report.dvc_index import DvcIndex
 from dpgov.report.html import MAX_ROWS, render
+from dpgov.report.ledger_snapshot import LedgerSnapshot
 from dpgov.report.replay import Epsilons, replay
 from dpgov.tracking.anchor import Anchor
+from dpgov.tracking.reader.client import VIEW_ALL
+from dpgov.tracking.records import ReleaseArtifacts, TrackingSnapshot
 
 POLICY = Path(__file__).resolve().parents[3] / "policies" / "default.yaml"
 NASTY = "<script>alert(1)</script>"
@@ -129,7 +126,7 @@ def test_since_keeps_integrity_findings_only():
     # data versions unknown and the pending reservation happened before --since
     assert [f.kind for f in report.findings] == ["alias_outside_gate"]
     assert report.findings_before_since == 2
-    assert report.runs == [] and all(len(b["burn_down"]) == 1 for b in report.blocks)
+    assert report.runs == [] and all(len(b.burn_down) == 1 for b in report.blocks)
 
 
 def test_the_page_is_self_contained_escaped_and_has_its_plots():

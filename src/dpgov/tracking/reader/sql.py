@@ -1,16 +1,17 @@
-"""The audit's fast path into an MLflow SQL tracking store: its tables read directly, read-only.
+"""The SQL backend: an MLflow SQL tracking store's tables read directly, read-only.
 
 Reading ~3,000 runs through ``MlflowClient.search_runs`` builds an ORM object for every run,
 tag, param and metric, after importing MLflow: most of an audit's time. The same records come
 from eight SELECTs. Only where the store is exactly what this module knows: a SQL database
 (SQLite, PostgreSQL, MySQL) whose MLflow tables have the columns read here, one workspace
 (MLflow's ``default``), and no ``MLFLOW_WORKSPACE`` chosen. Anything else raises
-:class:`NotReadable` and the audit reads the store through MLflow's client instead; the tests
-check that both paths give the same snapshot of the same store.
+:class:`NotReadable` and the reader takes the client backend instead
+(:mod:`dpgov.tracking.reader.client`); the tests check that both give the same records of the
+same store.
 
 What the client would filter, this filters too: model versions MLflow marks deleted
 (``Deleted_Internal``) are left out; deleted runs and experiments are kept and marked, as the
-audit reads them with ``ViewType.ALL``; a run's metrics are its latest values; an anchor's
+client reads them with ``ViewType.ALL``; a run's metrics are its latest values; an anchor's
 sequence numbers are its ``anchor_seq`` history in MLflow's order (timestamp, step, value).
 """
 
@@ -18,11 +19,18 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dpgov.report.collect import ModelRecord, RunRecord
-    from dpgov.tracking.anchor import Anchor
+from dpgov.tracking.anchor import ANCHOR_EXPERIMENT, METRIC_SEQ, TAG_LEDGER, anchors_in_run
+from dpgov.tracking.records import (
+    Anchor,
+    ModelRecord,
+    RunRecord,
+    StoreRecords,
+    VersionRecord,
+    first_line,
+    millis_iso,
+)
 
 SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 DELETED_VERSION_STAGE = "Deleted_Internal"  # mlflow.entities.model_registry.model_version_stages
@@ -52,18 +60,7 @@ COLUMNS = {
 
 
 class NotReadable(Exception):
-    """This store is not one the fast path reads: use MLflow's client."""
-
-
-class Tables:
-    """Runs, models, anchors and run artifact locations of one SQL tracking store."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.runs: list[RunRecord] = []
-        self.models: list[ModelRecord] = []
-        self.anchors: list[Anchor] = []
-        self.artifact_uris: dict[str, str] = {}
+    """This store is not one the SQL backend reads: use the client backend."""
 
 
 def sqlalchemy_url(uri: str) -> str:
@@ -76,7 +73,7 @@ def sqlalchemy_url(uri: str) -> str:
     return uri
 
 
-def read(uri: str) -> Tables:
+def read(uri: str) -> StoreRecords:
     """Every experiment's runs (deleted ones too), registered models with their live versions
     and aliases, and the ledger anchors, in one read-only transaction."""
     import sqlalchemy as sa
@@ -86,12 +83,12 @@ def read(uri: str) -> Tables:
     try:
         engine = sa.create_engine(sqlalchemy_url(uri))
     except (ImportError, sa.exc.ArgumentError) as err:  # no driver for it here, a bad URL
-        raise NotReadable(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
+        raise NotReadable(first_line(err)) from err
     try:
         with engine.connect() as conn:
-            return _read(conn, uri, _check_schema(conn))
+            return _read(conn, _check_schema(conn))
     except sa.exc.SQLAlchemyError as err:
-        raise NotReadable(str(err).splitlines()[0]) from err
+        raise NotReadable(first_line(err)) from err
     finally:
         engine.dispose()
 
@@ -125,11 +122,8 @@ def _rows(conn: Any, sql: str) -> list[Any]:
     return list(conn.execute(sa.text(sql)))
 
 
-def _read(conn: Any, uri: str, scoped: set[str]) -> Tables:
-    from dpgov.report.collect import ModelRecord, RunRecord, VersionRecord, millis_iso
-    from dpgov.tracking.anchor import ANCHOR_EXPERIMENT
-
-    out = Tables(uri)
+def _read(conn: Any, scoped: set[str]) -> StoreRecords:
+    out = StoreRecords()
     experiments = {
         str(e.experiment_id): (str(e.name), e.lifecycle_stage == "deleted")
         for e in _rows(conn, "SELECT experiment_id, name, lifecycle_stage FROM experiments")
@@ -174,7 +168,11 @@ def _read(conn: Any, uri: str, scoped: set[str]) -> Tables:
             )
         )
     out.anchors = _anchors(conn, anchor_runs, params, tags)
+    out.models = _models(conn, scoped)
+    return out
 
+
+def _models(conn: Any, scoped: set[str]) -> list[ModelRecord]:
     model_tags: dict[str, dict[str, str]] = defaultdict(dict)
     for r in _rows(
         conn, _in_workspace(scoped, "SELECT name, key, value FROM registered_model_tags")
@@ -210,17 +208,16 @@ def _read(conn: Any, uri: str, scoped: set[str]) -> Tables:
             source=r.source,
             created=millis_iso(r.creation_time) or "",
         )
-    for r in _rows(conn, _in_workspace(scoped, "SELECT name FROM registered_models")):
-        out.models.append(
-            ModelRecord(
-                name=str(r.name),
-                aliases=aliases.get(r.name, {}),
-                tags=model_tags.get(r.name, {}),
-                versions=versions.get(r.name, {}),
-            )
+    models = [
+        ModelRecord(
+            name=str(r.name),
+            aliases=aliases.get(r.name, {}),
+            tags=model_tags.get(r.name, {}),
+            versions=versions.get(r.name, {}),
         )
-    out.models.sort(key=lambda m: m.name)
-    return out
+        for r in _rows(conn, _in_workspace(scoped, "SELECT name FROM registered_models"))
+    ]
+    return sorted(models, key=lambda m: m.name)
 
 
 def _in_workspace(scoped: set[str], sql: str) -> str:
@@ -236,8 +233,6 @@ def _anchors(
     tags: dict[str, dict[str, str]],
 ) -> list[Anchor]:
     """What :func:`dpgov.tracking.anchor.anchors` reads through the client."""
-    from dpgov.tracking.anchor import METRIC_SEQ, TAG_LEDGER, anchors_in_run
-
     taken: dict[str, dict[int, int]] = defaultdict(dict)
     for r in _rows(
         conn,
@@ -256,17 +251,3 @@ def _anchors(
             exp_deleted or run.lifecycle_stage == "deleted",
         )
     return sorted(out, key=lambda a: (a.seq, a.time))
-
-
-def local_artifact_dir(artifact_uri: str) -> str | None:
-    """The folder of a run's artifacts when it is on this machine (a path or ``file:``)."""
-    from urllib.parse import unquote, urlparse
-
-    if not artifact_uri:
-        return None
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
-        return artifact_uri
-    return None
