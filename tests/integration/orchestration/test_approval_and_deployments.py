@@ -71,7 +71,7 @@ def _candidate(c: Cohort, policy: Path) -> dict[str, Any]:
         params=c.params(),
         push=False,
     )
-    return governed_run(params=c.params(), policy=str(policy))
+    return governed_run(params=c.params(), policy=str(policy)).to_dict()
 
 
 def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(

@@ -81,7 +81,7 @@ def test_governed_run_publishes_the_decision_and_the_budgets(
     c = cohort()
     _ingest(c, 0)
     state = governed_run(params=c.params(), policy=str(write_policy(tmp_path)), return_state=True)
-    out = state.result()
+    out = state.result().to_dict()  # the flow returns the RunSummary
     run_id = state.state_details.flow_run_id
     assert out["validation"]["ok"] and out["plan"]["blocks"] == ["2001", "2002"]
     decision = _artifact("gate-decision")
