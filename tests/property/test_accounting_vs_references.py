@@ -2,7 +2,8 @@
 
 References: dp_accounting's PLDAccountant at a 4× finer discretisation (and its optimistic
 twin, bounding the reference's own error from below), dp_accounting's RdpAccountant, and for
-PRV the fine PLD reference (PRV and PLD estimate the same quantity).
+PRV the fine PLD reference (PRV and PLD estimate the same quantity). The bounds the audit
+cross-checks every PLD ε against (RDP above, a hypothesis test below) must hold on all of them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from dp_accounting import dp_event, pld, rdp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dpgov.accounting import DpSgdMechanism, calibrate_noise_multiplier, epsilon
+from dpgov.accounting import (
+    DpSgdMechanism,
+    calibrate_noise_multiplier,
+    check_pld_epsilon,
+    epsilon,
+)
+from dpgov.accounting.crosscheck import hypothesis_test_lower_bound
 
 mechanisms = st.builds(
     lambda s, q, t: DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=t),
@@ -74,6 +81,16 @@ def test_rdp_equals_dp_accountings_rdp_accountant(history, delta):
     assert epsilon(history, delta=delta, accountant="rdp") == pytest.approx(
         acc.get_epsilon(delta), rel=1e-9
     )
+
+
+@SETTINGS
+@given(history=histories, delta=deltas)
+def test_pld_passes_its_cross_check_and_the_lower_bound_is_below_the_reference(history, delta):
+    ref = reference_pld_accountant(history, delta)
+    assume(ref <= 60)
+    check_pld_epsilon(history, delta=delta, epsilon=epsilon(history, delta=delta))
+    # the test's bound is a lower bound on the true ε; the pessimistic reference is above it
+    assert hypothesis_test_lower_bound(history, delta) <= ref * (1 + 1e-9)
 
 
 prv_mechanisms = st.builds(

@@ -2,6 +2,9 @@
 
 Pure: imports nothing else from dpgov but the error base (:mod:`dpgov.errors`). dp_accounting
 and Opacus are imported lazily.
+
+Mechanism kinds and their accounting are registered in :mod:`dpgov.accounting.kinds`; the one
+PLD builder is :func:`build_pld`, cross-checked by :func:`check_pld_epsilon`.
 """
 
 from dpgov.accounting.accountants import (
@@ -12,20 +15,49 @@ from dpgov.accounting.accountants import (
     group,
 )
 from dpgov.accounting.calibrate import calibrate_against_states, calibrate_noise_multiplier
+from dpgov.accounting.crosscheck import check_pld_epsilon
 from dpgov.accounting.errors import AccountantFailed, AccountingInputError, InfeasibleBudget
-from dpgov.accounting.mechanism import DpSgdMechanism, mechanism_from_dict
+from dpgov.accounting.kinds import (
+    KINDS,
+    MechanismKind,
+    build_pld,
+    dp_event,
+    is_mechanism,
+    kind_named,
+    kind_of,
+    mechanism_from_dict,
+    mechanism_to_dict,
+    mechanism_type_names,
+    rdp_vector,
+    register,
+)
+from dpgov.accounting.mechanism import DpSgdMechanism
+from dpgov.accounting.pld import PLD_DISCRETIZATION
 
 __all__ = [
     "ACCOUNTANTS",
+    "KINDS",
+    "PLD_DISCRETIZATION",
     "AccountantFailed",
     "AccountingInputError",
     "DpSgdMechanism",
     "InfeasibleBudget",
+    "MechanismKind",
+    "build_pld",
     "calibrate_against_states",
     "calibrate_noise_multiplier",
+    "check_pld_epsilon",
     "compose",
+    "dp_event",
     "epsilon",
     "get_accountant",
     "group",
+    "is_mechanism",
+    "kind_named",
+    "kind_of",
     "mechanism_from_dict",
+    "mechanism_to_dict",
+    "mechanism_type_names",
+    "rdp_vector",
+    "register",
 ]

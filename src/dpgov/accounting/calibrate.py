@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from dpgov.accounting.accountants import _check_delta, compose, get_accountant
+from dpgov.accounting.accountants import _check_delta, compose, get_accountant, quiet_absl
 from dpgov.accounting.errors import AccountingInputError, InfeasibleBudget
 from dpgov.accounting.mechanism import DpSgdMechanism
 
@@ -151,12 +151,7 @@ def _rdp_bracket(*, target_epsilon: float, delta: float, sample_rate: float, ste
     Probing small σ, dp_accounting warns through absl that an RDP order "failed to converge"
     and is left out: the bound stays valid (only looser), and this σ is only a bracket for the
     search under the ledger's accountant, so the warning is kept off the user's console."""
-    import logging
-
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
+    with quiet_absl():
         return calibrate_against_states(
             target_epsilon=target_epsilon,
             delta=delta,
@@ -166,5 +161,3 @@ def _rdp_bracket(*, target_epsilon: float, delta: float, sample_rate: float, ste
             accountant="rdp",
             tolerance=0.01,
         )
-    finally:
-        absl.setLevel(level)

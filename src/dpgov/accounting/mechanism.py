@@ -1,8 +1,8 @@
 """Mechanisms as frozen value objects.
 
 A mechanism records what a run did to the data, and nothing else. Meanings never change: a new
-kind of mechanism is a new class with a new ``kind`` tag, so old ledger entries keep their
-meaning forever.
+kind of mechanism is a new class with a new ``kind`` tag, registered with its accounting in
+:mod:`dpgov.accounting.kinds`, so old ledger entries keep their meaning forever.
 """
 
 from __future__ import annotations
@@ -97,12 +97,3 @@ class DpSgdMechanism:
             ),
             self.steps,
         )
-
-
-def mechanism_from_dict(data: dict[str, Any]) -> DpSgdMechanism:
-    """Registry of mechanism kinds, for reading ledger payloads."""
-    kinds = {DpSgdMechanism.kind: DpSgdMechanism}
-    kind = data.get("kind") if isinstance(data, dict) else None
-    if kind not in kinds:
-        raise AccountingInputError(f"unknown mechanism kind {kind!r}")
-    return kinds[kind].from_dict(data)

@@ -1,7 +1,8 @@
 """The privacy ledger: append-only, hash-chained, composing each block's charges tightly."""
 
 from dpgov.ledger.chain import Entry, Verification, verify_chain
-from dpgov.ledger.store import BlockInfo, BlockStatus, Ledger, Reservation, ReservationInfo
+from dpgov.ledger.records import BlockInfo, BlockStatus, Reservation, ReservationInfo
+from dpgov.ledger.reservations import Ledger
 
 __all__ = [
     "BlockInfo",

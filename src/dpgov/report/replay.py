@@ -11,13 +11,14 @@ The math it relies on: a DP-SGD mechanism ``(σ, q, T)`` is the T-fold self-comp
 Poisson-subsampled Gaussian step, and composition is commutative and associative, so the
 charges of a block compose exactly like one mechanism per distinct ``(σ, q)`` run for the sum
 of their steps. Composing that multiset is the same accounting the ledger does (it groups
-identical mechanisms only), reached by an independent path; the two agree to rounding.
+identical mechanisms only, with the same PLD builder), reached by an independent path; the two
+agree to rounding. Every PLD ε is also checked against bounds that share no code with the PLD
+(an RDP upper bound, a hypothesis-test lower bound): outside them, the composition fails.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
 import json
 import math
 import multiprocessing as mp
@@ -26,7 +27,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpgov.accounting import AccountingInputError, DpSgdMechanism, mechanism_from_dict
+from dpgov.accounting import (
+    PLD_DISCRETIZATION,
+    AccountingInputError,
+    DpSgdMechanism,
+    build_pld,
+    check_pld_epsilon,
+    get_accountant,
+    mechanism_from_dict,
+)
+from dpgov.accounting.crosscheck import prepare as prepare_crosscheck
 from dpgov.report.findings import Finding, finding
 
 # A block's charges, merged: ((σ, q, neighbouring, total steps), ...) in a canonical order.
@@ -451,42 +461,23 @@ def merge_steps(mechanisms: Iterable[DpSgdMechanism]) -> list[DpSgdMechanism]:
 
 def compose_epsilon(key: StateKey, delta: float, accountant: str) -> float:
     """ε at ``delta`` of the merged multiset ``key``, composed from nothing with the
-    accountant ``dpgov.accounting`` names (for PLD: the same discretisation, pessimistic
-    estimates and tail truncation, with each (σ, q) step built once per process)."""
-    from dpgov.accounting import get_accountant
-
+    accountant ``dpgov.accounting`` names. For PLD that is the ledger's own builder
+    (:func:`dpgov.accounting.build_pld`: the same discretisation, pessimistic estimates and
+    tail truncation; each (σ, q) step is built once per process and shared by every block
+    charged at it), and the result is cross-checked (:func:`dpgov.accounting.check_pld_epsilon`):
+    a PLD ε above the RDP upper bound or below the test's lower bound raises
+    :class:`~dpgov.accounting.AccountantFailed`, which the audit reports."""
     if not key:
         return 0.0
     acc = get_accountant(accountant)
+    mechanisms = key_mechanisms(key)
     state = acc.empty()
+    for m in mechanisms:
+        state = acc.add(state, m)
+    eps = float(acc.epsilon(state, delta))
     if accountant == "pld":
-        from dpgov.accounting.accountants import PLD_TAIL_MASS_TRUNCATION
-
-        discretization = acc.discretization  # type: ignore[attr-defined]
-        for s, q, _, n in key:
-            step = _pld_step(s, q, discretization).self_compose(n)
-            state = state.compose(step, PLD_TAIL_MASS_TRUNCATION)
-    else:
-        for m in key_mechanisms(key):
-            state = acc.add(state, m)
-    return float(acc.epsilon(state, delta))
-
-
-@functools.lru_cache(maxsize=512)
-def _pld_step(sigma: float, q: float, discretization: float) -> Any:
-    """One Poisson-subsampled Gaussian step's PLD, built as the ledger's PLD accountant
-    builds it (its T-step PLD is this one self-composed T times). Building it dominates a
-    composition and does not depend on T, so it is shared by every block charged at (σ, q)."""
-    from dp_accounting import NeighboringRelation
-    from dp_accounting.pld import privacy_loss_distribution as pld
-
-    return pld.from_gaussian_mechanism(
-        standard_deviation=sigma,
-        sampling_prob=q,
-        value_discretization_interval=discretization,
-        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-        pessimistic_estimate=True,
-    )
+        check_pld_epsilon(mechanisms, delta=delta, epsilon=eps)
+    return eps
 
 
 def _compose_task(task: tuple[StateKey, float, str]) -> float | None:
@@ -574,10 +565,13 @@ class Epsilons:
             return None  # composed on demand by of_key
         from concurrent.futures import ProcessPoolExecutor
 
-        from dpgov.accounting.accountants import PLD_DISCRETIZATION
-
-        for s, q in {(s, q) for key, _, acc in todo if acc == "pld" for s, q, _, _ in key}:
-            _pld_step(s, q, PLD_DISCRETIZATION)  # built once here, inherited by the workers
+        steps = [
+            DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=1)
+            for s, q in sorted({(s, q) for key, _, a in todo if a == "pld" for s, q, _, _ in key})
+        ]
+        for one in steps:  # built once here, inherited by the workers
+            build_pld(one, discretization=PLD_DISCRETIZATION)
+        prepare_crosscheck(steps)
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
         return pool, [(t, pool.submit(_compose_task, t)) for t in todo]
 

@@ -197,7 +197,7 @@ def test_cached_composition_is_recomputed_when_stale(ledger):
 def test_a_damaged_cache_is_never_trusted(ledger):
     import sqlalchemy as sa
 
-    from dpgov.ledger.store import cache_t
+    from dpgov.ledger.schema import cache_t
 
     ledger.reserve(dataset="cohort", blocks=["2001"], mechanism=RUN, budget=BUDGET)
     with ledger.engine.begin() as conn:

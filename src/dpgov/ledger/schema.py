@@ -1,0 +1,116 @@
+"""The ledger's tables and the DDL that makes its entries append-only.
+
+- ``dpgov_entries`` is the ledger itself: append-only (triggers refuse UPDATE and DELETE on
+  SQLite and PostgreSQL alike), hash-chained, one global order.
+- ``dpgov_blocks``, ``dpgov_reservations``, ``dpgov_charges`` are projections of the entries,
+  written in the same transaction as the entry that changes them.
+- ``dpgov_composition_cache`` holds each block's composed accountant state
+  (:mod:`dpgov.ledger.composition`); it is recomputed when stale, never trusted.
+
+Table and column names are part of the stored format: existing ledgers are opened with them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+metadata = sa.MetaData()
+
+entries_t = sa.Table(
+    "dpgov_entries",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("time", sa.String(40), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("signature", sa.String(64), nullable=True),
+)
+blocks_t = sa.Table(
+    "dpgov_blocks",
+    metadata,
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("block", sa.String(200), primary_key=True),
+    sa.Column("patients", sa.Integer, nullable=False),
+    sa.Column("data_version", sa.String(200), nullable=True),
+    sa.Column("retired", sa.Boolean, nullable=False, default=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+)
+reservations_t = sa.Table(
+    "dpgov_reservations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("dataset", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending|committed|released|aborted
+    sa.Column("mechanism", sa.Text, nullable=False),  # what is charged now
+    sa.Column("planned_steps", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(200), nullable=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("closed_seq", sa.BigInteger, nullable=True),
+)
+charges_t = sa.Table(
+    "dpgov_charges",
+    metadata,
+    sa.Column("reservation_id", sa.String(64), primary_key=True),
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("block", sa.String(200), primary_key=True),
+    sa.Index("dpgov_charges_block", "dataset", "block"),
+)
+cache_t = sa.Table(
+    "dpgov_composition_cache",
+    metadata,
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("block", sa.String(200), primary_key=True),
+    sa.Column("accountant", sa.String(64), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("multiset", sa.Text, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+)
+
+# Entry kinds written only by their own ledger operation (never by Ledger.append).
+LEDGER_KINDS = {"block_added", "block_retired", "reservation", "commit", "release", "abort"}
+ACTIVE = ("pending", "committed", "aborted")  # statuses whose mechanism counts as spent
+
+
+def create_schema(conn: Connection, dialect: str) -> None:
+    """Create the tables and the append-only triggers where they are missing."""
+    metadata.create_all(conn, checkfirst=True)
+    if dialect == "sqlite":
+        for op in ("UPDATE", "DELETE"):
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER IF NOT EXISTS dpgov_entries_no_{op.lower()} BEFORE {op} "
+                f"ON dpgov_entries BEGIN SELECT RAISE(ABORT, "
+                f"'dpgov ledger entries are append-only'); END"
+            )
+        return
+    exists = conn.exec_driver_sql(
+        "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "WHERE t.tgname = 'dpgov_entries_append_only' "
+        "AND c.oid = 'dpgov_entries'::regclass"
+    ).first()
+    if not exists:  # (no DDL once set up: a read-only role can open the ledger)
+        conn.exec_driver_sql(
+            "CREATE OR REPLACE FUNCTION dpgov_entries_append_only() RETURNS trigger "
+            "AS $$ BEGIN RAISE EXCEPTION 'dpgov ledger entries are append-only'; "
+            "END; $$ LANGUAGE plpgsql"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER dpgov_entries_append_only BEFORE UPDATE OR DELETE "
+            "ON dpgov_entries FOR EACH ROW EXECUTE FUNCTION dpgov_entries_append_only()"
+        )
+
+
+__all__ = [
+    "ACTIVE",
+    "LEDGER_KINDS",
+    "blocks_t",
+    "cache_t",
+    "charges_t",
+    "create_schema",
+    "entries_t",
+    "metadata",
+    "reservations_t",
+]
