@@ -5,8 +5,9 @@
 - a DVC repository (``dvc init --no-scm``) whose ``dvc add``-ed folder holds the prepared data;
   its md5 is the data version every charge records;
 - a dpgov home with the SQLite ledger and MLflow store: two governed DP training runs
-  (:func:`dpgov.training.governed.run_governed`, synthetic data, a few steps), each commit
-  anchored in the tracking store as training's commit step will do; a crashed run (aborted);
+  (:func:`dpgov.training.governed.run_governed` without its gate, synthetic data validated
+  against its contract, a few steps), each commit anchored in the tracking store as
+  training's commit step will do; a crashed run (aborted);
   version 1 approved by alice and promoted to ``@champion`` through the gate; the head anchored
   last (as ``dpgov audit --anchor`` does).
 
@@ -81,15 +82,14 @@ def _dvc(repo: Path, *args: str) -> None:
     assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
 
 
-def _data_repo(repo: Path, data: Any) -> str:
-    """A DVC repository whose added folder holds the prepared data; returns its md5."""
+def _data_repo(repo: Path, prepared: Path) -> str:
+    """A DVC repository whose added folder holds (a copy of) the prepared data; returns its
+    md5."""
     from dpgov.data import data_version
 
     folder = repo / "data" / "prepared" / DATASET
-    folder.mkdir(parents=True)
-    data.train.to_csv(folder / "train.csv", index=False)
-    data.test.to_csv(folder / "test.csv", index=False)
-    (folder / "meta.json").write_text(json.dumps(data.meta, sort_keys=True))
+    folder.parent.mkdir(parents=True)
+    shutil.copytree(prepared, folder)
     _dvc(repo, "init", "--no-scm", "-q")
     _dvc(repo, "add", "-q", "data/prepared/synth")
     version = data_version(folder)
@@ -107,10 +107,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     from dpgov.gate.promotion import promote
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
-    from dpgov.testing.memory import make_tabular
+    from dpgov.testing.runs import governed_data
     from dpgov.tracking.anchor import record_anchor, record_head
     from dpgov.tracking.registry import Registry
-    from dpgov.training.governed import run_governed
+    from dpgov.training.governed import RunOptions, run_governed
     from dpgov.training.params import parse_params
 
     root = tmp_path_factory.mktemp("audit-world")
@@ -119,13 +119,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     repo.mkdir()
     MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").search_experiments()
     policy = _policy(root / "policy.yaml")
-    data = make_tabular(n_train=300, n_test=200, blocks=2, seed=3, dataset=DATASET)
-    version = _data_repo(repo, data)
+    # a governed run validates its data first: a source, its contract and the data prepared
+    # from them (399 training patients in blocks 2001 and 2002), copied into the DVC repository
+    source = governed_data(root / "source", n=500, dataset=DATASET, seed=3)
+    version = _data_repo(repo, source.prepared)
+    prepared = repo / "data" / "prepared" / DATASET
+    first_block = sorted(json.loads((prepared / "meta.json").read_text())["blocks"])[0]
     params = parse_params(
         {
+            "data": source.data,
             "train": {
+                "data": str(prepared),
                 "epochs": 1,
-                "batch_size": 30,
+                "batch_size": 40,
                 "n_boot": 0,
                 "reference": False,
                 "min_group_n": 10,
@@ -145,17 +151,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         mp.delenv("DPGOV_LEDGER_HMAC_KEY", raising=False)
         mp.setenv("DPGOV_ACTOR", "trainer")
         ledger = Ledger.open()
+        loaded = load_policy(policy)
+        options = RunOptions(gate=False, validation_out=str(root / "validation"))
         runs = []
         for _ in range(2):
-            summary = run_governed(params, policy, data=data, data_version=version, ledger=ledger)
+            summary = run_governed(params, loaded, ledger=ledger, options=options)
+            assert summary.validation["data_version"] == version
             commit = ledger.entries(kind="commit")[-1]
             assert commit.seq == summary.ledger_entries[1]
             record_anchor(commit.seq, commit.hash, ledger=ledger)  # what training will call
             runs.append(summary)
-        loaded = load_policy(policy)
         crashed = ledger.reserve(
             dataset=DATASET,
-            blocks=["b0"],
+            blocks=[first_block],
             budget=loaded.policy.budget,
             mechanism=DpSgdMechanism(noise_multiplier=2.0, sample_rate=0.1, steps=5),
             policy_sha256=loaded.sha256,
