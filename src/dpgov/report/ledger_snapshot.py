@@ -18,7 +18,7 @@ from dpgov import config
 from dpgov.errors import LedgerUnavailable, UsageError
 from dpgov.ledger import Ledger, Verification
 from dpgov.ledger.chain import hmac_key, verify_chain
-from dpgov.ledger.store import blocks_t, charges_t, entries_t, reservations_t
+from dpgov.ledger.snapshot import entry_rows, projection_rows
 from dpgov.report.findings import Finding, finding
 from dpgov.report.replay import RawEntry
 from dpgov.tracking.records import first_line
@@ -119,17 +119,9 @@ def snapshot_ledger(
     ``on_rows`` is called with the rows before the (slower) projections are read."""
     import sqlalchemy as sa
 
-    c = entries_t.c
     try:
         with ledger.engine.connect() as conn:
-            rows = [
-                tuple(r)
-                for r in conn.execute(
-                    sa.select(
-                        c.seq, c.kind, c.payload, c.time, c.actor, c.prev_hash, c.hash, c.signature
-                    ).order_by(c.seq)
-                )
-            ]
+            rows = entry_rows(conn)
     except sa.exc.SQLAlchemyError as err:
         raise LedgerUnavailable(
             f"ledger database {shown_url(str(ledger.engine.url))}: cannot read its entries: "
@@ -162,9 +154,7 @@ def _read_projections(ledger: Ledger, snap: LedgerSnapshot) -> None:
 
     try:
         with ledger.engine.connect() as conn:
-            blocks = conn.execute(sa.select(blocks_t)).all()
-            reservations = conn.execute(sa.select(reservations_t)).all()
-            charges = conn.execute(sa.select(charges_t)).all()
+            tables = projection_rows(conn)
     except sa.exc.SQLAlchemyError as err:
         snap.problems.append(
             finding(
@@ -180,13 +170,13 @@ def _read_projections(ledger: Ledger, snap: LedgerSnapshot) -> None:
             data_version=b.data_version,
             seq=b.seq,
         )
-        for b in blocks
+        for b in tables.blocks
     }
     per: dict[str, list[str]] = {}
-    for ch in charges:
+    for ch in tables.charges:
         per.setdefault(str(ch.reservation_id), []).append(str(ch.block))
     out = {}
-    for r in reservations:
+    for r in tables.reservations:
         try:
             mech = json.loads(r.mechanism)
             mech = mech if isinstance(mech, dict) else None
