@@ -22,6 +22,7 @@ from dpgov.errors import DpgovError
 from dpgov.gate import approvals
 from dpgov.gate.promotion import PromotionResult
 from dpgov.gate.promotion import promote as run_promotion
+from dpgov.report.audit import run_audit
 from dpgov.tracking.registry import Registry
 from dpgov.training import retraining
 from pipelines.runtime import timed
@@ -252,6 +253,4 @@ def promote(
 
 @task(name="audit", **RETRY)
 def audit(policy: str | None, dvc_root: str | None, stale_hours: float) -> dict[str, Any]:
-    from pipelines.audit import run_audit
-
     return run_audit(policy, Path(dvc_root) if dvc_root else None, stale_hours)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dpgov.config import default_policy_path
 from dpgov.errors import UsageError
 from dpgov.policy.schema import Policy
 
@@ -22,8 +23,6 @@ def load_policy(path: str | Path | None = None) -> LoadedPolicy:
     """Read and validate a policy YAML file (default ``policies/default.yaml``)."""
     import yaml
     from pydantic import ValidationError
-
-    from dpgov.config import default_policy_path
 
     file = Path(path) if path is not None else default_policy_path()
     try:
