@@ -20,6 +20,7 @@ from dpgov.accounting import (
     InfeasibleBudget,
     calibrate_against_states,
     is_mechanism,
+    mechanism_to_dict,
     mechanism_type_names,
 )
 from dpgov.errors import BudgetExceeded, Refused, UsageError
@@ -149,7 +150,7 @@ class Ledger(LedgerStore):
                     "reservation": rid,
                     "dataset": dataset,
                     "blocks": blocks,
-                    "mechanism": mechanism.to_dict(),
+                    "mechanism": mechanism_to_dict(mechanism),
                     "run_id": run_id,
                     "data_version": data_version,
                     "policy_sha256": policy_sha256,
@@ -164,7 +165,7 @@ class Ledger(LedgerStore):
                     id=rid,
                     dataset=dataset,
                     status="pending",
-                    mechanism=canonical(mechanism.to_dict()),
+                    mechanism=canonical(mechanism_to_dict(mechanism)),
                     planned_steps=mechanism.steps,
                     run_id=run_id,
                     seq=entry.seq,
@@ -204,7 +205,7 @@ class Ledger(LedgerStore):
             entry = append_entry(conn, kind, {"reservation": reservation_id, **payload}, actor)
             values: dict[str, Any] = {"status": status, "closed_seq": entry.seq}
             if mechanism is not None:
-                values["mechanism"] = canonical(mechanism.to_dict())
+                values["mechanism"] = canonical(mechanism_to_dict(mechanism))
             conn.execute(
                 reservations_t.update()
                 .where(reservations_t.c.id == reservation_id)
@@ -239,7 +240,11 @@ class Ledger(LedgerStore):
             reservation_id,
             "commit",
             "committed",
-            {"steps": taken, "mechanism": actual.to_dict(), "run_id": run_id or info.run_id},
+            {
+                "steps": taken,
+                "mechanism": mechanism_to_dict(actual),
+                "run_id": run_id or info.run_id,
+            },
             actor,
             mechanism=actual,
         )
