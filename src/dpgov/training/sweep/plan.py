@@ -20,7 +20,7 @@ from dpgov.accounting import (
 )
 from dpgov.contracts import show_spent, within
 from dpgov.errors import UsageError
-from dpgov.ledger.store import ACTIVE
+from dpgov.ledger.schema import ACTIVE
 from dpgov.training.planning import plan as plan_run
 
 if TYPE_CHECKING:  # pragma: no cover
