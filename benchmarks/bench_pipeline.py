@@ -7,7 +7,8 @@ on the same data with the same mechanism, in the same invocation.
   carries the seconds of each step (measured inside the tasks), the training loops' own
   seconds, and when the Prefect API was ready.
 - The same pipeline without Prefect (``--direct``, a child process in a fresh home: prepare,
-  validate, ``run_governed``, the gate): what orchestration adds is the demo minus this.
+  then ``run_governed``, which validates, trains, tracks and gates): what orchestration adds
+  is the demo minus this.
 - The bare script (``--bare``, also a child process) imports torch and Opacus, reads the
   prepared Parquet, builds the same MLP and runs DP-SGD with the demo's σ, q and T (Poisson
   sampling, ghost clipping, the same physical batches): no ledger, no validation, no MLflow,
@@ -124,31 +125,30 @@ def bare(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def direct(spec: dict[str, Any]) -> dict[str, Any]:
-    """The same pipeline as ``dpgov demo`` without Prefect: prepare, validate, the governed
-    steps (``run_governed``), the gate. Run in a fresh home: its cost beside the demo's."""
+    """The same pipeline as ``dpgov demo`` without Prefect: prepare, then the governed run
+    (``run_governed``: validate, plan, reserve, train, commit, evaluate, track, budgets, gate).
+    Run in a fresh home: its cost beside the demo's."""
     started = time.perf_counter()
     import warnings
 
     warnings.filterwarnings("ignore")
     from dpgov.data import prepare
-    from dpgov.data.validation import ensure_validated
-    from dpgov.gate.service import run_gate
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
-    from dpgov.tracking.registry import Registry
-    from dpgov.training.governed import run_governed
-    from dpgov.training.params import embedded_params_path, load_params
+    from dpgov.training.governed import RunOptions, run_governed
+    from dpgov.training.params import data_params, embedded_params_path, load_params
 
     home = Path(spec["home"])
     out = home / "demo" / "prepared" / "flchain"
-    policy = Path(spec["policy"])
-    prepare(None, None, out=out)
-    ensure_validated(out, policy=policy, out=home / "demo" / "validation" / "flchain")
     base = load_params(embedded_params_path())
     params = base.model_copy(update={"train": base.train.model_copy(update={"data": str(out)})})
-    summary = run_governed(params, policy)
-    led = Ledger.open()
-    run_gate(summary.model_name, summary.model_version, load_policy(policy), led, Registry())
+    prepare(None, None, out=out, params=data_params(params))
+    options = RunOptions(validation_out=str(home / "demo" / "validation" / "flchain"))
+    ledger = Ledger.open()
+    try:
+        run_governed(params, load_policy(spec["policy"]), ledger=ledger, options=options)
+    finally:
+        ledger.close()
     return {"in_process": time.perf_counter() - started}
 
 
@@ -327,7 +327,7 @@ def main() -> None:
             f"{k} {statistics.median(float(r['steps'].get(k, 0.0)) for r in cold):.2f}"
             for k in cold[0]["steps"]
         ),
-        f"the same pipeline without Prefect (prepare, validate, run_governed, gate; fresh "
+        f"the same pipeline without Prefect (prepare, run_governed: validate … gate; fresh "
         f"home, one process): {_median(directs, 'wall'):.1f} s wall",
         "bare script (s, median): imports "
         f"{_median(bares, 'imports'):.1f}, setup {_median(bares, 'setup'):.1f}, loop "

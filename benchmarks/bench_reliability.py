@@ -210,7 +210,7 @@ def main() -> None:
         "### Faults injected",
         "",
         "Injected at exact points with `DPGOV_FAULT=<point>` "
-        "(`dpgov.training.governed._fault_point`); the killed process is a real training "
+        "(`dpgov.training.faults.fault_point`); the killed process is a real training "
         "process (forked from a zygote that imported the stack once).",
         "",
         "| fault | what must hold afterwards | result | reproduce |",
