@@ -97,6 +97,9 @@ def retraining(
         if selection.retire:
             tasks.retire_blocks(ledger, dataset, selection.retire)
 
+        def budget_rows() -> list[dict[str, Any]]:
+            return rules.budget_rows(tasks.block_budgets(ledger, loaded, dataset))
+
         def skipped(reason: str | None) -> dict[str, Any]:
             entry = tasks.record_skip(ledger, selection, reason)
             budgets = budget_rows() if registered else []
@@ -115,9 +118,6 @@ def retraining(
 
         if selection.skip:
             return skipped(None)
-
-        def budget_rows() -> list[dict[str, Any]]:
-            return rules.budget_rows(tasks.block_budgets(ledger, loaded, dataset))
 
         try:
             run = run_in_flow(
