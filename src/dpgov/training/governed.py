@@ -17,7 +17,7 @@ rules it keeps:
 
 A step runner decides how each step runs: :func:`call_step` calls it directly; the Prefect
 flows wrap each as a task (``pipelines.steps``), with retries only for steps that cannot
-spend privacy or record twice (``retry=True`` below marks them).
+spend privacy or record twice (:data:`RETRYABLE`).
 """
 
 from __future__ import annotations
@@ -59,6 +59,13 @@ STEPS = (
     "budgets",
     "gate",
 )
+"""The steps in order (``gate`` only when asked and a version was registered)."""
+
+RETRYABLE = frozenset({"validate", "load-data", "budgets", "gate"})
+"""Steps that may run again after a transient error: they read, validate, or record a gate
+decision that a rerun records again truthfully. Planning, reserving, training, committing,
+evaluating (it trains the reference) and tracking never retry: a retry could spend privacy or
+record twice."""
 
 
 class StepRunner(Protocol):
@@ -159,13 +166,17 @@ def run_governed(
     """
     opts = options or RunOptions()
     started = time.perf_counter()
-    validated: Validated = step(
-        "validate", validate_for, params, policy, validation_out=opts.validation_out, retry=True
+
+    def run(name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return step(name, fn, *args, retry=name in RETRYABLE, **kwargs)
+
+    validated: Validated = run(
+        "validate", validate_for, params, policy, validation_out=opts.validation_out
     )
-    data, version = step("load-data", load_data, str(prepared_path(params)), retry=True)
-    p = step("plan", plan, params, policy, data, ledger=ledger, data_version=version)
-    reservation = step("reserve", reserve, p, ledger=ledger)
-    outcome = step(
+    data, version = run("load-data", load_data, str(prepared_path(params)))
+    p = run("plan", plan, params, policy, data, ledger=ledger, data_version=version)
+    reservation = run("reserve", reserve, p, ledger=ledger)
+    outcome = run(
         "train",
         train,
         p,
@@ -177,12 +188,12 @@ def run_governed(
         tags=opts.train_tags,
     )
     try:
-        entry = step("commit", commit, reservation, outcome, ledger=ledger)
-        evals = step("evaluate", evaluate, p, outcome, progress=opts.progress)
+        entry = run("commit", commit, reservation, outcome, ledger=ledger)
+        evals = run("evaluate", evaluate, p, outcome, progress=opts.progress)
     except BaseException as err:  # the ledger keeps the charge; MLflow shows the failure
         end_failed_run(outcome.run_id, err)
         raise
-    tracked = step(
+    tracked = run(
         "track",
         track,
         p,
@@ -195,12 +206,10 @@ def run_governed(
         parent_run_id=opts.parent_run_id,
         tags=opts.reference_tags,
     )
-    budgets = step("budgets", _budgets, ledger, policy, p.dataset, retry=True)
+    budgets = run("budgets", _budgets, ledger, policy, p.dataset)
     gate = None
     if opts.gate and tracked.model_version:
-        gate = step(
-            "gate", gate_now, tracked.model_name, tracked.model_version, policy, ledger, retry=True
-        )
+        gate = run("gate", gate_now, tracked.model_name, tracked.model_version, policy, ledger)
     ref = evals.reference
     return RunSummary(
         plan=p.summary(),

@@ -278,14 +278,24 @@ def test_cnn_on_images_runs_governed_with_per_sample_hooks(
     write_policy: Callable[..., Path],
 ) -> None:
     from dpgov.testing.runs import governed_data
-    from dpgov.training.governed import RunOptions
+    from dpgov.training.governed import RETRYABLE, STEPS, RunOptions, call_step
 
     images = governed_data(tmp_path / "images", kind="image", n=160)
     params = images.params(small_params(model="cnn", epochs=1, batch_size=32, min_group_n=5))
     options = RunOptions(validation_out=str(tmp_path / "validation"))
+    seen: list[tuple[str, bool]] = []
+
+    def recording(name: str, fn: Any, /, *args: Any, retry: bool = False, **kw: Any) -> Any:
+        seen.append((name, retry))
+        return call_step(name, fn, *args, retry=retry, **kw)
+
     summary = run_governed(
-        params, load_policy(write_policy()), ledger=Ledger.open(), options=options
+        params, load_policy(write_policy()), ledger=Ledger.open(), options=options, step=recording
     )
+    # every step went through the runner, in order, and only reading steps may retry
+    assert [n for n, _ in seen] == list(STEPS) and summary.gate is not None
+    assert all(retry == (name in RETRYABLE) for name, retry in seen)
+    assert summary.validation["ok"] is True
     assert summary.plan["grad_sample_mode"] == "hooks"
     assert summary.steps == summary.plan["steps"]
     assert 0.0 <= summary.auroc <= 1.0

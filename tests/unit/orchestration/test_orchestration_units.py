@@ -104,14 +104,20 @@ def test_step_clock() -> None:
 
 
 def test_only_steps_that_cannot_spend_twice_retry() -> None:
-    from pipelines import tasks
+    from prefect.cache_policies import NO_CACHE
 
-    never = [
-        tasks.reserve,
-        tasks.train,
-        tasks.commit,
-        tasks.track,
-        tasks.plan,
+    from dpgov.training.governed import RETRYABLE, STEPS
+    from pipelines import tasks
+    from pipelines.steps import as_task
+
+    # the governed run's steps become tasks through the flows' step runner
+    assert {"validate", "load-data", "budgets", "gate"} == RETRYABLE
+    def step_fn() -> None:
+        return None
+
+    step_tasks = {name: as_task(name, step_fn, retry=name in RETRYABLE) for name in STEPS}
+    spending = ["plan", "reserve", "train", "commit", "evaluate", "track"]
+    never = [step_tasks[n] for n in spending] + [
         tasks.retire_blocks,
         tasks.record_skip,
         tasks.record_approval,
@@ -121,10 +127,7 @@ def test_only_steps_that_cannot_spend_twice_retry() -> None:
         tasks.publish_arrival,
     ]
     assert all(t.retries == 0 for t in never)
-    safe = [
-        tasks.validate,
-        tasks.load_data,
-        tasks.gate,
+    safe = [step_tasks[n] for n in sorted(RETRYABLE)] + [
         tasks.block_budgets,
         tasks.newest_data,
         tasks.dvc_version,
@@ -132,8 +135,6 @@ def test_only_steps_that_cannot_spend_twice_retry() -> None:
         tasks.audit,
     ]
     assert all(t.retries and t.retries > 0 for t in safe)
-    from prefect.cache_policies import NO_CACHE
-
     assert all(t.cache_policy is NO_CACHE and t.persist_result is False for t in never + safe)
 
 
