@@ -2,6 +2,7 @@
 
 - :mod:`dpgov.testing.memory`: small prepared data held in memory, in the shape of
   ``dpgov.data.PreparedData`` (tabular and images).
-- :mod:`dpgov.testing.sources`: raw sources with their data contracts written to disk, and
-  :func:`~dpgov.testing.sources.make_prepared`, which runs the real preparation on them.
+- :mod:`dpgov.testing.sources`: raw sources with their data contracts written to disk.
+- :mod:`dpgov.testing.runs`: :func:`~dpgov.testing.runs.governed_data` writes a source and
+  its contract and runs the real preparation on them: data a governed run can validate.
 """

@@ -9,9 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dpgov.data.params import DataParams
-from dpgov.data.preparation import prepare
-
 
 def make_tabular(
     n_patients: int = 2000,
@@ -208,37 +205,3 @@ def write_images(
     npz, meta = make_images(out / f"{dataset}.npz", metadata=metadata, **kw)
     contract = write_yaml(image_contract(dataset, metadata=metadata), out / f"{dataset}.yaml")
     return npz, contract, meta
-
-
-def make_prepared(
-    folder: str | Path,
-    *,
-    kind: str = "tabular",
-    n: int = 600,
-    seed: int = 0,
-    dataset: str | None = None,
-) -> Path:
-    """Generate, prepare (without registering in the ledger) and return the prepared folder:
-    a quick fixture for training and gate tests."""
-    out = Path(folder)
-    params = DataParams(seed=seed, min_block_patients=1)
-    if kind == "tabular":
-        name = dataset or "synthetic"
-        data, contract = write_tabular(out / "raw", n, dataset=name, seed=seed)
-        result = prepare(data, contract, out=out / name, params=params, register=False)
-    elif kind == "image":
-        name = dataset or "synthimg"
-        npz, contract, meta = write_images(
-            out / "raw",
-            dataset=name,
-            seed=seed,
-            n_train=n,
-            n_val=max(1, n // 5),
-            n_test=max(2, n // 2),
-        )
-        result = prepare(
-            npz, contract, metadata=meta, out=out / name, params=params, register=False
-        )
-    else:
-        raise ValueError(f"kind must be tabular or image, found {kind!r}")
-    return Path(result.path)

@@ -187,25 +187,25 @@ def run_governed(
         parent_run_id=opts.parent_run_id,
         tags=opts.train_tags,
     )
-    try:
+    try:  # the ledger keeps the charge from here on; MLflow shows a failure
         entry = run("commit", commit, reservation, outcome, ledger=ledger)
         evals = run("evaluate", evaluate, p, outcome, progress=opts.progress)
-    except BaseException as err:  # the ledger keeps the charge; MLflow shows the failure
+        tracked = run(
+            "track",
+            track,
+            p,
+            reservation,
+            outcome,
+            entry,
+            evals,
+            ledger=ledger,
+            register=opts.register,
+            parent_run_id=opts.parent_run_id,
+            tags=opts.reference_tags,
+        )
+    except BaseException as err:
         end_failed_run(outcome.run_id, err)
         raise
-    tracked = run(
-        "track",
-        track,
-        p,
-        reservation,
-        outcome,
-        entry,
-        evals,
-        ledger=ledger,
-        register=opts.register,
-        parent_run_id=opts.parent_run_id,
-        tags=opts.reference_tags,
-    )
     budgets = run("budgets", _budgets, ledger, policy, p.dataset)
     gate = None
     if opts.gate and tracked.model_version:

@@ -31,7 +31,6 @@ from dpgov.tracking import runs
 from dpgov.training import records
 from dpgov.training.evaluate import price_of_privacy, reference_facts
 from dpgov.training.faults import fault_point
-from dpgov.training.settle import end_failed_run
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.ledger import Entry, Ledger, Reservation
@@ -100,40 +99,12 @@ def track(
 ) -> TrackOutcome:
     """Log both runs (private and reference) to MLflow and register their model versions.
 
-    The ledger is already committed here; a tracking failure marks the MLflow run FAILED
-    (with the reservation tag it was opened with) and propagates. ``register=False`` logs
-    neither model and registers no version (sweep trials are studies, not candidates);
-    ``parent_run_id`` and ``tags`` apply to the reference run this step opens.
+    The ledger is already committed here; the caller marks the MLflow run FAILED when this
+    fails (:func:`dpgov.training.governed.run_governed` does, for every step after the
+    commit). ``register=False`` logs neither model and registers no version (sweep trials are
+    studies, not candidates); ``parent_run_id`` and ``tags`` apply to the reference run this
+    step opens.
     """
-    try:
-        return _track(
-            p,
-            reservation,
-            outcome,
-            commit_entry,
-            evals,
-            ledger=ledger,
-            register=register,
-            parent_run_id=parent_run_id,
-            tags=tags,
-        )
-    except BaseException as err:
-        end_failed_run(outcome.run_id, err)
-        raise
-
-
-def _track(
-    p: RunPlan,
-    reservation: Reservation,
-    outcome: TrainOutcome,
-    commit_entry: Entry,
-    evals: EvalOutcome,
-    *,
-    ledger: Ledger,
-    register: bool = True,
-    parent_run_id: str | None = None,
-    tags: dict[str, str] | None = None,
-) -> TrackOutcome:
     cfg = p.params.train
     model_name = cfg.model_name
     budget = p.policy.policy.budget

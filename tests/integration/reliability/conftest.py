@@ -36,10 +36,10 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A prepared synthetic cohort of 600 patients in 4 year blocks: (prepared, raw, contract),
     validated once under the worlds' policy (``write_policy``) where their governed runs reuse
     the validation (``helpers.validation_folder``)."""
-    from dpgov.testing.sources import make_prepared
+    from dpgov.testing.runs import governed_data
 
     root = tmp_path_factory.mktemp("cohort")
-    prepared = make_prepared(root, n=600)
+    prepared = governed_data(root, n=600, n_blocks=4).prepared
     raw, contract = root / "raw" / "synthetic.csv", root / "raw" / "synthetic.yaml"
     validate(prepared, raw, contract, write_policy(root / "policy.yaml"))
     return prepared, raw, contract
