@@ -103,21 +103,21 @@ def remaining_down(x: float, digits: int = DISPLAY_DIGITS) -> float:
     return math.floor(max(x, 0.0) * scale) / scale
 
 
-def show_spent(x: float | None, digits: int = DISPLAY_DIGITS) -> str:
-    """Spent ε as text, rounded up (``—`` for None, ``inf`` for infinity)."""
+def show_spent(x: float | None, digits: int = DISPLAY_DIGITS, *, infinity: str = "inf") -> str:
+    """Spent ε as text, rounded up (``—`` for None, ``infinity`` for infinity)."""
     if x is None:
         return "—"
     if math.isinf(x):
-        return "inf"
+        return infinity
     return f"{spent_up(x, digits):.{digits}f}"
 
 
-def show_remaining(x: float | None, digits: int = DISPLAY_DIGITS) -> str:
-    """Remaining budget as text, rounded down (``—`` for None)."""
+def show_remaining(x: float | None, digits: int = DISPLAY_DIGITS, *, infinity: str = "inf") -> str:
+    """Remaining budget as text, rounded down (``—`` for None, ``infinity`` for infinity)."""
     if x is None:
         return "—"
     if math.isinf(x):
-        return "inf"
+        return infinity
     return f"{remaining_down(x, digits):.{digits}f}"
 
 

@@ -23,9 +23,10 @@ The rules (pure functions here; ``pipelines/retraining.py`` wires them):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from dpgov.contracts import remaining_down, show_remaining, spent_up
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.ledger import Entry, Ledger
@@ -66,16 +67,6 @@ class Selection:
         return out
 
 
-def eps_up(x: float) -> float:
-    """Spent ε, rounded up to 3 decimals for display (never understate a spend)."""
-    return x if math.isinf(x) else math.ceil(x * 1000) / 1000
-
-
-def eps_down(x: float) -> float:
-    """Remaining ε, rounded down to 3 decimals for display (never overstate what is left)."""
-    return x if math.isinf(x) else math.floor(max(x, 0.0) * 1000) / 1000
-
-
 def default_min_remaining(target_epsilon: float) -> float:
     """The least remaining ε a block needs to take part: a quarter of one run's target ε."""
     return target_epsilon / 4
@@ -86,7 +77,7 @@ def exhausted(status: StatusLike, min_remaining: float) -> str | None:
     if status.retired or status.remaining >= min_remaining:
         return None
     return (
-        f"exhausted: remaining ε {eps_down(status.remaining):.3f} of "
+        f"exhausted: remaining ε {show_remaining(status.remaining)} of "
         f"{status.epsilon_limit:g} is below {min_remaining:g}, the least a retraining run uses"
     )
 
@@ -198,9 +189,9 @@ def budget_rows(statuses: list[Any]) -> list[dict[str, Any]]:
             "dataset": s.dataset,
             "block": s.block,
             "patients": s.patients,
-            "epsilon_spent": eps_up(s.epsilon_spent),
+            "epsilon_spent": spent_up(s.epsilon_spent),
             "epsilon_limit": s.epsilon_limit,
-            "remaining": eps_down(s.remaining),
+            "remaining": remaining_down(s.remaining),
             "charges": s.charges,
             "pending": s.pending,
             "state": "retired" if s.retired else "active",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dpgov.contracts import show_spent
 from dpgov.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -226,7 +227,7 @@ class _Progress:
         if loss is not None and math.isfinite(loss):
             fields["loss"] = f"{loss:.4f}"
         if eps is not None:
-            fields["eps"] = f"{math.ceil(eps * 1000) / 1000:.3f}"
+            fields["eps"] = show_spent(eps)
         self._bar.update(self._task, **fields)
 
     def close(self) -> None:
