@@ -4,7 +4,10 @@ Pure: imports nothing else from dpgov but the error base (:mod:`dpgov.errors`). 
 and Opacus are imported lazily.
 
 Mechanism kinds and their accounting are registered in :mod:`dpgov.accounting.kinds`; the one
-PLD builder is :func:`build_pld`, cross-checked by :func:`check_pld_epsilon`.
+PLD builder is :func:`build_pld`, cross-checked by :func:`check_pld_epsilon`. Accounting is
+bounded (:mod:`dpgov.accounting.bounded`): out-of-domain σ or q raise
+:class:`AccountingInputError` (exit 2), and work beyond what one charge may cost raises
+:class:`AccountingTooCostly` (exit 1) before it starts.
 """
 
 from dpgov.accounting.accountants import (
@@ -16,11 +19,17 @@ from dpgov.accounting.accountants import (
 )
 from dpgov.accounting.calibrate import calibrate_against_states, calibrate_noise_multiplier
 from dpgov.accounting.crosscheck import check_pld_epsilon
-from dpgov.accounting.errors import AccountantFailed, AccountingInputError, InfeasibleBudget
+from dpgov.accounting.errors import (
+    AccountantFailed,
+    AccountingInputError,
+    AccountingTooCostly,
+    InfeasibleBudget,
+)
 from dpgov.accounting.kinds import (
     KINDS,
     MechanismKind,
     build_pld,
+    check_domain,
     dp_event,
     is_mechanism,
     kind_named,
@@ -40,12 +49,14 @@ __all__ = [
     "PLD_DISCRETIZATION",
     "AccountantFailed",
     "AccountingInputError",
+    "AccountingTooCostly",
     "DpSgdMechanism",
     "InfeasibleBudget",
     "MechanismKind",
     "build_pld",
     "calibrate_against_states",
     "calibrate_noise_multiplier",
+    "check_domain",
     "check_pld_epsilon",
     "compose",
     "dp_event",

@@ -11,6 +11,10 @@ values, accountants are stateless.
   but robust.
 - ``prv``: privacy random variables (Opacus, Gopi et al. 2021). State: the grouped history; ε
   is recomputed from it (PRV composes all at once).
+
+Every accountant checks the mechanism's domain first, and the PLD and PRV accountants bound
+their work (:mod:`dpgov.accounting.bounded`): what would need more than one charge may is
+refused with :class:`AccountingTooCostly` before it is built, never computed with less care.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from dpgov.accounting import pld
-from dpgov.accounting.errors import AccountantFailed, AccountingInputError
-from dpgov.accounting.kinds import build_pld, rdp_vector
+from dpgov.accounting.bounded import check_prv
+from dpgov.accounting.errors import AccountantFailed, AccountingInputError, AccountingTooCostly
+from dpgov.accounting.kinds import build_pld, check_domain, epsilon_lower_bound, rdp_vector
 from dpgov.accounting.mechanism import DpSgdMechanism
 from dpgov.accounting.pld import PLD_DISCRETIZATION
 
@@ -165,6 +170,7 @@ class PrvAccountant:
         return {}
 
     def add(self, state: Any, mechanism: DpSgdMechanism, count: int = 1) -> Any:
+        check_domain(mechanism, count)
         key = (mechanism.noise_multiplier, mechanism.sample_rate)
         new = dict(state)
         new[key] = new.get(key, 0) + mechanism.steps * count
@@ -178,12 +184,35 @@ class PrvAccountant:
 
         acc = PRVAccountant()
         acc.history = [(sigma, q, steps) for (sigma, q), steps in sorted(state.items())]
+        check_prv(self._mesh_points(acc, delta), acc.history)
         try:
             return float(acc.get_epsilon(delta, eps_error=self.eps_error))
         except Exception as err:  # Opacus raises bare ValueErrors/RuntimeErrors here
             raise AccountantFailed(
                 f"the PRV accountant failed on this history ({err}); use --accountant pld or rdp"
             ) from err
+
+    def _mesh_points(self, acc: Any, delta: float) -> int:
+        """The points of the meshes Opacus will discretise the PRVs on: its own domain (L
+        from RDP, mesh from eps_error), one mesh per distinct (σ, q); computing it is cheap."""
+        from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+        prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in acc.history]
+        try:
+            with quiet_absl(), _numpy_quiet():
+                domain = acc._get_domain(  # pylint: disable=protected-access
+                    prvs=prvs,
+                    num_self_compositions=[t for _, _, t in acc.history],
+                    eps_error=self.eps_error,
+                    delta_error=delta / 1000,  # Opacus's default in get_epsilon
+                )
+            size = int(domain.size)
+        except (ValueError, OverflowError, RuntimeError, TypeError) as err:
+            raise AccountantFailed(
+                f"the PRV accountant cannot lay out its mesh for this history ({err}); use "
+                f"--accountant pld or rdp"
+            ) from err
+        return size * len(prvs)
 
     def dumps(self, state: Any) -> bytes:
         rows = [[s, q, n] for (s, q), n in sorted(state.items())]
@@ -214,6 +243,15 @@ def quiet_absl() -> Iterator[None]:
         yield
     finally:
         absl.setLevel(level)
+
+
+@contextlib.contextmanager
+def _numpy_quiet() -> Iterator[None]:
+    """Opacus's domain computation overflows to inf on wide histories (then refused)."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        yield
 
 
 def get_accountant(name: str) -> Accountant:
@@ -254,7 +292,25 @@ def epsilon(
     mechs = list(mechanisms)
     if not mechs:
         return 0.0
-    return acc.epsilon(compose(mechs, acc), delta)
+    try:
+        return acc.epsilon(compose(mechs, acc), delta)
+    except AccountingTooCostly as err:
+        raise AccountingTooCostly(f"{err}; {epsilon_bounds(mechs, delta)}") from err
+
+
+def epsilon_bounds(mechanisms: list[Any], delta: float) -> str:
+    """What the cheap bounds say of ε when the tight accountant refuses to compose: a
+    hypothesis-test lower bound and the RDP upper bound (both cheap at any size)."""
+    with quiet_absl():
+        lower = epsilon_lower_bound(mechanisms, delta)
+        try:
+            upper = RdpAccountant().epsilon(compose(mechanisms, "rdp"), delta)
+        except (ArithmeticError, ValueError):
+            upper = math.inf
+    return (
+        f"its ε at δ={delta:g} is at least {lower:.4g} (a hypothesis test) and at most "
+        f"{upper:.4g} (RDP)"
+    )
 
 
 __all__ = [
@@ -265,6 +321,7 @@ __all__ = [
     "RdpAccountant",
     "compose",
     "epsilon",
+    "epsilon_bounds",
     "get_accountant",
     "group",
     "quiet_absl",

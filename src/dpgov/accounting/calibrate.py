@@ -6,6 +6,13 @@ right question is the smallest σ for which the composition of the prior charges
 run stays within the limit. ε of a composition decreases monotonically in the new run's σ, so
 a bisection in log σ finds it; we return the upper end of the final bracket, so the result
 never overshoots.
+
+Probes are bounded (:mod:`dpgov.accounting.bounded`). A probe σ whose run alone has a
+hypothesis-test lower bound on ε above a target cannot fit under any sound accountant (the
+composition costs at least its part), so it is answered without building its PLD; a probe the
+accountant refuses as too costly counts as not fitting. Both only ever move the search to
+larger σ, and the σ returned is one whose composition was computed and fits: the answer is the
+smallest σ that fits *and* can be accounted within the bounds, never one that overshoots.
 """
 
 from __future__ import annotations
@@ -15,11 +22,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from dpgov.accounting.accountants import _check_delta, compose, get_accountant, quiet_absl
-from dpgov.accounting.errors import AccountingInputError, InfeasibleBudget
+from dpgov.accounting.bounded import gaussian_step_points
+from dpgov.accounting.errors import AccountingInputError, AccountingTooCostly, InfeasibleBudget
+from dpgov.accounting.kinds import check_domain, epsilon_lower_bound
 from dpgov.accounting.mechanism import DpSgdMechanism
+from dpgov.accounting.pld import PLD_DISCRETIZATION
 
 SIGMA_MIN = 0.1
 SIGMA_MAX = 500.0
+# Below this many points per step a PLD is cheaper to build than the lower bound (~ms).
+LOWER_BOUND_FROM_POINTS = 50_000
+# The lower bound must exceed a target by this much to refuse (its own rounding).
+LOWER_BOUND_SLACK = 1e-3
 
 
 def calibrate_noise_multiplier(
@@ -69,7 +83,8 @@ def calibrate_against_states(
         target_epsilon <= 0
     ):
         raise AccountingInputError(f"target epsilon must be > 0, found {target_epsilon!r}")
-    DpSgdMechanism(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps)  # validates q, T
+    # validates q and T, and their domain
+    check_domain(DpSgdMechanism(noise_multiplier=1.0, sample_rate=sample_rate, steps=steps))
     if not 0 < tolerance < 1:
         raise AccountingInputError(f"tolerance must be in (0, 1), found {tolerance!r}")
     acc = get_accountant(accountant)
@@ -77,13 +92,24 @@ def calibrate_against_states(
     if not priors:
         priors, goals = [acc.empty()], [target_epsilon]
 
+    refusals: list[AccountingTooCostly] = []
+
     def excess(sigma: float) -> float:
-        """max over priors of log(ε after the run / goal): <= 0 means σ fits everywhere."""
+        """max over priors of log(ε after the run / goal): <= 0 means σ fits everywhere.
+        A positive value may be a lower bound of it (the probe surely does not fit), and +inf
+        means the accountant refused the probe as too costly (counted as not fitting)."""
         mech = DpSgdMechanism(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
-        return max(
-            math.log(max(acc.epsilon(acc.add(state, mech), delta), 1e-300) / goal)
-            for state, goal in zip(priors, goals, strict=True)
-        )
+        surely_over = _surely_over(mech, delta, min(goals), acc.name)
+        if surely_over > 0:
+            return surely_over
+        try:
+            return max(
+                math.log(max(acc.epsilon(acc.add(state, mech), delta), 1e-300) / goal)
+                for state, goal in zip(priors, goals, strict=True)
+            )
+        except AccountingTooCostly as err:
+            refusals.append(err)
+            return math.inf
 
     # RDP is a looser upper bound than PLD or PRV, so the RDP σ of the new run alone is a
     # cheap starting bracket; widen it geometrically until it holds (priors need more noise).
@@ -102,6 +128,8 @@ def calibrate_against_states(
     lo, g_lo = None, math.inf
     while g_hi > 0:
         if hi >= SIGMA_MAX:
+            if math.isinf(g_hi) and refusals:  # even the largest σ cannot be accounted
+                raise refusals[-1]
             raise InfeasibleBudget(
                 f"no noise multiplier up to {SIGMA_MAX:g} keeps ε within {min(goals):g} at "
                 f"δ={delta:g} for {steps} steps at sample rate {sample_rate:g}: the budget "
@@ -143,6 +171,21 @@ def calibrate_against_states(
             else:
                 lo, g_lo = sigma, value
     return hi
+
+
+def _surely_over(mech: DpSgdMechanism, delta: float, goal: float, accountant: str) -> float:
+    """log(lower bound / goal) when a hypothesis-test lower bound on ε of ``mech`` alone is
+    above ``goal`` (then no composition with it fits: it costs at least this part), else 0.
+    Only tried where the accountant's own work would be large (PLD: a wide one-step PMF)."""
+    if accountant == "pld":
+        if gaussian_step_points(mech.noise_multiplier, mech.sample_rate, PLD_DISCRETIZATION) < (
+            LOWER_BOUND_FROM_POINTS
+        ):
+            return 0.0
+    elif accountant != "prv":
+        return 0.0
+    lower = epsilon_lower_bound([mech], delta) * (1 - LOWER_BOUND_SLACK)
+    return math.log(lower / goal) if lower > goal else 0.0
 
 
 def _rdp_bracket(*, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:

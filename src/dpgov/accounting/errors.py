@@ -6,6 +6,10 @@
   :class:`~dpgov.errors.Refused` (exit 1) and still a ``ValueError``.
 - :class:`AccountantFailed`: an accountant could not compute ε, exit 1 like the refusal every
   caller has turned it into (the ledger, ``dpgov cost``); still a ``RuntimeError``.
+- :class:`AccountingTooCostly`: composing would cost more than one charge may
+  (:mod:`dpgov.accounting.bounded`); refused before the work starts. An
+  :class:`AccountantFailed` (callers that report an uncomputable ε report it) and a
+  :class:`~dpgov.errors.Refused`, exit 1.
 
 The accounting package imports nothing else from dpgov but this base.
 """
@@ -25,5 +29,13 @@ class InfeasibleBudget(Refused, ValueError):
 
 class AccountantFailed(DpgovError, RuntimeError):
     """An accountant could not compute ε (for example PRV at very large ε). Exit code 1."""
+
+    exit_code = 1
+
+
+class AccountingTooCostly(AccountantFailed, Refused):
+    """Composing these mechanisms would need more memory or time than one charge may
+    (:mod:`dpgov.accounting.bounded`): refused before the work starts, saying how to change
+    σ, q or T. Exit code 1."""
 
     exit_code = 1

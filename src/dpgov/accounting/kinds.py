@@ -2,10 +2,12 @@
 
 A mechanism is stored in the ledger as JSON tagged with its ``kind`` (``"dp_sgd"``). A kind
 names its class and how it is read back, its dp_accounting event (which RDP is computed from),
-its privacy loss distribution and, where known, a lower bound on its ε (a cross-check of the
-PLD). Meanings never change: a new kind of mechanism (a Gaussian release of evaluation
-metrics, a patient-level DP-SGD, federated rounds) is a new class registered under a new name,
-and a registered name is never registered again, so old ledger entries keep their meaning.
+its privacy loss distribution, the domain its accounting is defined on (checked before any
+accountant computes: :mod:`dpgov.accounting.bounded`) and, where known, a lower bound on its
+ε (a cross-check of the PLD). Meanings never change: a new kind of mechanism (a Gaussian
+release of evaluation metrics, a patient-level DP-SGD, federated rounds) is a new class
+registered under a new name, and a registered name is never registered again, so old ledger
+entries keep their meaning.
 
 Every entry ever written carries its kind; a payload without one is refused, as is an unknown
 kind (the audit reports such an entry instead of guessing what it charged).
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dpgov.accounting.bounded import check_dp_sgd_domain
 from dpgov.accounting.errors import AccountingInputError
 from dpgov.accounting.lower_bounds import poisson_gaussian_lower_bound
 from dpgov.accounting.mechanism import DpSgdMechanism
@@ -32,7 +35,9 @@ class MechanismKind:
     PLD of ``count`` runs of ``m``. ``rdp(m, orders, count)``: the RDP vector of ``count``
     runs at ``orders`` (default: dp_accounting's RdpAccountant on the event).
     ``epsilon_lower_bound(ms, delta)``: a valid lower bound on ε of the composition of the
-    mechanisms ``ms`` (all of this kind), or None.
+    mechanisms ``ms`` (all of this kind), or None. ``domain(m, count)``: raises
+    :class:`AccountingInputError` when ``count`` runs of ``m`` are outside what its accounting
+    is defined on (None: no limits beyond the class's own validation).
     """
 
     name: str
@@ -42,6 +47,7 @@ class MechanismKind:
     pld: Callable[[Any, float, int], Any]
     rdp: Callable[[Any, Sequence[float], int], list[float]] | None = None
     epsilon_lower_bound: Callable[[Sequence[Any], float], float] | None = None
+    domain: Callable[[Any, int], None] | None = None
 
 
 KINDS: dict[str, MechanismKind] = {}
@@ -105,15 +111,28 @@ def dp_event(mechanism: Any) -> Any:
     return kind_of(mechanism).dp_event(mechanism)
 
 
+def check_domain(mechanism: Any, count: int = 1) -> MechanismKind:
+    """Raise :class:`AccountingInputError` (exit 2) when ``count`` runs of ``mechanism`` lie
+    outside the domain its accounting is defined on; return its kind."""
+    kind = kind_of(mechanism)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise AccountingInputError(f"count must be an integer >= 1, found {count!r}")
+    if kind.domain is not None:
+        kind.domain(mechanism, count)
+    return kind
+
+
 def build_pld(mechanism: Any, *, discretization: float = PLD_DISCRETIZATION, count: int = 1) -> Any:
     """The privacy loss distribution of ``count`` runs of ``mechanism``: the one PLD builder,
-    used by the ledger's PLD accountant and by the audit's replay alike."""
-    return kind_of(mechanism).pld(mechanism, discretization, count)
+    used by the ledger's PLD accountant and by the audit's replay alike. Bounded: refused
+    (:class:`~dpgov.accounting.AccountingTooCostly`) before building what would exceed the
+    limits of :mod:`dpgov.accounting.bounded`."""
+    return check_domain(mechanism, count).pld(mechanism, discretization, count)
 
 
 def rdp_vector(mechanism: Any, orders: Sequence[float], count: int = 1) -> list[float]:
     """The RDP vector at ``orders`` of ``count`` runs of ``mechanism``."""
-    kind = kind_of(mechanism)
+    kind = check_domain(mechanism, count)
     if kind.rdp is not None:
         return kind.rdp(mechanism, orders, count)
     return _rdp_of_event(kind.dp_event(mechanism), tuple(orders), count)
@@ -154,6 +173,12 @@ def _dp_sgd_pld(m: DpSgdMechanism, discretization: float, count: int) -> Any:
     )
 
 
+def _dp_sgd_domain(m: DpSgdMechanism, count: int) -> None:
+    check_dp_sgd_domain(
+        noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate, steps=m.steps * count
+    )
+
+
 def _dp_sgd_rdp(m: DpSgdMechanism, orders: Sequence[float], count: int) -> list[float]:
     """RDP is additive over steps: ``T · count`` times one step's (as dp_accounting computes
     a self-composed event), one step's computed once per (σ, q, orders) and process."""
@@ -186,5 +211,6 @@ DP_SGD = register(
         pld=_dp_sgd_pld,
         rdp=_dp_sgd_rdp,
         epsilon_lower_bound=_dp_sgd_lower_bound,
+        domain=_dp_sgd_domain,
     )
 )

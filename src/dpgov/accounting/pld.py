@@ -7,12 +7,26 @@ underestimated). Building the one-step PLD dominates the cost and does not depen
 is built once per ``(σ, q, discretisation)`` and process; the T-step PLD of the last few runs
 is cached too (calibration and multi-block reservations compose the same candidate run with
 several priors).
+
+Every construction is bounded first (:mod:`dpgov.accounting.bounded`): the one-step PMF's
+size is checked before it is built, the T-fold FFT's size before it runs, and a composition's
+before it convolves; what would exceed the limits is refused with
+:class:`~dpgov.accounting.AccountingTooCostly`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
+
+from dpgov.accounting.bounded import (
+    SelfComposition,
+    check_composition,
+    check_self_composition,
+    check_step,
+    dense_probs,
+)
 
 # PLD discretisation of the privacy loss. The pessimistic error is roughly proportional to the
 # discretisation, so it matters most at small ε: 2e-4 keeps ε within 1% of a 5e-5 reference
@@ -29,7 +43,9 @@ def identity(discretization: float = PLD_DISCRETIZATION) -> Any:
 
 
 def compose(a: Any, b: Any) -> Any:
-    """The composition of two PLDs, truncating negligible tail mass (pessimistically)."""
+    """The composition of two PLDs, truncating negligible tail mass (pessimistically).
+    Refused when the convolution would exceed the bounds."""
+    check_composition(a, b)
     return a.compose(b, PLD_TAIL_MASS_TRUNCATION)
 
 
@@ -37,16 +53,65 @@ def compose(a: Any, b: Any) -> Any:
 def poisson_gaussian_pld(
     *, noise_multiplier: float, sample_rate: float, steps: int, discretization: float
 ) -> Any:
-    """PLD of ``steps`` Poisson-subsampled Gaussian steps (the one-step PLD self-composed)."""
-    return poisson_gaussian_step(noise_multiplier, sample_rate, discretization).self_compose(steps)
+    """PLD of ``steps`` Poisson-subsampled Gaussian steps (the one-step PLD self-composed),
+    refused before the self-composition when its FFT would exceed the bounds."""
+    step = poisson_gaussian_step(noise_multiplier, sample_rate, discretization)
+    if steps > 1:
+        check_self_composition(
+            _self_compositions(noise_multiplier, sample_rate, discretization),
+            sigma=noise_multiplier,
+            q=sample_rate,
+            steps=steps,
+        )
+    return self_compose(step, steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _self_compositions(sigma: float, q: float, discretization: float) -> list[SelfComposition]:
+    """The truncation bounds of the step's PMFs (remove, and add where it differs)."""
+    step = poisson_gaussian_step(sigma, q, discretization)
+    # pylint: disable=protected-access
+    pmfs = [step._pmf_remove] if step._symmetric else [step._pmf_remove, step._pmf_add]
+    return [SelfComposition(dense_probs(p), PLD_TAIL_MASS_TRUNCATION) for p in pmfs]
+
+
+def self_compose(step: Any, steps: int) -> Any:
+    """``step`` self-composed ``steps`` times, as ``PrivacyLossDistribution.self_compose``
+    does, except for how a sparse PMF chooses its path (see :func:`_self_compose_pmf`)."""
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    # pylint: disable=protected-access
+    remove = _self_compose_pmf(step._pmf_remove, steps)
+    if step._symmetric:
+        return pld.PrivacyLossDistribution(remove)
+    return pld.PrivacyLossDistribution(remove, _self_compose_pmf(step._pmf_add, steps))
+
+
+def _self_compose_pmf(pmf: Any, steps: int) -> Any:
+    """dp_accounting self-composes a sparse PMF of n points by composing it step by step while
+    n**T <= 1000, and densely (one FFT) beyond. It evaluates n**T exactly, a T·log2(n)-bit
+    integer (minutes for T = 1e9), and a one-point PMF (n**T = 1) is composed T times over:
+    σ = 100, q = 1e-9, T = 1e9 ran for minutes. Here the same test is made without the big
+    integer, and a one-point PMF goes dense (an FFT of length 1: the same point mass)."""
+    from dp_accounting.pld import pld_pmf
+
+    if steps > 1 and isinstance(pmf, pld_pmf.SparsePLDPmf):
+        n = pmf.size
+        limit = pld_pmf._MAX_PMF_SPARSE_SIZE  # pylint: disable=protected-access
+        if n <= 1 or steps * math.log2(n) > 64 or n**steps > limit:
+            pmf = pmf.to_dense_pmf()
+    return pmf.self_compose(steps, PLD_TAIL_MASS_TRUNCATION)
 
 
 @functools.lru_cache(maxsize=512)
 def poisson_gaussian_step(sigma: float, q: float, discretization: float) -> Any:
     """PLD of one Poisson-subsampled Gaussian step (noise σ·C, sampling rate q, add or
-    remove one privacy unit), with pessimistic estimates."""
+    remove one privacy unit), with pessimistic estimates; refused before it is built when
+    its PMF would exceed the bounds."""
     from dp_accounting import NeighboringRelation
     from dp_accounting.pld import privacy_loss_distribution as pld
+
+    check_step(sigma, q, discretization)
 
     return pld.from_gaussian_mechanism(
         standard_deviation=sigma,

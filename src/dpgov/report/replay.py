@@ -14,6 +14,10 @@ of their steps. Composing that multiset is the same accounting the ledger does (
 identical mechanisms only, with the same PLD builder), reached by an independent path; the two
 agree to rounding. Every PLD ε is also checked against bounds that share no code with the PLD
 (an RDP upper bound, a hypothesis-test lower bound): outside them, the composition fails.
+
+The replay composes within the same bounds as the ledger (:mod:`dpgov.accounting.bounded`):
+a charge whose PLD would be too costly is refused in about a second, and reported as an ε
+that cannot be computed, instead of costing the audit minutes and gigabytes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from dpgov.accounting import (
     PLD_DISCRETIZATION,
+    AccountantFailed,
     AccountingInputError,
     DpSgdMechanism,
     build_pld,
@@ -570,8 +575,11 @@ class Epsilons:
             for s, q in sorted({(s, q) for key, _, a in todo if a == "pld" for s, q, _, _ in key})
         ]
         for one in steps:  # built once here, inherited by the workers
-            build_pld(one, discretization=PLD_DISCRETIZATION)
-        prepare_crosscheck(steps)
+            try:  # bounded: a step too costly to build is refused again, and reported, by of_key
+                build_pld(one, discretization=PLD_DISCRETIZATION)
+                prepare_crosscheck([one])
+            except (AccountantFailed, ValueError):
+                continue
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
         return pool, [(t, pool.submit(_compose_task, t)) for t in todo]
 
