@@ -1,7 +1,10 @@
-"""Ledger benchmarks: tightness of composition, `dpgov budget` speed, concurrent reservations.
+"""Ledger benchmarks: tightness of composition, `dpgov budget` speed, concurrent reservations,
+and the cost of verified enforcement against the revision before it.
 
 Run: .venv/bin/python benchmarks/bench_ledger.py [--charges 1000 --blocks 10 --procs 8]
-Writes benchmarks/RESULTS_ledger.md (merged into RESULTS.md).
+     .venv/bin/python benchmarks/bench_ledger.py --only verified [--verified-charges 1000]
+Writes benchmarks/RESULTS_ledger.md (merged into RESULTS.md); ``--only verified`` rewrites only
+its own section of that file.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -165,12 +170,202 @@ def concurrency(url: str, procs: int, each: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------- verified enforcement
+VERIFIED_HEADING = (
+    "### Verified enforcement: `reserve` and `dpgov budget` against the revision before"
+)
+
+# Runs in each tree's own interpreter: open a copy of the ledger (a fresh process, so the
+# current code rebuilds its verified state from every entry), then reserve on it.
+_RESERVE_CHILD = """
+import json, statistics, sys, time
+from dpgov.accounting import DpSgdMechanism
+from dpgov.ledger import Ledger
+from dpgov.policy.schema import Budget
+url, blocks, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+budget = Budget(epsilon_per_block=100.0, delta=1e-5)
+run = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=100)
+t = time.perf_counter()
+ledger = Ledger.open(url)
+opened = time.perf_counter() - t
+lat = []
+for i in range(n):
+    t = time.perf_counter()
+    b = f"block-{i % blocks:02d}"
+    ledger.reserve(dataset="bench", blocks=[b], mechanism=run, budget=budget)
+    lat.append(time.perf_counter() - t)
+print(json.dumps({"open": opened, "first": lat[0], "later": statistics.median(lat[1:])}))
+"""
+
+
+def _baseline_revision() -> str:
+    """The revision before verified enforcement: the parent of the commit that added
+    dpgov/ledger/verified.py (HEAD while that file is not yet committed)."""
+    added = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "log",
+            "--diff-filter=A",
+            "--format=%H",
+            "--",
+            "src/dpgov/ledger/verified.py",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return f"{added[-1]}^" if added else "HEAD"
+
+
+def _tree_env(tree: Path, home: Path, url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree}",
+        "DPGOV_HOME": str(home),
+        "DPGOV_LEDGER_URL": url,
+    }
+
+
+def _copy(db: Path, tmp: Path, name: str) -> str:
+    target = tmp / f"{name}-{time.monotonic_ns()}.db"
+    shutil.copy(db, target)
+    return f"sqlite:///{target}"
+
+
+def verified_cost(
+    charges: int, blocks: int, rounds: int, baseline: str, rng: random.Random
+) -> dict:
+    """Reserve latency and `dpgov budget` of the current tree and of ``baseline``, on copies
+    of one ledger (filled by the current code, so every cached state is sealed), interleaved."""
+    tmp = Path(tempfile.mkdtemp(prefix="dpgov-bench-verified-"))
+    db = tmp / "filled.db"
+    ledger = Ledger.open(f"sqlite:///{db}")
+    big = Budget(epsilon_per_block=100.0, delta=DELTA)
+    names = [f"block-{i:02d}" for i in range(blocks)]
+    for b in names:
+        ledger.add_block(dataset="bench", block=b, patients=1000)
+    for i in range(charges):
+        res = ledger.reserve(
+            dataset="bench", blocks=[names[i % blocks]], mechanism=random_run(rng), budget=big
+        )
+        ledger.commit(res.id)
+    entries = len(ledger.entries())
+    ledger.close()
+    base = tmp / "baseline"
+    rev = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", baseline],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(base), baseline],
+        check=True,
+        capture_output=True,
+    )
+    trees = {"baseline": base, "current": REPO}
+    got: dict[tuple[str, str], list[float]] = {}
+    try:
+        for r in range(rounds):
+            order = list(trees.items()) if r % 2 == 0 else list(reversed(trees.items()))
+            for name, tree in order:
+                home = Path(tempfile.mkdtemp(dir=tmp))
+                url = _copy(db, tmp, name)
+                out = subprocess.run(
+                    [sys.executable, "-c", _RESERVE_CHILD, url, str(blocks), "5"],
+                    env=_tree_env(tree, home, url),
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                child = json.loads(out.stdout)
+                for k in ("open", "first", "later"):
+                    got.setdefault((k, name), []).append(child[k])
+                url = _copy(db, tmp, name)
+                t = time.perf_counter()
+                subprocess.run(
+                    [sys.executable, "-m", "dpgov", "budget", "--json"],
+                    env=_tree_env(tree, home, url),
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                got.setdefault(("budget", name), []).append(time.perf_counter() - t)
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
+            capture_output=True,
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in got.items()}
+    return {
+        "charges": charges,
+        "blocks": blocks,
+        "entries": entries,
+        "rounds": rounds,
+        "baseline": rev,
+        "median": med,
+    }
+
+
+def verified_lines(v: dict) -> list[str]:
+    m = v["median"]
+
+    def row(label: str, key: str) -> str:
+        b, c = m[(key, "baseline")], m[(key, "current")]
+        return f"| {label} | {1000 * b:.0f} | {1000 * c:.0f} | {c / b:.2f} |"
+
+    return [
+        VERIFIED_HEADING,
+        "",
+        f"One SQLite ledger of {v['charges']} reserve + commit pairs in {v['blocks']} blocks "
+        f"({v['entries']} entries), filled by the current code (every cached state sealed); "
+        f"each round copies it once per tree and runs both trees in the same run, interleaved "
+        f"({v['rounds']} rounds, medians). Baseline: revision {v['baseline']} (the revision "
+        f"before verified enforcement, in a temporary git worktree).",
+        "",
+        "| measure | baseline ms | verified ms | ratio |",
+        "|---|---|---|---|",
+        row("`Ledger.open` of an existing ledger (no write lock taken now)", "open"),
+        row("first `reserve` in a fresh process (every entry re-read and hash-checked)", "first"),
+        row("later `reserve` in the same process (only new entries read)", "later"),
+        row("`dpgov budget --json`, whole process", "budget"),
+        "",
+        "Every `reserve` also compares the dataset's projection rows with the entries under the "
+        "lock (`dpgov.ledger.integrity.guard`); a first reserve on a block whose cached state "
+        "carries no seal (a ledger written before seals) recomposes that block once, as with "
+        "the cache dropped above; `dpgov ledger repair` seals every block at once.",
+    ]
+
+
+def write_verified_section(lines: list[str]) -> str:
+    """Replace (or append) the verified-enforcement section of RESULTS_ledger.md."""
+    path = Path(__file__).parent / "RESULTS_ledger.md"
+    text = path.read_text() if path.exists() else ""
+    section = "\n".join(lines) + "\n"
+    pattern = re.compile(re.escape(VERIFIED_HEADING) + r".*?(?=^### |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+    return section
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--charges", type=int, default=1000)
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--procs", type=int, default=8)
     ap.add_argument("--each", type=int, default=10)
+    ap.add_argument("--only", choices=["verified"], help="run only this section")
+    ap.add_argument("--verified-charges", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--baseline", default=None, help="revision before verified enforcement")
     ap.add_argument(
         "--postgres",
         default=os.environ.get(
@@ -179,6 +374,11 @@ def main() -> None:
     )
     args = ap.parse_args()
     rng = random.Random(7)
+    baseline = args.baseline or _baseline_revision()
+    if args.only == "verified":
+        v = verified_cost(args.verified_charges, args.blocks, args.rounds, baseline, rng)
+        print(write_verified_section(verified_lines(v)))
+        return
     tight = tightness(rng)
     speed = budget_speed(args.charges, args.blocks, rng)
     home = Path(tempfile.mkdtemp(prefix="dpgov-bench-"))
@@ -255,7 +455,8 @@ def main() -> None:
             )
     text = "\n".join(lines) + "\n"
     (Path(__file__).parent / "RESULTS_ledger.md").write_text(text)
-    print(text)
+    v = verified_cost(args.verified_charges, args.blocks, args.rounds, baseline, rng)
+    print(text + "\n" + write_verified_section(verified_lines(v)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_down, eps_up
+from dpgov.contracts import exhausted
 
 ACCOUNTANT_HELP = "Accountant: pld (tight, default), prv, or rdp."
 
@@ -72,6 +73,9 @@ def calibrate(
     as_json: bool = JsonOption,
 ) -> None:
     """Smallest σ meeting the target ε, given what the named blocks have already spent."""
+    from dpgov import names
+
+    names.options(dataset=dataset, blocks=block)
     from dpgov.accounting import AccountingInputError, InfeasibleBudget, calibrate_noise_multiplier
     from dpgov.errors import Refused, UsageError
     from dpgov.policy import load_policy
@@ -133,7 +137,17 @@ def budget(
     from dpgov.policy import load_policy
 
     loaded = load_policy(policy)
-    statuses = Ledger.open().budget(loaded.policy.budget, dataset=dataset)
+    ledger = Ledger.open()
+    statuses = ledger.budget(loaded.policy.budget, dataset=dataset)  # from the verified entries
+    disagree = ledger.disagreements(dataset)
+    if disagree:
+        more = f" (and {len(disagree) - 1} more)" if len(disagree) > 1 else ""
+        typer.echo(
+            f"dpgov: warning: the ledger's tables disagree with its entries: "
+            f"{disagree[0].line()}{more}. The figures below are composed from the verified "
+            f"entries, not the tables; see `dpgov ledger verify`",
+            err=True,
+        )
     grouped: dict[str, list[dict[str, Any]]] = {}
     for s in statuses:
         grouped.setdefault(s.dataset, []).append(s.to_dict())
@@ -141,6 +155,9 @@ def budget(
         "datasets": [{"dataset": d, "blocks": b} for d, b in grouped.items()],
         "policy": str(loaded.path),
         "policy_sha256": loaded.sha256,
+        "source": "entries",  # every figure is derived from the hash-checked entries
+        "tables_agree": not disagree,
+        "tables_disagreement": disagree[0].to_dict() if disagree else None,
     }
 
     def render() -> None:
@@ -167,7 +184,7 @@ def budget(
         for s in statuses:
             used = s.epsilon_spent / s.epsilon_limit
             bar = "█" * min(10, round(used * 10)) + "░" * max(0, 10 - round(used * 10))
-            state = "retired" if s.retired else ("exhausted" if s.remaining <= 1e-9 else "open")
+            state = "retired" if s.retired else ("exhausted" if exhausted(s.remaining) else "open")
             table.add_row(
                 s.dataset,
                 s.block,

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from dpgov import names
 from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
 
 ledger_app = typer.Typer(help="Read, verify and charge the privacy ledger.", no_args_is_help=True)
@@ -74,23 +75,76 @@ def show(
 
 
 @ledger_app.command("verify")
-def verify(as_json: bool = JsonOption) -> None:
-    """Check the hash chain; exit 1 naming the first bad entry."""
-    result = _open().verify()
+def verify(
+    policy: Path | None = PolicyOption,
+    tracking: bool = typer.Option(
+        True, "--tracking/--no-tracking", help="Also check the anchors in the tracking store."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Check the hash chain, the signatures, and the tail against every anchor; exit 1
+    naming the first bad entry, a cut tail, or signatures the policy requires."""
+    from dpgov.cli._ledger_checks import beyond_the_chain
+    from dpgov.ledger.integrity import combine
+
+    ledger = _open()
+    chain, tables = ledger.verify_all()  # the chain, and the tables against its entries
+    result = combine(chain, tables)
+    beyond = beyond_the_chain(ledger, chain, policy=policy, tracking=tracking)
+    ok = result.ok and not beyond.failures
 
     def render() -> None:
         if result.ok:
-            extra = f" ({result.unsigned} unsigned)" if result.unsigned else ""
-            typer.echo(f"ledger verified: {result.entries} entries, head {result.head[:16]}{extra}")
+            word = "verified" if ok else "chain intact"
+            typer.echo(f"ledger {word}: {result.entries} entries, head {result.head[:16]}")
+        elif chain.ok:
+            typer.echo(f"ledger verification FAILED: {tables.reason}", err=True)
         else:
             typer.echo(
                 f"ledger verification FAILED at entry {result.first_bad_seq}: {result.reason}",
                 err=True,
             )
+        typer.echo(tables.summary())
+        typer.echo(result.signature_note())
+        for r in result.restores:
+            typer.echo(
+                f"restored at entry {r.seq} ({r.time[:19]}, by {r.actor}) from a backup whose "
+                f"head is entry {r.backup_seq}: entries {r.backup_seq + 1}..{r.lost_through} lost"
+            )
+        sources = ", ".join(f"{n} in the {k}" for k, n in beyond.sources.items())
+        typer.echo(f"anchors: {beyond.anchors} checked ({sources or 'none configured'})")
+        for note in beyond.notes:
+            typer.echo(f"note: {note}")
+        for failure in beyond.failures:
+            typer.echo(f"ledger verification FAILED: {failure}", err=True)
 
-    emit(as_json, result.to_dict(), render)
-    if not result.ok:
+    data = {**result.to_dict(), "ok": ok, "chain_ok": chain.ok, "tables": tables.to_dict()}
+    data.update(anchors=beyond.to_dict(), failures=beyond.failures)
+    emit(as_json, data, render)
+    if not ok:
         raise typer.Exit(1)
+
+
+@ledger_app.command("repair")
+def repair(policy: Path | None = PolicyOption, as_json: bool = JsonOption) -> None:
+    """Rebuild the ledger's tables from its entries where they disagree, and seal fresh
+    compositions; one chained entry records what was found."""
+    from dpgov.policy import load_policy
+
+    accountant = load_policy(policy).policy.budget.accountant
+    entry = _open().repair(accountant=accountant)
+    found = entry.payload.get("disagreements_total", 0) if entry else 0
+    sealed = len(entry.payload.get("composition", [])) if entry else 0
+    emit(
+        as_json,
+        {"seq": entry.seq if entry else None, "disagreements": found, "sealed": sealed},
+        lambda: typer.echo(
+            f"ledger repaired (entry {entry.seq}): {found} table rows rebuilt or dropped, "
+            f"{sealed} compositions sealed"
+            if entry
+            else "nothing to repair: the tables agree with the entries, every cache is sealed"
+        ),
+    )
 
 
 @ledger_app.command("add-block")
@@ -102,6 +156,7 @@ def add_block(
     as_json: bool = JsonOption,
 ) -> None:
     """Register a block of patients (for training jobs run outside dpgov)."""
+    names.options(dataset=dataset, block=block, patients=patients, data_version=data_version)
     entry = _open().add_block(
         dataset=dataset, block=block, patients=patients, data_version=data_version
     )
@@ -131,6 +186,7 @@ def retire(
     as_json: bool = JsonOption,
 ) -> None:
     """Retire a block from training."""
+    names.options(dataset=dataset, block=block)
     entry = _open().retire_block(dataset=dataset, block=block, reason=reason)
     emit(
         as_json,
@@ -151,6 +207,7 @@ def reserve(
     as_json: bool = JsonOption,
 ) -> None:
     """Atomically check and charge a planned DP-SGD run to every named block."""
+    names.options(dataset=dataset, blocks=block, steps=steps, run_id=run_id)
     from dpgov.cli.accounting import _mechanism
     from dpgov.policy import load_policy
 
@@ -182,6 +239,7 @@ def commit(
     as_json: bool = JsonOption,
 ) -> None:
     """Record the steps a reserved run actually took."""
+    names.options(reservation=reservation, steps=steps, run_id=run_id)
     from dpgov.tracking.anchor import try_record_anchor
 
     ledger = _open()
@@ -203,6 +261,7 @@ def release(
     as_json: bool = JsonOption,
 ) -> None:
     """Return a reservation's budget (only when no training step ran)."""
+    names.options(reservation=reservation)
     entry = _open().release(reservation, reason=reason)
     emit(
         as_json,
@@ -218,6 +277,7 @@ def abort(
     as_json: bool = JsonOption,
 ) -> None:
     """Mark a crashed run: its reservation stays fully charged."""
+    names.options(reservation=reservation)
     entry = _open().abort(reservation, reason=reason)
     emit(
         as_json,

@@ -1,11 +1,17 @@
-"""A block's composition: its active charges as a multiset, and the cache of their state.
+"""A block's composition: the cache of its composed accountant state, and the seals that let
+a cached state be used.
 
 Composition is commutative, so a block's spent ε depends only on the multiset of mechanisms
-charged to it (pending, committed and aborted reservations; released ones cost nothing). The
-``dpgov_composition_cache`` keeps one composed accountant state per block and accountant, keyed
-by a digest of the multiset it covers: a matching cache is used as is, a cache of a
-sub-multiset is extended by the missing charges only, and anything else (stale, damaged, for
-another accountant) is recomposed from nothing. The cache is never trusted beyond its digest.
+charged to it (pending, committed and aborted reservations; released ones cost nothing), which
+:class:`dpgov.ledger.verified.VerifiedState` derives from the entries. The
+``dpgov_composition_cache`` keeps one composed state per block and accountant, with the
+multiset it covers and that multiset's digest. Anyone who may write the database can replace a
+state and keep its digest, so a cached state is used only when a *seal* in the chain vouches
+for it: the entry that stored it (a reservation, a commit, a release, a repair) records the
+digest of its multiset and the SHA-256 of its blob (:class:`~dpgov.ledger.verified.Seal`).
+A sealed state of exactly the wanted multiset is used as is; a sealed state of a sub-multiset
+is extended by the missing charges only; anything else (unsealed, stale, damaged, for another
+accountant) is recomposed from nothing. A tampered cache therefore costs time, never privacy.
 """
 
 from __future__ import annotations
@@ -18,15 +24,23 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dpgov.accounting import DpSgdMechanism, group, mechanism_from_dict
+from dpgov.accounting import DpSgdMechanism, group
 from dpgov.ledger.chain import canonical
-from dpgov.ledger.schema import ACTIVE, cache_t, charges_t, reservations_t
+from dpgov.ledger.schema import cache_t
+from dpgov.ledger.verified import Multiset, Seal
 
-Multiset = list[tuple[DpSgdMechanism, int]]
+
+def multiset_text(multiset: Multiset) -> str:
+    """The cache's ``multiset`` column: canonical JSON of ``[[mechanism, count], …]``."""
+    return canonical([[m.to_dict(), n] for m, n in multiset])
 
 
 def digest(multiset: Multiset) -> str:
-    return hashlib.sha256(canonical([[m.to_dict(), n] for m, n in multiset]).encode()).hexdigest()
+    return hashlib.sha256(multiset_text(multiset).encode()).hexdigest()
+
+
+def blob_hash(blob: bytes) -> str:
+    return hashlib.sha256(bytes(blob)).hexdigest()
 
 
 def accountant_key(acc: Any) -> str:
@@ -34,46 +48,45 @@ def accountant_key(acc: Any) -> str:
     return f"{acc.name}:{getattr(acc, 'discretization', '')}"
 
 
-def charged_multiset(conn: Connection, dataset: str, block: str) -> tuple[Multiset, int, int]:
-    """The block's active charges as a canonical multiset, their count, pending count."""
-    rows = conn.execute(
-        sa.select(reservations_t.c.mechanism, reservations_t.c.status)
-        .join(charges_t, charges_t.c.reservation_id == reservations_t.c.id)
-        .where(
-            charges_t.c.dataset == dataset,
-            charges_t.c.block == block,
-            reservations_t.c.status.in_(ACTIVE),
+def cache_row(conn: Connection, dataset: str, block: str, key: str) -> Any:
+    return conn.execute(
+        sa.select(cache_t).where(
+            cache_t.c.dataset == dataset, cache_t.c.block == block, cache_t.c.accountant == key
         )
-    ).all()
-    mechs = [mechanism_from_dict(json.loads(r.mechanism)) for r in rows]
-    pending = sum(1 for r in rows if r.status == "pending")
-    return group(mechs), len(rows), pending
+    ).first()
+
+
+def sealed(row: Any, seal: Seal | None) -> bool:
+    """Does ``seal`` vouch for the cache ``row`` (its digest, multiset and state blob)?"""
+    if row is None or seal is None:
+        return False
+    try:
+        return bool(
+            row.digest == seal.multiset
+            and hashlib.sha256(str(row.multiset).encode()).hexdigest() == seal.multiset
+            and blob_hash(row.state) == seal.state
+        )
+    except (TypeError, ValueError):
+        return False
 
 
 def composed_state(
-    conn: Connection, dataset: str, block: str, acc: Any, multiset: Multiset
+    conn: Connection, dataset: str, block: str, acc: Any, multiset: Multiset, seal: Seal | None
 ) -> tuple[Any, bool]:
-    """The composed state of ``multiset`` for a block, from the cache when it matches,
-    extended incrementally when the cache holds a sub-multiset, else recomposed.
-    Returns (state, cache_is_current)."""
-    wanted = digest(multiset)
-    row = conn.execute(
-        sa.select(cache_t).where(
-            cache_t.c.dataset == dataset,
-            cache_t.c.block == block,
-            cache_t.c.accountant == accountant_key(acc),
-        )
-    ).first()
-    if row is not None:
+    """The composed state of ``multiset`` for a block: the cached state when ``seal`` vouches
+    for it and it covers ``multiset`` (extended when it covers a sub-multiset), else composed
+    from nothing. Returns (state, the cache holds exactly this state)."""
+    row = cache_row(conn, dataset, block, accountant_key(acc))
+    if sealed(row, seal):
         try:
             cached_state = acc.loads(row.state)
-        except Exception:  # a damaged cache is recomputed, never trusted
-            cached_state = None
-        if cached_state is not None and row.digest == wanted:
-            return cached_state, True
-        if cached_state is not None:
             cached = {json.dumps(m, sort_keys=True): n for m, n in json.loads(row.multiset)}
+        except Exception:  # a damaged cache is recomposed, never trusted
+            cached_state = None
+        if cached_state is not None:
             current = {json.dumps(m.to_dict(), sort_keys=True): (m, n) for m, n in multiset}
+            if cached == {k: n for k, (_, n) in current.items()}:
+                return cached_state, True
             if all(k in current and current[k][1] >= n for k, n in cached.items()):
                 state = cached_state
                 for key, (mech, n) in current.items():
@@ -89,9 +102,11 @@ def composed_state(
 
 def store_state(
     conn: Connection, dataset: str, block: str, acc: Any, multiset: Multiset, state: Any
-) -> None:
-    """Remember ``state`` as the composition of ``multiset`` for the block."""
+) -> Seal:
+    """Remember ``state`` as the composition of ``multiset`` for the block, and return the seal
+    that the entry written in the same transaction must carry for it to be used."""
     key = accountant_key(acc)
+    blob, text = acc.dumps(state), multiset_text(multiset)
     conn.execute(
         cache_t.delete().where(
             cache_t.c.dataset == dataset, cache_t.c.block == block, cache_t.c.accountant == key
@@ -103,10 +118,11 @@ def store_state(
             block=block,
             accountant=key,
             digest=digest(multiset),
-            multiset=canonical([[m.to_dict(), n] for m, n in multiset]),
-            state=acc.dumps(state),
+            multiset=text,
+            state=blob,
         )
     )
+    return Seal(dataset, block, key, digest(multiset), blob_hash(blob))
 
 
 @dataclass(frozen=True)
@@ -125,12 +141,18 @@ def with_charge(
     block: str,
     acc: Any,
     mechanism: DpSgdMechanism,
-    multiset: Multiset | None = None,
+    multiset: Multiset,
+    seal: Seal | None,
 ) -> Candidate:
-    """The block's composition (of ``multiset``, default its active charges) with
-    ``mechanism`` charged once more."""
-    if multiset is None:
-        multiset = charged_multiset(conn, dataset, block)[0]
-    state, _ = composed_state(conn, dataset, block, acc, multiset)
+    """The block's composition of ``multiset`` (its active charges), with ``mechanism``
+    charged once more."""
+    state, _ = composed_state(conn, dataset, block, acc, multiset, seal)
     after = group([m for m, n in multiset for _ in range(n)] + [mechanism])
     return Candidate(multiset, state, after, acc.add(state, mechanism))
+
+
+def without(multiset: Multiset, remove: DpSgdMechanism, add: DpSgdMechanism | None) -> Multiset:
+    """``multiset`` with one ``remove`` taken out and ``add`` (if any) put in."""
+    mechs = [m for m, n in multiset for _ in range(n)]
+    mechs.remove(remove)
+    return group([*mechs, add] if add is not None else mechs)

@@ -4,9 +4,17 @@ reserve (the planned mechanism is charged to every block) → commit (the mechan
 replaces the plan; never more steps than reserved) or release (only if no step ran) or abort (a
 crash: the plan stays charged). Pending reservations count as spent.
 
+Everything decided here reads the state the chained entries say
+(:mod:`dpgov.ledger.verified`): the blocks and their retirement, each block's charges, and the
+reservation being closed (its dataset, blocks, status and mechanism). The tables are only
+written, and a write refuses while those of its dataset disagree with the entries
+(:func:`dpgov.ledger.integrity.guard`).
+
 A reservation composes its candidate state *before* taking the global write lock, then
 re-checks under the lock that the block's charges did not change meanwhile (and recomposes if
-they did): the check and the charge are atomic, and the slow part runs outside the lock.
+they did): the check and the charge are atomic, and the slow part runs outside the lock. A
+commit of fewer steps and a release change a block's charges too: they compose the new state
+outside the lock as well, so that the entry can seal it for the next reader.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from dpgov import names
 from dpgov.accounting import (
     DpSgdMechanism,
     InfeasibleBudget,
@@ -23,14 +32,25 @@ from dpgov.accounting import (
     mechanism_to_dict,
     mechanism_type_names,
 )
-from dpgov.errors import BudgetExceeded, Refused, UsageError
+from dpgov.errors import BudgetExceeded, DpgovError, Refused, UsageError
+from dpgov.ledger import integrity
 from dpgov.ledger.appending import append_entry
 from dpgov.ledger.chain import Entry, canonical
-from dpgov.ledger.composition import charged_multiset, composed_state, store_state, with_charge
+from dpgov.ledger.composition import (
+    accountant_key,
+    composed_state,
+    store_state,
+    with_charge,
+    without,
+)
 from dpgov.ledger.records import Reservation
 from dpgov.ledger.schema import charges_t, reservations_t
 from dpgov.ledger.store import LedgerStore
+from dpgov.ledger.verified import REPAIR_KIND, Multiset, Seal
 from dpgov.policy.schema import Budget
+
+# A block's charges before a close, after it, and the state composed for after.
+Closing = dict[str, tuple[Multiset, Multiset, Any, Any]]
 
 
 class Ledger(LedgerStore):
@@ -50,12 +70,16 @@ class Ledger(LedgerStore):
         """Smallest σ such that the run's own ε stays within ``target_epsilon`` and every
         block's composed ε (its charges and this run) stays within the block limit."""
         acc = self._acc(budget.accountant)
+        key = accountant_key(acc)
         blocks = self._check_blocks(dataset, blocks)
         with self._read() as conn:
+            st = self._state(conn)
             for b in blocks:
-                self._block_row(conn, dataset, b)
+                st.block(dataset, b)
             states = [
-                composed_state(conn, dataset, b, acc, charged_multiset(conn, dataset, b)[0])[0]
+                composed_state(
+                    conn, dataset, b, acc, st.multiset(dataset, b)[0], st.seal(dataset, b, key)
+                )[0]
                 for b in blocks
             ]
         priors = [acc.empty(), *states]
@@ -100,10 +124,14 @@ class Ledger(LedgerStore):
 
         Raises :class:`BudgetExceeded` (nothing written) when a block would pass its limit.
         """
+        names.storable(
+            dataset=dataset, blocks=blocks, run_id=run_id, data_version=data_version, actor=actor
+        )
         if not is_mechanism(mechanism):
             raise UsageError(f"mechanism must be a {mechanism_type_names()}, found {mechanism!r}")
         blocks = self._check_blocks(dataset, blocks)
         acc = self._acc(budget.accountant)
+        key = accountant_key(acc)
         run_eps = self._epsilon(acc, acc.add(acc.empty(), mechanism), budget.delta)
         if max_run_epsilon is not None and run_eps > max_run_epsilon:
             raise Refused(
@@ -112,21 +140,36 @@ class Ledger(LedgerStore):
 
         # Compose outside the lock (slow), then re-check under the lock (fast).
         with self._read() as conn:
+            st = self._state(conn)
             for b in blocks:
-                row = self._block_row(conn, dataset, b)
-                if row.retired:
+                if st.block(dataset, b).retired:
                     raise Refused(f"block {b!r} of dataset {dataset!r} is retired")
-            planned = {b: with_charge(conn, dataset, b, acc, mechanism) for b in blocks}
+            planned = {
+                b: with_charge(
+                    conn,
+                    dataset,
+                    b,
+                    acc,
+                    mechanism,
+                    st.multiset(dataset, b)[0],
+                    st.seal(dataset, b, key),
+                )
+                for b in blocks
+            }
 
         rid = str(uuid.uuid4())
         with self._write() as conn:
+            st = self._state(conn)
             for b in blocks:
-                row = self._block_row(conn, dataset, b)
-                if row.retired:
+                if st.block(dataset, b).retired:
                     raise Refused(f"block {b!r} of dataset {dataset!r} is retired")
-                multiset, _, _ = charged_multiset(conn, dataset, b)
+            integrity.guard(conn, st, dataset)
+            for b in blocks:
+                multiset, _, _ = st.multiset(dataset, b)
                 if multiset != planned[b].multiset:  # someone charged this block meanwhile
-                    planned[b] = with_charge(conn, dataset, b, acc, mechanism, multiset)
+                    planned[b] = with_charge(
+                        conn, dataset, b, acc, mechanism, multiset, st.seal(dataset, b, key)
+                    )
             eps_after: dict[str, float] = {}
             for b in blocks:
                 eps_after[b] = self._epsilon(acc, planned[b].after_state, budget.delta)
@@ -143,6 +186,10 @@ class Ledger(LedgerStore):
                         limit=budget.epsilon_per_block,
                         after=eps_after[b],
                     )
+            seals = [
+                store_state(conn, dataset, b, acc, planned[b].after, planned[b].after_state)
+                for b in blocks
+            ]
             entry = append_entry(
                 conn,
                 "reservation",
@@ -157,6 +204,7 @@ class Ledger(LedgerStore):
                     "budget": budget.model_dump(),
                     "epsilon_run": run_eps,
                     "epsilon_after": eps_after,
+                    "composition": [seal.to_dict() for seal in seals],
                 },
                 actor,
             )
@@ -175,7 +223,6 @@ class Ledger(LedgerStore):
                 conn.execute(
                     charges_t.insert().values(reservation_id=rid, dataset=dataset, block=b)
                 )
-                store_state(conn, dataset, b, acc, planned[b].after, planned[b].after_state)
         return Reservation(
             id=rid,
             seq=entry.seq,
@@ -186,6 +233,30 @@ class Ledger(LedgerStore):
             epsilon_after=eps_after,
         )
 
+    def _closing(self, reservation_id: str, actual: DpSgdMechanism | None) -> Closing:
+        """For a close that changes what its blocks are charged (a release: ``actual`` None; a
+        commit of fewer steps), each block's charges before and after it and the state composed
+        for after, outside the lock. Caching is an optimisation: an accountant that fails here
+        leaves the close unsealed, never undone."""
+        with self._read() as conn:
+            st = self._state(conn)
+            res = st.reservation(reservation_id)
+            if res.status != "pending" or actual == res.planned:
+                return {}
+            try:
+                acc = self._acc(res.accountant or "pld")
+                key = accountant_key(acc)
+                out: Closing = {}
+                for b in res.blocks:
+                    before = st.multiset(res.dataset, b)[0]
+                    after = without(before, res.planned, actual)
+                    seal = st.seal(res.dataset, b, key)
+                    state = composed_state(conn, res.dataset, b, acc, after, seal)[0]
+                    out[b] = (before, after, state, acc)
+                return out
+            except (DpgovError, ArithmeticError, MemoryError, RuntimeError, ValueError):
+                return {}
+
     def _close(
         self,
         reservation_id: str,
@@ -195,14 +266,26 @@ class Ledger(LedgerStore):
         actor: str | None,
         mechanism: DpSgdMechanism | None = None,
     ) -> Entry:
+        closing: Closing = {}
+        if status in ("committed", "released"):  # an abort leaves the plan charged
+            closing = self._closing(reservation_id, mechanism)
         with self._write() as conn:
-            info = self._reservation(conn, reservation_id)
+            st = self._state(conn)
+            info = st.reservation(reservation_id)
+            integrity.guard(conn, st, info.dataset)
             if info.status != "pending":
                 raise UsageError(
                     f"reservation {reservation_id} is {info.status}, not pending: "
                     f"it cannot be {status} again"
                 )
-            entry = append_entry(conn, kind, {"reservation": reservation_id, **payload}, actor)
+            seals: list[Seal] = []
+            for b, (before, after, state, acc) in closing.items():
+                if st.multiset(info.dataset, b)[0] == before:  # unchanged meanwhile
+                    seals.append(store_state(conn, info.dataset, b, acc, after, state))
+            body = {"reservation": reservation_id, **payload}
+            if seals:
+                body["composition"] = [seal.to_dict() for seal in seals]
+            entry = append_entry(conn, kind, body, actor)
             values: dict[str, Any] = {"status": status, "closed_seq": entry.seq}
             if mechanism is not None:
                 values["mechanism"] = canonical(mechanism_to_dict(mechanism))
@@ -258,3 +341,47 @@ class Ledger(LedgerStore):
     def abort(self, reservation_id: str, *, reason: str, actor: str | None = None) -> Entry:
         """Mark a crashed run: its planned mechanism stays charged (conservative)."""
         return self._close(reservation_id, "abort", "aborted", {"reason": reason}, actor)
+
+    # ------------------------------------------------------------------ repair
+    def repair(self, *, accountant: str = "pld", actor: str | None = None) -> Entry | None:
+        """Rebuild the projection tables from the entries when they disagree, drop cached
+        states that disagree with their seals, and seal a fresh composition (``accountant``)
+        of every block whose cache is not sealed for its charges (a ledger written before
+        seals existed). One ``ledger_repaired`` entry records what was found and sealed;
+        None when there was nothing to do. Composes outside the lock, like a reservation."""
+        acc = self._acc(accountant)
+        key = accountant_key(acc)
+        composed: dict[tuple[str, str], tuple[Multiset, Any]] = {}
+        with self._read() as conn:
+            st = self._state(conn)
+            for blk in st.blocks_of():
+                multiset = st.multiset(blk.dataset, blk.block)[0]
+                if not multiset:
+                    continue
+                seal = st.seal(blk.dataset, blk.block, key)
+                state, current = composed_state(conn, blk.dataset, blk.block, acc, multiset, seal)
+                if not current:
+                    composed[(blk.dataset, blk.block)] = (multiset, state)
+        with self._write() as conn:
+            st = self._state(conn)
+            found = integrity.check(conn, st)
+            if any(d.table != integrity.CACHE for d in found.disagreements):
+                integrity.rebuild(conn, st)
+            integrity.drop_cache_rows(conn, found.disagreements)
+            seals = [
+                store_state(conn, ds, b, acc, multiset, state)
+                for (ds, b), (multiset, state) in composed.items()
+                if st.multiset(ds, b)[0] == multiset  # unchanged meanwhile
+            ]
+            if not found.disagreements and not seals:
+                return None
+            return append_entry(
+                conn,
+                REPAIR_KIND,
+                {
+                    "disagreements": [d.to_dict() for d in found.disagreements[:100]],
+                    "disagreements_total": len(found.disagreements),
+                    "composition": [seal.to_dict() for seal in seals],
+                },
+                actor,
+            )

@@ -4,13 +4,18 @@ State:
 - ``entries`` is the ledger itself: append-only, hash-chained, one global order. Every state
   change is an entry (the tables: :mod:`dpgov.ledger.schema`; the chain:
   :mod:`dpgov.ledger.chain`).
+- Every figure this store hands out or decides on — blocks, retirements, reservations, their
+  status and mechanism, each block's charges — is the state rebuilt from the chained entries,
+  their hashes checked as they are read (:mod:`dpgov.ledger.verified`).
 - ``blocks``, ``reservations``, ``charges`` are projections of the entries, written in the same
-  transaction as the entry that changes them, so they can never disagree with a committed
-  entry. The composition cache holds each block's composed accountant state
-  (:mod:`dpgov.ledger.composition`); a stale or missing cache is recomputed, never trusted.
+  transaction as the entry that changes them, for SQL readers. Nothing here trusts them: the
+  write operations refuse while the tables of their dataset disagree with the entries
+  (:mod:`dpgov.ledger.integrity`), and :meth:`LedgerStore.verify` names the first row that does.
+- The composition cache holds each block's composed accountant state; a state is used only
+  when a seal in the chain vouches for it (:mod:`dpgov.ledger.composition`).
 
 Concurrency: every write takes one global lock (:mod:`dpgov.ledger.database`), which the hash
-chain needs anyway.
+chain needs anyway; reads (budgets, verification, the audit) never take it.
 
 The reservation protocol (reserve → commit | release | abort) is :mod:`dpgov.ledger.reservations`,
 whose :class:`~dpgov.ledger.Ledger` extends this store.
@@ -18,8 +23,6 @@ whose :class:`~dpgov.ledger.Ledger` extends this store.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
@@ -27,20 +30,23 @@ from typing import Any, Self
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from dpgov import config
-from dpgov.accounting import AccountantFailed, get_accountant, mechanism_from_dict
+from dpgov import config, names
+from dpgov.accounting import AccountantFailed, get_accountant
 from dpgov.errors import LedgerUnavailable, Refused, UsageError
-from dpgov.ledger import snapshot
-from dpgov.ledger.appending import append_entry
+from dpgov.ledger import integrity, snapshot
+from dpgov.ledger.anchoring import publish
+from dpgov.ledger.appending import append_entry, take_appended
 from dpgov.ledger.chain import Entry, Verification, hmac_key, verify_chain
-from dpgov.ledger.composition import charged_multiset, composed_state, store_state
+from dpgov.ledger.composition import accountant_key, composed_state
 from dpgov.ledger.database import (
     create_engine,
+    is_lock_error,
     normalise_url,
     read_transaction,
     shown,
     write_transaction,
 )
+from dpgov.ledger.integrity import Disagreement, Integrity
 from dpgov.ledger.records import BlockInfo, BlockStatus, ReservationInfo
 from dpgov.ledger.schema import (
     ACTIVE,
@@ -50,6 +56,13 @@ from dpgov.ledger.schema import (
     create_schema,
     entries_t,
     reservations_t,
+)
+from dpgov.ledger.verified import (
+    STATE_KINDS,
+    LedgerInconsistent,
+    VerifiedState,
+    refresh,
+    replay_rows,
 )
 from dpgov.policy.schema import Budget
 
@@ -62,6 +75,7 @@ class LedgerStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._accountants: dict[str, Any] = {}
+        self._verified: VerifiedState | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -70,8 +84,7 @@ class LedgerStore:
         parsed = normalise_url(url or config.ledger_url())
         ledger = cls(create_engine(parsed))
         try:
-            with ledger._write() as conn:
-                create_schema(conn, ledger.dialect)
+            ledger._ensure_schema()
         except sa.exc.OperationalError as err:
             reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
             raise LedgerUnavailable(
@@ -79,14 +92,33 @@ class LedgerStore:
             ) from err
         return ledger
 
+    def _ensure_schema(self) -> None:
+        """Create what is missing. A ledger already set up is opened in a plain read
+        transaction (``create_schema`` then changes nothing), so opening never waits for the
+        write lock; only a first open, or one racing another's, creates under the lock."""
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                create_schema(conn, self.dialect)
+            return
+        except sa.exc.OperationalError as err:
+            if not is_lock_error(err):
+                raise
+        except (sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            pass  # created concurrently, or a role that may not: decided under the lock
+        with self._write() as conn:
+            create_schema(conn, self.dialect)
+
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A transaction holding the ledger's global write lock."""
+        """A transaction holding the ledger's global write lock; once it has committed, the
+        new head is anchored (:func:`dpgov.ledger.anchoring.publish`)."""
         with write_transaction(self.engine) as conn:
             yield conn
+            appended = take_appended(conn)
+        publish(self.engine, appended)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -98,10 +130,17 @@ class LedgerStore:
             self._accountants[name] = get_accountant(name)
         return self._accountants[name]
 
+    def _state(self, conn: Connection) -> VerifiedState:
+        """The state the entries say, verified (only entries new since the last call are
+        read and checked)."""
+        state = refresh(conn, self._verified)
+        self._verified = state
+        return state
+
     # ------------------------------------------------------------------ appending
     def append(self, *, kind: str, payload: dict[str, Any], actor: str | None = None) -> Entry:
         """Append a record that changes no budget (gate decisions, approvals, promotions...)."""
-        if kind in LEDGER_KINDS:
+        if kind in LEDGER_KINDS or kind in STATE_KINDS:
             raise UsageError(f"entry kind {kind!r} is written only by its own ledger operation")
         if not kind or not kind.replace("_", "").isalnum() or len(kind) > 64:
             raise UsageError(f"entry kind must be a short identifier, found {kind!r}")
@@ -118,71 +157,68 @@ class LedgerStore:
         with self._read() as conn:
             return snapshot.head(conn)
 
+    def verify_all(self) -> tuple[Verification, Integrity]:
+        """The chain (:func:`verify_chain`) and the tables against the entries
+        (:func:`dpgov.ledger.integrity.check`), over one read of the ledger."""
+        with self._read() as conn:
+            rows = snapshot.entry_rows(conn)
+            chain = verify_chain(iter(rows), hmac_key())  # type: ignore[arg-type]
+            try:
+                st = replay_rows(rows)
+            except LedgerInconsistent as err:
+                return chain, Integrity(error=str(err), error_seq=err.seq)
+            return chain, integrity.check(conn, st)
+
     def verify(self) -> Verification:
         """Walk the whole chain; name the first entry that was edited, deleted, inserted or
-        reordered."""
+        reordered. The tables are checked by :meth:`verify_all` (``dpgov ledger verify``
+        does both, and :func:`dpgov.ledger.integrity.combine` makes one verdict of them)."""
         with self._read() as conn:
             rows = snapshot.entry_rows(conn)
         return verify_chain(iter(rows), hmac_key())  # type: ignore[arg-type]
 
+    def disagreements(self, dataset: str | None = None) -> list[Disagreement]:
+        """The projection rows (of one dataset, or all) that disagree with the entries."""
+        with self._read() as conn:
+            return integrity.projection_disagreements(conn, self._state(conn), dataset)
+
     def datasets(self) -> list[str]:
         with self._read() as conn:
-            return snapshot.datasets(conn)
+            return self._state(conn).datasets()
 
     def blocks(self, dataset: str | None = None) -> list[BlockInfo]:
         with self._read() as conn:
-            return snapshot.blocks(conn, dataset)
+            return [
+                BlockInfo(b.dataset, b.block, b.patients, b.data_version, b.retired)
+                for b in self._state(conn).blocks_of(dataset)
+            ]
 
     def reservation(self, reservation_id: str) -> ReservationInfo:
         with self._read() as conn:
-            return self._reservation(conn, reservation_id)
+            return self._info(self._state(conn), reservation_id)
 
     def reservations(self, status: str | None = None) -> list[ReservationInfo]:
-        query = sa.select(reservations_t.c.id).order_by(reservations_t.c.seq)
-        if status is not None:
-            query = query.where(reservations_t.c.status == status)
         with self._read() as conn:
-            return [self._reservation(conn, rid) for rid in conn.execute(query).scalars()]
+            st = self._state(conn)
+        return [
+            self._info(st, rid)
+            for rid, r in st.reservations.items()
+            if status is None or r.status == status
+        ]
 
-    def _reservation(self, conn: Connection, reservation_id: str) -> ReservationInfo:
-        row = conn.execute(
-            sa.select(reservations_t).where(reservations_t.c.id == reservation_id)
-        ).first()
-        if row is None:
-            raise UsageError(f"unknown reservation {reservation_id!r}")
-        blocks = list(
-            conn.execute(
-                sa.select(charges_t.c.block)
-                .where(charges_t.c.reservation_id == reservation_id)
-                .order_by(charges_t.c.block)
-            ).scalars()
-        )
+    @staticmethod
+    def _info(st: VerifiedState, reservation_id: str) -> ReservationInfo:
+        r = st.reservation(reservation_id)
         return ReservationInfo(
-            id=row.id,
-            dataset=row.dataset,
-            blocks=blocks,
-            status=row.status,
-            mechanism=mechanism_from_dict(json.loads(row.mechanism)),
-            planned_steps=row.planned_steps,
-            run_id=row.run_id,
-            seq=row.seq,
+            id=r.id,
+            dataset=r.dataset,
+            blocks=sorted(r.blocks),
+            status=r.status,
+            mechanism=r.mechanism,
+            planned_steps=r.planned_steps,
+            run_id=r.run_id,
+            seq=r.seq,
         )
-
-    def _block_row(self, conn: Connection, dataset: str, block: str) -> Any:
-        row = conn.execute(
-            sa.select(blocks_t).where(blocks_t.c.dataset == dataset, blocks_t.c.block == block)
-        ).first()
-        if row is None:
-            known = conn.execute(
-                sa.select(blocks_t.c.dataset).where(blocks_t.c.dataset == dataset).limit(1)
-            ).first()
-            if known is None:
-                raise UsageError(
-                    f"unknown dataset {dataset!r}: register its blocks first "
-                    f"(dpgov data prepare, or dpgov ledger add-block)"
-                )
-            raise UsageError(f"unknown block {block!r} in dataset {dataset!r}")
-        return row
 
     # ------------------------------------------------------------------ composition
     def _epsilon(self, acc: Any, state: Any, delta: float) -> float:
@@ -198,30 +234,35 @@ class LedgerStore:
     def budget(
         self, budget: Budget, dataset: str | None = None, blocks: Sequence[str] | None = None
     ) -> list[BlockStatus]:
-        """Status of every block (of one dataset, or the named blocks of it)."""
+        """Status of every block (of one dataset, or the named blocks of it), composed from the
+        charges the entries record. Reads only: a state composed here is not cached (the
+        write operations cache and seal what they compose)."""
         acc = self._acc(budget.accountant)
+        key = accountant_key(acc)
         with self._read() as conn:
+            st = self._state(conn)
             if blocks is not None:
                 if dataset is None:
                     raise UsageError("naming blocks needs a dataset")
-                rows: list[Any] = [self._block_row(conn, dataset, b) for b in blocks]
+                rows = [st.block(dataset, b) for b in blocks]
             else:
                 if dataset is not None:
-                    self._check_dataset(conn, dataset)
-                rows = snapshot.block_rows(conn, dataset)
-            out, stale = [], []
+                    st.check_dataset(dataset)
+                rows = st.blocks_of(dataset)
+            out = []
             for row in rows:
-                multiset, n_charges, pending = charged_multiset(conn, row.dataset, row.block)
-                state, current = composed_state(conn, row.dataset, row.block, acc, multiset)
-                if not current and multiset:
-                    stale.append((row.dataset, row.block, multiset, state))
-                spent = self._epsilon(acc, state, budget.delta) if multiset else 0.0
+                multiset, n_charges, pending = st.multiset(row.dataset, row.block)
+                spent = 0.0
+                if multiset:
+                    seal = st.seal(row.dataset, row.block, key)
+                    state, _ = composed_state(conn, row.dataset, row.block, acc, multiset, seal)
+                    spent = self._epsilon(acc, state, budget.delta)
                 out.append(
                     BlockStatus(
                         dataset=row.dataset,
                         block=row.block,
                         patients=row.patients,
-                        retired=bool(row.retired),
+                        retired=row.retired,
                         epsilon_spent=spent,
                         epsilon_limit=budget.epsilon_per_block,
                         delta=budget.delta,
@@ -230,22 +271,7 @@ class LedgerStore:
                         pending=pending,
                     )
                 )
-        if stale:  # remember what we composed, for the next reader (a read-only role cannot)
-            with contextlib.suppress(Refused), self._write() as conn:
-                for ds, blk, multiset, state in stale:
-                    now, _, _ = charged_multiset(conn, ds, blk)
-                    if now == multiset:
-                        store_state(conn, ds, blk, acc, multiset, state)
         return out
-
-    def _check_dataset(self, conn: Connection, dataset: str) -> None:
-        if (
-            conn.execute(
-                sa.select(blocks_t.c.dataset).where(blocks_t.c.dataset == dataset).limit(1)
-            ).first()
-            is None
-        ):
-            raise UsageError(f"unknown dataset {dataset!r}")
 
     # ------------------------------------------------------------------ blocks
     def add_block(
@@ -259,6 +285,9 @@ class LedgerStore:
     ) -> Entry | None:
         """Register a block of patients. Idempotent for identical facts (returns None);
         a block cannot be registered again with a different number of patients."""
+        names.storable(
+            dataset=dataset, block=block, patients=patients, data_version=data_version, actor=actor
+        )
         for name, value in (("dataset", dataset), ("block", block)):
             if not isinstance(value, str) or not value.strip() or len(value) > 200:
                 raise UsageError(
@@ -267,14 +296,14 @@ class LedgerStore:
         if isinstance(patients, bool) or not isinstance(patients, int) or patients < 1:
             raise UsageError(f"patients must be a positive integer, found {patients!r}")
         with self._write() as conn:
-            row = conn.execute(
-                sa.select(blocks_t).where(blocks_t.c.dataset == dataset, blocks_t.c.block == block)
-            ).first()
-            if row is not None:
-                if row.patients != patients:
+            st = self._state(conn)
+            integrity.guard(conn, st, dataset)
+            known = st.blocks.get((dataset, block))
+            if known is not None:
+                if known.patients != patients:
                     raise UsageError(
                         f"block {block!r} of dataset {dataset!r} is registered with "
-                        f"{row.patients} patients, not {patients}: new patients arrive as a "
+                        f"{known.patients} patients, not {patients}: new patients arrive as a "
                         f"new block"
                     )
                 return None
@@ -305,9 +334,12 @@ class LedgerStore:
         self, *, dataset: str, block: str, reason: str, actor: str | None = None
     ) -> Entry:
         """Retire a block from training (its budget is spent, or its data withdrawn)."""
+        names.storable(dataset=dataset, block=block, actor=actor)
         with self._write() as conn:
-            row = self._block_row(conn, dataset, block)
-            if row.retired:
+            st = self._state(conn)
+            known = st.block(dataset, block)
+            integrity.guard(conn, st, dataset)
+            if known.retired:
                 raise UsageError(f"block {block!r} of dataset {dataset!r} is already retired")
             entry = append_entry(
                 conn, "block_retired", {"dataset": dataset, "block": block, "reason": reason}, actor
