@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from prefect import flow
 
+from dpgov import yamlio
 from dpgov.data.ingest import init_repo, wave_path
 from dpgov.ledger import Ledger
 from dpgov.policy import load_policy
@@ -80,7 +81,8 @@ def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False
 
 def scenario_policy(path: Path, epsilon_per_block: float) -> Path:
     """The embedded policy with a smaller budget per block, written to ``path``."""
-    policy = yaml.safe_load(embedded_policy().read_text())
+    file = embedded_policy()
+    policy = yamlio.load_mapping(file, where=f"policy {file}")
     policy["budget"]["epsilon_per_block"] = epsilon_per_block
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(policy, sort_keys=False))

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dpgov import names
+from dpgov.errors import UsageError
+from dpgov.redaction import port_problem, redact
+
 DEFAULT_POLICY = Path("policies/default.yaml")
 
 
@@ -23,13 +27,25 @@ def ledger_url() -> str:
     """SQLAlchemy URL of the ledger: ``DPGOV_LEDGER_URL`` or SQLite in the home folder."""
     url = os.environ.get("DPGOV_LEDGER_URL")
     if url:
-        return url
+        return _checked_url("DPGOV_LEDGER_URL", url)
     return f"sqlite:///{home() / 'ledger.db'}"
 
 
 def mlflow_tracking_uri() -> str:
     """MLflow tracking URI: ``MLFLOW_TRACKING_URI`` or SQLite in the home folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return _checked_url("MLFLOW_TRACKING_URI", uri)
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def _checked_url(variable: str, url: str) -> str:
+    """``url`` when its port is usable; else one line naming the variable (credentials
+    redacted, the value cut)."""
+    problem = port_problem(url)
+    if problem is not None:
+        raise UsageError(f"{variable}: {problem} (in {names.quote(redact(url))})")
+    return url
 
 
 def mlflow_artifact_root() -> Path:
@@ -42,16 +58,21 @@ def dvc_remote() -> Path:
 
 
 def actor() -> str:
-    """Who is acting: ``DPGOV_ACTOR``, else the operating-system user."""
+    """Who is acting: ``DPGOV_ACTOR``, else the operating-system user; an identity name
+    (:data:`dpgov.names.IDENTITY_RULE`), else UsageError naming where it came from."""
     explicit = os.environ.get("DPGOV_ACTOR")
     if explicit:
-        return explicit
+        return names.identity(explicit, argument="DPGOV_ACTOR")
     try:
         import getpass
 
-        return getpass.getuser()
+        user = getpass.getuser()
     except Exception:  # pragma: no cover - no user database in some containers
         return "unknown"
+    try:
+        return names.identity(user, argument="the operating-system user")
+    except UsageError as err:
+        raise UsageError(f"{err}; set DPGOV_ACTOR to an identity name") from None
 
 
 def default_policy_path() -> Path:

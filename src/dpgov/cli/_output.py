@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from dpgov.redaction import redact
+
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 PolicyOption = typer.Option(
     None,
@@ -19,10 +21,13 @@ PolicyOption = typer.Option(
 
 
 def _clean(obj: Any) -> Any:
+    """Strict JSON values, with the credentials of any URL redacted (:mod:`dpgov.redaction`)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, str):
+        return redact(obj)
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {redact(k) if isinstance(k, str) else k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_clean(v) for v in obj]
     return obj
@@ -31,7 +36,7 @@ def _clean(obj: Any) -> Any:
 def emit(as_json: bool, data: Any, render: Callable[[], None]) -> None:
     """Print ``data`` as JSON when asked, otherwise call ``render`` for people."""
     if as_json:
-        typer.echo(json.dumps(_clean(data), indent=2, default=str))
+        typer.echo(json.dumps(_clean(data), indent=2, default=lambda v: redact(str(v))))
     else:
         render()
 
@@ -54,3 +59,37 @@ def eps_down(x: float) -> str:
     if math.isinf(x):
         return "∞"
     return f"{math.floor(max(x, 0.0) * 1000) / 1000:.3f}"
+
+
+MAX_ERROR = 1000  # characters of an error line; values inside it are cut to 80 where echoed
+
+
+def one_line(message: str) -> str:
+    """An error as dpgov prints it: one line, credentials redacted
+    (:func:`dpgov.redaction.redact`), at most :data:`MAX_ERROR` characters."""
+    text = " ".join(redact(message).split())
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
+
+
+def redact_logs() -> None:
+    """Every log record made in this process has the credentials of its URLs redacted
+    (dpgov's own, MLflow's, Prefect's), whichever handler then writes it."""
+    import logging
+
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "dpgov_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: its handler reports it as before
+            return record
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return record
+
+    factory.dpgov_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
+from dpgov.redaction import redact
 
 if TYPE_CHECKING:
     from dpgov.ledger import Ledger
@@ -184,11 +185,13 @@ def _render(report: AuditReport, anchored: dict[str, Any] | None, html: str | No
         t.add_column("kind", no_wrap=True)
         t.add_column("detail")
         for f in report.findings:
-            t.add_row(f.kind, f.detail)
+            t.add_row(f.kind, redact(f.detail))  # a driver's error may quote a URL
         con.print(t)
     if anchored:
         con.print(
-            f"anchored head entry {anchored['seq']}" if anchored["recorded"] else anchored["reason"]
+            f"anchored head entry {anchored['seq']}"
+            if anchored["recorded"]
+            else redact(str(anchored["reason"]))
         )
     if html:
         con.print(f"report written to {html}")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from dpgov import names
 from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ def gate(
     from dpgov.gate.candidate import parse_version
     from dpgov.gate.service import run_gate
 
+    names.options(model=model)
     version = parse_version(version)
     with _services(policy) as (loaded, ledger, registry):
         result = run_gate(model, version, loaded, ledger, registry)
@@ -117,6 +119,7 @@ def _approval_cmd(
     from dpgov.gate.candidate import parse_version
     from dpgov.gate.standing import summarize
 
+    names.options(model=model, by=by)
     version = parse_version(version)
     with _services(policy) as (loaded, ledger, registry):
         if kind == "approval":
@@ -203,6 +206,7 @@ def promote(
     from dpgov.gate import promotion as promo
     from dpgov.gate.candidate import parse_version
 
+    names.options(model=model, alias=alias)
     version = parse_version(version)
     with _services(policy) as (loaded, ledger, registry):
         try:

@@ -216,9 +216,11 @@ def answer_cmd(
         for k, v in {"decision": decision, "approver": by, "note": note}.items()
         if v is not None
     }
+    from dpgov import names
     from pipelines.approval import parse_answer
 
     parse_answer(data)  # missing fields: one line, exit 2, before anything starts
+    names.options(by=by)
     try:
         UUID(flow_run_id)
     except ValueError as err:

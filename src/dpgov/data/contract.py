@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dpgov import names, yamlio
 from dpgov.data.flchain import CONTRACT_YAML
 from dpgov.errors import UsageError
 
@@ -227,19 +228,10 @@ class LoadedContract:
 
 def parse_contract(text: str | bytes, where: str) -> LoadedContract:
     """Validate contract YAML text; ``where`` names it in error messages."""
-    import yaml
     from pydantic import ValidationError
 
     raw = text.encode() if isinstance(text, str) else text
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else "invalid YAML"
-        raise UsageError(f"contract {where}: not valid YAML ({first})") from err
-    if not isinstance(data, dict):
-        raise UsageError(
-            f"contract {where}: expected a mapping at top level, found {type(data).__name__}"
-        )
+    data = yamlio.parse_mapping(raw, where=f"contract {where}")
     try:
         contract = Contract.model_validate(data)
     except ValidationError as err:
@@ -248,7 +240,8 @@ def parse_contract(text: str | bytes, where: str) -> LoadedContract:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        found = "" if e["type"] in ("missing", "value_error") else f" (found {e.get('input')!r})"
+        shown = names.quote(e.get("input"))
+        found = "" if e["type"] in ("missing", "value_error") else f" (found {shown})"
         at = f"{loc}: " if loc else ""
         raise UsageError(f"contract {where}: {at}{msg}{found}") from err
     return LoadedContract(contract, where, hashlib.sha256(raw).hexdigest())
@@ -264,8 +257,4 @@ def load_contract(path: str | Path | None = None) -> LoadedContract:
         else:
             return parse_contract(CONTRACT_YAML, "builtin:flchain")
     file = Path(path)
-    try:
-        raw = file.read_bytes()
-    except OSError as err:
-        raise UsageError(f"contract {file}: cannot read ({err.strerror or err})") from err
-    return parse_contract(raw, str(file))
+    return parse_contract(yamlio.read_bytes(file, where=f"contract {file}"), str(file))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dpgov import names, yamlio
 from dpgov.errors import UsageError
 
 PARAMS_FILE = Path("params.yaml")
@@ -31,27 +32,23 @@ class DataParams(BaseModel):
 
 def load_params(path: str | Path | None = None) -> DataParams:
     """``data:`` of ``params.yaml`` (``path``, else ./params.yaml when present, else defaults)."""
-    import yaml
     from pydantic import ValidationError
 
     file = Path(path) if path is not None else PARAMS_FILE
     if path is None and not file.is_file():
         return DataParams()
-    try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except OSError as err:
-        raise UsageError(f"params {file}: cannot read ({err.strerror or err})") from err
-    except yaml.YAMLError as err:
-        raise UsageError(f"params {file}: not valid YAML ({str(err).splitlines()[0]})") from err
-    if not isinstance(raw, dict):
-        raise UsageError(f"params {file}: expected a mapping at top level")
+    raw = yamlio.load_mapping(file, where=f"params {file}", empty_ok=True)
     section = raw.get("data") or {}
     if not isinstance(section, dict):
         raise UsageError(f"params {file}: data: expected a mapping")
     try:
-        return DataParams.model_validate(section)
+        loaded = DataParams.model_validate(section)
     except ValidationError as err:
         e = err.errors()[0]
         loc = ".".join(str(p) for p in e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        raise UsageError(f"params {file}: data.{loc}: {msg} (found {e.get('input')!r})") from err
+        found = names.quote(e.get("input"))
+        raise UsageError(f"params {file}: data.{loc}: {msg} (found {found})") from err
+    if loaded.dataset is not None:
+        names.name(loaded.dataset, argument=f"params {file}: data.dataset")
+    return loaded

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dpgov import config
+from dpgov import config, yamlio
 from dpgov.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,13 @@ def find_dvc_root(start: str | Path) -> Path | None:
 
 def lock_md5(path: str | Path) -> str | None:
     """The md5 that ``dvc.lock`` records for the output at ``path``, if any."""
-    import yaml
-
     target = Path(path).resolve()
     root = find_dvc_root(target)
     if root is None or not (root / "dvc.lock").is_file():
         return None
     try:
-        lock = yaml.safe_load((root / "dvc.lock").read_text())
-    except (OSError, yaml.YAMLError):
+        lock = yamlio.parse_yaml((root / "dvc.lock").read_bytes(), where="dvc.lock")
+    except (OSError, UsageError):  # unreadable, not YAML, or refused by the one loader
         return None
     rel = target.relative_to(root).as_posix()
     stages = lock.get("stages", {}) if isinstance(lock, dict) else {}

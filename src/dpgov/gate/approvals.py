@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Literal
 
+from dpgov import names
 from dpgov.contracts import TAG_APPROVALS, TAG_PREFIX, TAG_REFUSALS
 from dpgov.errors import UsageError
 from dpgov.gate.candidate import fit, load_candidate, parse_version
@@ -36,12 +37,13 @@ MAX_TEXT = 2000  # characters of a note or reason kept (the ledger keeps them wh
 def check_approver(
     kind: Literal["approval", "refusal"], by: str, policy: LoadedPolicy, facts: CandidateFacts
 ) -> str:
-    """Validate who acts; return the name as recorded. Raises UsageError, records nothing."""
-    name = " ".join(by.split())
-    if not name:
-        raise UsageError("--by: approver name is empty")
-    if len(name) > 128:
-        raise UsageError(f"--by: approver name is {len(name)} characters, the limit is 128")
+    """Validate who acts; return the name as recorded. Raises UsageError, records nothing.
+
+    The name must be an identity name as typed (:func:`dpgov.names.identity`: lowercase
+    ``[a-z0-9._@-]``, unchanged by NFKC and case folding), so ``root`` followed by a
+    zero-width space, ``ROOT`` or a full-width ``ｒｏｏｔ`` can never count as another approver.
+    """
+    name = names.identity(by, argument="--by")
     rules = policy.policy.approvals
     if not rules.may_approve(name):
         allowed = ", ".join(rules.approvers or [])

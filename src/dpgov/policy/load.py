@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dpgov import names, yamlio
 from dpgov.config import default_policy_path
 from dpgov.errors import UsageError
 from dpgov.policy.schema import Policy
@@ -20,33 +21,23 @@ class LoadedPolicy:
 
 
 def load_policy(path: str | Path | None = None) -> LoadedPolicy:
-    """Read and validate a policy YAML file (default ``policies/default.yaml``)."""
-    import yaml
+    """Read and validate a policy YAML file (default ``policies/default.yaml``): the one YAML
+    loader (:mod:`dpgov.yamlio`: duplicate keys, deep nesting and alias bombs refused), the
+    schema, and the name rule for ``approvals.approvers`` (:func:`dpgov.names.identity`)."""
     from pydantic import ValidationError
 
     file = Path(path) if path is not None else default_policy_path()
-    try:
-        raw = file.read_bytes()
-    except OSError as err:
-        raise UsageError(f"policy {file}: cannot read ({err.strerror or err})") from err
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else "invalid YAML"
-        raise UsageError(f"policy {file}: not valid YAML ({first})") from err
-    except (RecursionError, ValueError, OverflowError, TypeError) as err:
-        # PyYAML can fail outside YAMLError on pathological input (deep nesting, odd scalars)
-        raise UsageError(f"policy {file}: not valid YAML ({type(err).__name__})") from err
-    if not isinstance(data, dict):
-        raise UsageError(
-            f"policy {file}: expected a mapping at top level, found {type(data).__name__}"
-        )
+    where = f"policy {file}"
+    raw = yamlio.read_bytes(file, where=where)
+    data = yamlio.parse_mapping(raw, where=where)
     try:
         policy = Policy.model_validate(data)
     except ValidationError as err:
-        raise UsageError(f"policy {file}: {describe_validation_error(err)}") from err
+        raise UsageError(f"{where}: {describe_validation_error(err)}") from err
     except RecursionError as err:
-        raise UsageError(f"policy {file}: nested too deeply") from err
+        raise UsageError(f"{where}: nested too deeply") from err
+    for i, approver in enumerate(policy.approvals.approvers or []):
+        names.identity(approver, argument=f"{where}: approvals.approvers.{i}")
     return LoadedPolicy(policy=policy, path=file, sha256=hashlib.sha256(raw).hexdigest())
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpgov import config
+from dpgov import config, yamlio
 from dpgov.data.versioning import find_dvc_root
+from dpgov.errors import UsageError
 
 
 @dataclass
@@ -69,8 +70,6 @@ def dvc_index(root: str | Path | None = None) -> DvcIndex:
 
 
 def _scan_recorded(root: Path, index: DvcIndex) -> None:
-    import yaml
-
     files = []
     lock = root / "dvc.lock"
     if lock.is_file():
@@ -82,8 +81,8 @@ def _scan_recorded(root: Path, index: DvcIndex) -> None:
         files += [Path(folder) / n for n in names if n.endswith(".dvc")]
     for file in files:
         try:
-            doc = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            doc = yamlio.parse_yaml(file.read_bytes(), where=str(file))
+        except (OSError, UsageError):  # unreadable, not YAML, or refused by the one loader
             continue
         outs: list[Any] = []
         if isinstance(doc, dict):

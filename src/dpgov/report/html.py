@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from dpgov.contracts import show_remaining, show_spent
+from dpgov.redaction import redact
 from dpgov.report.rows import AuditReport, BlockRow, ReleaseRow, ReleaseStatement, RunRow
 from dpgov.report.times import parse_time
 
@@ -296,7 +297,7 @@ def render(report: AuditReport) -> str:
         _policies(report),
         "</main></body></html>",
     ]
-    return "\n".join(parts)
+    return redact("\n".join(parts))  # no credential of any URL reaches the page
 
 
 def _findings(report: AuditReport) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from dpgov.redaction import redact
 from dpgov.report.findings import Finding
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class LedgerSummary(Row):
     signatures_checked: bool
     kinds: dict[str, int]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", redact(self.url))  # credentials never shown
+
 
 @dataclass(frozen=True)
 class AnchorSummary:
@@ -104,6 +108,10 @@ class TrackingSummary(Row):
     uri: str
     available: bool
     error: str | None
+
+    def __post_init__(self) -> None:  # credentials never shown (JSON, HTML, terminal)
+        object.__setattr__(self, "uri", redact(self.uri))
+        object.__setattr__(self, "error", redact(self.error) if self.error else self.error)
 
 
 @dataclass(frozen=True)

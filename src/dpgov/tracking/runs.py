@@ -18,6 +18,7 @@ from typing import Any
 
 from dpgov import config
 from dpgov.contracts import ARTIFACT_CANDIDATE_FACTS, TAG_FAILURE
+from dpgov.redaction import redact
 from dpgov.tracking.reader.client import run_record, version_record
 from dpgov.tracking.store import experiment_location
 
@@ -179,7 +180,7 @@ def log_model(
 def end_run(run_id: str, *, failed: bool = False, reason: str | None = None) -> None:
     client = _mlflow().MlflowClient()
     if reason:
-        client.set_tag(run_id, TAG_FAILURE, reason[:4000])
+        client.set_tag(run_id, TAG_FAILURE, redact(reason)[:4000])
     client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 

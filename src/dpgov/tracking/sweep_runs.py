@@ -20,6 +20,7 @@ from dpgov.contracts import (
     TAG_SWEEP_ROLE,
     TAG_SWEEP_STOPPED,
 )
+from dpgov.redaction import redact
 from dpgov.tracking import runs
 
 SWEEP_TAG = TAG_SWEEP
@@ -62,7 +63,7 @@ def end_sweep(run_id: str, *, status: str = "FINISHED", reason: str | None = Non
     client = runs._mlflow().MlflowClient()
     if reason:
         client.set_tag(
-            run_id, TAG_SWEEP_STOPPED if status == "KILLED" else TAG_FAILURE, reason[:4000]
+            run_id, TAG_SWEEP_STOPPED if status == "KILLED" else TAG_FAILURE, redact(reason)[:4000]
         )
     client.set_terminated(run_id, status=status)
 

@@ -11,8 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dpgov import names, yamlio
 from dpgov.data.params import DataParams
 from dpgov.errors import UsageError
+from dpgov.names import MODEL_NAME_MAX
 from dpgov.training.models import model_names
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -133,7 +135,8 @@ def data_params(params: RunParams) -> DataParams:
         e = err.errors()[0]
         loc = ".".join(str(p) for p in e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        raise UsageError(f"params: data.{loc}: {msg} (found {e.get('input')!r})") from err
+        found = names.quote(e.get("input"))
+        raise UsageError(f"params: data.{loc}: {msg} (found {found})") from err
 
 
 def default_params_path() -> Path:
@@ -152,26 +155,31 @@ def parse_params(data: Any, *, source: str = "params") -> RunParams:
     if not isinstance(data, dict):
         raise UsageError(f"{source}: expected a mapping at top level, found {type(data).__name__}")
     try:
-        return RunParams.model_validate(data)
+        params = RunParams.model_validate(data)
     except ValidationError as err:
         e = err.errors()[0]
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = str(e["msg"]).removeprefix("Value error, ")
-        raise UsageError(f"{source}: {where}: {msg} (found {e.get('input')!r})") from err
+        found = names.quote(e.get("input"))
+        raise UsageError(f"{source}: {where}: {msg} (found {found})") from err
+    _check_names(params, source)
+    return params
+
+
+def _check_names(params: RunParams, source: str) -> None:
+    """The names a run stores (model, experiment, blocks, dataset) by :mod:`dpgov.names`."""
+    train = params.train
+    for key, value in (("model_name", train.model_name), ("experiment", train.experiment)):
+        names.name(value, argument=f"{source}: train.{key}", max_length=MODEL_NAME_MAX)
+    for i, block in enumerate(train.blocks or []):
+        names.name(block, argument=f"{source}: train.blocks.{i}")
+    dataset = (params.data or {}).get("dataset")
+    if dataset is not None:
+        names.name(dataset, argument=f"{source}: data.dataset")
 
 
 def load_params(path: str | Path | None = None) -> RunParams:
     """Read and validate a params YAML file (default ``params.yaml``, else the embedded one)."""
-    import yaml
-
     file = Path(path) if path is not None else default_params_path()
-    try:
-        raw = file.read_bytes()
-    except OSError as err:
-        raise UsageError(f"params {file}: cannot read ({err.strerror or err})") from err
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else "invalid YAML"
-        raise UsageError(f"params {file}: not valid YAML ({first})") from err
-    return parse_params(data, source=f"params {file}")
+    where = f"params {file}"
+    return parse_params(yamlio.load_mapping(file, where=where), source=where)

@@ -38,9 +38,21 @@ def test_same_approver_twice_counts_once(env, cli):
     strict_approvers(env, required=2)
     version, _ = env.register()
     cli("approve", MODEL, version, "--by", "alice")
-    r = cli("approve", MODEL, version, "--by", "ALICE", "--json")
+    r = cli("approve", MODEL, version, "--by", "alice", "--json")
     data = json.loads(r.out)
     assert len(data["approvals"]) == 1 and data["complete"] is False
+
+
+def test_another_spelling_of_an_approver_is_refused_not_counted(env, cli):
+    """``ALICE`` or ``alice`` with a zero-width space is not a second approver: identity names
+    are refused unless already in their one form (dpgov.names), and nothing is recorded."""
+    strict_approvers(env, required=2)
+    version, _ = env.register()
+    cli("approve", MODEL, version, "--by", "alice")
+    for other in ("ALICE", "alice\u200b", "ａｌｉｃｅ"):
+        r = cli("approve", MODEL, version, "--by", other)
+        assert r.code == 2 and r.err.startswith("error: --by ") and r.err.count("\n") == 1, r.err
+    assert [e.payload["by"] for e in env.entries("approval")] == ["alice"]
 
 
 def test_self_approval_refused_exits_2_and_records_nothing(env, cli):

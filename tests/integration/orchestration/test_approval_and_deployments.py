@@ -113,10 +113,10 @@ def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
     ]
     code, out, err = _dpgov(
         monkeypatch, capsys, "flows", "answer", flow_run, "--decision", "approve",
-        "--by", "Ana Lima", "--note", "gaps fine", "--json",
+        "--by", "ana.lima", "--note", "gaps fine", "--json",
     )  # fmt: skip
     assert code == 0, err
-    assert json.loads(out)["approver"] == "Ana Lima"
+    assert json.loads(out)["approver"] == "ana.lima"
     t.join(timeout=120)
     assert results["approve"]["status"] == "promoted"
     assert results["approve"]["promotion"]["alias"] == "champion"
@@ -125,14 +125,14 @@ def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
     flow_run = _wait_paused("approval")
     code, _, err = _dpgov(
         monkeypatch, capsys, "flows", "answer", flow_run, "--decision", "refuse",
-        "--by", "Ana Lima", "--note", "drift seen in 2002",
+        "--by", "ana.lima", "--note", "drift seen in 2002",
     )  # fmt: skip
     assert code == 0, err
     t.join(timeout=120)
     assert results["refuse"]["status"] == "refused"
 
     led = Ledger.open()
-    assert [e.payload["by"] for e in led.entries("approval")] == ["Ana Lima"]
+    assert [e.payload["by"] for e in led.entries("approval")] == ["ana.lima"]
     assert [e.payload["reason"] for e in led.entries("refusal")] == ["drift seen in 2002"]
     assert [e.payload["version"] for e in led.entries("promotion")] == [version]
 
