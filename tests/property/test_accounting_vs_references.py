@@ -3,10 +3,13 @@
 References: dp_accounting's PLDAccountant at a 4× finer discretisation (and its optimistic
 twin, bounding the reference's own error from below), dp_accounting's RdpAccountant, and for
 PRV the fine PLD reference (PRV and PLD estimate the same quantity). The bounds the audit
-cross-checks every PLD ε against (RDP above, a hypothesis test below) must hold on all of them.
+cross-checks every PLD ε against (RDP above, a hypothesis test below) must hold on all of them,
+and the bounded-accounting guard must never refuse what fits the reference.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 from dp_accounting import dp_event, pld, rdp
@@ -18,6 +21,7 @@ from dpgov.accounting import (
     calibrate_noise_multiplier,
     check_pld_epsilon,
     epsilon,
+    over_limit_by_lower_bound,
 )
 from dpgov.accounting.crosscheck import hypothesis_test_lower_bound
 
@@ -48,8 +52,10 @@ def reference_pld(history: list[DpSgdMechanism], delta: float, pessimistic: bool
     return float(composed.get_epsilon_for_delta(delta))
 
 
-def reference_pld_accountant(history: list[DpSgdMechanism], delta: float) -> float:
-    acc = pld.PLDAccountant(value_discretization_interval=5e-5)
+def reference_pld_accountant(
+    history: list[DpSgdMechanism], delta: float, discretization: float = 5e-5
+) -> float:
+    acc = pld.PLDAccountant(value_discretization_interval=discretization)
     acc.compose(dp_event.ComposedDpEvent([m.to_dp_event() for m in history]))
     return float(acc.get_epsilon(delta))
 
@@ -135,3 +141,24 @@ def test_calibrated_sigma_never_overshoots_the_target(prior, target, q, steps, a
     if sigma > 0.1:  # and is tight: 3% less noise would overshoot
         tighter = run.__class__(noise_multiplier=sigma / 1.03, sample_rate=q, steps=steps)
         assert epsilon([*prior, tighter], delta=delta, accountant=accountant) > target
+
+
+guarded_mechanisms = st.builds(
+    lambda s, q, t: DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=t),
+    st.floats(0.6, 4.0),
+    st.one_of(st.just(1.0), st.floats(1e-4, 0.2)),  # q = 1: where the lower bound is tight
+    st.integers(1, 500),
+)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=st.lists(guarded_mechanisms, min_size=1, max_size=3), delta=deltas)
+def test_the_guard_never_refuses_a_composition_within_its_tight_epsilon(history, delta):
+    # the reference is pessimistic, so at or above the true ε: with the limit there, the
+    # composition fits, and neither the lower bound nor the size bounds may refuse it
+    ref = reference_pld_accountant(history, delta, discretization=1e-4)  # dp_accounting's own
+    assume(ref <= 100)  # no policy allows more (budget.epsilon_per_block <= 100)
+    assert over_limit_by_lower_bound(history, delta=delta, limit=ref) is None
+    for m in history:
+        assert over_limit_by_lower_bound([m], delta=delta, limit=ref) is None
+    assert math.isfinite(epsilon(history, delta=delta))  # composed, not refused

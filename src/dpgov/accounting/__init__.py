@@ -18,7 +18,7 @@ from dpgov.accounting.accountants import (
     group,
 )
 from dpgov.accounting.calibrate import calibrate_against_states, calibrate_noise_multiplier
-from dpgov.accounting.crosscheck import check_pld_epsilon
+from dpgov.accounting.crosscheck import check_pld_epsilon, over_limit_by_lower_bound
 from dpgov.accounting.errors import (
     AccountantFailed,
     AccountingInputError,
@@ -69,6 +69,7 @@ __all__ = [
     "mechanism_from_dict",
     "mechanism_to_dict",
     "mechanism_type_names",
+    "over_limit_by_lower_bound",
     "rdp_vector",
     "register",
 ]

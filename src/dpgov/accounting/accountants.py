@@ -300,17 +300,34 @@ def epsilon(
 
 def epsilon_bounds(mechanisms: list[Any], delta: float) -> str:
     """What the cheap bounds say of ε when the tight accountant refuses to compose: a
-    hypothesis-test lower bound and the RDP upper bound (both cheap at any size)."""
+    hypothesis-test lower bound and the RDP upper bound (both cheap at any size), and, where
+    a privacy unit is sampled at all with probability at most δ, the exact ε = 0."""
     with quiet_absl():
         lower = epsilon_lower_bound(mechanisms, delta)
         try:
             upper = RdpAccountant().epsilon(compose(mechanisms, "rdp"), delta)
         except (ArithmeticError, ValueError):
             upper = math.inf
-    return (
+    text = (
         f"its ε at δ={delta:g} is at least {lower:.4g} (a hypothesis test) and at most "
         f"{upper:.4g} (RDP)"
     )
+    sampled = never_sampled_delta(mechanisms)
+    if sampled is not None and sampled <= delta:
+        text += f"; in fact ε = 0: a unit is sampled at all with probability {sampled:.3g} <= δ"
+    return text
+
+
+def never_sampled_delta(mechanisms: list[Any]) -> float | None:
+    """P[a privacy unit is sampled in any step] = 1 - Π (1 - q)^T over DP-SGD runs: the
+    outputs with and without the unit are identical otherwise, so the composition is
+    (0, that)-DP. None when a mechanism is not DP-SGD."""
+    if not all(isinstance(m, DpSgdMechanism) for m in mechanisms):
+        return None
+    log_kept = sum(m.steps * math.log1p(-m.sample_rate) for m in mechanisms if m.sample_rate < 1)
+    if any(m.sample_rate >= 1 for m in mechanisms):
+        return 1.0
+    return -math.expm1(log_kept)
 
 
 __all__ = [

@@ -23,8 +23,9 @@ from typing import Any
 
 from dpgov.accounting.accountants import _check_delta, compose, get_accountant, quiet_absl
 from dpgov.accounting.bounded import gaussian_step_points
+from dpgov.accounting.crosscheck import over_limit_by_lower_bound
 from dpgov.accounting.errors import AccountingInputError, AccountingTooCostly, InfeasibleBudget
-from dpgov.accounting.kinds import check_domain, epsilon_lower_bound
+from dpgov.accounting.kinds import check_domain
 from dpgov.accounting.mechanism import DpSgdMechanism
 from dpgov.accounting.pld import PLD_DISCRETIZATION
 
@@ -32,8 +33,6 @@ SIGMA_MIN = 0.1
 SIGMA_MAX = 500.0
 # Below this many points per step a PLD is cheaper to build than the lower bound (~ms).
 LOWER_BOUND_FROM_POINTS = 50_000
-# The lower bound must exceed a target by this much to refuse (its own rounding).
-LOWER_BOUND_SLACK = 1e-3
 
 
 def calibrate_noise_multiplier(
@@ -184,8 +183,8 @@ def _surely_over(mech: DpSgdMechanism, delta: float, goal: float, accountant: st
             return 0.0
     elif accountant != "prv":
         return 0.0
-    lower = epsilon_lower_bound([mech], delta) * (1 - LOWER_BOUND_SLACK)
-    return math.log(lower / goal) if lower > goal else 0.0
+    lower = over_limit_by_lower_bound([mech], delta=delta, limit=goal)
+    return 0.0 if lower is None else math.log(lower / goal)
 
 
 def _rdp_bracket(*, target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:

@@ -43,6 +43,23 @@ def hypothesis_test_lower_bound(mechanisms: Sequence[Any], delta: float) -> floa
     return epsilon_lower_bound(mechanisms, delta)
 
 
+def over_limit_by_lower_bound(
+    mechanisms: Sequence[Any], *, delta: float, limit: float
+) -> float | None:
+    """The hypothesis-test lower bound on ε at ``delta`` of the composition of ``mechanisms``
+    when it is above ``limit`` (beyond its own rounding), else None.
+
+    Sound for refusing before composing: every sound accountant's ε is at least the true ε,
+    which is at least this bound (:mod:`dpgov.accounting.lower_bounds`), so a composition
+    refused by it could not have fitted under any of them. (An RDP *upper* bound could only
+    ever accept, and the ledger records the tight figure it composes, so RDP refuses nothing.)
+    """
+    if not mechanisms:
+        return None
+    lower = hypothesis_test_lower_bound(mechanisms, delta)
+    return lower if lower * (1 - RELATIVE_SLACK) - ABSOLUTE_SLACK > limit else None
+
+
 def check_pld_epsilon(mechanisms: Sequence[Any], *, delta: float, epsilon: float) -> None:
     """Raise :class:`AccountantFailed` when ``epsilon``, the PLD ε at ``delta`` of the
     composition of ``mechanisms``, lies outside the RDP upper bound or the test's lower bound."""
