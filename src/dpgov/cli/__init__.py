@@ -24,6 +24,7 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "dpgov.cli.accounting",
     "dpgov.cli.ledger",
+    "dpgov.cli.ledger_keys",
     "dpgov.cli.data",
     "dpgov.cli.gate",
     "dpgov.cli.run",
@@ -34,6 +35,20 @@ _COMMAND_MODULES = [
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
+
+# Commands that never append to the ledger (their start-up stays free of the ledger's imports).
+_NO_APPENDS = frozenset({"cost", "calibrate", "budget", "audit"})
+
+
+@app.callback()
+def _anchor_every_append(ctx: typer.Context) -> None:
+    # Every entry a command appends is anchored in the tracking store once committed
+    # (dpgov.ledger.anchoring; docs/ledger.md, "Anchors").
+    if ctx.invoked_subcommand in _NO_APPENDS:
+        return
+    from dpgov.tracking.anchor import anchoring_appends
+
+    ctx.with_resource(anchoring_appends())
 
 
 def run() -> None:

@@ -1,7 +1,10 @@
 """The ledger's tables and the DDL that makes its entries append-only.
 
 - ``dpgov_entries`` is the ledger itself: append-only (triggers refuse UPDATE and DELETE on
-  SQLite and PostgreSQL alike), hash-chained, one global order.
+  SQLite and PostgreSQL alike, and TRUNCATE on PostgreSQL, even for the table's owner),
+  hash-chained, one global order. The triggers stop mistakes and the application's own roles;
+  whoever owns the database can still drop them, which the signatures and the anchors detect
+  (scripts/postgres_roles.sql sets up roles that cannot).
 - ``dpgov_blocks``, ``dpgov_reservations``, ``dpgov_charges`` are projections of the entries,
   written in the same transaction as the entry that changes them.
 - ``dpgov_composition_cache`` holds each block's composed accountant state
@@ -12,9 +15,12 @@ Table and column names are part of the stored format: existing ledgers are opene
 
 from __future__ import annotations
 
+import logging
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 entries_t = sa.Table(
@@ -28,6 +34,7 @@ entries_t = sa.Table(
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False, unique=True),
     sa.Column("signature", sa.String(64), nullable=True),
+    sa.Index("dpgov_entries_kind", "kind"),  # the key entries are looked up at every append
 )
 blocks_t = sa.Table(
     "dpgov_blocks",
@@ -71,7 +78,17 @@ cache_t = sa.Table(
 )
 
 # Entry kinds written only by their own ledger operation (never by Ledger.append).
-LEDGER_KINDS = {"block_added", "block_retired", "reservation", "commit", "release", "abort"}
+LEDGER_KINDS = {
+    "block_added",
+    "block_retired",
+    "reservation",
+    "commit",
+    "release",
+    "abort",
+    "signing_enabled",
+    "key_rotated",
+    "restored",
+}
 ACTIVE = ("pending", "committed", "aborted")  # statuses whose mechanism counts as spent
 
 
@@ -85,13 +102,18 @@ def create_schema(conn: Connection, dialect: str) -> None:
                 f"ON dpgov_entries BEGIN SELECT RAISE(ABORT, "
                 f"'dpgov ledger entries are append-only'); END"
             )
+        conn.exec_driver_sql(
+            "CREATE INDEX IF NOT EXISTS dpgov_entries_kind ON dpgov_entries (kind)"
+        )
         return
-    exists = conn.exec_driver_sql(
-        "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-        "WHERE t.tgname = 'dpgov_entries_append_only' "
-        "AND c.oid = 'dpgov_entries'::regclass"
-    ).first()
-    if not exists:  # (no DDL once set up: a read-only role can open the ledger)
+    present = set(
+        conn.exec_driver_sql(
+            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE c.oid = 'dpgov_entries'::regclass"
+        ).scalars()
+    )
+    # (no DDL once set up: a role that may only read or append can open the ledger)
+    if "dpgov_entries_append_only" not in present:
         conn.exec_driver_sql(
             "CREATE OR REPLACE FUNCTION dpgov_entries_append_only() RETURNS trigger "
             "AS $$ BEGIN RAISE EXCEPTION 'dpgov ledger entries are append-only'; "
@@ -100,6 +122,32 @@ def create_schema(conn: Connection, dialect: str) -> None:
         conn.exec_driver_sql(
             "CREATE TRIGGER dpgov_entries_append_only BEFORE UPDATE OR DELETE "
             "ON dpgov_entries FOR EACH ROW EXECUTE FUNCTION dpgov_entries_append_only()"
+        )
+    if "dpgov_entries_no_truncate" not in present:
+        _create_truncate_trigger(conn)
+
+
+def _create_truncate_trigger(conn: Connection) -> None:
+    """TRUNCATE fires no row trigger: a statement trigger refuses it. A ledger created before
+    this trigger existed gets it when its owner opens it; another role cannot create it (a
+    warning says so, and the ledger still opens)."""
+    try:
+        with conn.begin_nested():
+            conn.exec_driver_sql(
+                "CREATE OR REPLACE FUNCTION dpgov_entries_append_only() RETURNS trigger "
+                "AS $$ BEGIN RAISE EXCEPTION 'dpgov ledger entries are append-only'; "
+                "END; $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER dpgov_entries_no_truncate BEFORE TRUNCATE ON dpgov_entries "
+                "FOR EACH STATEMENT EXECUTE FUNCTION dpgov_entries_append_only()"
+            )
+    except sa.exc.ProgrammingError as err:
+        if getattr(err.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        log.warning(
+            "this role may not add the trigger that refuses TRUNCATE on dpgov_entries: open "
+            "the ledger once as the table's owner (scripts/postgres_roles.sql)"
         )
 
 

@@ -176,6 +176,16 @@ class Approvals(_Strict):
         return approver_key(name) in {approver_key(a) for a in self.approvers}
 
 
+class LedgerRules(_Strict):
+    """What verifying the ledger requires."""
+
+    require_signatures: bool = Field(
+        default=False,
+        description="ledger verify and the audit fail unless every entry since signing was "
+        "enabled is signed and its signature checked with a key at hand",
+    )
+
+
 def alias_problem(alias: str) -> str | None:
     """Why ``alias`` cannot be a registry alias, or None when it can."""
     if not alias or len(alias) > 64:
@@ -199,6 +209,7 @@ class Policy(_Strict):
     utility: Utility = Field(default_factory=Utility)
     fairness: Fairness = Field(default_factory=Fairness)
     approvals: Approvals = Field(default_factory=Approvals)
+    ledger: LedgerRules = Field(default_factory=LedgerRules)
 
     @field_validator("version", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from dpgov.accounting import AccountantFailed
 from dpgov.ledger import Ledger
 from dpgov.policy import LoadedPolicy, load_policy
 from dpgov.report.checks import count_by
-from dpgov.report.checks.anchors import check_anchors
+from dpgov.report.checks.anchors import FileAnchors, check_anchors, read_file_anchors
 from dpgov.report.checks.budgets import block_requests, check_budgets
 from dpgov.report.checks.chain import check_chain
 from dpgov.report.checks.data_versions import check_data_versions
@@ -81,7 +81,10 @@ def audit_ledger(
     led = snapshot_ledger(ledger, policy.policy.budget, on_rows=compose_early)
     tracking = reader.snapshot(tracking_uri)
     index = dvc_index(dvc_root)
-    return audit(led, tracking, index, policy, options, eps=eps, replayed=replays[0])
+    files = read_file_anchors()
+    return audit(
+        led, tracking, index, policy, options, eps=eps, replayed=replays[0], file_anchors=files
+    )
 
 
 def run_audit(
@@ -112,20 +115,23 @@ def audit(
     *,
     eps: Epsilons | None = None,
     replayed: Replay | None = None,
+    file_anchors: FileAnchors | None = None,
 ) -> AuditReport:
     """Every check; the report of what was found and what a reader needs to see."""
     now_iso = options.now.isoformat(timespec="seconds")
     eps = eps if eps is not None else Epsilons()
     findings: list[Finding] = []
 
-    chain_findings, ledger_summary = check_chain(ledger)
+    chain_findings, ledger_summary = check_chain(
+        ledger, require_signatures=policy.policy.ledger.require_signatures
+    )
     findings += chain_findings
     r = replayed if replayed is not None else replay(ledger.rows)
     findings += r.problems
     findings += ledger.problems
     findings += check_projection(r, ledger)
 
-    anchor_findings, anchors_summary = _anchors(ledger, tracking)
+    anchor_findings, anchors_summary = _anchors(ledger, tracking, file_anchors or FileAnchors())
     findings += anchor_findings
 
     budget_findings, blocks = check_budgets(r, ledger, policy, eps, deep=options.deep, now=now_iso)
@@ -212,19 +218,32 @@ def audit(
 
 
 def _anchors(
-    ledger: LedgerSnapshot, tracking: TrackingSnapshot
+    ledger: LedgerSnapshot, tracking: TrackingSnapshot, files: FileAnchors
 ) -> tuple[list[Finding], AnchorSummary]:
-    """The anchor check, or why it could not run (the tracking store is unreadable)."""
+    """The anchor check over the tracking store's anchors and the anchor file's, or why the
+    tracking store's could not be checked (it is unreadable)."""
+    out: list[Finding] = []
+    tracked = None
     if not tracking.available:
-        return [
+        out.append(
             finding(
                 "tracking_unavailable",
                 f"{tracking.error}: anchors, runs, aliases and releases were not checked",
             )
-        ], AnchorSummary()
-    if tracking.anchors_error:
-        return [finding("tracking_unavailable", tracking.anchors_error)], AnchorSummary()
-    return check_anchors(ledger.rows, tracking.anchors, hmac_key_set=ledger.hmac_key_set)
+        )
+    elif tracking.anchors_error:
+        out.append(finding("tracking_unavailable", tracking.anchors_error))
+    else:
+        tracked = tracking.anchors
+    if tracked is None and not files.anchors and not files.problems:
+        return out, AnchorSummary()
+    found, summary = check_anchors(
+        ledger.rows,
+        [*(tracked or []), *files.anchors],
+        restores=ledger.verification.restores,
+        file_problems=files.problems,
+    )
+    return out + found, summary
 
 
 def _run_rows(

@@ -5,7 +5,8 @@ Kinds (docs/audit.md explains each and what to do about it):
 ledger integrity
     ``chain_broken``, ``row_corrupted``, ``anchor_mismatch``, ``ledger_truncated``,
     ``anchor_deleted``, ``unanchored_commits``, ``replay_inconsistent``,
-    ``projection_mismatch``, ``projection_unreadable``
+    ``projection_mismatch``, ``projection_unreadable``, ``ledger_unsigned``,
+    ``signatures_unchecked``, ``ledger_restored``
 privacy budget
     ``epsilon_mismatch``, ``block_over_budget``, ``epsilon_uncomputable``
 releases
@@ -33,6 +34,9 @@ KINDS = (
     "replay_inconsistent",
     "projection_mismatch",
     "projection_unreadable",
+    "ledger_unsigned",
+    "signatures_unchecked",
+    "ledger_restored",
     "epsilon_mismatch",
     "block_over_budget",
     "epsilon_uncomputable",
@@ -61,6 +65,8 @@ TIMELESS = frozenset(
         "unanchored_commits",
         "projection_mismatch",
         "projection_unreadable",
+        "ledger_unsigned",
+        "signatures_unchecked",
         "block_over_budget",
         "alias_outside_gate",
         "tracking_unavailable",

@@ -16,6 +16,11 @@ was taken. Reading includes deleted runs and a deleted experiment: deleting anch
 hide them from the audit. One run per ledger keeps the experiment readable in the MLflow UI and
 the audit's read to one request, however many commits were anchored.
 
+When: after every append. :func:`anchoring_appends` registers :class:`TrackingAnchorSink` with
+the ledger (:mod:`dpgov.ledger.anchoring`, which never imports this layer), so that every head a
+write transaction commits is anchored here; every ``dpgov`` command that may append runs inside
+it. A failure is logged, never undoes the entry, and the next head anchored covers it.
+
 Only :mod:`dpgov.tracking` imports mlflow; it is imported inside the functions. The audit
 reads anchors with every other record of the store (:mod:`dpgov.tracking.reader`): through
 :func:`anchors` on the client backend, through :func:`anchors_in_run` on the SQL backend.
@@ -25,10 +30,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from dpgov import config
 from dpgov.errors import DpgovError
+from dpgov.ledger import anchoring
+from dpgov.redaction import redact
 from dpgov.tracking.records import Anchor, first_line, millis_iso
 from dpgov.tracking.store import experiment_location, mlflow_client
 
@@ -58,10 +67,10 @@ def ledger_name(ledger: Ledger | str | None) -> str:
         ledger = config.ledger_url()
     if isinstance(ledger, str):
         try:
-            return str(sa.make_url(ledger).render_as_string(hide_password=True))
-        except sa.exc.ArgumentError:
-            return ledger
-    return str(ledger.engine.url.render_as_string(hide_password=True))
+            return redact(str(sa.make_url(ledger).render_as_string(hide_password=True)))
+        except (sa.exc.ArgumentError, ValueError):
+            return redact(ledger)
+    return redact(str(ledger.engine.url.render_as_string(hide_password=True)))
 
 
 def _experiment_id(client: Any, *, create: bool) -> str | None:
@@ -101,6 +110,21 @@ def _ledger_run(client: Any, experiment_id: str, name: str) -> str:
     return str(run.info.run_id)
 
 
+# Each store's client and the run holding a ledger's anchors, so that anchoring after every
+# append costs one request.
+_RUNS: dict[tuple[str, str], tuple[Any, str]] = {}
+
+
+def _anchor_run(where: str, name: str, *, fresh: bool) -> tuple[Any, str]:
+    if fresh or (where, name) not in _RUNS:
+        client = mlflow_client(where)
+        _RUNS[(where, name)] = (
+            client,
+            _ledger_run(client, str(_experiment_id(client, create=True)), name),
+        )
+    return _RUNS[(where, name)]
+
+
 def record_anchor(
     seq: int,
     hash: str,
@@ -118,27 +142,19 @@ def record_anchor(
     name = ledger_name(ledger)
     where = tracking_uri or config.mlflow_tracking_uri()
     now = int(time.time() * 1000)
+    run_id = ""
     try:
-        from mlflow.entities import Metric, Param
-
-        client = mlflow_client(tracking_uri)
-        run_id = _ledger_run(client, str(_experiment_id(client, create=True)), name)
-        key = f"{PARAM_PREFIX}{seq}"
-        try:
-            client.log_batch(
-                run_id,
-                params=[Param(key, hash)],
-                metrics=[Metric(METRIC_SEQ, float(seq), now, 0)],
-            )
-        except Exception as err:
-            before = client.get_run(run_id).data.params.get(key)
-            if before is None:
+        for attempt in (0, 1):  # a cached run may have gone (deleted): look it up once more
+            client, run_id = _anchor_run(where, name, fresh=attempt == 1)
+            try:
+                _log_anchor(client, run_id, seq, hash, now, name)
+                break
+            except AnchorError:
                 raise
-            if before != hash:
-                raise AnchorError(
-                    f"ledger entry {seq} was anchored before with hash {before[:12]}…, and is "
-                    f"now {hash[:12]}…: the ledger {name} was rewritten (run dpgov audit)"
-                ) from err
+            except Exception:
+                _RUNS.pop((where, name), None)
+                if attempt == 1:
+                    raise
     except AnchorError:
         raise
     except Exception as err:
@@ -147,6 +163,25 @@ def record_anchor(
             f"{first_line(err)}"
         ) from err
     return Anchor(seq=seq, hash=hash, time=millis_iso(now) or "", run_id=run_id, ledger=name)
+
+
+def _log_anchor(client: Any, run_id: str, seq: int, hash: str, now: int, name: str) -> None:
+    from mlflow.entities import Metric, Param
+
+    key = f"{PARAM_PREFIX}{seq}"
+    try:
+        client.log_batch(
+            run_id, params=[Param(key, hash)], metrics=[Metric(METRIC_SEQ, float(seq), now, 0)]
+        )
+    except Exception as err:
+        before = client.get_run(run_id).data.params.get(key)
+        if before is None:
+            raise
+        if before != hash:
+            raise AnchorError(
+                f"ledger entry {seq} was anchored before with hash {before[:12]}…, and is "
+                f"now {hash[:12]}…: the ledger {name} was rewritten (run dpgov audit)"
+            ) from err
 
 
 def record_head(ledger: Ledger, *, tracking_uri: str | None = None) -> Anchor | None:
@@ -171,6 +206,40 @@ def try_record_anchor(
     except AnchorError as err:
         log.warning("%s", err)
         return None
+
+
+class TrackingAnchorSink:
+    """An anchor sink (:class:`dpgov.ledger.anchoring.AnchorSink`) that records every head
+    the ledger appends in the tracking store. A failure is logged; after one, the store is
+    not asked again for :data:`RETRY_AFTER_S` seconds (an unreachable server must not slow
+    every append), and the next head anchored covers the entries in between."""
+
+    RETRY_AFTER_S = 60.0
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self._failed_at: float | None = None
+
+    def __call__(self, ledger: str, seq: int, hash: str) -> None:
+        if self._failed_at is not None and time.monotonic() - self._failed_at < self.RETRY_AFTER_S:
+            return
+        try:
+            record_anchor(seq, hash, ledger=ledger, tracking_uri=self.tracking_uri)
+        except AnchorError as err:
+            self._failed_at = time.monotonic()
+            log.warning("%s", err)
+            return
+        self._failed_at = None
+
+
+@contextmanager
+def anchoring_appends(tracking_uri: str | None = None) -> Iterator[TrackingAnchorSink]:
+    """While the block runs, every ledger append in this process is anchored in the tracking
+    store (``tracking_uri``, default: the configured one, read at each anchor). Every
+    ``dpgov`` command runs inside it; library callers that append wrap their work in it."""
+    sink = TrackingAnchorSink(tracking_uri)
+    with anchoring.registered(sink):
+        yield sink
 
 
 def anchors(*, tracking_uri: str | None = None) -> list[Anchor]:

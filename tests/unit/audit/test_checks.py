@@ -50,9 +50,7 @@ def kinds(findings) -> list[str]:
 
 def test_matching_anchors_pass():
     rows = ledger_with_commits().rows
-    found, summary = check_anchors(
-        rows, [anchor(3, rows[2].hash), anchor(5, rows[4].hash)], hmac_key_set=False
-    )
+    found, summary = check_anchors(rows, [anchor(3, rows[2].hash), anchor(5, rows[4].hash)])
     assert found == [] and summary.matched == 2 and summary.unanchored_entries == 0
 
 
@@ -62,7 +60,6 @@ def test_a_changed_hash_a_missing_entry_and_a_truncation_are_found():
     found, _ = check_anchors(
         kept[:-1],
         [anchor(2, "0" * 64), anchor(3, rows[2].hash), anchor(5, rows[4].hash)],
-        hmac_key_set=True,
     )
     assert kinds(found) == ["anchor_mismatch", "anchor_mismatch", "ledger_truncated"]
     assert "rewritten" in found[0].detail and "missing" in found[1].detail
@@ -71,19 +68,29 @@ def test_a_changed_hash_a_missing_entry_and_a_truncation_are_found():
 
 def test_deleted_anchors_are_found_and_still_checked():
     rows = ledger_with_commits().rows
-    found, summary = check_anchors(
-        rows, [anchor(5, rows[4].hash, deleted=True)], hmac_key_set=False
-    )
+    found, summary = check_anchors(rows, [anchor(5, rows[4].hash, deleted=True)])
     assert kinds(found) == ["anchor_deleted"] and summary.matched == 1
 
 
-def test_commits_after_the_newest_anchor_need_the_hmac_key():
+def test_commits_after_the_newest_anchor_are_a_finding_key_or_no_key():
     rows = ledger_with_commits().rows
-    found, summary = check_anchors(rows, [anchor(3, rows[2].hash)], hmac_key_set=False)
+    found, summary = check_anchors(rows, [anchor(3, rows[2].hash)])
     assert kinds(found) == ["unanchored_commits"] and "entries 5..5" in found[0].detail
+    assert "key or no key" in found[0].detail
     assert summary.unanchored_entries == 2
-    found, _ = check_anchors(rows, [anchor(3, rows[2].hash)], hmac_key_set=True)
-    assert found == []
+
+
+def test_anchors_a_restore_declared_lost_are_explained_not_a_truncation():
+    from dpgov.ledger.chain import Restore
+
+    rows = ledger_with_commits().rows
+    restore = Restore(6, 3, rows[2].hash, 5, "2026-01-02T00:00:00+00:00", "dpo")
+    kept = rows[:3]  # the backup's entries 1..3; 4 and 5 were lost
+    anchors = [anchor(3, rows[2].hash), anchor(5, rows[4].hash)]
+    found, summary = check_anchors(kept, anchors, restores=[restore])
+    assert found == [] and summary.matched == 1
+    found, _ = check_anchors(kept, anchors)  # the same cut, undeclared
+    assert kinds(found) == ["ledger_truncated"]
 
 
 # ----------------------------------------------------------------------------------- releases
