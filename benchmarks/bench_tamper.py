@@ -144,6 +144,7 @@ def cut_tail(w: World, pending: str) -> None:
         "DELETE FROM dpgov_entries WHERE seq = :s",
         "DELETE FROM dpgov_charges WHERE reservation_id = :r",
         "DELETE FROM dpgov_reservations WHERE id = :r",
+        "DELETE FROM dpgov_composition_cache",  # recomputed: no trace of the cut charge
         s=head,
         r=pending,
     )
@@ -286,6 +287,8 @@ def outcome(backend: str, template: Path, key: bool, attack: Attack) -> dict[str
             if isinstance(out, dict):
                 if not out.get("chain_ok", True):
                     what.append("chain")
+                if out.get("tables", {}).get("ok") is False:
+                    what.append("tables")
                 kinds = {p["kind"] for p in out.get("anchors", {}).get("problems", [])}
                 what += sorted(kinds)
             v = f"**exit {code}** ({', '.join(what) or 'see output'})"
@@ -345,9 +348,11 @@ def main() -> None:
             lines.append(f"| {name} | {b} | {o['verify']} | {o['reserve']} | {o['audit']} |")
     lines += [
         "",
-        "The last rows are the limits: with every anchor store wiped as well, a cut tail "
-        "looks like a ledger that never had those entries (the anchor file and the tracking "
-        "store must be held by others than the database's administrators). Roles "
+        "The limit: with every anchor store wiped as well (the tracking store's anchors and "
+        "the anchor file), a cut tail looks like a ledger that never had those entries: the "
+        "anchor file and the tracking store must be held by others than the database's "
+        "administrators. After a forced TRUNCATE, `reserve` exits 2: the dataset's blocks are "
+        "gone with the entries. Roles "
         "(scripts/postgres_roles.sql: the application role may not UPDATE, DELETE or TRUNCATE "
         "an entry, nor disable a trigger) are tested in "
         "tests/integration/ledger/test_tamper_chain.py.",
