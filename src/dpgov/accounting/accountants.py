@@ -186,7 +186,8 @@ class PrvAccountant:
         acc.history = [(sigma, q, steps) for (sigma, q), steps in sorted(state.items())]
         check_prv(self._mesh_points(acc, delta), acc.history)
         try:
-            return float(acc.get_epsilon(delta, eps_error=self.eps_error))
+            with _opacus_quiet():
+                return float(acc.get_epsilon(delta, eps_error=self.eps_error))
         except Exception as err:  # Opacus raises bare ValueErrors/RuntimeErrors here
             raise AccountantFailed(
                 f"the PRV accountant failed on this history ({err}); use --accountant pld or rdp"
@@ -199,7 +200,7 @@ class PrvAccountant:
 
         prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in acc.history]
         try:
-            with quiet_absl(), _numpy_quiet():
+            with quiet_absl(), _opacus_quiet():
                 domain = acc._get_domain(  # pylint: disable=protected-access
                     prvs=prvs,
                     num_self_compositions=[t for _, _, t in acc.history],
@@ -246,11 +247,16 @@ def quiet_absl() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _numpy_quiet() -> Iterator[None]:
-    """Opacus's domain computation overflows to inf on wide histories (then refused)."""
+def _opacus_quiet() -> Iterator[None]:
+    """Keep Opacus's numeric noise off the console: its domain computation overflows to inf on
+    wide histories (then refused), and its RDP warns when the optimal order is at the end of
+    its grid (the domain is then only wider, so the bound stays valid)."""
+    import warnings
+
     import numpy as np
 
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
         yield
 
 
