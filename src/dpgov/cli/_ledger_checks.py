@@ -15,6 +15,7 @@ from dpgov.ledger.anchoring import (
     check_tail,
     entry_hashes,
     file_anchor_points,
+    ledger_name,
 )
 
 
@@ -67,7 +68,7 @@ def beyond_the_chain(
     from dpgov.policy import load_policy
 
     out = Beyond()
-    points, problems = file_anchor_points()
+    points, problems = file_anchor_points(ledger=ledger_name(ledger.engine))
     if anchor_file() is not None:
         out.sources["file"] = len(points)
         out.notes += [p for p in problems if result.entries or "does not exist" not in p]

@@ -10,9 +10,10 @@ After every write transaction that appended entries has committed, :func:`publis
 new head to
 
 - the **anchor file** named by ``DPGOV_LEDGER_ANCHOR_FILE`` (when set): one line
-  ``<seq> <hash> <time>`` appended per transaction, opened in append mode and fsync'ed. Put it
-  on another volume than the database, writable by the service and not by the database's
-  administrators (``chattr +a`` makes it append-only on Linux);
+  ``<seq> <hash> <time> <ledger>`` appended per transaction, opened in append mode and
+  fsync'ed. Put it on another volume than the database, writable by the service and not by
+  the database's administrators (``chattr +a`` makes it append-only on Linux). Each line
+  names its ledger, so ledgers may share a file;
 - every **sink** registered in this process (:func:`register`): the upper layers register the
   tracking store's (:func:`dpgov.tracking.anchor.anchoring_appends`; every ``dpgov`` command
   runs with it). The ledger never imports them.
@@ -89,7 +90,7 @@ def publish(engine: Any, appended: Sequence[Entry]) -> None:
     path = anchor_file()
     if path is not None:
         try:
-            write_anchor_line(path, head.seq, head.hash)
+            write_anchor_line(path, head.seq, head.hash, name)
         except OSError as err:
             log.warning(
                 "ledger entry %s is committed, but the anchor file %s could not be written: "
@@ -112,6 +113,7 @@ class FileAnchor:
     hash: str
     time: str
     line: int
+    ledger: str | None = None
 
 
 def anchor_file() -> Path | None:
@@ -119,11 +121,13 @@ def anchor_file() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def write_anchor_line(path: Path, seq: int, digest: str) -> None:
-    """Append one anchor line with a single write, then fsync (O_APPEND: concurrent writers
-    never interleave within a line)."""
+def write_anchor_line(path: Path, seq: int, digest: str, ledger: str) -> None:
+    """Append one line ``<seq> <hash> <time> <ledger>`` with a single write, then fsync
+    (O_APPEND: concurrent writers never interleave within a line). The ledger's name lets
+    several ledgers (federated sites in one process) share one file."""
     time = datetime.now(UTC).isoformat(timespec="microseconds")
-    line = f"{seq} {digest} {time}\n".encode()
+    name = " ".join(ledger.split())
+    line = f"{seq} {digest} {time} {name}\n".encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         os.write(fd, line)
@@ -132,8 +136,20 @@ def write_anchor_line(path: Path, seq: int, digest: str) -> None:
         os.close(fd)
 
 
-def read_anchor_file(path: Path) -> tuple[list[FileAnchor], list[str]]:
-    """The anchors of an anchor file, and what could not be read of it."""
+def _parse(raw: str, n: int) -> FileAnchor | None:
+    parts = raw.split(maxsplit=3)
+    if len(parts) < 3 or not parts[0].isdigit() or len(parts[1]) != 64:
+        return None
+    return FileAnchor(int(parts[0]), parts[1], parts[2], n, parts[3] if len(parts) == 4 else None)
+
+
+def _ours(a: FileAnchor, ledger: str | None) -> bool:
+    return ledger is None or a.ledger is None or a.ledger == " ".join(ledger.split())
+
+
+def read_anchor_file(path: Path, ledger: str | None = None) -> tuple[list[FileAnchor], list[str]]:
+    """The anchors of an anchor file (of ``ledger`` only, when named), and what could not be
+    read of it."""
     out: list[FileAnchor] = []
     problems: list[str] = []
     try:
@@ -143,35 +159,40 @@ def read_anchor_file(path: Path) -> tuple[list[FileAnchor], list[str]]:
     except OSError as err:
         return [], [f"anchor file {path} cannot be read: {err}"]
     for n, raw in enumerate(text.splitlines(), start=1):
-        parts = raw.split()
-        if not parts:
+        if not raw.strip():
             continue
-        ok = len(parts) == 3 and parts[0].isdigit() and len(parts[1]) == 64
-        if not ok:
-            problems.append(f"anchor file {path}, line {n}: not '<seq> <hash> <time>'")
-            continue
-        out.append(FileAnchor(int(parts[0]), parts[1], parts[2], n))
+        a = _parse(raw, n)
+        if a is None:
+            problems.append(f"anchor file {path}, line {n}: not '<seq> <hash> <time> <ledger>'")
+        elif _ours(a, ledger):
+            out.append(a)
     return out, problems
 
 
-def newest_file_anchor(path: Path, window: int = 8192) -> FileAnchor | None:
-    """The anchor of the highest seq among the file's last lines (concurrent writers may
-    append slightly out of order); None when the file is absent or holds none."""
+def newest_file_anchor(path: Path, ledger: str, chunk: int = 65536) -> FileAnchor | None:
+    """The anchor of ``ledger``'s highest seq among the file's last lines that name it
+    (concurrent writers may append slightly out of order); read backwards from the end until
+    one is found. None when the file is absent or holds none."""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - window))
-            tail = f.read().decode("utf-8", errors="replace")
+            end = f.seek(0, os.SEEK_END)
+            pos, carry = end, b""
+            while pos > 0:
+                pos = max(0, pos - chunk)
+                f.seek(pos)
+                block = f.read(chunk) + carry
+                lines = block.split(b"\n")
+                carry = lines.pop(0) if pos > 0 else b""  # maybe cut: read with the next block
+                found = [
+                    a
+                    for raw in lines
+                    if (a := _parse(raw.decode("utf-8", errors="replace"), 0)) and _ours(a, ledger)
+                ]
+                if found:
+                    return max(found, key=lambda a: a.seq)
     except OSError:
         return None
-    best: FileAnchor | None = None
-    for raw in tail.splitlines()[1 if size > window else 0 :]:
-        parts = raw.split()
-        ok = len(parts) == 3 and parts[0].isdigit() and len(parts[1]) == 64
-        if ok and (best is None or int(parts[0]) > best.seq):
-            best = FileAnchor(int(parts[0]), parts[1], parts[2], 0)
-    return best
+    return None
 
 
 # ---------------------------------------------------------------------------- checking the tail
@@ -247,12 +268,15 @@ def check_tail(
     return out
 
 
-def file_anchor_points(path: Path | None = None) -> tuple[list[AnchorPoint], list[str]]:
-    """The anchor file's anchors as :class:`AnchorPoint` (none when no file is configured)."""
+def file_anchor_points(
+    path: Path | None = None, *, ledger: str | None = None
+) -> tuple[list[AnchorPoint], list[str]]:
+    """The anchor file's anchors (of ``ledger``, when named) as :class:`AnchorPoint` (none
+    when no file is configured)."""
     path = path or anchor_file()
     if path is None:
         return [], []
-    found, problems = read_anchor_file(path)
+    found, problems = read_anchor_file(path, ledger)
     return [AnchorPoint(a.seq, a.hash, a.time, f"{path}:{a.line}") for a in found], problems
 
 

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 
 from dpgov import config
 from dpgov.errors import Refused, UsageError
-from dpgov.ledger.anchoring import anchor_file, newest_file_anchor
+from dpgov.ledger.anchoring import anchor_file, ledger_name, newest_file_anchor
 from dpgov.ledger.chain import (
     ALGORITHM,
     GENESIS,
@@ -145,7 +145,7 @@ def guard_tail(conn: Connection) -> None:
     spend budget the cut entries had charged. A seq a ``restored`` entry declared lost is
     not a cut."""
     path = anchor_file()
-    newest = newest_file_anchor(path) if path is not None else None
+    newest = newest_file_anchor(path, ledger_name(conn.engine)) if path is not None else None
     if newest is None:
         return
     row = conn.execute(sa.select(entries_t.c.hash).where(entries_t.c.seq == newest.seq)).first()

@@ -221,7 +221,8 @@ def restore(
     actor: str | None = None,
 ) -> Restored:
     """Load the backup at ``path`` into this (empty) ledger database, then append the
-    ``restored`` entry. ``anchors`` are the tracking store's; the anchor file's are read here.
+    ``restored`` entry. ``anchors`` are the tracking store's; the anchor file's are read here,
+    those naming this ledger and those naming the ledger the backup was taken of.
     Refused when the backup's chain does not verify, or disagrees with an anchor of an entry it
     holds (not this ledger's backup, or altered)."""
     b = read_backup(path)
@@ -232,8 +233,9 @@ def restore(
     if v.head_seq != b.header.get("head_seq") or v.head != b.header.get("head_hash"):
         raise Refused(f"backup {path}: its header does not name its last entry as the head")
     hashes = {int(r[0]): str(r[6]) for r in rows}
-    file_points, _ = file_anchor_points()
-    every = [*file_points, *anchors]
+    names = {ledger_name(engine), str(b.header.get("ledger") or ledger_name(engine))}
+    every = [p for name in sorted(names) for p in file_anchor_points(ledger=name)[0]]
+    every += anchors  # the tracking store's
     lost_through = v.head_seq
     for a in every:
         if any(r.backup_seq < a.seq <= r.lost_through for r in v.restores):

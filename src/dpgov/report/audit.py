@@ -18,6 +18,7 @@ from typing import Any
 
 from dpgov.accounting import AccountantFailed
 from dpgov.ledger import Ledger
+from dpgov.ledger.anchoring import ledger_name
 from dpgov.policy import LoadedPolicy, load_policy
 from dpgov.report.checks import count_by
 from dpgov.report.checks.anchors import FileAnchors, check_anchors, read_file_anchors
@@ -81,7 +82,7 @@ def audit_ledger(
     led = snapshot_ledger(ledger, policy.policy.budget, on_rows=compose_early)
     tracking = reader.snapshot(tracking_uri)
     index = dvc_index(dvc_root)
-    files = read_file_anchors()
+    files = read_file_anchors(ledger_name(ledger.engine))
     return audit(
         led, tracking, index, policy, options, eps=eps, replayed=replays[0], file_anchors=files
     )

@@ -511,3 +511,17 @@ def test_a_backup_verifies_as_the_chain_it_copies(ledger_url, tmp_path, monkeypa
     v = verify_chain(iter(copy.entry_rows()), KEY.encode())
     assert v.ok and v.head == info.head_hash and v.signatures == "checked"
     assert len(copy.rows["dpgov_charges"]) == 1 and "dpgov_composition_cache" not in copy.rows
+
+
+def test_ledgers_sharing_an_anchor_file_each_check_their_own_lines(
+    ledger_url, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DPGOV_LEDGER_ANCHOR_FILE", str(tmp_path / "shared.anchors"))
+    a, b = Ledger.open(ledger_url), Ledger.open(f"sqlite:///{tmp_path / 'site-b.db'}")
+    for led in (a, b, a, b, b):  # federated sites in one process
+        led.append(kind="note", payload={})
+    as_attacker(a, "DELETE FROM dpgov_entries WHERE seq = 2")
+    with pytest.raises(Refused, match="tail was cut"):
+        a.append(kind="note", payload={})
+    b.append(kind="note", payload={})  # the other ledger's lines are not its own
+    assert len(rows(b)) == 4

@@ -31,9 +31,10 @@ class FileAnchors:
     problems: list[str] = field(default_factory=list)
 
 
-def read_file_anchors() -> FileAnchors:
-    """The configured anchor file (none configured: nothing)."""
-    points, problems = file_anchor_points()
+def read_file_anchors(ledger: str | None = None) -> FileAnchors:
+    """The configured anchor file's anchors of ``ledger`` (its URL, password hidden); none
+    configured: nothing."""
+    points, problems = file_anchor_points(ledger=ledger)
     return FileAnchors(
         [Anchor(p.seq, p.hash, p.time, f"anchor file {p.where}") for p in points],
         [p for p in problems if "does not exist" not in p],
