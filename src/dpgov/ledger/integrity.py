@@ -34,7 +34,7 @@ from dpgov.errors import Refused
 from dpgov.ledger.chain import Verification, canonical
 from dpgov.ledger.composition import blob_hash
 from dpgov.ledger.schema import blocks_t, cache_t, charges_t, reservations_t
-from dpgov.ledger.verified import VerifiedState
+from dpgov.ledger.verified import BlockKey, VBlock, VerifiedState, VReservation
 
 BLOCKS, RESERVATIONS, CHARGES, CACHE = (
     "dpgov_blocks",
@@ -154,14 +154,9 @@ def _mechanism_text(stored: Any) -> str:
         return str(stored)
 
 
-def block_disagreements(
-    conn: Connection, st: VerifiedState, dataset: str | None
+def _compare_blocks(
+    stored: dict[BlockKey, Any], derived: dict[BlockKey, VBlock]
 ) -> list[Disagreement]:
-    query = sa.select(blocks_t)
-    if dataset is not None:
-        query = query.where(blocks_t.c.dataset == dataset)
-    stored = {(str(r.dataset), str(r.block)): r for r in conn.execute(query)}
-    derived = {(b.dataset, b.block): b for b in st.blocks_of(dataset)}
     out: list[Disagreement] = []
     for key in sorted(set(stored) | set(derived)):
         name = f"{key[0]}/{key[1]}"
@@ -184,45 +179,90 @@ def block_disagreements(
     return out
 
 
-def reservation_disagreements(
+def block_disagreements(
     conn: Connection, st: VerifiedState, dataset: str | None
 ) -> list[Disagreement]:
+    query = sa.select(blocks_t)
+    if dataset is not None:
+        query = query.where(blocks_t.c.dataset == dataset)
+    stored = {(str(r.dataset), str(r.block)): r for r in conn.execute(query)}
+    return _compare_blocks(stored, {(b.dataset, b.block): b for b in st.blocks_of(dataset)})
+
+
+RESERVATION_COLUMNS = ("dataset", "status", "mechanism", "planned_steps", "run_id", "seq",
+                       "closed_seq")  # fmt: skip
+
+
+def _reservation_rows(conn: Connection, where: Any) -> dict[str, tuple[Any, ...]]:
     t = reservations_t
-    derived = {r.id: r for r in st.reservations.values() if dataset in (None, r.dataset)}
-    query = sa.select(t) if dataset is None else sa.select(t).where(t.c.dataset == dataset)
-    stored = {str(r.id): r for r in conn.execute(query)}
-    missing = [rid for rid in derived if rid not in stored]
-    if dataset is not None and missing:  # moved to another dataset, or deleted?
-        for r in conn.execute(sa.select(t).where(t.c.id.in_(missing[:500]))):
-            stored[str(r.id)] = r
+    cols = [t.c.id, *(t.c[name] for name in RESERVATION_COLUMNS)]
+    return {str(r[0]): tuple(r[1:]) for r in conn.execute(sa.select(*cols).where(where))}
+
+
+def _reservations_by_id(conn: Connection, ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    out: dict[str, tuple[Any, ...]] = {}
+    for i in range(0, len(ids), 500):
+        out.update(_reservation_rows(conn, reservations_t.c.id.in_(ids[i : i + 500])))
+    return out
+
+
+def _compare_reservations(
+    stored: dict[str, tuple[Any, ...]], derived: dict[str, VReservation]
+) -> list[Disagreement]:
     out: list[Disagreement] = []
-    order = [*derived, *sorted(set(stored) - set(derived))]
-    for rid in order:
-        row, res = stored.get(rid), derived.get(rid)
-        if res is None:
-            out.append(Disagreement(RESERVATIONS, rid, "(row)", PRESENT, ABSENT))
-        elif row is None:
+    for rid, res in derived.items():
+        row = stored.get(rid)
+        want = (
+            res.dataset,
+            res.status,
+            res.mechanism_text,
+            res.planned_steps,
+            res.run_id,
+            res.seq,
+            res.closed_seq,
+        )
+        if row == want:  # the common case: compared as stored, at once
+            continue
+        if row is None:
             out.append(
                 Disagreement(RESERVATIONS, rid, "(row)", ABSENT, f"{PRESENT} (entry {res.seq})")
             )
-        else:
-            out += _columns(
-                RESERVATIONS,
-                rid,
-                [
-                    ("dataset", row.dataset, res.dataset),
-                    ("status", row.status, res.status),
-                    (
-                        "mechanism",
-                        _mechanism_text(row.mechanism),
-                        canonical(res.mechanism.to_dict()),
-                    ),
-                    ("planned_steps", row.planned_steps, res.planned_steps),
-                    ("run_id", row.run_id, res.run_id),
-                    ("seq", row.seq, res.seq),
-                    ("closed_seq", row.closed_seq, res.closed_seq),
-                ],
-            )
+            continue
+        got = list(row)
+        if got[2] != want[2]:  # equal JSON written another way is no disagreement
+            got[2] = _mechanism_text(got[2])
+        out += _columns(RESERVATIONS, rid, list(zip(RESERVATION_COLUMNS, got, want, strict=True)))
+    out += [
+        Disagreement(RESERVATIONS, rid, "(row)", PRESENT, ABSENT)
+        for rid in sorted(set(stored) - set(derived))
+    ]
+    return out
+
+
+def reservation_disagreements(
+    conn: Connection, st: VerifiedState, dataset: str | None
+) -> list[Disagreement]:
+    derived = {r.id: r for r in st.reservations.values() if dataset in (None, r.dataset)}
+    where = sa.true() if dataset is None else reservations_t.c.dataset == dataset
+    stored = _reservation_rows(conn, where)
+    missing = [rid for rid in derived if rid not in stored]
+    if dataset is not None and missing:  # moved to another dataset, or deleted?
+        stored.update(_reservations_by_id(conn, missing))
+    return _compare_reservations(stored, derived)
+
+
+def _compare_charges(
+    stored: set[tuple[str, str, str]], derived: list[tuple[str, str, str]]
+) -> list[Disagreement]:
+    out = [
+        Disagreement(CHARGES, f"{rid} {ds}/{b}", "(row)", ABSENT, PRESENT)
+        for rid, ds, b in derived
+        if (rid, ds, b) not in stored
+    ]
+    out += [
+        Disagreement(CHARGES, f"{rid} {ds}/{b}", "(row)", PRESENT, ABSENT)
+        for rid, ds, b in sorted(stored - set(derived))
+    ]
     return out
 
 
@@ -239,16 +279,40 @@ def charge_disagreements(
         if dataset in (None, r.dataset)
         for b in r.blocks
     ]
-    out = [
-        Disagreement(CHARGES, f"{rid} {ds}/{b}", "(row)", ABSENT, PRESENT)
-        for rid, ds, b in derived
-        if (rid, ds, b) not in stored
-    ]
-    out += [
-        Disagreement(CHARGES, f"{rid} {ds}/{b}", "(row)", PRESENT, ABSENT)
-        for rid, ds, b in sorted(stored - set(derived))
-    ]
-    return out
+    return _compare_charges(stored, derived)
+
+
+def scoped_disagreements(
+    conn: Connection, st: VerifiedState, dataset: str, blocks: Sequence[str]
+) -> list[Disagreement]:
+    """The projection rows a write on ``blocks`` of ``dataset`` relies on: those blocks'
+    rows, their charges, and every reservation charged to them (by the entries or by the
+    charges table)."""
+    names = sorted(set(blocks))
+    bt, ct = blocks_t, charges_t
+    stored_blocks = {
+        (str(r.dataset), str(r.block)): r
+        for r in conn.execute(sa.select(bt).where(bt.c.dataset == dataset, bt.c.block.in_(names)))
+    }
+    derived_blocks = {
+        (dataset, b): st.blocks[(dataset, b)] for b in names if (dataset, b) in st.blocks
+    }
+    stored_charges = {
+        (str(r[0]), str(r[1]), str(r[2]))
+        for r in conn.execute(
+            sa.select(ct.c.reservation_id, ct.c.dataset, ct.c.block).where(
+                ct.c.dataset == dataset, ct.c.block.in_(names)
+            )
+        )
+    }
+    derived_charges = [(rid, dataset, b) for b in names for rid in st.charges.get((dataset, b), [])]
+    ids = sorted({c[0] for c in stored_charges} | {c[0] for c in derived_charges})
+    derived = {rid: st.reservations[rid] for rid in ids if rid in st.reservations}
+    return (
+        _compare_blocks(stored_blocks, derived_blocks)
+        + _compare_reservations(_reservations_by_id(conn, ids), derived)
+        + _compare_charges(stored_charges, derived_charges)
+    )
 
 
 def cache_disagreements(
@@ -318,11 +382,17 @@ def check(conn: Connection, st: VerifiedState, dataset: str | None = None) -> In
     )
 
 
-def guard(conn: Connection, st: VerifiedState, dataset: str) -> None:
-    """Refuse (nothing written) while the dataset's projection rows disagree with the
-    entries: the write would proceed on the entries' state, but a rewrite of the tables is
-    never left unnoticed."""
-    found = projection_disagreements(conn, st, dataset)
+def guard(
+    conn: Connection, st: VerifiedState, dataset: str, blocks: Sequence[str] | None = None
+) -> None:
+    """Refuse (nothing written) while the projection rows a write relies on (``blocks`` of
+    ``dataset``, or the whole dataset) disagree with the entries: the write would proceed on
+    the entries' state, but a rewrite of the tables is never left unnoticed."""
+    found = (
+        projection_disagreements(conn, st, dataset)
+        if blocks is None
+        else scoped_disagreements(conn, st, dataset, blocks)
+    )
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         raise Refused(
@@ -374,7 +444,7 @@ def rebuild(conn: Connection, st: VerifiedState) -> None:
                     "id": r.id,
                     "dataset": r.dataset,
                     "status": r.status,
-                    "mechanism": canonical(r.mechanism.to_dict()),
+                    "mechanism": r.mechanism_text,
                     "planned_steps": r.planned_steps,
                     "run_id": r.run_id,
                     "seq": r.seq,
@@ -419,4 +489,5 @@ __all__ = [
     "guard",
     "projection_disagreements",
     "rebuild",
+    "scoped_disagreements",
 ]

@@ -163,7 +163,7 @@ class Ledger(LedgerStore):
             for b in blocks:
                 if st.block(dataset, b).retired:
                     raise Refused(f"block {b!r} of dataset {dataset!r} is retired")
-            integrity.guard(conn, st, dataset)
+            integrity.guard(conn, st, dataset, blocks)
             for b in blocks:
                 multiset, _, _ = st.multiset(dataset, b)
                 if multiset != planned[b].multiset:  # someone charged this block meanwhile
@@ -272,7 +272,7 @@ class Ledger(LedgerStore):
         with self._write() as conn:
             st = self._state(conn)
             info = st.reservation(reservation_id)
-            integrity.guard(conn, st, info.dataset)
+            integrity.guard(conn, st, info.dataset, info.blocks)
             if info.status != "pending":
                 raise UsageError(
                     f"reservation {reservation_id} is {info.status}, not pending: "

@@ -1,8 +1,9 @@
 """Reading the ledger as a whole: its entry rows, the chain's verification, the projections.
 
 These read exactly what is stored, on a connection the caller opened (one transaction sees one
-state): :class:`dpgov.ledger.Ledger` wraps them in its read transactions, and the audit
-(:mod:`dpgov.report.collect`) reads the same rows to judge them itself.
+state), and verify nothing: the audit (:mod:`dpgov.report.collect`) reads the same rows to
+judge them itself. What the ledger decides on is the state rebuilt from the entries
+(:mod:`dpgov.ledger.verified`), never these tables as stored.
 """
 
 from __future__ import annotations

@@ -297,7 +297,7 @@ class LedgerStore:
             raise UsageError(f"patients must be a positive integer, found {patients!r}")
         with self._write() as conn:
             st = self._state(conn)
-            integrity.guard(conn, st, dataset)
+            integrity.guard(conn, st, dataset, [block])
             known = st.blocks.get((dataset, block))
             if known is not None:
                 if known.patients != patients:
@@ -338,7 +338,7 @@ class LedgerStore:
         with self._write() as conn:
             st = self._state(conn)
             known = st.block(dataset, block)
-            integrity.guard(conn, st, dataset)
+            integrity.guard(conn, st, dataset, [block])
             if known.retired:
                 raise UsageError(f"block {block!r} of dataset {dataset!r} is already retired")
             entry = append_entry(

@@ -28,6 +28,7 @@ only way a cached state is trusted (:mod:`dpgov.ledger.composition`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -109,6 +110,11 @@ class VReservation:
     @property
     def planned_steps(self) -> int:
         return int(self.planned.steps)
+
+    @functools.cached_property
+    def mechanism_text(self) -> str:
+        """What the reservations table stores for the mechanism charged now."""
+        return canonical(self.mechanism.to_dict())
 
     @property
     def charged(self) -> DpSgdMechanism | None:
@@ -215,8 +221,8 @@ def _digest_matches(
     envelope is rebuilt from the stored text first (fast); anything else is recomputed from
     the parsed payload exactly as :func:`dpgov.ledger.chain.entry_hash` does."""
     envelope = (
-        f'{{"actor":{canonical(actor)},"kind":{canonical(kind)},"payload":{text},'
-        f'"prev_hash":{canonical(prev)},"seq":{int(seq)},"time":{canonical(time)}}}'
+        f'{{"actor":{_json_str(actor)},"kind":{_json_str(kind)},"payload":{text},'
+        f'"prev_hash":{_json_str(prev)},"seq":{int(seq)},"time":{_json_str(time)}}}'
     )
     if hashlib.sha256(envelope.encode()).hexdigest() == digest:
         return True
@@ -228,6 +234,13 @@ def _digest_matches(
         )
     except (TypeError, ValueError):
         return False
+
+
+def _json_str(value: Any) -> str:
+    """``canonical(value)``, without the encoder for a plain printable string."""
+    if isinstance(value, str) and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return canonical(value)
 
 
 def _name(p: dict[str, Any], key: str) -> str:

@@ -256,9 +256,13 @@ def test_an_unretired_block(world, cli):
     assert {b.block: b.retired for b in world.ledger.blocks("d")}["b3"] is True
     with pytest.raises(Refused, match="retired"):
         world.ledger.reserve(dataset="d", blocks=["b3"], mechanism=RUN, budget=BUDGET)
-    assert_reserve_refused(world, block="b2")  # any write on the dataset, while they disagree
-    row, _ = budget_json(cli, "b3")
-    assert row["retired"] is True
+    with pytest.raises(Refused, match="dpgov_blocks row d/b3"):  # nor retired again, quietly
+        world.ledger.retire_block(dataset="d", block="b3", reason="again")
+    row, err = budget_json(cli, "b3")
+    assert row["retired"] is True and "dpgov_blocks row d/b3" in err
+    # a write on another block relies on none of b3's rows: it proceeds, on the entries' state
+    world.ledger.reserve(dataset="d", blocks=["b2"], mechanism=RUN, budget=BUDGET)
+    assert not world.ledger.verify_all()[1].ok  # and the rewrite stays on show
 
 
 def test_an_edited_entry_stops_enforcement(world):
