@@ -335,7 +335,7 @@ def verified_lines(v: dict) -> list[str]:
         row("later `reserve` in the same process (only new entries read)", "later"),
         row("`dpgov budget --json`, whole process", "budget"),
         "",
-        "Every `reserve` also compares the dataset's projection rows with the entries under the "
+        "Every `reserve` also compares the projection rows it relies on with the entries under the "
         "lock (`dpgov.ledger.integrity.guard`); a first reserve on a block whose cached state "
         "carries no seal (a ledger written before seals) recomposes that block once, as with "
         "the cache dropped above; `dpgov ledger repair` seals every block at once.",
