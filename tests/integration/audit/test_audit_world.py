@@ -231,8 +231,9 @@ def test_a_tampered_projection_is_found(clone, audit):
         _one(result, "projection_mismatch")["reservation"]
         == (reservation["payload"]["reservation"])
     )
-    mismatch = [f for f in result.json["findings"] if f["kind"] == "epsilon_mismatch"]
-    assert mismatch and all("projection or composition cache" in f["detail"] for f in mismatch)
+    # the ledger's own figures come from the chained entries, never from the tampered table:
+    # the spend it reports agrees with the replay, so the edit is a projection finding only
+    assert not [f for f in result.json["findings"] if f["kind"] == "epsilon_mismatch"]
 
 
 def test_data_gone_from_dvc_is_found(clone, audit):
