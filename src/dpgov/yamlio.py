@@ -169,8 +169,9 @@ def parse_yaml(text: str | bytes, *, where: str) -> Any:
 
     if len(text) > MAX_BYTES:
         raise UsageError(f"{where}: {len(text)} bytes, over the limit of {MAX_BYTES}")
-    loader = _loader_class()(text)
+    loader = None
     try:
+        loader = _loader_class()(text)  # the reader decodes (and may refuse) the text here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -185,7 +186,8 @@ def parse_yaml(text: str | bytes, *, where: str) -> Any:
         detail = f"{type(err).__name__}: {_cut(str(err))}"
         raise UsageError(f"{where}: not valid YAML ({detail})") from err
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def parse_mapping(text: str | bytes, *, where: str, empty_ok: bool = False) -> dict[Any, Any]:

@@ -212,6 +212,8 @@ ODD = [
     "%s%n%x",
     "'; DROP TABLE dpgov_entries; --",
     "\u202e",
+    "syn\u200bthetic",
+    "9" * 20,
     "\udcff",
     "a" * 3000,
     "synthetic",
@@ -377,7 +379,7 @@ def test_gate_commands(target: Target, data: st.DataObject) -> None:
     model = mostly(st.sampled_from([t.model, t.model, "no-such-model"]))
     version = mostly(st.sampled_from([t.version, t.version, "2", "0", "01", " 1", "9" * 12]))
     cmd = data.draw(st.sampled_from(["gate", "approve", "refuse", "promote"]))
-    who = mostly(st.sampled_from(["alice", "ALICE ", "root"]))
+    who = mostly(st.sampled_from(["alice", "ALICE ", "root", "root\u200b", "ｒｏｏｔ"]))
     spec = {
         "gate": {},
         "approve": {"--by": who, "--note": text},
@@ -521,6 +523,9 @@ def policy_text(draw: Any) -> bytes:
                     b"c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
                     b"d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
                     b"e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nversion: 1\n",
+                    b"version: 1\nbudget: {epsilon_per_block: 8, delta: 1e-5}\n"
+                    b"budget: {epsilon_per_block: 1000, delta: 1e-5}\n",  # a duplicate key
+                    b"version: " + b"[" * 100_000 + b"]" * 100_000 + b"\n",  # 10^5 levels
                 ]
             )
         )
@@ -769,12 +774,17 @@ def test_a_handful_as_real_processes(target: Target) -> None:
     (junk / "params.yaml").write_bytes(b"train: {epochs: many}\n")
     (junk / "blob.csv").write_bytes(os.urandom(256))
     (junk / "c.yaml").write_text("version: 1\n")
+    (junk / "deep.yaml").write_text("train: " + "[" * 100_000 + "]" * 100_000 + "\n")
     cases = [
         ["cost", "--noise-multiplier", "nan", "--sample-rate", "0.01", "--steps", "10"],
         ["cost", "--noise-multiplier", "1", "--sample-rate", "0.01", "--steps", str(10**30)],
         ["run", "--params", junk / "params.yaml"],
         ["data", "prepare", "--data", junk / "blob.csv", "--contract", junk / "c.yaml"],
         ["gate", "no-such-model", "1"],
+        ["ledger", "add-block", "--dataset", "d", "--block", "b", "--patients", "9" * 20],
+        ["ledger", "add-block", "--dataset", "d", "--block", "x" * 300, "--patients", "5"],
+        ["approve", "no-such-model", "1", "--by", "root\u200b"],
+        ["run", "--params", junk / "deep.yaml"],
     ]
     for args in cases:
         before = t.head()
@@ -800,3 +810,8 @@ def test_a_handful_as_real_processes(target: Target) -> None:
         timeout=120,
     )
     assert r.code == 2 and r.err.startswith("error: ledger database") and "Traceback" not in r.err
+    env["DPGOV_LEDGER_URL"] = "postgresql+psycopg://nobody:hunter2@127.0.0.1:abc/none"
+    r = dpgov_process("ledger", "show", env=env, timeout=120)
+    assert r.code == 2 and r.err.count("\n") == 1, r.err
+    assert r.err.startswith("error: DPGOV_LEDGER_URL: port 'abc' is not a number")
+    assert "hunter2" not in r.err

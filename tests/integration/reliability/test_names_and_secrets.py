@@ -178,6 +178,13 @@ def test_a_recursive_alias_and_a_list_at_the_top_are_refused(cli, tmp_path):
     one_line(cli("budget", "--policy", path), "expected a mapping at top level, found list")
 
 
+@pytest.mark.parametrize("body", [b"\x00", b"\x80version: 1\n", b"version: 1\x00\n"])
+def test_bytes_that_are_not_yaml_text_are_one_line(cli, tmp_path, body):
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(body)
+    one_line(cli("budget", "--policy", path), f"policy {path}: not valid YAML (unacceptable")
+
+
 def test_every_yaml_reader_of_dpgov_uses_the_one_loader():
     """No ``yaml.safe_load``/``yaml.load`` left in src/ or pipelines/ besides dpgov.yamlio."""
     found = [
