@@ -89,15 +89,17 @@ def main() -> None:
     """Entry point: run the app, turning dpgov errors into one line and their exit code."""
     import os
 
+    from dpgov.cli._output import one_line, redact_logs
     from dpgov.errors import DpgovError
 
     # stdout is the command's output (--json): MLflow prints "View run ... at: URL" there when
     # a run ends on a tracking server.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    redact_logs()
     try:
         rc = app(standalone_mode=False)  # returns typer.Exit codes instead of raising them
     except DpgovError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         sys.exit(err.exit_code)
     except SystemExit:
         raise
@@ -117,7 +119,7 @@ def main() -> None:
         known = _tracking_error(err)
         if known is None:
             raise  # an internal bug: keep its traceback
-        print(f"error: {known[0]}", file=sys.stderr)
+        print(f"error: {one_line(known[0])}", file=sys.stderr)
         sys.exit(known[1])
     if isinstance(rc, int) and rc:
         sys.exit(rc)
@@ -133,8 +135,13 @@ def _tracking_error(err: Exception) -> tuple[str, int] | None:
     if not (is_mlflow or is_http):
         return None
     from dpgov import config
+    from dpgov.errors import UsageError
+    from dpgov.redaction import redact
 
-    uri = config.mlflow_tracking_uri()
+    try:
+        uri = redact(config.mlflow_tracking_uri())
+    except UsageError:  # an unusable MLFLOW_TRACKING_URI
+        uri = "MLFLOW_TRACKING_URI"
     text = str(getattr(err, "message", None) or err).strip()
     first = text.splitlines()[0] if text else type(err).__name__
     code = str(getattr(err, "error_code", ""))
