@@ -22,6 +22,7 @@ from dpgov.gate.decision import BlockFacts, Decision, LedgerFacts, evaluate
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.ports import ModelVersionInfo, RegistryPort
 from dpgov.gate.standing import ApprovalRecord, read_records
+from dpgov.ledger.integrity import combine
 
 if TYPE_CHECKING:
     from dpgov.ledger import Entry, Ledger
@@ -73,7 +74,7 @@ def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) 
                 run_eps = epsilon([res.mechanism], delta=delta, accountant=policy.budget.accountant)
             except (AccountantFailed, ValueError):
                 run_eps = math.inf
-    verification = ledger.verify()
+    verification = combine(*ledger.verify_all())  # the chain, and the tables against it
     return LedgerFacts(
         blocks=tuple(blocks),
         reservation_id=rid,

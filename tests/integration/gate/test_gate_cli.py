@@ -126,3 +126,22 @@ def test_gate_version_without_facts_exits_2(env, cli):
     env.client.create_model_version("bare", source="runs:/x/model", run_id=run.info.run_id)
     r = cli("gate", "bare", "1")
     assert r.code == 2 and "candidate_facts.json" in r.err
+
+
+def test_a_tampered_projection_table_blocks_the_release(env, cli):
+    """The gate's ledger check covers the tables as well as the chain: an approved candidate
+    whose block rows were edited in the tables (a direct UPDATE) is blocked until repaired."""
+    import sqlalchemy as sa
+
+    from dpgov.ledger.schema import blocks_t
+
+    version, _ = env.register()
+    assert cli("approve", MODEL, version, "--by", "alice").code == 0
+    assert cli("gate", MODEL, version).code == 0
+    with env.ledger.engine.begin() as conn:
+        conn.execute(sa.update(blocks_t).values(patients=1))
+    r = cli("gate", MODEL, version, "--json")
+    data = json.loads(r.out)
+    assert r.code == 1, r.out + r.err
+    ledger_check = next(c for c in data["checks"] if not c["passed"])
+    assert "tables disagree with the entries" in ledger_check["reason"]
