@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from dpgov.contracts import show_remaining, show_spent
 from dpgov.redaction import redact
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
@@ -49,16 +50,12 @@ def console() -> Any:
 
 def eps_up(x: float) -> str:
     """Spent ε is rounded up when shown (never understate a spend)."""
-    if math.isinf(x):
-        return "∞"
-    return f"{math.ceil(x * 1000) / 1000:.3f}"
+    return show_spent(x, infinity="∞")
 
 
 def eps_down(x: float) -> str:
     """Remaining ε is rounded down when shown (never overstate what is left)."""
-    if math.isinf(x):
-        return "∞"
-    return f"{math.floor(max(x, 0.0) * 1000) / 1000:.3f}"
+    return show_remaining(x, infinity="∞")
 
 
 MAX_ERROR = 1000  # characters of an error line; values inside it are cut to 80 where echoed
