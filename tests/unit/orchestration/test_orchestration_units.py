@@ -112,6 +112,7 @@ def test_only_steps_that_cannot_spend_twice_retry() -> None:
 
     # the governed run's steps become tasks through the flows' step runner
     assert {"validate", "load-data", "budgets", "gate"} == RETRYABLE
+
     def step_fn() -> None:
         return None
 
