@@ -60,8 +60,10 @@ def _settings(
     metadata: Path | None,
 ) -> tuple[Any, dict[str, Any]]:
     """Command-line values over params.yaml's data: section over built-in defaults."""
+    from dpgov import names
     from dpgov.data.params import load_params
 
+    names.options(dataset=dataset)
     params = load_params(params_file)
     explicit_data = data is not None
     chosen: dict[str, Any] = {

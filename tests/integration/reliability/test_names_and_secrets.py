@@ -256,6 +256,7 @@ def test_params_and_contract_names_obey_the_rule(cli, tmp_path):
     one_line(cli("run", "--params", params), "train.model_name", "ZERO WIDTH SPACE")
     params.write_text('data:\n  dataset: "fl\\u202echain"\n')
     one_line(cli("data", "prepare", "--params", params), "data.dataset", "RIGHT-TO-LEFT OVERRIDE")
+    one_line(cli("data", "prepare", "--dataset", "fl\u202echain"), "--dataset", "RIGHT-TO-LEFT")
 
 
 LONG = "x" * 300
