@@ -10,7 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["ledger", "data", "training", "pipeline", "audit", "sweep", "reliability", "startup"]
+ORDER = [
+    "ledger",
+    "accounting",
+    "data",
+    "training",
+    "pipeline",
+    "audit",
+    "sweep",
+    "reliability",
+    "startup",
+]
 HEADER = """# Benchmark results
 
 Every number here was measured by the script named in its section, on the machine it names,
