@@ -22,6 +22,25 @@ POSTGRES_URL = os.environ.get(
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _absl_handler_leaves_streams_open() -> None:
+    """absl's logging handler (imported with dp_accounting) closes the stream it holds when a
+    logging reconfiguration closes it (Prefect's ``dictConfig`` does, on first import) unless
+    that stream is the *current* ``sys.stderr``. Under pytest the stream it took may be one of
+    pytest's capture files, and closing it breaks every later capture ("I/O operation on
+    closed file", or a collection that ends in "lost sys.stderr"). In tests the handler only
+    flushes on close; streams belong to whoever opened them."""
+    import logging
+
+    try:
+        from absl.logging import PythonHandler
+    except ImportError:  # pragma: no cover - absl comes with dp_accounting
+        return
+    PythonHandler.close = logging.StreamHandler.close  # type: ignore[method-assign]
+
+
+_absl_handler_leaves_streams_open()
+
+
 @pytest.fixture(scope="session")
 def mlflow_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty, migrated MLflow SQLite store, created once per session and copied into each
