@@ -356,13 +356,12 @@ def verify_chain(
     restores: list[Restore] = []
     head_seq = 0
 
-    def bad(reason: str, at: int, n: int, head: str) -> Verification:
+    def result(ok: bool, n: int, head: str, **failure: Any) -> Verification:
         return Verification(
-            ok=False,
+            ok=ok,
             entries=n,
             head=head,
-            first_bad_seq=at,
-            reason=reason,
+            **failure,
             unsigned=unsigned,
             head_seq=head_seq,
             checked=checked,
@@ -372,6 +371,9 @@ def verify_chain(
             legacy_signed=legacy,
             restores=tuple(restores),
         )
+
+    def bad(reason: str, at: int, n: int, head: str) -> Verification:
+        return result(False, n, head, first_bad_seq=at, reason=reason)
 
     for seq, kind, payload_text, time, actor, prev_hash, digest, signature in rows:
         count += 1
@@ -482,16 +484,4 @@ def verify_chain(
                 Restore(r.seq, r.backup_seq, r.backup_hash, r.lost_through, time, actor)
             )
         expected_prev, expected_seq, head_seq = digest, seq + 1, seq
-    return Verification(
-        ok=True,
-        entries=count,
-        head=expected_prev,
-        unsigned=unsigned,
-        head_seq=head_seq,
-        checked=checked,
-        unchecked=unchecked,
-        key_given=bool(any_key),
-        key_events=tuple(events),
-        legacy_signed=legacy,
-        restores=tuple(restores),
-    )
+    return result(True, count, expected_prev)
