@@ -88,6 +88,15 @@ LEDGER_KINDS = {
     "signing_enabled",
     "key_rotated",
     "restored",
+    # per-patient accounting (issue 15): membership beside the chain, its digests on it
+    "members_attached",
+    "member_erased",
+    "pseudonym_key",
+    "patient_lookup",
+    # governance (issue 13): the policy in force, facts bound at tracking time, recalls
+    "policy_set",
+    "facts_bound",
+    "recall",
 }
 ACTIVE = ("pending", "committed", "aborted")  # statuses whose mechanism counts as spent
 
