@@ -186,6 +186,33 @@ class LedgerRules(_Strict):
     )
 
 
+class Governance(_Strict):
+    """Who may change the policy in force, look patients up, and which identities never act
+    as approvers (issues 13 and 15). Identities follow :func:`dpgov.names.identity`."""
+
+    policy_setters: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="who may run `dpgov policy set` after the first set (null: the identity "
+        "that made the first set)",
+    )
+    patient_lookup: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="who may look one patient's history up with `dpgov ledger patient` "
+        "(null: the policy setters)",
+    )
+    service_identities: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="identities that run shared services (workers, servers): never approvers",
+    )
+    separate_duties: bool = Field(
+        default=False,
+        description="the policy setter, the approvers and the run's author must differ",
+    )
+
+
 def alias_problem(alias: str) -> str | None:
     """Why ``alias`` cannot be a registry alias, or None when it can."""
     if not alias or len(alias) > 64:
@@ -210,6 +237,7 @@ class Policy(_Strict):
     fairness: Fairness = Field(default_factory=Fairness)
     approvals: Approvals = Field(default_factory=Approvals)
     ledger: LedgerRules = Field(default_factory=LedgerRules)
+    governance: Governance = Field(default_factory=Governance)
 
     @field_validator("version", mode="before")
     @classmethod
