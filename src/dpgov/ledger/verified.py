@@ -49,6 +49,7 @@ REPAIR_KIND = "ledger_repaired"
 RESTORED = "restored"  # dpgov.ledger.chain's kind of the entry after a restored backup
 STATE_KINDS = frozenset(LEDGER_KINDS | {REPAIR_KIND, RESTORED})
 SEAL_KINDS = frozenset({"reservation", "commit", "release", REPAIR_KIND})
+POLICY_KIND = "policy_set"  # the policy in force (dpgov.ledger.policies)
 
 Multiset = list[tuple[DpSgdMechanism, int]]
 BlockKey = tuple[str, str]
@@ -122,6 +123,17 @@ class VReservation:
 
 
 @dataclass(frozen=True)
+class VPolicyEntry:
+    """One ``policy_set`` entry as the chain holds it (its hash checked); what it means is
+    decided by :mod:`dpgov.ledger.policies`."""
+
+    seq: int
+    time: str
+    actor: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class VerifiedState:
     """Blocks, reservations, charges and seals as of entry ``seq`` (hash ``head``)."""
 
@@ -131,6 +143,8 @@ class VerifiedState:
     reservations: dict[str, VReservation]  # in ledger order
     charges: dict[BlockKey, list[str]]  # reservation ids per block, in ledger order
     seals: dict[tuple[str, str, str], Seal]
+    # every `policy_set` entry, in ledger order (read by dpgov.ledger.policies)
+    policies: tuple[VPolicyEntry, ...] = ()
 
     def datasets(self) -> list[str]:
         return sorted({ds for ds, _ in self.blocks})
@@ -263,11 +277,18 @@ class _Builder:
         self.reservations = dict(base.reservations)
         self.charges = dict(base.charges)
         self.seals = dict(base.seals)
+        self.policies: tuple[VPolicyEntry, ...] = base.policies
         self._owned: set[BlockKey] = set()
 
     def freeze(self) -> VerifiedState:
         return VerifiedState(
-            self.seq, self.head, self.blocks, self.reservations, self.charges, self.seals
+            self.seq,
+            self.head,
+            self.blocks,
+            self.reservations,
+            self.charges,
+            self.seals,
+            policies=self.policies,
         )
 
     def apply(self, row: Row) -> None:
@@ -298,6 +319,9 @@ class _Builder:
                 if not isinstance(payload, dict):
                     raise ValueError("the payload is not a JSON object")
                 self._apply(seq, kind, payload)
+                if kind == POLICY_KIND:
+                    entry = VPolicyEntry(seq, str(time), str(actor), payload)
+                    self.policies = (*self.policies, entry)
             except LedgerInconsistent:
                 raise
             except (KeyError, ValueError, TypeError) as err:
@@ -438,6 +462,7 @@ class _Builder:
 
 __all__ = [
     "EMPTY",
+    "POLICY_KIND",
     "REPAIR_KIND",
     "SEAL_KINDS",
     "STATE_KINDS",
@@ -445,6 +470,7 @@ __all__ = [
     "Multiset",
     "Seal",
     "VBlock",
+    "VPolicyEntry",
     "VReservation",
     "VerifiedState",
     "advance",
