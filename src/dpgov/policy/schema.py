@@ -17,6 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dpgov import names
+from dpgov.errors import UsageError
+
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")  # MLflow alias / attribute names we accept
 
 
@@ -147,6 +150,35 @@ class Approvals(_Strict):
     allow_author: bool = Field(
         default=False, description="whether the run's author may approve their own model"
     )
+    # issue 13: who an approver is, as the deployment authenticates them (dpgov.identity)
+    identities: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="approver name -> the authenticated identity that acts as them (unlisted: "
+        "the name itself must be the identity)",
+    )
+    ssh_keys: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description="approver name -> SSH public key; a listed approver's approvals and "
+        "refusals count only when signed with it (ssh-keygen -Y sign -n dpgov-approval)",
+    )
+
+    @field_validator("identities", "ssh_keys")
+    @classmethod
+    def _mapped(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, mapped in value.items():
+            try:
+                names.identity(key, argument="approver name")
+            except UsageError as err:
+                raise ValueError(str(err)) from None
+            if not mapped or len(mapped) > 16000:
+                raise ValueError(f"approver {key!r}: the value must hold 1 to 16000 characters")
+        return value
+
+    def identity_of(self, name: str) -> str:
+        """The authenticated identity that acts as approver ``name``."""
+        return self.identities.get(name, name)
 
     @field_validator("approvers")
     @classmethod
@@ -167,6 +199,9 @@ class Approvals(_Strict):
                 f"required is {self.required} but only {len(self.approvers)} approvers are "
                 "listed: no release could ever be approved"
             )
+        for key in [*self.identities, *self.ssh_keys]:
+            if self.approvers is not None and not self.may_approve(key):
+                raise ValueError(f"{key!r} is mapped but is not in approvals.approvers")
         return self
 
     def may_approve(self, name: str) -> bool:
