@@ -25,12 +25,14 @@ _COMMAND_MODULES = [
     "dpgov.cli.accounting",
     "dpgov.cli.ledger",
     "dpgov.cli.ledger_keys",
+    "dpgov.cli.patients",
     "dpgov.cli.data",
     "dpgov.cli.gate",
     "dpgov.cli.run",
     "dpgov.cli.audit",
     "dpgov.cli.sweep",
     "dpgov.cli.schedule",
+    "dpgov.cli.policy",
 ]
 
 for _name in _COMMAND_MODULES:

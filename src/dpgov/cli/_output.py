@@ -16,8 +16,26 @@ JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 PolicyOption = typer.Option(
     None,
     "--policy",
-    help="Policy YAML file (default policies/default.yaml).",
+    help="What-if: judge by this policy YAML instead of the policy in force; nothing is "
+    "charged or recorded.",
     show_default=False,
+)
+
+
+def _no_policy(value: str | None) -> None:
+    if value is not None:
+        from dpgov.errors import UsageError
+
+        raise UsageError(
+            "--policy: this command enforces the policy in force on the ledger and takes no "
+            "policy file; change the policy with `dpgov policy set FILE --reason TEXT` (see "
+            "`dpgov policy show`)"
+        )
+
+
+# On commands that charge, record or release: accepted only to refuse it with one line (exit 2).
+NoPolicyOption = typer.Option(
+    None, "--policy", hidden=True, callback=_no_policy, expose_value=True, show_default=False
 )
 
 

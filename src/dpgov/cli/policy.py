@@ -1,0 +1,216 @@
+"""``dpgov policy set | approve | show | history``: the policy in force is ledger state.
+
+``set`` records a policy file's content and hash as a chained entry, for one dataset or the
+whole ledger (:mod:`dpgov.ledger.policies` says who may, and when a change is only a proposal
+that needs approvals first); ``approve`` approves such a proposal; ``show`` prints the policy in
+force; ``history`` every change. Nothing else changes the policy that run, sweep, ``ledger
+reserve``, schedule, the flows, the gate and promotion enforce.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dpgov.cli._output import JsonOption, console, emit
+
+policy_app = typer.Typer(
+    help="The policy in force: set it (recorded on the ledger), approve a raise, show it.",
+    no_args_is_help=True,
+)
+
+DatasetOption = typer.Option(
+    None, "--dataset", help="One dataset's policy (default: the whole ledger's)."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("set")
+def set_(
+    file: Path = typer.Argument(..., help="Policy YAML file to put in force."),
+    dataset: str | None = DatasetOption,
+    reason: str = typer.Option(..., "--reason", help="Why the policy changes (recorded)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Put a policy in force (a chained entry: its text, content, SHA-256, scope, reason and
+    who set it). A change that raises a limit over blocks with charges is recorded as a
+    proposal: it takes effect once the approvers of the policy in force approve it."""
+    from dpgov import names
+    from dpgov.ledger import Ledger
+    from dpgov.ledger.policies import set_policy
+    from dpgov.policy import load_policy
+
+    if dataset is not None:
+        dataset = names.name(dataset, argument="--dataset")
+    loaded = load_policy(file)  # bad input: one line, exit 2, nothing recorded
+    ledger = Ledger.open()
+    try:
+        entry, action = set_policy(ledger, loaded, dataset=dataset, reason=reason)
+    finally:
+        ledger.close()
+    data = {
+        "action": action,
+        "seq": entry.seq,
+        "dataset": dataset,
+        "sha256": loaded.sha256,
+        "set_by": entry.actor,
+        "raises": entry.payload.get("raises", []),
+        "approvals_required": entry.payload.get("approvals_required", 0),
+        "in_force": action == "set",
+    }
+
+    def render() -> None:
+        where = f"dataset {dataset}" if dataset else "the whole ledger"
+        if action == "set":
+            typer.echo(
+                f"policy {loaded.sha256[:12]} in force for {where} from ledger entry "
+                f"{entry.seq} (set by {entry.actor})"
+            )
+        else:
+            typer.echo(
+                f"proposal {entry.seq}: policy {loaded.sha256[:12]} for {where} raises "
+                f"{'; '.join(data['raises'])} over blocks with charges; NOT in force until "
+                f"{data['approvals_required']} approver(s) run `dpgov policy approve "
+                f"{entry.seq}`"
+            )
+
+    emit(as_json, data, render)
+
+
+@policy_app.command("approve")
+def approve(
+    proposal: int = typer.Argument(..., help="The proposal's ledger entry (dpgov policy history)."),
+    note: str = typer.Option("", "--note", help="Recorded with the approval."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Approve a proposed policy change; it takes effect with the last approval it needs."""
+    from dpgov.ledger import Ledger
+    from dpgov.ledger.policies import approve_proposal
+
+    ledger = Ledger.open()
+    try:
+        entry, prop = approve_proposal(ledger, proposal, note=note)
+    finally:
+        ledger.close()
+    data = {"seq": entry.seq, "approved_by": entry.actor, **prop.to_dict()}
+
+    def render() -> None:
+        state = (
+            f"in force from entry {entry.seq}"
+            if prop.status == "in force"
+            else f"{len(prop.approved_by)} of {prop.required} approvals"
+        )
+        typer.echo(f"proposal {proposal} approved by {entry.actor}: {state}")
+
+    emit(as_json, data, render)
+
+
+@policy_app.command("show")
+def show(
+    dataset: str | None = DatasetOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The policy in force (for one dataset, or the whole ledger): its content, hash, and the
+    entry that set it, by whom and why."""
+    from dpgov import names
+    from dpgov.ledger import Ledger
+    from dpgov.ledger.policies import policy_history
+
+    if dataset is not None:
+        dataset = names.name(dataset, argument="--dataset")
+    ledger = Ledger.open()
+    try:
+        h = policy_history(ledger)
+    finally:
+        ledger.close()
+    rec = h.in_force(dataset)
+    pending = [
+        p.to_dict()
+        for p in h.proposals.values()
+        if p.status == "open" and (p.dataset == dataset or p.dataset is None)
+    ]
+    data: dict[str, Any] = {
+        **rec.to_dict(),
+        "scope": dataset,
+        "policy": rec.loaded.policy.model_dump(mode="json"),
+        "yaml": rec.loaded.text,
+        "open_proposals": pending,
+    }
+
+    def render() -> None:
+        where = f"dataset {dataset}" if dataset else "the whole ledger"
+        if rec.seq:
+            own = f" (its own: set for dataset {rec.dataset})" if rec.dataset else ""
+            how = f"set at ledger entry {rec.seq} by {rec.set_by}, {rec.time}: {rec.reason}"
+            if rec.proposal:
+                how += f" (proposal {rec.proposal}, approved by {', '.join(rec.approvers)})"
+            typer.echo(f"policy in force for {where}{own}: sha256 {rec.sha256}")
+            typer.echo(how)
+        else:
+            typer.echo(
+                f"policy in force for {where}: the packaged default {rec.loaded.path} "
+                f"(sha256 {rec.sha256}); no `dpgov policy set` yet"
+            )
+        for p in pending:
+            typer.echo(
+                f"open proposal {p['proposal']} by {p['proposed_by']}: {'; '.join(p['raises'])} "
+                f"({len(p['approved_by'])} of {p['required']} approvals)"
+            )
+        typer.echo("")
+        typer.echo(rec.loaded.text.rstrip("\n"))
+
+    emit(as_json, data, render)
+
+
+@policy_app.command("history")
+def history(as_json: bool = JsonOption) -> None:
+    """Every policy change on the ledger, oldest first: what took effect, proposals and their
+    approvals, and entries that changed nothing (an unauthorised set)."""
+    from dpgov.ledger import Ledger
+    from dpgov.ledger.policies import policy_history
+
+    ledger = Ledger.open()
+    try:
+        h = policy_history(ledger)
+    finally:
+        ledger.close()
+    data = {
+        "default": h.default.to_dict(),
+        "changes": [r.to_dict() for r in h.changes],
+        "proposals": [p.to_dict() for p in h.proposals.values()],
+        "ignored": [{"seq": s, "why": why} for s, why in h.ignored],
+    }
+
+    def render() -> None:
+        from rich.table import Table
+
+        table = Table(title="policy changes (in force from the entry shown)")
+        for col in ("entry", "scope", "sha256", "by", "reason", "approved by"):
+            table.add_column(col)
+        table.add_row("—", "ledger", h.default.sha256[:12], "packaged", "default", "")
+        for r in h.changes:
+            table.add_row(
+                str(r.seq),
+                r.dataset or "ledger",
+                r.sha256[:12],
+                r.set_by,
+                r.reason,
+                ", ".join(r.approvers),
+            )
+        out = console()
+        out.print(table)
+        for p in h.proposals.values():
+            out.print(
+                f"proposal {p.seq} ({p.dataset or 'ledger'}) by {p.proposer}: "
+                f"{'; '.join(p.raises)}: {p.status}, approved by "
+                f"{', '.join(p.approved_by) or 'nobody'} of {p.required} needed"
+            )
+        for s, why in h.ignored:
+            out.print(f"entry {s} changed nothing: {why}")
+
+    emit(as_json, data, render)
