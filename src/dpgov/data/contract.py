@@ -22,6 +22,8 @@ from dpgov.errors import UsageError
 ColumnType = Literal["integer", "float", "string", "boolean"]
 NUMERIC_TYPES = ("integer", "float")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# a patient id domain: where the ids come from, e.g. "mrn@hospital-a"
+_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:/-]{0,127}$")
 
 # Columns that prepare writes itself; a feature with one of these names is renamed.
 RESERVED_COLUMNS = ("patient_id", "block", "label", "sex", "age_band", "image_index")
@@ -131,6 +133,8 @@ class Contract(_Strict):
     dataset: str
     kind: Literal["tabular", "image"] = "tabular"
     patient_id: str | None = None
+    # the namespace the patient ids come from (default: dataset): the pseudonym is keyed on it
+    patient_id_domain: str | None = None
     label: str
     positive_labels: list[str | int | float | bool] | None = Field(default=None, min_length=1)
     block: BlockSpec
@@ -147,6 +151,12 @@ class Contract(_Strict):
         if not _NAME.match(self.dataset):
             raise ValueError(
                 f"dataset {self.dataset!r} must be 1-64 letters, digits, '_', '.', '-'"
+            )
+
+        if self.patient_id_domain is not None and not _DOMAIN.match(self.patient_id_domain):
+            raise ValueError(
+                f"patient_id_domain {self.patient_id_domain!r} must be 1-128 letters, digits, "
+                "'_', '.', '@', ':', '/', '-'"
             )
 
         def need(role: str, col: str | None) -> None:
@@ -186,6 +196,12 @@ class Contract(_Strict):
         if self.features is not None and len(set(self.features)) != len(self.features):
             raise ValueError("features lists a column twice")
         return self
+
+    @property
+    def id_domain(self) -> str:
+        """The domain of the patient ids: ``patient_id_domain``, else the contract's
+        ``dataset`` (so preparing the source under another dataset name keeps it)."""
+        return self.patient_id_domain or self.dataset
 
     def feature_columns(self) -> list[str]:
         """Feature columns: those listed, else every column not used as id, label or block."""

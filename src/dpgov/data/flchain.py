@@ -24,6 +24,7 @@ version: 1
 dataset: flchain
 kind: tabular
 patient_id: patient_id        # row number of the source table; prepare replaces it by a keyed hash
+patient_id_domain: flchain     # where the ids come from: the pseudonym is keyed on (domain, id)
 label: death_5y               # 1: died within 5 years of enrollment; censored-alive rows dropped
 block:
   column: sample_yr           # enrollment year: the natural arrival blocks

@@ -403,10 +403,18 @@ def _git_commit(root: Path, paths: list[str], message: str) -> str | None:
 
 
 def register_blocks(
-    ledger: Ledger, *, dataset: str, blocks: dict[str, int], data_version: str
+    ledger: Ledger,
+    *,
+    dataset: str,
+    blocks: dict[str, int],
+    data_version: str,
+    prepared: str | Path | None = None,
 ) -> list[str]:
     """Add every block not yet registered; check them all first (a conflict changes nothing).
-    Returns the blocks added."""
+    With ``prepared`` (the published folder of ``data_version``), the key's fingerprint is
+    checked first and each block is registered with its members, its domain and its split;
+    without it the blocks are registered without members (conservative: their charges reach
+    every patient of the domain). Returns the blocks added."""
     known = {b.block: b for b in ledger.blocks(dataset)}
     for block, patients in blocks.items():
         info = known.get(block)
@@ -415,16 +423,58 @@ def register_blocks(
                 f"ingest {dataset}: block {block!r} is registered with {info.patients} patients, "
                 f"the new data gives {patients}: new patients arrive as a new block"
             )
+    members: dict[str, list[str]] = {}
+    domain: str | None = None
+    if prepared is not None:
+        members, domain, fp = _prepared_members(Path(prepared), dataset, data_version)
+        ledger.pseudonym_key(fp)
+        for block, patients in blocks.items():
+            if len(members.get(block, [])) != patients:
+                raise UsageError(
+                    f"ingest {dataset}: block {block!r} has {len(members.get(block, []))} "
+                    f"patients in {prepared}, the arrival gives {patients}"
+                )
     added = []
     for block, patients in blocks.items():
         if block in known:
             continue
-        entry = ledger.add_block(
-            dataset=dataset, block=block, patients=int(patients), data_version=data_version
-        )
+        if prepared is not None:
+            entry = ledger.add_block(
+                dataset=dataset,
+                block=block,
+                patients=int(patients),
+                data_version=data_version,
+                members=members[block],
+                domain=domain,
+                split="train",
+            )
+        else:
+            entry = ledger.add_block(
+                dataset=dataset, block=block, patients=int(patients), data_version=data_version
+            )
         if entry is not None:
             added.append(block)
     return added
+
+
+def _prepared_members(
+    folder: Path, dataset: str, version: str
+) -> tuple[dict[str, list[str]], str, str]:
+    """Members per training block, the id domain and the key fingerprint of a prepared folder
+    of ``version`` (UsageError when it holds another version or dataset)."""
+    from dpgov.data.preparation import block_members
+    from dpgov.data.prepared_data import load_prepared
+
+    data = load_prepared(folder)
+    if data.dataset != dataset or data.data_version != version:
+        raise UsageError(
+            f"ingest {dataset}: {folder} holds {data.dataset!r} at data version "
+            f"{data.data_version}, not {version}"
+        )
+    pseudo = data.meta.get("pseudonymisation") or {}
+    if not pseudo.get("domain") or not pseudo.get("key_fingerprint"):
+        raise UsageError(f"prepared data {folder}: meta.json names no id domain: prepare again")
+    return block_members(data.train), str(pseudo["domain"]), str(pseudo["key_fingerprint"])
 
 
 # --------------------------------------------------------------------------- waves

@@ -4,7 +4,8 @@ What it does, in order (every step deterministic for a given input, contract, pa
 pseudonym key, so DVC sees the same data version again):
 
 1. read and type the source per the contract (unusable input: one line, exit 2);
-2. replace source patient ids by keyed hashes (``pseudonym.py``);
+2. replace source patient ids by keyed hashes of (domain, id) under the deployment's key
+   (``pseudonym.py``);
 3. split patients (not records) into train and test, stratified by source block and label
    (images keep their MedMNIST split: train + val → train, test → test);
 4. assign blocks; with ``group_adjacent``, adjacent integer block values are grouped until each
@@ -12,8 +13,10 @@ pseudonym key, so DVC sees the same data version again):
 5. encode features with training statistics only: numbers imputed with the training median
    (plus a ``<col>_missing`` indicator for nullable columns) and standardised; booleans 0/1;
    strings one-hot; everything float32;
-6. write into a temporary folder, compute its DVC md5, register the blocks in the ledger, then
-   rename into place: a failure leaves the previous output untouched and nothing half-written.
+6. write into a temporary folder, compute its DVC md5, register the blocks in the ledger (the
+   key's fingerprint first, then each training block with its members' pseudonyms, its domain
+   and its split), then rename into place: a failure leaves the previous output untouched and
+   nothing half-written.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dpgov import __version__
 from dpgov.data.contract import RESERVED_COLUMNS, Contract, LoadedContract, load_contract
 from dpgov.data.params import DataParams
 from dpgov.data.pseudonym import METHOD as PSEUDONYM_METHOD
-from dpgov.data.pseudonym import key_source, pseudonymise
+from dpgov.data.pseudonym import PseudonymKey, load_key, pseudonymise
 from dpgov.data.sources import Source, is_bundled, load_source
 from dpgov.data.versioning import compute_md5
 from dpgov.errors import UsageError
@@ -93,12 +96,22 @@ def prepare(
     src = load_source(
         source, loaded.contract, metadata=metadata, horizon_years=params.horizon_years
     )
-    train, test, meta, arrays = build_prepared(src, loaded, name, params)
+    key = load_key()
+    train, test, meta, arrays = build_prepared(src, loaded, name, params, key=key)
     target = Path(out) if out is not None else default_output(name)
     registered: list[str] = []
 
     def register_blocks(version: str) -> None:
-        registered.extend(_register(name, meta["blocks"], version, ledger_url))
+        registered.extend(
+            _register(
+                name,
+                block_members(train),
+                version,
+                ledger_url,
+                domain=loaded.contract.id_domain,
+                key_fingerprint=key.fingerprint,
+            )
+        )
 
     version = write_prepared(
         target, train, test, meta, arrays, before_commit=register_blocks if register else None
@@ -116,29 +129,52 @@ def prepare(
     )
 
 
-def _register(dataset: str, blocks: dict[str, int], version: str, url: str | None) -> list[str]:
-    """Add every block to the ledger; check all first, so a conflict changes nothing.
-    Returns the blocks newly added."""
+def block_members(train: Any) -> dict[str, list[str]]:
+    """Each training block's members: the sorted distinct pseudonyms of its rows."""
+    return {
+        str(block): sorted(set(ids.tolist()))
+        for block, ids in train.groupby("block", sort=True)["patient_id"]
+    }
+
+
+def _register(
+    dataset: str,
+    members: dict[str, list[str]],
+    version: str,
+    url: str | None,
+    *,
+    domain: str,
+    key_fingerprint: str,
+) -> list[str]:
+    """Record the key's fingerprint (a different key is refused before anything else), then add
+    every block with its members; check all first, so a conflict changes nothing. A block the
+    ledger holds without members, of this data version, gets them attached. Returns the blocks
+    newly added."""
     led = Ledger.open(url)
     try:
         known = {b.block: b for b in led.blocks(dataset)}
-        for block, patients in blocks.items():
+        for block, pseudonyms in members.items():
             info = known.get(block)
-            if info is not None and info.patients != patients:
+            if info is not None and info.patients != len(pseudonyms):
                 raise UsageError(
                     f"prepare {dataset}: block {block!r} is registered in the ledger with "
-                    f"{info.patients} patients, this preparation gives {patients}: new patients "
-                    f"arrive as a new block (keep the seed, test_fraction and source of the "
-                    f"registered data, or use another dataset name)"
+                    f"{info.patients} patients, this preparation gives {len(pseudonyms)}: new "
+                    f"patients arrive as a new block (keep the seed, test_fraction and source of "
+                    f"the registered data, or use another dataset name)"
                 )
+        led.pseudonym_key(key_fingerprint)
         added = []
-        for block, patients in blocks.items():
-            if block in known:
-                continue
+        for block, pseudonyms in members.items():
             entry = led.add_block(
-                dataset=dataset, block=block, patients=int(patients), data_version=version
+                dataset=dataset,
+                block=block,
+                patients=len(pseudonyms),
+                data_version=version,
+                members=pseudonyms,
+                domain=domain,
+                split="train",
             )
-            if entry is not None:
+            if entry is not None and block not in known:
                 added.append(block)
         return added
     finally:
@@ -149,13 +185,21 @@ def _register(dataset: str, blocks: dict[str, int], version: str, url: str | Non
 
 
 def build_prepared(
-    src: Source, loaded: LoadedContract, dataset: str, params: DataParams
+    src: Source,
+    loaded: LoadedContract,
+    dataset: str,
+    params: DataParams,
+    *,
+    key: PseudonymKey | None = None,
 ) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
-    """The prepared train and test tables, meta.json and (images) the pixel arrays."""
+    """The prepared train and test tables, meta.json and (images) the pixel arrays. Patient
+    ids become pseudonyms of (the contract's id domain, id) under ``key`` (default: the
+    deployment's, :func:`dpgov.data.pseudonym.load_key`)."""
     import numpy as np
     import pandas as pd
 
     c = loaded.contract
+    key = key or load_key()
     frame = src.frame
     if c.patient_id is not None and c.patient_id in frame.columns:
         raw_ids = frame[c.patient_id]
@@ -167,7 +211,7 @@ def build_prepared(
             )
     else:  # images without a patient id: each image is one patient
         raw_ids = frame["split"].astype(str) + ":" + frame["index"].astype(str)
-    pid = pseudonymise(dataset, raw_ids)
+    pid = pseudonymise(c.id_domain, raw_ids, key=key.key)
     label = frame[c.label].astype("int64")
 
     # blocks as the source gives them
@@ -288,7 +332,9 @@ def build_prepared(
         },
         "pseudonymisation": {
             "method": PSEUDONYM_METHOD,
-            "key": key_source(),
+            "key": key.source,
+            "domain": c.id_domain,
+            "key_fingerprint": key.fingerprint,
         },
         "privacy_unit": {
             "max_records_per_patient": c.privacy.max_records_per_patient,
