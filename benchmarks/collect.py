@@ -13,6 +13,7 @@ HERE = Path(__file__).resolve().parent
 ORDER = [
     "ledger",
     "accounting",
+    "patients",
     "data",
     "training",
     "pipeline",

@@ -7,7 +7,15 @@ from typing import Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_down, eps_up
+from dpgov.cli._output import (
+    JsonOption,
+    NoPolicyOption,
+    PolicyOption,
+    console,
+    emit,
+    eps_down,
+    eps_up,
+)
 from dpgov.contracts import exhausted
 
 ACCOUNTANT_HELP = "Accountant: pld (tight, default), prv, or rdp."
@@ -78,15 +86,18 @@ def calibrate(
     names.options(dataset=dataset, blocks=block)
     from dpgov.accounting import AccountingInputError, InfeasibleBudget, calibrate_noise_multiplier
     from dpgov.errors import Refused, UsageError
+    from dpgov.gate.in_force import policy_in_force
+    from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
 
-    budget_cfg = load_policy(policy).policy.budget
+    if policy is not None:  # what-if
+        budget_cfg = load_policy(policy).policy.budget
+    else:  # the policy in force (for the dataset when one is named)
+        budget_cfg = policy_in_force(Ledger.open(), dataset).policy.budget
     try:
         if dataset or block:
             if not (dataset and block):
                 raise UsageError("--dataset and --block go together")
-            from dpgov.ledger import Ledger
-
             sigma = Ledger.open().calibrate(
                 dataset=dataset,
                 blocks=block,
@@ -129,16 +140,20 @@ def calibrate(
 
 def budget(
     dataset: str | None = typer.Option(None, "--dataset", help="Only this dataset."),
-    policy: Path | None = PolicyOption,
+    policy: Path | None = NoPolicyOption,
+    patients: bool = typer.Option(
+        False, "--patients", help="The distribution of per-patient ε (history classes)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Per block: ε spent (composed), limit, remaining, charges."""
+    """Per block: ε spent by its worst-off patient (composed), limit, remaining, charges;
+    with --patients, the distribution of per-patient ε."""
+    from dpgov.gate.in_force import budgets_in_force, policy_in_force
     from dpgov.ledger import Ledger
-    from dpgov.policy import load_policy
 
-    loaded = load_policy(policy)
     ledger = Ledger.open()
-    statuses = ledger.budget(loaded.policy.budget, dataset=dataset)  # from the verified entries
+    loaded = policy_in_force(ledger, dataset)  # the policy in force (each dataset's own below)
+    statuses = budgets_in_force(ledger, dataset)  # from the verified entries
     disagree = ledger.disagreements(dataset)
     if disagree:
         more = f" (and {len(disagree) - 1} more)" if len(disagree) > 1 else ""
@@ -148,6 +163,11 @@ def budget(
             f"entries, not the tables; see `dpgov ledger verify`",
             err=True,
         )
+    if patients:
+        from dpgov.cli.patients import budget_patients
+
+        budget_patients(ledger, loaded, dataset=dataset, as_json=as_json)
+        return
     grouped: dict[str, list[dict[str, Any]]] = {}
     for s in statuses:
         grouped.setdefault(s.dataset, []).append(s.to_dict())

@@ -25,6 +25,7 @@ from dpgov.report.checks.anchors import FileAnchors, check_anchors, read_file_an
 from dpgov.report.checks.budgets import block_requests, check_budgets
 from dpgov.report.checks.chain import check_chain
 from dpgov.report.checks.data_versions import check_data_versions
+from dpgov.report.checks.membership import MembershipFacts, check_membership, read_membership
 from dpgov.report.checks.pending import check_pending
 from dpgov.report.checks.policies import policies_in_force
 from dpgov.report.checks.projection import check_projection
@@ -83,8 +84,17 @@ def audit_ledger(
     tracking = reader.snapshot(tracking_uri)
     index = dvc_index(dvc_root)
     files = read_file_anchors(ledger_name(ledger.engine))
+    members = read_membership(ledger, policy)
     return audit(
-        led, tracking, index, policy, options, eps=eps, replayed=replays[0], file_anchors=files
+        led,
+        tracking,
+        index,
+        policy,
+        options,
+        eps=eps,
+        replayed=replays[0],
+        file_anchors=files,
+        membership=members,
     )
 
 
@@ -117,6 +127,7 @@ def audit(
     eps: Epsilons | None = None,
     replayed: Replay | None = None,
     file_anchors: FileAnchors | None = None,
+    membership: MembershipFacts | None = None,
 ) -> AuditReport:
     """Every check; the report of what was found and what a reader needs to see."""
     now_iso = options.now.isoformat(timespec="seconds")
@@ -137,6 +148,7 @@ def audit(
 
     budget_findings, blocks = check_budgets(r, ledger, policy, eps, deep=options.deep, now=now_iso)
     findings += budget_findings
+    findings += check_membership(ledger, r, membership, policy, eps)
 
     release_findings, releases = check_releases(gov_entries(ledger.rows), tracking.models, policy)
     findings += release_findings
