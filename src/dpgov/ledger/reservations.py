@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from dpgov import names
 from dpgov.accounting import (
@@ -33,27 +36,43 @@ from dpgov.accounting import (
     mechanism_type_names,
 )
 from dpgov.errors import BudgetExceeded, DpgovError, Refused, UsageError
-from dpgov.ledger import integrity
+from dpgov.ledger import classes, integrity, membership
 from dpgov.ledger.appending import append_entry
 from dpgov.ledger.chain import Entry, canonical
+from dpgov.ledger.classes import DomainView, HClass
 from dpgov.ledger.composition import (
     accountant_key,
     composed_state,
+    digest,
     store_state,
     with_charge,
     without,
 )
+from dpgov.ledger.patients import PatientStore
 from dpgov.ledger.records import Reservation
 from dpgov.ledger.schema import charges_t, reservations_t
-from dpgov.ledger.store import LedgerStore
-from dpgov.ledger.verified import REPAIR_KIND, Multiset, Seal
+from dpgov.ledger.verified import REPAIR_KIND, Multiset, Seal, VerifiedState
 from dpgov.policy.schema import Budget
 
 # A block's charges before a close, after it, and the state composed for after.
 Closing = dict[str, tuple[Multiset, Multiset, Any, Any]]
+# A class's charges before a close, after it, and the state composed for after (by class key).
+ClassClosing = dict[str, tuple[Multiset, Multiset, Any]]
 
 
-class Ledger(LedgerStore):
+@dataclass
+class ClassPlan:
+    """The history classes a charge to some blocks reaches, their charges now, and (per
+    distinct multiset) the state now, the state with the charge and its ε."""
+
+    views: dict[str, tuple[DomainView, bool]]
+    affected: list[HClass]
+    before: dict[str, Multiset]  # class key -> multiset now
+    domains: dict[str, str]  # charged block -> its domain
+    states: dict[str, tuple[Any, Any, float]] = field(default_factory=dict)  # by digest
+
+
+class Ledger(PatientStore):
     """The privacy ledger. Open with :meth:`open`; every method is safe across processes."""
 
     # ------------------------------------------------------------------ planning
@@ -68,20 +87,22 @@ class Ledger(LedgerStore):
         budget: Budget,
     ) -> float:
         """Smallest σ such that the run's own ε stays within ``target_epsilon`` and every
-        block's composed ε (its charges and this run) stays within the block limit."""
+        history class the run reaches (its charges and this run) stays within the limit: the
+        worst class binds."""
         acc = self._acc(budget.accountant)
-        key = accountant_key(acc)
         blocks = self._check_blocks(dataset, blocks)
         with self._read() as conn:
             st = self._state(conn)
             for b in blocks:
                 st.block(dataset, b)
-            states = [
-                composed_state(
-                    conn, dataset, b, acc, st.multiset(dataset, b)[0], st.seal(dataset, b, key)
-                )[0]
-                for b in blocks
-            ]
+            plan = self._class_plan(conn, st, dataset, blocks, acc, None)
+            comp = classes.Composer(conn, st, acc)
+            by_digest = {
+                digest(plan.before[c.key]): (c, plan.before[c.key])
+                for c in plan.affected
+                if plan.before[c.key]
+            }
+            states = [comp.state(c, m)[0] for c, m in by_digest.values()]
         priors = [acc.empty(), *states]
         targets = [target_epsilon] + [budget.epsilon_per_block] * len(states)
         try:
@@ -156,6 +177,7 @@ class Ledger(LedgerStore):
                 )
                 for b in blocks
             }
+            cplan = self._class_plan(conn, st, dataset, blocks, acc, mechanism, budget=budget)
 
         rid = str(uuid.uuid4())
         with self._write() as conn:
@@ -170,26 +192,15 @@ class Ledger(LedgerStore):
                     planned[b] = with_charge(
                         conn, dataset, b, acc, mechanism, multiset, st.seal(dataset, b, key)
                     )
-            eps_after: dict[str, float] = {}
-            for b in blocks:
-                eps_after[b] = self._epsilon(acc, planned[b].after_state, budget.delta)
-                if eps_after[b] > budget.epsilon_per_block:
-                    before = planned[b]
-                    spent = (
-                        self._epsilon(acc, before.state, budget.delta) if before.multiset else 0.0
-                    )
-                    raise BudgetExceeded(
-                        dataset=dataset,
-                        block=b,
-                        requested=run_eps,
-                        spent=spent,
-                        limit=budget.epsilon_per_block,
-                        after=eps_after[b],
-                    )
+            cplan = self._class_plan(
+                conn, st, dataset, blocks, acc, mechanism, prior=cplan, budget=budget
+            )
+            eps_after = self._check_classes(cplan, dataset, blocks, acc, run_eps, budget)
             seals = [
                 store_state(conn, dataset, b, acc, planned[b].after, planned[b].after_state)
                 for b in blocks
             ]
+            class_seals, structure_seals = self._store_plan(conn, cplan, acc, mechanism)
             entry = append_entry(
                 conn,
                 "reservation",
@@ -205,6 +216,8 @@ class Ledger(LedgerStore):
                     "epsilon_run": run_eps,
                     "epsilon_after": eps_after,
                     "composition": [seal.to_dict() for seal in seals],
+                    "class_composition": class_seals,
+                    "class_structure": structure_seals,
                 },
                 actor,
             )
@@ -233,6 +246,108 @@ class Ledger(LedgerStore):
             epsilon_after=eps_after,
         )
 
+    def _class_plan(
+        self,
+        conn: Connection,
+        st: VerifiedState,
+        dataset: str,
+        blocks: Sequence[str],
+        acc: Any,
+        mechanism: DpSgdMechanism | None,
+        prior: ClassPlan | None = None,
+        budget: Budget | None = None,
+    ) -> ClassPlan:
+        """The classes a charge to ``blocks`` reaches (the membership of the charged blocks
+        checked against the chain), each distinct multiset composed with ``mechanism`` once
+        (what ``prior`` composed for the same multiset is reused)."""
+        keys = [(dataset, b) for b in blocks]
+        membership.read(conn, st.members, keys)  # LedgerInconsistent when edited
+        vs = self._views(conn, st, keys)
+        affected = [c for v, _ in vs.values() for c in v.reached_by(keys)]
+        plan = ClassPlan(
+            vs,
+            affected,
+            {c.key: classes.class_multiset(st, c) for c in affected},
+            {b: st.members.of((dataset, b)).domain for b in blocks},
+        )
+        if mechanism is None or budget is None:
+            return plan
+        comp = classes.Composer(conn, st, acc)
+        for c in affected:
+            d = digest(plan.before[c.key])
+            if d in plan.states:
+                continue
+            if prior is not None and d in prior.states:
+                plan.states[d] = prior.states[d]
+                continue
+            state = comp.state(c, plan.before[c.key])[0]
+            after = acc.add(state, mechanism)
+            plan.states[d] = (state, after, self._epsilon(acc, after, budget.delta))
+        return plan
+
+    def _check_classes(
+        self,
+        plan: ClassPlan,
+        dataset: str,
+        blocks: Sequence[str],
+        acc: Any,
+        run_eps: float,
+        budget: Budget,
+    ) -> dict[str, float]:
+        """Refuse (BudgetExceeded naming a charged block of the worst class) when any class
+        would pass the limit; else each charged block's worst-class ε after the charge."""
+        after = {c.key: plan.states[digest(plan.before[c.key])][2] for c in plan.affected}
+        limit = budget.epsilon_per_block
+        out: dict[str, float] = {}
+        named: list[tuple[str, list[HClass]]] = []
+        for b in blocks:  # the first charged block (in order) whose worst class would pass
+            cs = plan.views[plan.domains[b]][0].of_block((dataset, b))
+            named.append((b, cs))
+        seen = {c.key for _, cs in named for c in cs}
+        for c in plan.affected:  # classes reached through a charged block without members
+            if c.key not in seen:
+                first = next(b for b in blocks if (dataset, b) in c.reach)
+                named.append((first, [c]))
+        for b, cs in named:
+            worst = max(cs, key=lambda c: after[c.key], default=None)
+            if worst is not None and after[worst.key] > limit:
+                before = plan.states[digest(plan.before[worst.key])][0]
+                spent = self._epsilon(acc, before, budget.delta) if plan.before[worst.key] else 0.0
+                raise BudgetExceeded(
+                    dataset=dataset,
+                    block=b,
+                    requested=run_eps,
+                    spent=spent,
+                    limit=limit,
+                    after=after[worst.key],
+                )
+        for b, cs in named[: len(blocks)]:
+            out[b] = max((after[c.key] for c in cs), default=run_eps)
+        return out
+
+    @staticmethod
+    def _store_plan(
+        conn: Connection, plan: ClassPlan, acc: Any, mechanism: DpSgdMechanism
+    ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """Cache each affected class's state after the charge, and each domain's structure
+        not yet sealed; the seals the reservation entry carries."""
+        class_seals = [
+            classes.store_class_state(
+                conn,
+                c.key,
+                acc,
+                classes.plus(plan.before[c.key], mechanism),
+                plan.states[digest(plan.before[c.key])][1],
+            )
+            for c in plan.affected
+        ]
+        structure_seals = [
+            classes.store_structure(conn, v.structure_key, v.structure)
+            for v, is_sealed in plan.views.values()
+            if not is_sealed
+        ]
+        return class_seals, structure_seals
+
     def _closing(self, reservation_id: str, actual: DpSgdMechanism | None) -> Closing:
         """For a close that changes what its blocks are charged (a release: ``actual`` None; a
         commit of fewer steps), each block's charges before and after it and the state composed
@@ -257,6 +372,28 @@ class Ledger(LedgerStore):
             except (DpgovError, ArithmeticError, MemoryError, RuntimeError, ValueError):
                 return {}
 
+    def _class_closing(self, reservation_id: str, actual: DpSgdMechanism | None) -> ClassClosing:
+        """For a close that changes what its classes are charged, each reached class's charges
+        before and after it and the state composed for after, outside the lock (an
+        optimisation, like :meth:`_closing`: a failure leaves the close unsealed)."""
+        with self._read() as conn:
+            st = self._state(conn)
+            res = st.reservation(reservation_id)
+            if res.status != "pending" or actual == res.planned:
+                return {}
+            try:
+                acc = self._acc(res.accountant or "pld")
+                plan = self._class_plan(conn, st, res.dataset, res.blocks, acc, None)
+                comp = classes.Composer(conn, st, acc)
+                out: ClassClosing = {}
+                for c in plan.affected:
+                    before = plan.before[c.key]
+                    after = without(before, res.planned, actual)
+                    out[c.key] = (before, after, comp.state(c, after)[0])
+                return out
+            except (DpgovError, ArithmeticError, MemoryError, RuntimeError, ValueError):
+                return {}
+
     def _close(
         self,
         reservation_id: str,
@@ -267,8 +404,10 @@ class Ledger(LedgerStore):
         mechanism: DpSgdMechanism | None = None,
     ) -> Entry:
         closing: Closing = {}
+        class_closing: ClassClosing = {}
         if status in ("committed", "released"):  # an abort leaves the plan charged
             closing = self._closing(reservation_id, mechanism)
+            class_closing = self._class_closing(reservation_id, mechanism)
         with self._write() as conn:
             st = self._state(conn)
             info = st.reservation(reservation_id)
@@ -285,6 +424,9 @@ class Ledger(LedgerStore):
             body = {"reservation": reservation_id, **payload}
             if seals:
                 body["composition"] = [seal.to_dict() for seal in seals]
+            class_seals = self._close_class_seals(conn, info.accountant, class_closing)
+            if class_seals:
+                body["class_composition"] = class_seals
             entry = append_entry(conn, kind, body, actor)
             values: dict[str, Any] = {"status": status, "closed_seq": entry.seq}
             if mechanism is not None:
@@ -295,6 +437,20 @@ class Ledger(LedgerStore):
                 .values(**values)
             )
             return entry
+
+    def _close_class_seals(
+        self, conn: Connection, accountant: str | None, closing: ClassClosing
+    ) -> list[dict[str, str]]:
+        """Cache the states composed for a close's classes; their seals. (A seal binds the
+        class, the multiset and the blob, so a state stored here is used only by a class whose
+        charges are that multiset, or more: storing it is safe even if charges changed.)"""
+        if not closing:
+            return []
+        acc = self._acc(accountant or "pld")
+        return [
+            classes.store_class_state(conn, key, acc, after, state)
+            for key, (_, after, state) in closing.items()
+        ]
 
     def commit(
         self,

@@ -77,6 +77,37 @@ cache_t = sa.Table(
     sa.Column("state", sa.LargeBinary, nullable=False),
 )
 
+# Membership beside the chain (issue 15): each block's pseudonyms, sorted, 10 bytes each, in
+# one blob; the chained entries hold its SHA-256 (dpgov.ledger.membership).
+members_t = sa.Table(
+    "dpgov_members",
+    metadata,
+    sa.Column("dataset", sa.String(200), primary_key=True),
+    sa.Column("block", sa.String(200), primary_key=True),
+    sa.Column("domain", sa.String(200), nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("members", sa.LargeBinary, nullable=False),
+    sa.Index("dpgov_members_domain", "domain"),
+)
+# Per history class (dpgov.ledger.classes): its composed state, used only under a chained seal.
+class_cache_t = sa.Table(
+    "dpgov_class_cache",
+    metadata,
+    sa.Column("class_key", sa.String(64), primary_key=True),
+    sa.Column("accountant", sa.String(64), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("multiset", sa.Text, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+)
+# A domain's class structure, addressed by the digest of its membership digests; sealed.
+class_structures_t = sa.Table(
+    "dpgov_class_structures",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("structure", sa.LargeBinary, nullable=False),
+)
+
 # Entry kinds written only by their own ledger operation (never by Ledger.append).
 LEDGER_KINDS = {
     "block_added",
@@ -166,8 +197,11 @@ __all__ = [
     "blocks_t",
     "cache_t",
     "charges_t",
+    "class_cache_t",
+    "class_structures_t",
     "create_schema",
     "entries_t",
+    "members_t",
     "metadata",
     "reservations_t",
 ]

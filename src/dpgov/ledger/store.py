@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 from dpgov import config, names
 from dpgov.accounting import AccountantFailed, get_accountant
 from dpgov.errors import LedgerUnavailable, Refused, UsageError
-from dpgov.ledger import integrity, snapshot
+from dpgov.ledger import integrity, membership, snapshot
 from dpgov.ledger.anchoring import publish
 from dpgov.ledger.appending import append_entry, take_appended
 from dpgov.ledger.chain import Entry, Verification, hmac_key, verify_chain
@@ -47,6 +47,7 @@ from dpgov.ledger.database import (
     write_transaction,
 )
 from dpgov.ledger.integrity import Disagreement, Integrity
+from dpgov.ledger.members_state import VMembership
 from dpgov.ledger.records import BlockInfo, BlockStatus, ReservationInfo
 from dpgov.ledger.schema import (
     ACTIVE,
@@ -60,6 +61,7 @@ from dpgov.ledger.schema import (
 from dpgov.ledger.verified import (
     STATE_KINDS,
     LedgerInconsistent,
+    VBlock,
     VerifiedState,
     refresh,
     replay_rows,
@@ -282,12 +284,30 @@ class LedgerStore:
         patients: int,
         data_version: str | None = None,
         actor: str | None = None,
+        members: Sequence[str] | None = None,
+        domain: str | None = None,
+        split: str = "train",
     ) -> Entry | None:
         """Register a block of patients. Idempotent for identical facts (returns None);
-        a block cannot be registered again with a different number of patients."""
+        a block cannot be registered again with a different number of patients.
+
+        ``members`` are the block's pseudonyms (their distinct count must be ``patients``):
+        stored beside the chain, their digest on it (:mod:`dpgov.ledger.membership`).
+        ``domain`` is the pseudonyms' domain (default: the dataset), ``split`` the block's use.
+        Without members the block is conservative (it reaches every patient of its domain)
+        until :meth:`attach_members`."""
         names.storable(
             dataset=dataset, block=block, patients=patients, data_version=data_version, actor=actor
         )
+        domain = dataset if domain is None else domain
+        names.name(domain, argument="domain")
+        names.name(split, argument="split", max_length=64)
+        blob = None if members is None else membership.pack(members)
+        if blob is not None and membership.count(blob) != patients:
+            raise UsageError(
+                f"block {block!r} of dataset {dataset!r}: {membership.count(blob)} distinct "
+                f"members, not the {patients} patients it is registered with"
+            )
         for name, value in (("dataset", dataset), ("block", block)):
             if not isinstance(value, str) or not value.strip() or len(value) > 200:
                 raise UsageError(
@@ -306,6 +326,7 @@ class LedgerStore:
                         f"{known.patients} patients, not {patients}: new patients arrive as a "
                         f"new block"
                     )
+                self._same_members(known, st.members.of((dataset, block)), blob, domain, split)
                 return None
             entry = append_entry(
                 conn,
@@ -315,9 +336,14 @@ class LedgerStore:
                     "block": block,
                     "patients": patients,
                     "data_version": data_version,
+                    "domain": domain,
+                    "split": split,
+                    "members_digest": None if blob is None else membership.digest(blob),
                 },
                 actor,
             )
+            if blob is not None:
+                membership.write(conn, (dataset, block), domain, blob)
             conn.execute(
                 blocks_t.insert().values(
                     dataset=dataset,
@@ -329,6 +355,30 @@ class LedgerStore:
                 )
             )
             return entry
+
+    @staticmethod
+    def _same_members(
+        known: VBlock, m: VMembership, blob: bytes | None, domain: str, split: str
+    ) -> None:
+        """A block registered again: refused unless its facts are the registered ones."""
+        where = f"block {known.block!r} of dataset {known.dataset!r}"
+        if m.domain != domain or m.split != split:
+            raise UsageError(
+                f"{where} is registered in domain {m.domain!r} as {m.split!r}, not in domain "
+                f"{domain!r} as {split!r}"
+            )
+        if blob is None:
+            return
+        if m.digest is None:
+            raise UsageError(
+                f"{where} is registered without members: attach them (dpgov ledger "
+                f"attach-members, Ledger.attach_members) rather than registering it again"
+            )
+        if membership.digest(blob) != m.digest:
+            raise UsageError(
+                f"{where} is registered with other members (digest {m.digest[:12]}…, entry "
+                f"{m.seq}): new patients arrive as a new block"
+            )
 
     def retire_block(
         self, *, dataset: str, block: str, reason: str, actor: str | None = None

@@ -13,11 +13,17 @@ BUDGET = Budget(epsilon_per_block=3.0, delta=1e-5, accountant="pld")
 RUN = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=300)
 
 
+def members(n: int, first: int = 0) -> list[str]:
+    """``n`` distinct pseudonyms (20 hex digits)."""
+    return [f"{i:020x}" for i in range(first, first + n)]
+
+
 @pytest.fixture
 def ledger(ledger_url: str) -> Ledger:
     led = Ledger.open(ledger_url)
-    led.add_block(dataset="cohort", block="2001", patients=900)
-    led.add_block(dataset="cohort", block="2002", patients=800)
+    # two blocks of distinct patients (blocks without members would reach each other)
+    led.add_block(dataset="cohort", block="2001", patients=900, members=members(900))
+    led.add_block(dataset="cohort", block="2002", patients=800, members=members(800, 900))
     yield led
     led.close()
 
@@ -128,6 +134,10 @@ def test_a_retired_block_cannot_be_charged(ledger):
 
 def test_add_block_is_idempotent_but_refuses_conflicting_facts(ledger):
     assert ledger.add_block(dataset="cohort", block="2001", patients=900) is None
+    assert (
+        ledger.add_block(dataset="cohort", block="2001", patients=900, members=members(900))
+        is None
+    )
     with pytest.raises(UsageError, match="registered with 900 patients, not 901"):
         ledger.add_block(dataset="cohort", block="2001", patients=901)
 
