@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection
 from dpgov.accounting import DpSgdMechanism, group, mechanism_from_dict
 from dpgov.errors import Refused, UsageError
 from dpgov.ledger.chain import GENESIS, canonical, entry_hash
+from dpgov.ledger.members_state import EMPTY_MEMBERS, MEMBER_KINDS, MemberBuilder, MemberState
 from dpgov.ledger.schema import ACTIVE, LEDGER_KINDS, entries_t
 
 # Written by `dpgov ledger repair` (its own operation, never by Ledger.append): carries the
@@ -145,6 +146,8 @@ class VerifiedState:
     seals: dict[tuple[str, str, str], Seal]
     # every `policy_set` entry, in ledger order (read by dpgov.ledger.policies)
     policies: tuple[VPolicyEntry, ...] = ()
+    # membership digests, the pseudonym key, per-class seals (dpgov.ledger.members_state)
+    members: MemberState = EMPTY_MEMBERS
 
     def datasets(self) -> list[str]:
         return sorted({ds for ds, _ in self.blocks})
@@ -278,6 +281,7 @@ class _Builder:
         self.charges = dict(base.charges)
         self.seals = dict(base.seals)
         self.policies: tuple[VPolicyEntry, ...] = base.policies
+        self.members = MemberBuilder(base.members)
         self._owned: set[BlockKey] = set()
 
     def freeze(self) -> VerifiedState:
@@ -289,6 +293,7 @@ class _Builder:
             self.charges,
             self.seals,
             policies=self.policies,
+            members=self.members.freeze(),
         )
 
     def apply(self, row: Row) -> None:
@@ -364,6 +369,7 @@ class _Builder:
                 raise self._bad(seq, kind, f"block {key[0]}/{key[1]} registered again")
             version = p.get("data_version")
             self.blocks[key] = VBlock(key[0], key[1], patients, _opt_str(version), False, seq)
+            self.members.block_added(seq, key, patients, p)
         elif kind == "block_retired":
             key = (_name(p, "dataset"), _name(p, "block"))
             blk = self.blocks.get(key)
@@ -377,8 +383,12 @@ class _Builder:
             self._reserve(seq, kind, p)
         elif kind in ("commit", "release", "abort"):
             self._close(seq, kind, p)
+        elif kind in MEMBER_KINDS:
+            self.members.apply(seq, kind, p, set(self.blocks), lambda d: self._bad(seq, kind, d))
         if kind in SEAL_KINDS:
             self._seals(seq, kind, p.get("composition"))
+        if kind in SEAL_KINDS or kind in MEMBER_KINDS or kind == "block_added":
+            self.members.seals(p)
 
     def _reserve(self, seq: int, kind: str, p: dict[str, Any]) -> None:
         rid, dataset = _name(p, "reservation"), _name(p, "dataset")
