@@ -20,11 +20,10 @@ __all__ = ["audit", "audit_markdown", "run_audit"]
 
 
 @flow(name="audit", persist_result=False)
-def audit(
-    policy: str | None = None, dvc_root: str | None = None, stale_hours: float = 24.0
-) -> dict[str, Any]:
-    """Verify the ledger and everything that depends on it; publish the findings."""
-    report = tasks.audit(policy, dvc_root, stale_hours)
+def audit(dvc_root: str | None = None, stale_hours: float = 24.0) -> dict[str, Any]:
+    """Verify the ledger and everything that depends on it (under the policy in force, and
+    every entry under the policy in force when it was written); publish the findings."""
+    report = tasks.audit(dvc_root, stale_hours)
     tasks.publish_markdown(audit_markdown(report), "audit-report", "dpgov audit findings")
     return {
         "ok": bool(report.get("ok")),

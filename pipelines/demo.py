@@ -21,7 +21,10 @@ from prefect import flow
 
 from dpgov import yamlio
 from dpgov.data.ingest import init_repo, wave_path
+from dpgov.errors import Refused
+from dpgov.gate.in_force import policy_in_force
 from dpgov.ledger import Ledger
+from dpgov.ledger.policies import SET, set_policy
 from dpgov.policy import load_policy
 from dpgov.training.governed import RunOptions, RunSummary
 from dpgov.training.params import data_params, embedded_params_path, load_params
@@ -63,12 +66,11 @@ def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False
     # $DPGOV_HOME/dvc-remote, where `dpgov audit` finds every version a charge names
     init_repo(base, git=False)
     versioned = tasks.dvc_version(str(base), [str(out)], True, False, "dpgov demo")
-    loaded = load_policy(embedded_policy())
     ledger = Ledger.open()
-    try:
+    try:  # the policy in force on the ledger (the packaged one until `dpgov policy set`)
         run = run_in_flow(
             chosen,
-            loaded,
+            None,
             ledger,
             RunOptions(validation_out=str(base / "validation" / "flchain"), progress=progress),
         )
@@ -87,6 +89,23 @@ def scenario_policy(path: Path, epsilon_per_block: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
+
+
+def put_in_force(ledger: Ledger, file: Path, dataset: str, reason: str) -> int | None:
+    """Put the policy ``file`` in force for ``dataset`` as `dpgov policy set` does (recorded,
+    by whoever runs the demo); the entry's seq, or None when it is in force already. Refused
+    when it would need approvals first (it raises a limit over charged blocks)."""
+    loaded = load_policy(file)
+    if policy_in_force(ledger, dataset).sha256 == loaded.sha256:
+        return None
+    entry, action = set_policy(ledger, loaded, dataset=dataset, reason=reason)
+    if action != SET:
+        raise Refused(
+            f"the demo's scenario policy for {dataset} raises a limit over charged blocks: "
+            f"recorded as proposal {entry.seq}, in force once approved (dpgov policy approve "
+            f"{entry.seq})"
+        )
+    return entry.seq
 
 
 @flow(name="demo-waves", persist_result=False)
@@ -110,6 +129,11 @@ def demo_waves(
         root = root.with_name(root.name + f"-{time.perf_counter_ns() % 10_000:04d}")
     repo = init_repo(root / "repo")
     policy = scenario_policy(root / "policy.yaml", epsilon_per_block)
+    ledger = Ledger.open()
+    try:
+        put_in_force(ledger, policy, WAVES_DATASET, "dpgov demo --waves: the scenario's budget")
+    finally:
+        ledger.close()
     prepared = repo / "prepared" / WAVES_DATASET
     params = embedded_params(data=str(prepared), model_name=WAVES_MODEL, **(train or {}))
     raw = repo / "raw" / f"{WAVES_DATASET}.csv"
@@ -127,7 +151,6 @@ def demo_waves(
         )
         retrained = retraining(
             params=params,
-            policy=str(policy),
             min_remaining_epsilon=min_remaining_epsilon,
             require_new_data=True,
             validation_out=str(repo / "validation" / WAVES_DATASET),

@@ -65,7 +65,6 @@ def check_cron(expr: str, option: str = "--cron") -> str:
 
 def retraining_parameters(
     params: dict[str, Any] | None,
-    policy: str | None,
     *,
     min_remaining_epsilon: float | None = None,
     require_new_data: bool = True,
@@ -73,7 +72,6 @@ def retraining_parameters(
     """Defaults of the retraining deployment: the given params, else the embedded ones."""
     return {
         "params": params if params is not None else embedded_params(),
-        "policy": policy,
         "min_remaining_epsilon": min_remaining_epsilon,
         "require_new_data": require_new_data,
     }
@@ -84,12 +82,12 @@ def build(
     cron: str | None,
     audit_cron: str | None,
     params: dict[str, Any] | None,
-    policy: str | None,
     min_remaining_epsilon: float | None = None,
     require_new_data: bool = True,
 ) -> list[RunnerDeployment]:
     """The deployments: retraining (on ``cron``), audit (on ``audit_cron``), and the triggered
-    ones (approval, governed run, ingest)."""
+    ones (approval, governed run, ingest). None takes a policy: each enforces the policy in
+    force on the ledger (`dpgov policy set`)."""
     module = EntrypointType.MODULE_PATH
     made = [
         retraining.to_deployment(
@@ -97,7 +95,6 @@ def build(
             cron=cron,
             parameters=retraining_parameters(
                 params,
-                policy,
                 min_remaining_epsilon=min_remaining_epsilon,
                 require_new_data=require_new_data,
             ),
@@ -108,21 +105,19 @@ def build(
         audit.to_deployment(
             name=AUDIT,
             cron=audit_cron,
-            parameters={"policy": policy},
             description="Verify the ledger and everything that depends on it.",
             tags=TAGS,
             entrypoint_type=module,
         ),
         approval.to_deployment(
             name=APPROVAL,
-            parameters={"policy": policy},
             description="Pause for an approver's answer, then promote or record the refusal.",
             tags=TAGS,
             entrypoint_type=module,
         ),
         governed_run.to_deployment(
             name=RUN,
-            parameters={"params": params, "policy": policy},
+            parameters={"params": params},
             description="One governed DP training run, gate included.",
             tags=TAGS,
             entrypoint_type=module,

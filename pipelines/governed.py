@@ -9,14 +9,13 @@ the demo).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from dpgov.gate.markdown import decision_markdown
 from dpgov.ledger import Ledger
-from dpgov.policy import LoadedPolicy, load_policy
+from dpgov.policy import LoadedPolicy
 from dpgov.training.governed import RunOptions, RunSummary, StepRunner, gate_now, run_governed
 from dpgov.training.params import RunParams, load_params, parse_params
 from pipelines import tasks
@@ -31,13 +30,14 @@ def run_params(params: dict[str, Any] | None) -> RunParams:
 
 def run_in_flow(
     params: RunParams,
-    policy: LoadedPolicy,
+    policy: LoadedPolicy | None,
     ledger: Ledger,
     options: RunOptions,
     *,
     step: StepRunner = prefect_step,
 ) -> RunSummary:
-    """The governed run, each step a task of the calling flow, then its artifacts."""
+    """The governed run, each step a task of the calling flow, then its artifacts. It enforces
+    the policy in force on ``ledger`` (``policy``, when given, must be that one)."""
     summary = run_governed(params, policy, ledger=ledger, options=options, step=step)
     publish_budgets(summary.budgets, str(summary.plan["dataset"]))
     if summary.gate is not None:
@@ -72,7 +72,6 @@ def publish_gate(gate: dict[str, Any]) -> None:
 @flow(name="governed-run", persist_result=False)
 def governed_run(
     params: dict[str, Any] | None = None,
-    policy: str | None = None,
     validation_out: str | None = None,
     gate: bool = True,
     progress: bool = False,
@@ -80,16 +79,16 @@ def governed_run(
     """One governed DP training run (``dpgov run``).
 
     ``params``: a mapping shaped like params.yaml (``data``, ``train``, ``model``); None reads
-    ./params.yaml, else the embedded defaults. ``policy``: a policy file (None: the default).
+    ./params.yaml, else the embedded defaults. The policy is the one in force on the ledger
+    for the run's dataset (`dpgov policy set`), never a parameter.
     ``validation_out``: where validation results go (default data/validation/<dataset>).
     """
     start_clock()
-    loaded = load_policy(Path(policy) if policy else None)
     ledger = Ledger.open()
     try:
         return run_in_flow(
             run_params(params),
-            loaded,
+            None,
             ledger,
             RunOptions(gate=gate, validation_out=validation_out, progress=progress),
         )

@@ -11,15 +11,14 @@ included.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import flow
 
 from dpgov.data.prepared_data import load_prepared
 from dpgov.errors import Refused
+from dpgov.gate.in_force import policy_in_force
 from dpgov.ledger import Ledger
-from dpgov.policy import load_policy
 from dpgov.training import retraining as rules
 from dpgov.training.governed import RunOptions
 from dpgov.training.params import prepared_path
@@ -54,7 +53,6 @@ def _plan_refusal_is_a_skip(
 @flow(name="retraining", persist_result=False)
 def retraining(
     params: dict[str, Any] | None = None,
-    policy: str | None = None,
     min_remaining_epsilon: float | None = None,
     require_new_data: bool = False,
     pull: bool = True,
@@ -63,7 +61,8 @@ def retraining(
 ) -> dict[str, Any]:
     """Retrain on the newest data with the blocks that have budget left.
 
-    ``params``/``policy`` as for the governed run (``train.blocks`` is chosen here).
+    ``params`` as for the governed run (``train.blocks`` is chosen here); the policy is the
+    one in force on the ledger for the dataset (`dpgov policy set`).
     ``min_remaining_epsilon``: a block with less ε left is retired (default: a quarter
     of ``train.target_epsilon``). ``require_new_data``: skip when the newest run on the dataset
     already used this data version. ``pull``: fetch DVC-tracked data missing from the workspace.
@@ -71,7 +70,6 @@ def retraining(
     """
     start_clock()
     base = run_params(params)
-    loaded = load_policy(Path(policy) if policy else None)
     folder = str(prepared_path(base))
     version = tasks.newest_data(folder, pull)
     meta = load_prepared(folder).meta
@@ -83,6 +81,7 @@ def retraining(
     )
     ledger = Ledger.open()
     try:
+        loaded = policy_in_force(ledger, dataset)
         registered = {b.block for b in ledger.blocks(dataset)}
         statuses = tasks.block_budgets(ledger, loaded, dataset) if registered else []
         selection = tasks.select_blocks(

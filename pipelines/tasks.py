@@ -252,5 +252,5 @@ def promote(
 
 
 @task(name="audit", **RETRY)
-def audit(policy: str | None, dvc_root: str | None, stale_hours: float) -> dict[str, Any]:
-    return run_audit(policy, Path(dvc_root) if dvc_root else None, stale_hours)
+def audit(dvc_root: str | None, stale_hours: float) -> dict[str, Any]:
+    return run_audit(None, Path(dvc_root) if dvc_root else None, stale_hours)

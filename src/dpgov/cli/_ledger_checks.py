@@ -4,7 +4,6 @@ anchor file and the tracking store's), and the signatures against the policy."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dpgov.ledger import Ledger, Verification
@@ -61,10 +60,12 @@ def beyond_the_chain(
     ledger: Ledger,
     result: Verification,
     *,
-    policy: Path | None,
     tracking: bool = True,
 ) -> Beyond:
-    """The tail against every anchor at hand, and the policy's signature rule."""
+    """The tail against every anchor at hand, and the signature rule of the policy in force
+    (the packaged policy's when the entries cannot be trusted: the verdict fails then)."""
+    from dpgov.errors import Refused
+    from dpgov.gate.in_force import policy_in_force
     from dpgov.policy import load_policy
 
     out = Beyond()
@@ -84,6 +85,10 @@ def beyond_the_chain(
         hashes = entry_hashes(ledger.engine)
         head = max(hashes) if hashes else 0
         out.problems = check_tail(hashes, head, points, result.restores)
-    if load_policy(policy).policy.ledger.require_signatures:
+    try:
+        rules = policy_in_force(ledger).policy.ledger
+    except Refused:  # entries that cannot be trusted: verification fails anyway
+        rules = load_policy(None).policy.ledger
+    if rules.require_signatures:
         out.signatures_problem = result.signatures_problem()
     return out

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, PolicyOption, emit
+from dpgov.cli._output import JsonOption, NoPolicyOption, emit
 
 data_app = typer.Typer(help="Prepare and validate datasets (DVC stages).", no_args_is_help=True)
 
@@ -153,25 +153,38 @@ def validate_cmd(
         help="Results folder (default data/validation/<dataset>).",
         show_default=False,
     ),
-    policy: Path | None = PolicyOption,
+    policy: Path | None = NoPolicyOption,
     params_file: Path | None = ParamsOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Check the data against its contract (Great Expectations) and the policy's δ.
+    """Check the data against its contract (Great Expectations) and the δ of the policy in
+    force for the dataset.
 
     Exit 1 when a check fails; results in data/validation/<dataset>/.
     """
     from dpgov.data.validation import validate
-    from dpgov.errors import Refused
+    from dpgov.errors import Refused, UsageError
+    from dpgov.gate.in_force import policy_in_force
+    from dpgov.ledger import Ledger
 
     params, s = _settings(params_file, data, contract, dataset, metadata)
+    if params.policy is not None:
+        raise UsageError(
+            "data.policy: the policy is no longer a data setting; validation reads the policy "
+            "in force on the ledger (`dpgov policy set FILE --reason TEXT`): remove data.policy"
+        )
+    ledger = Ledger.open()
+    try:
+        in_force = policy_in_force(ledger, s["dataset"])
+    finally:
+        ledger.close()
     result = validate(
         s["source"],
         s["contract"],
         dataset=s["dataset"],
         prepared=prepared,
         metadata=s["metadata"],
-        policy=policy or params.policy,
+        policy=in_force,
         out=out,
         params=params,
     )

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from dpgov import names
-from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
+from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up
 
 ledger_app = typer.Typer(help="Read, verify and charge the privacy ledger.", no_args_is_help=True)
 
@@ -76,7 +76,7 @@ def show(
 
 @ledger_app.command("verify")
 def verify(
-    policy: Path | None = PolicyOption,
+    policy: Path | None = NoPolicyOption,
     tracking: bool = typer.Option(
         True, "--tracking/--no-tracking", help="Also check the anchors in the tracking store."
     ),
@@ -90,7 +90,7 @@ def verify(
     ledger = _open()
     chain, tables = ledger.verify_all()  # the chain, and the tables against its entries
     result = combine(chain, tables)
-    beyond = beyond_the_chain(ledger, chain, policy=policy, tracking=tracking)
+    beyond = beyond_the_chain(ledger, chain, tracking=tracking)
     ok = result.ok and not beyond.failures
 
     def render() -> None:
@@ -126,13 +126,15 @@ def verify(
 
 
 @ledger_app.command("repair")
-def repair(policy: Path | None = PolicyOption, as_json: bool = JsonOption) -> None:
+def repair(policy: Path | None = NoPolicyOption, as_json: bool = JsonOption) -> None:
     """Rebuild the ledger's tables from its entries where they disagree, and seal fresh
-    compositions; one chained entry records what was found."""
-    from dpgov.policy import load_policy
+    compositions (the accountant of the policy in force); one chained entry records what was
+    found."""
+    from dpgov.gate.in_force import policy_in_force
 
-    accountant = load_policy(policy).policy.budget.accountant
-    entry = _open().repair(accountant=accountant)
+    ledger = _open()
+    accountant = policy_in_force(ledger).policy.budget.accountant
+    entry = ledger.repair(accountant=accountant)
     found = entry.payload.get("disagreements_total", 0) if entry else 0
     sealed = len(entry.payload.get("composition", [])) if entry else 0
     emit(
@@ -203,17 +205,19 @@ def reserve(
     sample_rate: float = typer.Option(..., "--sample-rate"),
     steps: int = typer.Option(..., "--steps"),
     run_id: str | None = typer.Option(None, "--run-id"),
-    policy: Path | None = PolicyOption,
+    policy: Path | None = NoPolicyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Atomically check and charge a planned DP-SGD run to every named block."""
+    """Atomically check and charge a planned DP-SGD run to every named block, under the
+    dataset's policy in force (`dpgov policy show --dataset D`)."""
     names.options(dataset=dataset, blocks=block, steps=steps, run_id=run_id)
     from dpgov.cli.accounting import _mechanism
-    from dpgov.policy import load_policy
+    from dpgov.gate.in_force import policy_in_force
 
-    loaded = load_policy(policy)
     mech = _mechanism(noise_multiplier, sample_rate, steps)
-    res = _open().reserve(
+    ledger = _open()
+    loaded = policy_in_force(ledger, dataset)
+    res = ledger.reserve(
         dataset=dataset,
         blocks=block,
         mechanism=mech,

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
+from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up
 
 
 def register(app: typer.Typer) -> None:
@@ -34,18 +34,16 @@ def run(
         help="Params YAML (default ./params.yaml, else the embedded one).",
         show_default=False,
     ),
-    policy: Path | None = PolicyOption,
+    policy: Path | None = NoPolicyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """One governed DP training run (a Prefect flow): validate, plan, reserve, train, commit,
-    evaluate, track, gate."""
+    evaluate, track, gate; under the policy in force on the ledger (`dpgov policy show`)."""
     from dpgov.errors import UsageError
-    from dpgov.policy import load_policy
     from dpgov.training.params import load_params, prepared_path
     from pipelines.runtime import HEAVY_MODULES, orchestrate
 
     loaded = load_params(params)  # bad input: one line, before anything starts
-    policy_file = load_policy(policy).path
     folder = prepared_path(loaded)
     if not (folder / "meta.json").is_file():
         raise UsageError(
@@ -55,9 +53,7 @@ def run(
     def call() -> dict[str, Any]:
         from pipelines.governed import governed_run
 
-        return governed_run(
-            params=loaded.model_dump(mode="json"), policy=str(policy_file), progress=not as_json
-        ).to_dict()
+        return governed_run(params=loaded.model_dump(mode="json"), progress=not as_json).to_dict()
 
     summary, timings = orchestrate(call, preload_modules=HEAVY_MODULES, say=_say(as_json))
     data = {**summary, "orchestration": timings}

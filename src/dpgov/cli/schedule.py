@@ -15,7 +15,7 @@ from uuid import UUID
 
 import typer
 
-from dpgov.cli._output import JsonOption, PolicyOption, emit
+from dpgov.cli._output import JsonOption, NoPolicyOption, emit
 
 flows_app = typer.Typer(
     help="Run dpgov's Prefect flows: trigger deployments, approvals, ingest.",
@@ -63,7 +63,7 @@ def schedule(
         show_default=False,
     ),
     params: Path | None = ParamsOption,
-    policy: Path | None = PolicyOption,
+    policy: Path | None = NoPolicyOption,
     min_remaining: float | None = typer.Option(
         None,
         "--min-remaining",
@@ -74,9 +74,9 @@ def schedule(
     as_json: bool = JsonOption,
 ) -> None:
     """Serve the retraining deployment on a cron schedule (with the embedded defaults unless
-    --params/--policy), plus the audit, approval, run and ingest deployments; or, with --pool,
-    send them to a work pool and return."""
-    from dpgov.policy import load_policy
+    --params), plus the audit, approval, run and ingest deployments; or, with --pool, send
+    them to a work pool and return. Every one enforces the policy in force on the ledger
+    (`dpgov policy set`)."""
     from pipelines.deployments import check_cron
     from pipelines.runtime import orchestrate
 
@@ -88,7 +88,6 @@ def schedule(
 
         raise UsageError("--pool: the work pool name is empty")
     run_params = _params_dict(params)
-    policy_file = str(load_policy(policy).path) if policy is not None else None
 
     def build() -> Any:
         from pipelines.deployments import build as build_deployments
@@ -97,7 +96,6 @@ def schedule(
             cron=cron,
             audit_cron=audit_cron,
             params=run_params,
-            policy=policy_file,
             min_remaining_epsilon=min_remaining,
         )
 
@@ -247,7 +245,7 @@ def answer_cmd(
 def approval_cmd(
     model: str = typer.Argument(..., help="Registered model name.", show_default=False),
     version: str = typer.Argument(..., help="Model version number.", show_default=False),
-    policy: Path | None = PolicyOption,
+    policy: Path | None = NoPolicyOption,
     timeout: int = typer.Option(
         3600, "--timeout", min=1, help="Seconds to wait for an answer before failing."
     ),
@@ -256,11 +254,9 @@ def approval_cmd(
     """Run the approval flow here: show the gate, pause for an answer (Prefect UI, or
     `dpgov flows answer FLOW_RUN_ID ...`), then promote or record the refusal."""
     from dpgov.gate.service import parse_version
-    from dpgov.policy import load_policy
     from pipelines.runtime import orchestrate
 
     version = parse_version(version)
-    policy_file = str(load_policy(policy).path)
 
     def call() -> dict[str, Any]:
         from pipelines.approval import approval
@@ -268,7 +264,6 @@ def approval_cmd(
         return approval(
             model,
             version,
-            policy=policy_file,
             timeout_seconds=timeout,
             poll_interval=2,
             announce=not as_json,

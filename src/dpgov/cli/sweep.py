@@ -52,18 +52,24 @@ def sweep(
     n_seeds = parse_seeds(seeds)
     _quiet_logs()
 
+    from dpgov.errors import UsageError
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
-    from dpgov.training.governed import validate_for
+    from dpgov.training.governed import enforced_policy, validate_for
     from dpgov.training.inputs import load_data
     from dpgov.training.params import load_params, prepared_path
     from dpgov.training.sweep import plan_sweep, run_sweep
 
+    if policy is not None and not dry_run:
+        raise UsageError(
+            "--policy is a what-if for --dry-run only: a sweep that charges enforces the policy "
+            "in force on the ledger; change it with `dpgov policy set FILE --reason TEXT`"
+        )
     loaded = load_params(params)
-    pol = load_policy(policy)
+    ledger = Ledger.open()
+    pol = load_policy(policy) if policy is not None else enforced_policy(ledger, loaded)
     validate_for(loaded, pol)  # dpgov trains only on validated data: refused before any plan
     data, version = load_data(prepared_path(loaded))
-    ledger = Ledger.open()
     sp = plan_sweep(
         loaded, pol, data, ledger=ledger, epsilons=eps_list, seeds=n_seeds, data_version=version
     )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from dpgov.ledger.policies import PolicyRecord, policy_history
 
 if TYPE_CHECKING:
-    from dpgov.ledger import Ledger
+    from dpgov.ledger import BlockStatus, Ledger
     from dpgov.policy import LoadedPolicy
 
 
@@ -33,4 +33,14 @@ def policy_at(ledger: Ledger, dataset: str | None, seq: int) -> LoadedPolicy:
     return policy_history(ledger).in_force(dataset, seq - 1).loaded
 
 
-__all__ = ["policy_at", "policy_in_force", "record_in_force"]
+def budgets_in_force(ledger: Ledger, dataset: str | None = None) -> list[BlockStatus]:
+    """Every block's status (of one dataset, or all) under its dataset's policy in force."""
+    h = policy_history(ledger)
+    datasets = [dataset] if dataset is not None else ledger.datasets()
+    out: list[BlockStatus] = []
+    for ds in datasets:
+        out += ledger.budget(h.in_force(ds).loaded.policy.budget, dataset=ds)
+    return out
+
+
+__all__ = ["budgets_in_force", "policy_at", "policy_in_force", "record_in_force"]

@@ -22,12 +22,15 @@ spend privacy or record twice (:data:`RETRYABLE`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dpgov.data.validation.ensure import ensure_validated
+from dpgov.errors import UsageError
+from dpgov.gate.in_force import policy_in_force
 from dpgov.gate.service import run_gate
 from dpgov.tracking.registry import Registry
 from dpgov.training.inputs import load_data
@@ -151,7 +154,7 @@ class RunSummary:
 
 def run_governed(
     params: RunParams,
-    policy: LoadedPolicy,
+    policy: LoadedPolicy | None = None,
     *,
     ledger: Ledger,
     options: RunOptions | None = None,
@@ -166,6 +169,7 @@ def run_governed(
     """
     opts = options or RunOptions()
     started = time.perf_counter()
+    policy = enforced_policy(ledger, params, policy)
 
     def run(name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return step(name, fn, *args, retry=name in RETRYABLE, **kwargs)
@@ -243,6 +247,34 @@ def run_governed(
     )
 
 
+def enforced_policy(
+    ledger: Ledger, params: RunParams, policy: LoadedPolicy | None = None
+) -> LoadedPolicy:
+    """The policy in force on ``ledger`` for the run's dataset (:mod:`dpgov.gate.in_force`):
+    what a run enforces. ``policy``, when given, must be that policy (else UsageError, nothing
+    charged): no caller chooses another."""
+    dataset = run_dataset(params)
+    in_force = policy_in_force(ledger, dataset)
+    if policy is not None and policy.sha256 != in_force.sha256:
+        raise UsageError(
+            f"policy {policy.path} (sha256 {policy.sha256[:12]}…) is not the policy in force "
+            f"for dataset {dataset} (sha256 {in_force.sha256[:12]}…): a run enforces the policy "
+            f"in force; change it with `dpgov policy set FILE --reason TEXT`"
+        )
+    return in_force
+
+
+def run_dataset(params: RunParams) -> str:
+    """The dataset a run trains on: its prepared data's (what the plan charges), else the
+    ``data.dataset`` of its params."""
+    meta = prepared_path(params) / "meta.json"
+    try:
+        found = json.loads(meta.read_text(encoding="utf-8")).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    return str(found or (params.data or {}).get("dataset") or "flchain")
+
+
 def validate_for(
     params: RunParams, policy: LoadedPolicy, *, validation_out: str | None = None
 ) -> Validated:
@@ -252,7 +284,7 @@ def validate_for(
     return ensure_validated(
         str(prepared_path(params)),
         data_params=data_params(params),
-        policy=str(policy.path),
+        policy=policy,
         out=validation_out,
     )
 

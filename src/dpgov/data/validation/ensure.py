@@ -21,7 +21,7 @@ from dpgov.data.prepared_data import load_prepared
 from dpgov.data.validation.report import VALIDATION_ROOT
 from dpgov.data.validation.run import validate
 from dpgov.errors import Refused, UsageError
-from dpgov.policy import load_policy
+from dpgov.policy import LoadedPolicy, load_policy
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def ensure_validated(
     prepared: str | Path,
     *,
     data_params: DataParams | None = None,
-    policy: str | Path | None = None,
+    policy: str | Path | LoadedPolicy | None = None,
     out: str | Path | None = None,
     reuse: bool = True,
 ) -> Validated:
@@ -79,7 +79,7 @@ def ensure_validated(
     dataset = str(meta.get("dataset") or "")
     version = str(meta.get("data_version") or "")
     target = Path(out) if out is not None else VALIDATION_ROOT / dataset
-    pol = load_policy(policy)
+    pol = policy if isinstance(policy, LoadedPolicy) else load_policy(policy)
     contract_sha = (meta.get("contract") or {}).get("sha256")
     if reuse:
         found = recorded(

@@ -18,7 +18,7 @@ from dpgov.data.validation.records import Check
 from dpgov.data.validation.report import VALIDATION_ROOT, ValidationResult, write_report
 from dpgov.data.validation.source_checks import pandas_source_checks
 from dpgov.errors import UsageError
-from dpgov.policy import load_policy
+from dpgov.policy import LoadedPolicy, load_policy
 
 
 def validate(
@@ -28,7 +28,7 @@ def validate(
     dataset: str | None = None,
     prepared: str | Path | None = None,
     metadata: str | Path | None = None,
-    policy: str | Path | None = None,
+    policy: str | Path | LoadedPolicy | None = None,
     out: str | Path | None = None,
     params: DataParams | None = None,
     write: bool = True,
@@ -43,7 +43,7 @@ def validate(
     loaded = contract if isinstance(contract, LoadedContract) else load_contract(contract)
     c = loaded.contract
     name = dataset or c.dataset
-    pol = load_policy(policy)
+    pol = policy if isinstance(policy, LoadedPolicy) else load_policy(policy)
     delta = float(pol.policy.budget.delta)
 
     t = time.perf_counter()
