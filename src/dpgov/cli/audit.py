@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
+from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up
 from dpgov.redaction import redact
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def audit(
         "findings are always reported.",
         show_default=False,
     ),
-    policy: Path | None = PolicyOption,
+    policy: Path | None = NoPolicyOption,
     dvc_root: Path | None = typer.Option(
         None,
         "--dvc-root",
@@ -94,17 +94,23 @@ def audit(
         "ledger's head as a new anchor in the tracking store.",
     ),
 ) -> None:
-    """Verify the ledger, recompute every block's ε, check releases, runs and data versions."""
+    """Verify the ledger, recompute every block's ε, check releases, runs and data versions,
+    under the policy in force (and every entry under the policy in force when it was made)."""
+    from dpgov.errors import Refused
+    from dpgov.gate.in_force import policy_in_force
     from dpgov.policy import load_policy
     from dpgov.report.audit import AuditOptions, audit_ledger
     from dpgov.report.ledger_snapshot import open_ledger
 
     when = parse_since(since)
-    loaded = load_policy(policy)
     if html_file is not None:
         _check_output(html_file)
     ledger = open_ledger()
     try:
+        try:
+            loaded = policy_in_force(ledger)
+        except Refused:  # entries that cannot be trusted: the audit reports them
+            loaded = load_policy(None)
         report = audit_ledger(
             ledger,
             loaded,

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from dpgov.accounting import AccountantFailed
+from dpgov.errors import Refused
+from dpgov.gate.in_force import policy_in_force
 from dpgov.ledger import Ledger
 from dpgov.ledger.anchoring import ledger_name
 from dpgov.policy import LoadedPolicy, load_policy
@@ -33,6 +35,7 @@ from dpgov.report.checks.releases import check_releases, gov_entries
 from dpgov.report.checks.runs import check_runs, is_dp_run
 from dpgov.report.dvc_index import DvcIndex, dvc_index
 from dpgov.report.findings import TIMELESS, Finding, finding
+from dpgov.report.checks.policy_in_force import check_policy_in_force
 from dpgov.report.ledger_snapshot import LedgerSnapshot, open_ledger, snapshot_ledger
 from dpgov.report.replay import Charge, Epsilons, RawEntry, Replay, merge_key, replay
 from dpgov.report.rows import (
@@ -103,9 +106,9 @@ def run_audit(
 ) -> dict[str, Any]:
     """The audit of the configured ledger as ``dpgov audit --json`` reports it, with its
     ``scope``: what the ``audit`` flow publishes."""
-    loaded = load_policy(Path(policy) if policy else None)
     ledger = open_ledger()
-    try:
+    try:  # the policy in force (a file only where a caller asks for a what-if)
+        loaded = load_policy(Path(policy)) if policy else _in_force(ledger)
         report = audit_ledger(
             ledger,
             loaded,
@@ -122,6 +125,15 @@ def audit(
     tracking: TrackingSnapshot,
     dvc: DvcIndex,
     policy: LoadedPolicy,
+def _in_force(ledger: Ledger) -> LoadedPolicy:
+    """The ledger-wide policy in force; the packaged one on entries that cannot be trusted
+    (the audit reports those)."""
+    try:
+        return policy_in_force(ledger)
+    except Refused:
+        return load_policy(None)
+
+
     options: AuditOptions,
     *,
     eps: Epsilons | None = None,
@@ -147,6 +159,7 @@ def audit(
     findings += anchor_findings
 
     budget_findings, blocks = check_budgets(r, ledger, policy, eps, deep=options.deep, now=now_iso)
+    findings += check_policy_in_force(ledger.rows)
     findings += budget_findings
     findings += check_membership(ledger, r, membership, policy, eps)
 

@@ -17,6 +17,8 @@ runs and data
     ``reservation_pending``
 inputs
     ``tracking_unavailable``
+the policy in force
+    ``policy_not_in_force``, ``policy_change_invalid``
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ KINDS = (
     "data_version_unknown",
     "reservation_pending",
     "tracking_unavailable",
+    # the policy in force (issue 13): dpgov.report.checks.policy_in_force
+    "policy_not_in_force",
+    "policy_change_invalid",
 )
 
 # Findings about the state as a whole are always reported; those tied to one moment (a run,
