@@ -1,7 +1,13 @@
-"""``dpgov gate``, ``dpgov approve``, ``dpgov refuse`` and ``dpgov promote``.
+"""``dpgov gate``, ``dpgov approve``, ``dpgov refuse``, ``dpgov promote`` and ``dpgov recall``.
 
-Exit codes: 0 allowed / recorded / promoted; 1 blocked (every failing check is listed);
-2 bad input (malformed policy, unknown model or version, approver not allowed: nothing recorded).
+They enforce the policy in force on the ledger (:func:`dpgov.gate.in_force.policy_in_force`,
+for the candidate's dataset) and take no ``--policy``; ``gate --preview --policy F`` is the one
+what-if: it judges by F and records nothing. Who acts is the identity the deployment
+authenticates (:func:`dpgov.identity.acting_identity`), never a typed name.
+
+Exit codes: 0 allowed / recorded / promoted / recalled; 1 blocked (every failing check is
+listed); 2 bad input (unknown model or version, ``--by`` not who acts, approver not allowed,
+a ``--policy`` on an enforcing command: nothing recorded).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from dpgov import names
-from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_up
+from dpgov.cli._output import JsonOption, NoPolicyOption, PolicyOption, console, emit, eps_up
 
 if TYPE_CHECKING:
     from dpgov.gate.decision import Check, Decision
@@ -24,6 +30,28 @@ if TYPE_CHECKING:
 
 ModelArg = typer.Argument(..., help="Registered model name.", show_default=False)
 VersionArg = typer.Argument(..., help="Model version number.", show_default=False)
+ByOption = typer.Option(
+    None,
+    "--by",
+    help="The approver's name as the policy lists it; it must be who acts (the authenticated "
+    "identity) or be mapped to it in approvals.identities. Default: who acts.",
+    show_default=False,
+)
+SignOption = typer.Option(
+    None,
+    "--sign",
+    help="Sign with this SSH private key (ssh-keygen -Y sign -n dpgov-approval).",
+    show_default=False,
+)
+SignatureOption = typer.Option(
+    None,
+    "--signature",
+    help="An SSH signature made elsewhere over `dpgov approve ... --print-message`.",
+    show_default=False,
+)
+PrintMessageOption = typer.Option(
+    False, "--print-message", help="Print the message to sign and record nothing."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -31,19 +59,31 @@ def register(app: typer.Typer) -> None:
     app.command("approve")(approve)
     app.command("refuse")(refuse)
     app.command("promote")(promote)
+    app.command("recall")(recall)
 
 
 @contextmanager
-def _services(policy_file: Path | None) -> Iterator[tuple[LoadedPolicy, Ledger, Registry]]:
-    """Policy first (a malformed policy stops everything), then ledger and registry."""
+def _services(
+    model: str, version: str, what_if: Path | None = None
+) -> Iterator[tuple[LoadedPolicy, Ledger, Registry]]:
+    """Ledger and registry, and the policy in force for the candidate's dataset (or, for a
+    what-if, the policy file given)."""
+    from dpgov.gate.candidate import load_candidate
+    from dpgov.gate.in_force import policy_in_force
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
     from dpgov.tracking.registry import Registry
 
-    loaded = load_policy(policy_file)
+    preview = load_policy(what_if) if what_if is not None else None
     ledger = Ledger.open()
     try:
-        yield loaded, ledger, Registry()
+        registry = Registry()
+        if preview is not None:
+            loaded = preview
+        else:
+            facts, _ = load_candidate(registry, model, version)
+            loaded = policy_in_force(ledger, facts.dataset)
+        yield loaded, ledger, registry
     finally:
         ledger.close()
 
@@ -88,81 +128,124 @@ def render_decision(decision: Decision, policy_path: Path | str) -> None:
 def gate(
     model: str = ModelArg,
     version: str = VersionArg,
+    preview: bool = typer.Option(
+        False, "--preview", help="What-if: evaluate and print, record nothing."
+    ),
     policy: Path | None = PolicyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Evaluate the policy for a model version now, print every check, and record the decision
-    (ledger entry and model-version tags). Exit 0 allowed, 1 blocked."""
-    from dpgov.errors import Refused
+    """Evaluate the policy in force for a model version now, print every check, and record the
+    decision (ledger entry and model-version tags). Exit 0 allowed, 1 blocked. With
+    ``--preview`` (what-if: nothing is recorded) ``--policy F`` judges by F instead."""
+    from dpgov.errors import Refused, UsageError
     from dpgov.gate.candidate import parse_version
     from dpgov.gate.service import run_gate
 
     names.options(model=model)
     version = parse_version(version)
-    with _services(policy) as (loaded, ledger, registry):
-        result = run_gate(model, version, loaded, ledger, registry)
+    if policy is not None and not preview:
+        raise UsageError(
+            "--policy: the gate enforces the policy in force on the ledger; a policy file is "
+            "only for a what-if (`dpgov gate --preview --policy F`, nothing recorded), and "
+            "`dpgov policy set FILE --reason TEXT` changes the policy in force"
+        )
+    with _services(model, version, policy) as (loaded, ledger, registry):
+        result = run_gate(model, version, loaded, ledger, registry, record=not preview)
     decision = result.decision
     data = {
         **decision.to_dict(),
         "ledger_seq": result.entry.seq if result.entry else None,
         "policy_path": str(loaded.path),
+        "preview": preview,
     }
     emit(as_json, data, lambda: render_decision(decision, loaded.path))
     if not decision.allowed:
         raise Refused(decision.summary())
 
 
+def _signature(sign: Path | None, signature: Path | None, message: bytes) -> str | None:
+    from dpgov.errors import UsageError
+    from dpgov.gate import signatures
+
+    if sign is not None and signature is not None:
+        raise UsageError("--sign and --signature: give one of them")
+    if sign is not None:
+        return signatures.sign(message, sign)
+    if signature is not None:
+        return signatures.read_signature(signature)
+    return None
+
+
 def _approval_cmd(
-    kind: str, model: str, version: str, by: str, text: str, policy: Path | None, as_json: bool
+    kind: str,
+    model: str,
+    version: str,
+    by: str | None,
+    text: str,
+    *,
+    sign: Path | None,
+    signature: Path | None,
+    print_message: bool,
+    as_json: bool,
 ) -> None:
-    from dpgov.gate.approvals import record_approval, record_refusal
+    from dpgov.errors import UsageError
+    from dpgov.gate.approvals import message_for, record_approval, record_refusal
     from dpgov.gate.candidate import parse_version
     from dpgov.gate.standing import summarize
+    from dpgov.ledger.releases import binding_of
 
-    names.options(model=model, by=by)
+    names.options(model=model)
     version = parse_version(version)
-    with _services(policy) as (loaded, ledger, registry):
+    with _services(model, version) as (loaded, ledger, registry):
+        binding = binding_of(ledger, model, version)
+        if binding is None:
+            raise UsageError(
+                f"model {model} version {version} has no facts bound in the ledger (not "
+                "registered by dpgov tracking): the gate blocks it; nothing recorded"
+            )
+        message = message_for(kind, model, version, binding)
+        if print_message:
+            typer.echo(message.decode("utf-8"), nl=False)
+            return
+        sig = _signature(sign, signature, message)
+        common: dict[str, Any] = {
+            "model": model,
+            "version": version,
+            "by": by,
+            "policy": loaded,
+            "ledger": ledger,
+            "registry": registry,
+            "signature": sig,
+        }
         if kind == "approval":
-            entry, records = record_approval(
-                model=model,
-                version=version,
-                by=by,
-                note=text,
-                policy=loaded,
-                ledger=ledger,
-                registry=registry,
-            )
+            entry, records = record_approval(note=text, **common)
         else:
-            entry, records = record_refusal(
-                model=model,
-                version=version,
-                by=by,
-                reason=text,
-                policy=loaded,
-                ledger=ledger,
-                registry=registry,
-            )
+            entry, records = record_refusal(reason=text, **common)
     state = summarize(records, loaded.policy.approvals, entry.payload["author"])
     data = {
         "recorded": kind,
         "model": model,
         "version": version,
         "by": entry.payload["by"],
+        "identity": entry.payload["identity"],
+        "authenticated_by": entry.payload["authenticated_by"],
+        "signed": sig is not None,
         "ledger_seq": entry.seq,
         "time": entry.time,
         **state,
     }
 
     def render() -> None:
-        names = ", ".join(a["by"] for a in state["approvals"]) or "none"
+        counted = ", ".join(a["by"] for a in state["approvals"]) or "none"
         refusals = ", ".join(f"{r['by']} ({r['text']})" for r in state["refusals"]) or "none"
         typer.echo(
-            f"{kind} by {entry.payload['by']} of {model} version {version} recorded "
+            f"{kind} by {entry.payload['by']} (authenticated as {entry.payload['identity']}, "
+            f"{entry.payload['authenticated_by']}) of {model} version {version} recorded "
             f"(ledger entry {entry.seq})"
         )
         typer.echo(
             f"approvals: {len(state['approvals'])} of {state['required']} required "
-            f"({names}); standing refusals: {refusals}"
+            f"({counted}); standing refusals: {refusals}"
         )
 
     emit(as_json, data, render)
@@ -171,25 +254,51 @@ def _approval_cmd(
 def approve(
     model: str = ModelArg,
     version: str = VersionArg,
-    by: str = typer.Option(..., "--by", help="Who approves (checked against the policy)."),
+    by: str | None = ByOption,
     note: str = typer.Option("", "--note", help="Why: recorded with the approval."),
-    policy: Path | None = PolicyOption,
+    sign: Path | None = SignOption,
+    signature: Path | None = SignatureOption,
+    print_message: bool = PrintMessageOption,
+    policy: str | None = NoPolicyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Record an approval of a model version (ledger and model-version tags)."""
-    _approval_cmd("approval", model, version, by, note, policy, as_json)
+    """Record an approval of a model version by who acts (ledger and model-version tags)."""
+    _approval_cmd(
+        "approval",
+        model,
+        version,
+        by,
+        note,
+        sign=sign,
+        signature=signature,
+        print_message=print_message,
+        as_json=as_json,
+    )
 
 
 def refuse(
     model: str = ModelArg,
     version: str = VersionArg,
-    by: str = typer.Option(..., "--by", help="Who refuses (checked against the policy)."),
+    by: str | None = ByOption,
     reason: str = typer.Option(..., "--reason", help="Why: recorded with the refusal."),
-    policy: Path | None = PolicyOption,
+    sign: Path | None = SignOption,
+    signature: Path | None = SignatureOption,
+    print_message: bool = PrintMessageOption,
+    policy: str | None = NoPolicyOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Record a refusal: it blocks promotion until the same approver approves the version."""
-    _approval_cmd("refusal", model, version, by, reason, policy, as_json)
+    _approval_cmd(
+        "refusal",
+        model,
+        version,
+        by,
+        reason,
+        sign=sign,
+        signature=signature,
+        print_message=print_message,
+        as_json=as_json,
+    )
 
 
 def promote(
@@ -198,17 +307,18 @@ def promote(
     alias: str | None = typer.Option(
         None, "--alias", help="Registry alias to move (default: the policy's release.alias)."
     ),
-    policy: Path | None = PolicyOption,
+    policy: str | None = NoPolicyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Re-check the gate now and, if every check passes, point the alias at this version.
-    Rollback to an older version goes through the same gate. Exit 1 when blocked."""
+    """Re-check the gate now under the policy in force and, if every check passes, point the
+    alias at this version. Rollback to an older version goes through the same gate. A recalled
+    version never passes. Exit 1 when blocked."""
     from dpgov.gate import promotion as promo
     from dpgov.gate.candidate import parse_version
 
     names.options(model=model, alias=alias)
     version = parse_version(version)
-    with _services(policy) as (loaded, ledger, registry):
+    with _services(model, version) as (loaded, ledger, registry):
         try:
             result = promo.promote(
                 model=model,
@@ -236,6 +346,48 @@ def promote(
         seq = result.entry.seq if result.entry else "?"
         typer.echo(
             f"{kind} {model} version {version} to @{result.alias} ({before}; ledger entry {seq})"
+        )
+
+    emit(as_json, result.to_dict(), render)
+
+
+def recall(
+    model: str = ModelArg,
+    version: str = VersionArg,
+    reason: str = typer.Option(..., "--reason", help="Why the release is void: recorded."),
+    alias: str | None = typer.Option(
+        None, "--alias", help="Release alias to move away (default: the policy's release.alias)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Recall a released version: record it (by who acts), void its privacy statement, and move
+    the alias back to the previous release that still passes the gate, else delete it."""
+    from dpgov.gate import recall as rec
+    from dpgov.gate.candidate import parse_version
+
+    names.options(model=model, alias=alias)
+    version = parse_version(version)
+    with _services(model, version) as (loaded, ledger, registry):
+        result = rec.recall(
+            model=model,
+            version=version,
+            reason=reason,
+            alias=alias,
+            policy=loaded,
+            ledger=ledger,
+            registry=registry,
+        )
+
+    def render() -> None:
+        if not result.alias_moved:
+            where = f"@{result.alias} did not point at it; the alias is unchanged"
+        elif result.moved_to:
+            where = f"@{result.alias} moved back to version {result.moved_to}"
+        else:
+            where = f"@{result.alias} deleted (no earlier release passes the gate)"
+        typer.echo(
+            f"recalled {model} version {version} (ledger entry {result.entry.seq}, by "
+            f"{result.identity.name}); its privacy statement is void; {where}"
         )
 
     emit(as_json, result.to_dict(), render)

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from dpgov.contracts import show_spent, within
 from dpgov.gate.facts import CandidateFacts, Gap, SubgroupMetric
-from dpgov.gate.standing import ApprovalRecord, standing
+from dpgov.gate.standing import ApprovalRecord, excluded_identities, standing
 from dpgov.policy.schema import Fairness, Policy
 
 Observed = float | int | str | bool | None
@@ -142,6 +142,7 @@ def evaluate(
     *,
     policy_sha256: str | None = None,
     run_status: str | None = None,
+    policy_setter: str | None = None,
 ) -> Decision:
     """Judge one candidate against ``policy``. Pure: reads nothing, writes nothing.
 
@@ -155,7 +156,7 @@ def evaluate(
         checks.append(_run_check(run_status))
     checks += _utility_checks(policy, facts)
     checks += _fairness_checks(policy.fairness, facts)
-    approval_checks, approvers, refusers = _approval_checks(policy, facts, approvals)
+    approval_checks, approvers, refusers = _approval_checks(policy, facts, approvals, policy_setter)
     checks += approval_checks
     return Decision(
         model=facts.model_name,
@@ -614,9 +615,10 @@ def _fairness_checks(f: Fairness, facts: CandidateFacts) -> list[Check]:
 
 
 def _approval_checks(
-    policy: Policy, facts: CandidateFacts, records: Sequence[ApprovalRecord]
+    policy: Policy, facts: CandidateFacts, records: Sequence[ApprovalRecord], setter: str | None
 ) -> tuple[list[Check], tuple[str, ...], tuple[str, ...]]:
-    s = standing(records, policy.approvals, author=facts.author)
+    barred = excluded_identities(policy, author=facts.author, setter=setter)
+    s = standing(records, policy.approvals, author=facts.author, excluded=barred)
     refusal_reason = (
         "no refusal stands"
         if not s.refusals

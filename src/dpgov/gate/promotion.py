@@ -21,6 +21,7 @@ from dpgov.errors import Refused, UsageError
 from dpgov.gate.candidate import parse_version
 from dpgov.gate.decision import Decision
 from dpgov.gate.service import GateResult, run_gate
+from dpgov.identity import acting_identity
 from dpgov.policy.schema import alias_problem
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ def promote(
     current = registry.alias_version(model, alias)
     if current == version:
         return PromotionResult(model, version, alias, current, False, gate, None)
+    who = acting_identity(ledger)
     entry = ledger.append(
         kind="promotion",
         payload={
@@ -112,7 +114,9 @@ def promote(
             "policy_sha256": policy.sha256,
             "run_id": gate.inputs.facts.run_id,
             "approvers": list(decision.approvers),
+            **who.to_dict(),
         },
+        actor=who.name,
     )
     try:
         registry.set_alias(model, alias, version)

@@ -9,18 +9,23 @@ model version. Bad input (unknown model or version, facts that contradict the re
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dpgov.accounting import AccountantFailed, epsilon
 from dpgov.contracts import compact_json, json_safe
 from dpgov.errors import DpgovError, UsageError
+from dpgov.gate import bound as bound_facts
+from dpgov.gate.bound import Bound
 from dpgov.gate.candidate import fit, load_candidate
 from dpgov.gate.candidate import parse_version as parse_version  # re-exported for callers
 from dpgov.gate.decision import BlockFacts, Decision, LedgerFacts, evaluate
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.ports import ModelVersionInfo, RegistryPort
+from dpgov.gate.signatures import approval_message, verify
 from dpgov.gate.standing import ApprovalRecord, read_records
 from dpgov.ledger.integrity import combine
 
@@ -89,21 +94,55 @@ def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) 
 
 @dataclass(frozen=True)
 class GateInputs:
-    facts: CandidateFacts
+    facts: CandidateFacts  # the author is the identity the ledger bound, when bound
     info: ModelVersionInfo
     ledger_facts: LedgerFacts
     approvals: tuple[ApprovalRecord, ...]
+    bound: Bound | None = None
+
+
+def verify_signatures(
+    records: Sequence[ApprovalRecord], policy: Policy, bound: Bound, model: str, version: str
+) -> list[ApprovalRecord]:
+    """Each record of an approver with a key in ``approvals.ssh_keys``, its signature checked
+    (over :func:`dpgov.gate.signatures.approval_message` of the bound facts)."""
+    keys, b = policy.approvals.ssh_keys, bound.binding
+    out = []
+    for r in records:
+        if r.by in keys:
+            ok = b is not None and bool(r.signature)
+            if ok and b is not None:
+                message = approval_message(
+                    decision=r.kind,
+                    model=model,
+                    version=version,
+                    run_id=b.run_id,
+                    reservation=b.reservation,
+                    facts_sha256=b.facts_sha256,
+                )
+                ok = verify(message, r.signature, principal=r.by, public_key=keys[r.by])
+            r = dataclasses.replace(r, signed=ok)
+        out.append(r)
+    return out
 
 
 def gather(
     model: str, version: str, policy: LoadedPolicy, ledger: Ledger, registry: RegistryPort
 ) -> GateInputs:
     facts, info = load_candidate(registry, model, version)
+    version = str(facts.model_version)
+    bound = bound_facts.collect(ledger, registry, model, version, facts.dataset)
+    if bound.binding is not None:  # the author rule compares identities: the ledger's
+        facts = facts.model_copy(update={"author": bound.binding.author})
+    records = verify_signatures(
+        read_records(ledger, model, version), policy.policy, bound, model, version
+    )
     return GateInputs(
         facts=facts,
         info=info,
         ledger_facts=collect_ledger_facts(ledger, facts, policy.policy),
-        approvals=tuple(read_records(ledger, model, str(facts.model_version))),
+        approvals=tuple(records),
+        bound=bound,
     )
 
 
@@ -133,7 +172,14 @@ def run_gate(
         inputs.approvals,
         policy_sha256=policy.sha256,
         run_status=inputs.info.run_status,
+        policy_setter=inputs.bound.setter if inputs.bound else None,
     )
+    if inputs.bound is not None:
+        extra = (
+            bound_facts.binding_check(inputs.bound, inputs.facts, inputs.info),
+            bound_facts.recall_check(inputs.bound),
+        )
+        decision = dataclasses.replace(decision, checks=(*decision.checks, *extra))
     entry = record_decision(decision, inputs, policy, ledger, registry, purpose) if record else None
     return GateResult(decision=decision, inputs=inputs, entry=entry)
 

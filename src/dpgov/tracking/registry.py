@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from dpgov import config
-from dpgov.contracts import ARTIFACT_CANDIDATE_FACTS
+from dpgov.contracts import ARTIFACT_CANDIDATE_FACTS, ARTIFACT_PRIVACY_STATEMENT
 from dpgov.errors import UsageError
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.ports import ModelVersionInfo
+from dpgov.tracking.digests import file_sha256, tree_sha256
 from dpgov.tracking.reader.client import download, version_record
-from dpgov.tracking.store import mlflow_client
+from dpgov.tracking.store import mlflow_client, quiet_progress
 
 FACTS_ARTIFACT = ARTIFACT_CANDIDATE_FACTS
 
@@ -111,6 +112,40 @@ class Registry:
                     f"{where}: {FACTS_ARTIFACT} does not match the contract: {loc}: {e['msg']}"
                 ) from err
 
+    def artifact_digests(self, name: str, version: str) -> dict[str, str | None]:
+        """SHA-256 of the version's artifact files as the store holds them now: its run's
+        ``candidate_facts.json`` and ``privacy_statement.json`` (None when absent) and its model
+        files (:func:`dpgov.tracking.digests.tree_sha256` of the version's source; None when
+        the source holds no file)."""
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        info = self.model_version(name, version)
+        out: dict[str, str | None] = {}
+        with tempfile.TemporaryDirectory(prefix="dpgov-digests-") as tmp:
+            for key, artifact in (
+                ("candidate_facts", FACTS_ARTIFACT),
+                ("privacy_statement", ARTIFACT_PRIVACY_STATEMENT),
+            ):
+                try:
+                    path = download(self.client, str(info.run_id), artifact, f"{tmp}/{key}")
+                    out[key] = file_sha256(path)
+                except (MlflowException, OSError):
+                    out[key] = None
+            out["weights"] = None
+            if info.source:
+                try:
+                    with quiet_progress():
+                        local = mlflow.artifacts.download_artifacts(
+                            artifact_uri=info.source,
+                            dst_path=f"{tmp}/weights",
+                            tracking_uri=self.uri,
+                        )
+                    out["weights"] = tree_sha256(Path(local))
+                except (MlflowException, OSError):
+                    out["weights"] = None
+        return out
+
     def alias_version(self, name: str, alias: str) -> str | None:
         from mlflow.exceptions import MlflowException
 
@@ -141,6 +176,10 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point ``alias`` at ``version``. Call only from :func:`dpgov.gate.promotion.promote`."""
         self.client.set_registered_model_alias(name, alias, str(version))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove ``alias``. Call only from :func:`dpgov.gate.recall.recall`."""
+        self.client.delete_registered_model_alias(name, alias)
 
 
 def _not_found(err: Any) -> bool:

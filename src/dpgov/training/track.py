@@ -2,8 +2,10 @@
 
 The ledger is already committed here. The private run gets its metrics, its privacy statement
 and its candidate facts; with ``register`` its model is logged and registered as a candidate
-version (the gate reads the facts). The reference leaves metrics and facts only (a reference
-version is registered for comparison, never promotable). A tracking failure marks the MLflow
+version (the gate reads the facts), and the ledger binds the digests of its facts, statement
+and weights to its run, version and reservation (``facts_bound``). The reference leaves metrics
+and facts only (a reference version is registered for comparison, never promotable, and is
+bound with no reservation). A tracking failure marks the MLflow
 run FAILED and propagates; the charge stands.
 """
 
@@ -28,6 +30,7 @@ from dpgov.contracts import (
     compact_json,
 )
 from dpgov.tracking import runs
+from dpgov.tracking.binding import bind_version
 from dpgov.training import records
 from dpgov.training.evaluate import price_of_privacy, reference_facts
 from dpgov.training.faults import fault_point
@@ -144,6 +147,10 @@ def track(
             eps=None,
         )
         ref_version = _register(ref_run_id, ref_res.model, p, facts, ref_ev, register=register)
+        if ref_version is not None:  # bound as the non-private reference: no reservation
+            bind_version(
+                ledger, model=model_name, version=ref_version, run_id=ref_run_id, reservation=None
+            )
         runs.end_run(ref_run_id)
         ref_facts = reference_facts(ref_run_id, ref_ev)
 
@@ -187,6 +194,10 @@ def track(
         reference=ref_facts,
     )
     version = _register(run_id, outcome.result.model, p, facts, ev, register=register)
+    if version is not None:
+        bind_version(
+            ledger, model=model_name, version=version, run_id=run_id, reservation=reservation.id
+        )
     fault_point("after_register")
     runs.end_run(run_id)
     return TrackOutcome(

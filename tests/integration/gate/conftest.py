@@ -1,9 +1,16 @@
 """A real ledger (SQLite) and a real MLflow registry (SQLite store) in a tmp dpgov home, with
 model versions registered the way training registers them: a run holding candidate_facts.json,
-a model version pointing at it, and the dpgov.* tags."""
+its privacy statement and model files, a model version pointing at it, the dpgov.* tags, and
+the ledger's facts_bound entry (the digests read back from the store).
+
+Who acts: in-process commands run as the OS user the test names (``cli(..., as_="carol")``,
+default: the ``--by`` name, i.e. the approver running the command as themselves), by
+substituting :func:`dpgov.identity.os_user`; tests in ``test_identities.py`` use real second
+identities (OS users, PostgreSQL roles) instead."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from dataclasses import dataclass
@@ -32,7 +39,20 @@ class Env:
     experiment_id: str
     policy_path: Path
 
-    def reserve_and_commit(self, steps: int = 20, *, commit: bool = True) -> Any:
+    def set_policy(self, text: str | None = None, *, actor: str = "tester") -> None:
+        """Record the policy file (optionally rewritten to ``text``) as the policy in force."""
+        from dpgov.ledger.policies import set_policy
+        from dpgov.policy import load_policy
+
+        if text is not None:
+            self.policy_path.write_text(text)
+        set_policy(
+            self.ledger, load_policy(self.policy_path), dataset=None, reason="test", actor=actor
+        )
+
+    def reserve_and_commit(
+        self, steps: int = 20, *, commit: bool = True, run_id: str | None = None
+    ) -> Any:
         from dpgov.accounting import DpSgdMechanism
         from dpgov.policy import load_policy
 
@@ -46,7 +66,7 @@ class Env:
             policy_sha256=loaded.sha256,
         )
         if commit:
-            self.ledger.commit(res.id)
+            self.ledger.commit(res.id, run_id=run_id)
         return res
 
     def register(
@@ -55,6 +75,7 @@ class Env:
         private: bool = True,
         commit: bool = True,
         torch_model: bool = False,
+        bind: bool = True,
         **overrides: Any,
     ) -> tuple[str, CandidateFacts]:
         """Register one model version (a run with candidate_facts.json); return its version.
@@ -69,8 +90,9 @@ class Env:
         if torch_model:
             model_uri = self._log_torch_model(rid)
         fields: dict[str, Any] = {"run_id": rid, "model_version": None, "private": private}
+        res = None
         if private:
-            res = self.reserve_and_commit(commit=commit)
+            res = self.reserve_and_commit(commit=commit, run_id=rid)
             fields.update(reservation_id=res.id, epsilon=res.epsilon_run, ledger_entries=[res.seq])
         else:
             fields.update(
@@ -90,6 +112,15 @@ class Env:
         out.mkdir(parents=True)
         (out / FACTS_ARTIFACT).write_text(facts_json(facts))
         self.client.log_artifact(rid, str(out / FACTS_ARTIFACT))
+        if private:
+            statement = out / "privacy_statement.json"
+            statement.write_text(json.dumps({"epsilon": facts.epsilon, "run_id": rid}))
+            self.client.log_artifact(rid, str(statement))
+        if not torch_model:  # model files for the weights digest
+            weights = out / "model"
+            weights.mkdir()
+            (weights / "weights.bin").write_bytes(rid.encode() * 8)
+            self.client.log_artifacts(rid, str(weights), "model")
         self.client.set_terminated(rid)
         try:
             self.client.get_registered_model(MODEL)
@@ -109,7 +140,23 @@ class Env:
             assert mv.run_id == rid
         else:
             mv = self.client.create_model_version(MODEL, source=model_uri, run_id=rid, tags=tags)
+        if bind and (commit or not private):
+            self.bind(str(mv.version), rid, res.id if res is not None else None)
         return str(mv.version), facts
+
+    def bind(self, version: str, run_id: str, reservation: str | None) -> Any:
+        """What tracking does after registering: bind the digests, as the author ("bob")."""
+        import dpgov.identity
+        from dpgov.tracking.binding import bind_version
+
+        saved = dpgov.identity.os_user
+        dpgov.identity.os_user = lambda: "bob"  # type: ignore[assignment]
+        try:
+            return bind_version(
+                self.ledger, model=MODEL, version=version, run_id=run_id, reservation=reservation
+            )
+        finally:
+            dpgov.identity.os_user = saved  # type: ignore[assignment]
 
     def _log_torch_model(self, run_id: str) -> str:
         import mlflow
@@ -155,7 +202,7 @@ def env(dpgov_home: Path, mlflow_store_template: Path, monkeypatch: pytest.Monke
     policy.write_text(
         (Path(__file__).resolve().parents[3] / "policies" / "default.yaml").read_text()
     )
-    monkeypatch.setenv("DPGOV_ACTOR", "tester")
+    monkeypatch.delenv("DPGOV_ACTOR", raising=False)
     yield Env(dpgov_home, ledger, client, exp, policy)
     ledger.close()
 
@@ -167,17 +214,25 @@ class CliResult:
     err: str
 
 
+def acting_as(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Commands from now on run as OS user ``name`` (see the module docstring)."""
+    import dpgov.identity
+
+    monkeypatch.setattr(dpgov.identity, "os_user", lambda: name)
+
+
 @pytest.fixture
 def cli(env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """Run ``dpgov ARGS`` in-process through the real entry point (exit codes included)."""
+    """Run ``dpgov ARGS`` in-process through the real entry point (exit codes included), as
+    OS user ``as_`` (default: the ``--by`` name, else "tester")."""
     from dpgov.cli import main
 
     monkeypatch.setenv("COLUMNS", "200")
 
-    def run(*args: str, policy: bool = True) -> CliResult:
+    def run(*args: str, as_: str | None = None) -> CliResult:
         argv = ["dpgov", *args]
-        if policy and "--policy" not in args:
-            argv += ["--policy", str(env.policy_path)]
+        by = args[args.index("--by") + 1] if "--by" in args else None
+        acting_as(monkeypatch, as_ or by or "tester")
         monkeypatch.setattr(sys, "argv", argv)
         capsys.readouterr()
         try:

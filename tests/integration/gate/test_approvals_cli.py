@@ -12,7 +12,7 @@ def strict_approvers(env, names="[alice, carol]", required=1, allow_author="fals
     text = text.replace("required: 1", f"required: {required}")
     text = text.replace("approvers: null", f"approvers: {names}")
     text = text.replace("allow_author: false", f"allow_author: {allow_author}")
-    env.policy_path.write_text(text)
+    env.set_policy(text)
 
 
 def test_approval_is_recorded_in_ledger_with_who_when_why(env, cli):
@@ -22,7 +22,8 @@ def test_approval_is_recorded_in_ledger_with_who_when_why(env, cli):
     (entry,) = env.entries("approval")
     assert entry.payload["by"] == "alice" and entry.payload["note"] == "reviewed subgroups"
     assert entry.payload["version"] == version and entry.payload["run_id"] == facts.run_id
-    assert entry.time and entry.actor == "tester"
+    assert entry.time and entry.actor == "alice" == entry.payload["identity"]
+    assert entry.payload["authenticated_by"] == "os-user"
 
 
 def test_approval_is_recorded_as_model_version_tags(env, cli):
@@ -50,7 +51,7 @@ def test_another_spelling_of_an_approver_is_refused_not_counted(env, cli):
     version, _ = env.register()
     cli("approve", MODEL, version, "--by", "alice")
     for other in ("ALICE", "alice\u200b", "ａｌｉｃｅ"):
-        r = cli("approve", MODEL, version, "--by", other)
+        r = cli("approve", MODEL, version, "--by", other, as_="alice")
         assert r.code == 2 and r.err.startswith("error: --by ") and r.err.count("\n") == 1, r.err
     assert [e.payload["by"] for e in env.entries("approval")] == ["alice"]
 

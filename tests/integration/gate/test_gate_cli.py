@@ -73,11 +73,11 @@ def test_gate_uses_the_ledgers_epsilon_when_the_run_understates_it(env, cli):
 
 
 def test_gate_blocks_an_uncommitted_reservation(env, cli):
-    version, _ = env.register(commit=False)
-    cli("approve", MODEL, version, "--by", "alice")
+    version, _ = env.register(commit=False)  # never bound: tracking binds committed runs only
+    assert cli("approve", MODEL, version, "--by", "alice").code == 2
     r = cli("gate", MODEL, version, "--json")
     assert r.code == 1
-    assert json.loads(r.out)["failing"] == ["ledger_reservation"]
+    assert json.loads(r.out)["failing"] == ["ledger_reservation", "approvals", "facts_bound"]
 
 
 def test_gate_blocks_the_reference_even_if_facts_claim_private(env, cli):
@@ -110,14 +110,35 @@ def test_gate_malformed_version_exits_2(env, cli):
     assert r.code == 2 and "VERSION must be a model version number" in r.err
 
 
-def test_gate_malformed_policy_exits_2_and_records_nothing(env, cli, tmp_path):
+def test_gate_preview_with_a_malformed_policy_exits_2_and_records_nothing(env, cli, tmp_path):
     version, _ = env.register()
     bad = tmp_path / "bad.yaml"
     bad.write_text(env.policy_path.read_text().replace("min_auroc: 0.6", "min_auroc: 6"))
-    r = cli("gate", MODEL, version, "--policy", str(bad))
+    r = cli("gate", MODEL, version, "--preview", "--policy", str(bad))
     assert r.code == 2
     assert r.err.count("\n") == 1 and "utility.min_auroc" in r.err
     assert env.entries("gate_decision") == []
+
+
+def test_gate_policy_file_without_preview_is_a_usage_error(env, cli, tmp_path):
+    version, _ = env.register()
+    lax = tmp_path / "lax.yaml"
+    lax.write_text(env.policy_path.read_text().replace("required: 1", "required: 0"))
+    r = cli("gate", MODEL, version, "--policy", str(lax))
+    assert r.code == 2 and "dpgov policy set" in r.err and "--preview" in r.err
+    assert env.entries("gate_decision") == []
+
+
+def test_gate_preview_judges_by_the_file_and_records_nothing(env, cli, tmp_path):
+    version, _ = env.register()
+    lax = tmp_path / "lax.yaml"
+    lax.write_text(env.policy_path.read_text().replace("required: 1", "required: 0"))
+    assert cli("gate", MODEL, version).code == 1  # the policy in force asks for an approval
+    before = len(env.ledger.entries())
+    r = cli("gate", MODEL, version, "--preview", "--policy", str(lax), "--json")
+    assert r.code == 0, r.out + r.err
+    assert json.loads(r.out)["preview"] is True
+    assert len(env.ledger.entries()) == before
 
 
 def test_gate_version_without_facts_exits_2(env, cli):

@@ -75,7 +75,7 @@ def test_rollback_goes_through_the_gate(env, cli):
 def test_promotion_re_evaluates_policy_at_that_moment(env, cli):
     version = approved(env, cli)
     assert cli("gate", MODEL, version).code == 0
-    env.policy_path.write_text(env.policy_path.read_text().replace("required: 1", "required: 2"))
+    env.set_policy(env.policy_path.read_text().replace("required: 1", "required: 2"))
     r = cli("promote", MODEL, version)
     assert r.code == 1 and "1 of 2 required" in r.err
     assert env.alias() is None
@@ -96,9 +96,7 @@ def test_promotion_to_another_alias(env, cli):
 
 
 def test_promotion_alias_comes_from_policy(env, cli):
-    env.policy_path.write_text(
-        env.policy_path.read_text().replace("alias: champion", "alias: production")
-    )
+    env.set_policy(env.policy_path.read_text().replace("alias: champion", "alias: production"))
     version = approved(env, cli)
     assert cli("promote", MODEL, version).code == 0
     assert env.alias("production") == version
