@@ -197,10 +197,11 @@ def check_membership(
     facts: MembershipFacts | None,
     policy: LoadedPolicy,
     eps: Epsilons,
-) -> list[Finding]:
-    """Membership against the chain, the classes recomputed, the patients over a limit."""
+) -> tuple[list[Finding], dict[BlockKey, float]]:
+    """Membership against the chain, the classes recomputed, the patients over a limit; and
+    each recomputed block's worst-member ε (for :func:`reconcile_budgets`)."""
     if facts is None:
-        return []
+        return [], {}
     budget = policy.policy.budget
     out: list[Finding] = []
     for p in facts.problems:
@@ -216,7 +217,7 @@ def check_membership(
         )
     chained = chained_membership(snap)
     if not chained:
-        return out
+        return out, {}
     recomputed, skipped = recompute_classes(chained, facts.stored, r)
     for domain in skipped:
         out.append(
@@ -245,6 +246,86 @@ def check_membership(
             )
     out += _against_ledger(recomputed, epsilons, facts, skipped)
     out += _over_limit(recomputed, epsilons, budget.epsilon_per_block, budget.delta)
+    return out, _block_worst(chained, recomputed, epsilons, skipped)
+
+
+def _block_worst(
+    chained: dict[BlockKey, _Chained],
+    recomputed: list[RecomputedClass],
+    epsilons: dict[int, float],
+    skipped: list[str],
+) -> dict[BlockKey, float]:
+    """Each block's ε as its worst-off member's (0 for a block whose members were all erased
+    and that no charge reached): what the ledger enforces."""
+    out: dict[BlockKey, float] = {}
+    for i, c in enumerate(recomputed):
+        if i not in epsilons:
+            continue
+        for k in c.blocks:
+            out[k] = max(out.get(k, 0.0), epsilons[i])
+    for k, m in chained.items():
+        if m.domain not in skipped and k not in out:
+            out[k] = 0.0
+    return out
+
+
+def reconcile_budgets(
+    findings: list[Finding],
+    rows: list[Any],
+    per_block: dict[BlockKey, float],
+    r: Replay,
+    snap: LedgerSnapshot,
+    policy: LoadedPolicy,
+    eps: Epsilons,
+) -> list[Finding]:
+    """The budgets check composes each block's own charges; under per-patient accounting a
+    block's ε is its worst member's, which also counts what reached them through other blocks
+    (regroupings, other datasets of the domain), so it is at least that. For every block
+    whose members were recomputed: its row shows the worst member's ε; the ledger's figure is
+    compared with it instead; a recorded figure above the block's own composition is no
+    longer a mismatch (below it still is: an undercount)."""
+    budget = policy.policy.budget
+    for row in rows:
+        key = (row.dataset, row.block)
+        if key in per_block and row.epsilon is not None:
+            row.epsilon = max(row.epsilon, per_block[key])
+            row.remaining = max(0.0, budget.epsilon_per_block - row.epsilon)
+    out = []
+    for f in findings:
+        key = (f.where.get("dataset"), f.where.get("block"))
+        if f.kind != "epsilon_mismatch" or key not in per_block:
+            out.append(f)
+            continue
+        rid = f.where.get("reservation")
+        if rid is None:
+            continue  # the ledger's figure now: compared with the worst member below
+        c = r.charges.get(rid)
+        if c is None or key[1] not in c.epsilon_after:
+            out.append(f)
+            continue
+        try:
+            own = eps.of_key(
+                r.state(key[0], key[1], c.seq), delta=c.delta or 0.0, accountant=c.accountant or ""
+            )
+        except (AccountantFailed, ValueError):
+            out.append(f)
+            continue
+        if c.epsilon_after[key[1]] < own and not close_enough(c.epsilon_after[key[1]], own):
+            out.append(f)
+    for key, worst in sorted(per_block.items()):
+        led = (snap.budget or {}).get(key)
+        if led is not None and not close_enough(led, worst):
+            out.append(
+                finding(
+                    "epsilon_mismatch",
+                    f"block {key[0]}/{key[1]}: the ledger reports ε={fmt_epsilon(led)}, its "
+                    f"worst-off member's charges compose to ε={fmt_epsilon(worst)} (at "
+                    f"δ={budget.delta:g}, {budget.accountant}): its projection or caches are "
+                    "wrong",
+                    dataset=key[0],
+                    block=key[1],
+                )
+            )
     return out
 
 
