@@ -146,12 +146,13 @@ def ledger_facts(**overrides: Any) -> LedgerFacts:
     return LedgerFacts(**data)
 
 
-def approval(by: str, seq: int, text: str = "ok") -> ApprovalRecord:
-    return ApprovalRecord(kind="approval", by=by, text=text, seq=seq)
+def approval(by: str, seq: int, text: str = "ok", identity: str | None = None) -> ApprovalRecord:
+    """An approval recorded by the authenticated identity ``identity`` (default: ``by``)."""
+    return ApprovalRecord(kind="approval", by=by, text=text, seq=seq, identity=identity or by)
 
 
-def refusal(by: str, seq: int, text: str = "no") -> ApprovalRecord:
-    return ApprovalRecord(kind="refusal", by=by, text=text, seq=seq)
+def refusal(by: str, seq: int, text: str = "no", identity: str | None = None) -> ApprovalRecord:
+    return ApprovalRecord(kind="refusal", by=by, text=text, seq=seq, identity=identity or by)
 
 
 APPROVED = (approval("alice", 10),)

@@ -435,7 +435,15 @@ def test_enough_approvals_pass():
 
 def test_same_approver_twice_counts_once():
     pol = policy(approvals={"required": 2})
-    c = check("approvals", pol=pol, approvals=(approval("alice", 1), approval(" Alice ", 2)))
+    c = check("approvals", pol=pol, approvals=(approval("alice", 1), approval("alice", 2)))
+    assert not c.passed and c.observed == 1
+
+
+def test_one_identity_under_two_names_counts_once():
+    """Approvals are keyed by the authenticated identity, not the typed name."""
+    pol = policy(approvals={"required": 2, "identities": {"carol": "alice"}})
+    two = (approval("alice", 1), approval("carol", 2, identity="alice"))
+    c = check("approvals", pol=pol, approvals=two)
     assert not c.passed and c.observed == 1
 
 
@@ -474,7 +482,7 @@ def test_refusal_blocks():
 
 
 def test_refusal_lifted_when_same_approver_approves_later():
-    d = decide(approvals=(refusal("carol", 1), approval("Carol", 2)))
+    d = decide(approvals=(refusal("carol", 1), approval("carol", 2)))
     assert d.check("refusals").passed
     assert d.allowed
 
