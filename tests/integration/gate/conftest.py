@@ -141,7 +141,7 @@ class Env:
         else:
             mv = self.client.create_model_version(MODEL, source=model_uri, run_id=rid, tags=tags)
         if bind and (commit or not private):
-            self.bind(str(mv.version), rid, res.id if res is not None else None)
+            self.bind(str(mv.version), rid, facts.reservation_id if private else None)
         return str(mv.version), facts
 
     def bind(self, version: str, run_id: str, reservation: str | None) -> Any:
