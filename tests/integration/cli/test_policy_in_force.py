@@ -90,12 +90,10 @@ RESERVE = ["--block", "b1", "--noise-multiplier", "1", "--sample-rate", "0.01", 
     ],
     ids=lambda c: " ".join(c[:2]),
 )
-def test_policy_on_an_enforcing_command_is_a_usage_error_and_nothing_is_charged(
-    cli, lax, command
-):
+def test_policy_on_an_enforcing_command_is_a_usage_error_and_nothing_is_charged(cli, lax, command):
     _block()
     before = len(_entries())
-    code, out, err = cli(*command, "--policy", str(lax))
+    code, _out, err = cli(*command, "--policy", str(lax))
     assert code == 2, err
     assert "dpgov policy set" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
@@ -104,9 +102,9 @@ def test_policy_on_an_enforcing_command_is_a_usage_error_and_nothing_is_charged(
 
 def test_reserve_enforces_the_policy_in_force_not_a_file(cli, lax):
     _block()
-    code, out, err = cli("ledger", "reserve", "--dataset", "d", *RESERVE, "--json")
+    code, _out, err = cli("ledger", "reserve", "--dataset", "d", *RESERVE, "--json")
     assert code == 0, err
-    entry = [e for e in _entries() if e.kind == "reservation"][0]
+    entry = next(e for e in _entries() if e.kind == "reservation")
     assert entry.payload["policy_sha256"] == PACKAGED_SHA
     assert entry.payload["budget"]["epsilon_per_block"] == 8.0
 
