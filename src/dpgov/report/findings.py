@@ -19,6 +19,8 @@ inputs
     ``tracking_unavailable``
 the policy in force
     ``policy_not_in_force``, ``policy_change_invalid``
+released facts
+    ``release_facts_mismatch``, ``release_recalled``
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ KINDS = (
     # the policy in force (issue 13): dpgov.report.checks.policy_in_force
     "policy_not_in_force",
     "policy_change_invalid",
+    # facts bound to the chain and recalls (issue 13): dpgov.report.checks.release_facts
+    "release_facts_mismatch",
+    "release_recalled",
 )
 
 # Findings about the state as a whole are always reported; those tied to one moment (a run,
