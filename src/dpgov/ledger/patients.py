@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from dpgov import names
+from dpgov.accounting import rdp_vector
+from dpgov.accounting.filters import FILTER_ORDERS, filter_epsilon
 from dpgov.errors import UsageError
 from dpgov.ledger import classes, integrity, membership
 from dpgov.ledger.appending import append_entry
@@ -82,12 +84,37 @@ class PatientStore(LedgerStore):
             out[c.key] = memo[d]
         return out
 
+    def _adaptive_epsilons(
+        self, st: VerifiedState, found: Sequence[HClass], delta: float
+    ) -> dict[str, float]:
+        """Each class's ε under the RDP filter over :data:`FILTER_ORDERS` (valid under full
+        adaptivity: Feldman and Zrnic 2021, Thm 3.1; docs/composition.md)."""
+        out: dict[str, float] = {}
+        memo: dict[str, float] = {}
+        for c in found:
+            multiset = classes.class_multiset(st, c)
+            if not multiset:
+                out[c.key] = 0.0
+                continue
+            d = digest(multiset)
+            if d not in memo:
+                total = [0.0] * len(FILTER_ORDERS)
+                for mech, n in multiset:
+                    total = [
+                        a + b
+                        for a, b in zip(total, rdp_vector(mech, FILTER_ORDERS, n), strict=True)
+                    ]
+                memo[d] = filter_epsilon(total, delta, FILTER_ORDERS)
+            out[c.key] = memo[d]
+        return out
+
     def budget(
         self, budget: Budget, dataset: str | None = None, blocks: Sequence[str] | None = None
     ) -> list[BlockStatus]:
         """Status of every block (of one dataset, or the named blocks of it): the ε of the
         worst history class among its members, under the policy's accountant (enforced), PLD
-        (fixed schedule) and RDP (full adaptivity). Reads only: nothing composed is cached."""
+        (tight for a fixed schedule) and the RDP filter over :data:`FILTER_ORDERS` (valid
+        under full adaptivity). Reads only: nothing composed is cached."""
         with self._read() as conn:
             st = self._state(conn)
             if blocks is not None:
@@ -104,8 +131,9 @@ class PatientStore(LedgerStore):
             wanted = list({c.key: c for cs in per_block.values() for c in cs}.values())
             eps: dict[str, dict[str, float]] = {
                 name: self._class_epsilons(conn, st, wanted, name, budget.delta)
-                for name in dict.fromkeys([budget.accountant, "pld", "rdp"])
+                for name in dict.fromkeys([budget.accountant, "pld"])
             }
+            eps[ADAPTIVE] = self._adaptive_epsilons(st, wanted, budget.delta)
         out = []
         for row, k in zip(rows, keys, strict=True):
             _, n_charges, pending = st.multiset(*k)
@@ -131,7 +159,7 @@ class PatientStore(LedgerStore):
                     split=m.split,
                     classes=sum(1 for c in cs if c.count > 0),
                     epsilon_spent_fixed=worst("pld"),
-                    epsilon_spent_adaptive=worst("rdp"),
+                    epsilon_spent_adaptive=worst(ADAPTIVE),
                     composition=composition_of(budget.accountant),
                     members=m.digest is not None,
                 )

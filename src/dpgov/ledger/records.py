@@ -35,7 +35,7 @@ class BlockStatus:
     split: str = "train"
     classes: int = 0
     epsilon_spent_fixed: float = 0.0  # PLD of the worst class: tight for a fixed schedule
-    epsilon_spent_adaptive: float = 0.0  # RDP of the worst class: valid under full adaptivity
+    epsilon_spent_adaptive: float = 0.0  # RDP filter ε of the worst class: full adaptivity
     composition: str = "fixed"  # "fixed" for pld/prv, "adaptive" for rdp
     members: bool = True  # False: registered without members (conservative)
 

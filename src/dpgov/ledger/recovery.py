@@ -37,7 +37,7 @@ from dpgov.ledger.appending import append_restored, take_appended
 from dpgov.ledger.appending import rotate_key as _rotate
 from dpgov.ledger.chain import Entry, Verification, keyring, verify_chain
 from dpgov.ledger.database import read_transaction, write_transaction
-from dpgov.ledger.schema import cache_t, entries_t, metadata
+from dpgov.ledger.schema import cache_t, class_cache_t, class_structures_t, entries_t, metadata
 
 FORMAT = "dpgov-ledger-backup"
 VERSION = 1
@@ -93,8 +93,13 @@ class BackupInfo:
         }
 
 
+CACHES = (cache_t, class_cache_t, class_structures_t)  # recomputed, never backed up
+
+
 def _tables() -> list[sa.Table]:
-    return [t for t in metadata.sorted_tables if t is not cache_t]
+    """What a backup holds: the entries, the projections and the membership beside the
+    chain (``dpgov_members``: its digests are on the chain, its pseudonyms only here)."""
+    return [t for t in metadata.sorted_tables if t not in CACHES]
 
 
 def _cell(value: Any) -> Any:

@@ -41,8 +41,9 @@ class World:
         self.url = url
         self.ledger = Ledger.open(url)
         led = self.ledger
-        for b in ("b1", "b2", "b3"):
-            led.add_block(dataset="d", block=b, patients=500)
+        for i, b in enumerate(("b1", "b2", "b3")):  # distinct patients (with their members)
+            who = [f"{n:020x}" for n in range(500 * i, 500 * (i + 1))]
+            led.add_block(dataset="d", block=b, patients=500, members=who)
         self.r1 = led.reserve(dataset="d", blocks=["b1"], mechanism=RUN, budget=BUDGET).id
         led.commit(self.r1)
         self.r2 = led.reserve(dataset="d", blocks=["b1"], mechanism=RUN, budget=BUDGET).id

@@ -135,8 +135,7 @@ def test_a_retired_block_cannot_be_charged(ledger):
 def test_add_block_is_idempotent_but_refuses_conflicting_facts(ledger):
     assert ledger.add_block(dataset="cohort", block="2001", patients=900) is None
     assert (
-        ledger.add_block(dataset="cohort", block="2001", patients=900, members=members(900))
-        is None
+        ledger.add_block(dataset="cohort", block="2001", patients=900, members=members(900)) is None
     )
     with pytest.raises(UsageError, match="registered with 900 patients, not 901"):
         ledger.add_block(dataset="cohort", block="2001", patients=901)
