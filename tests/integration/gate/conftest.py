@@ -173,6 +173,12 @@ class Env:
             )
         return info.model_uri
 
+    def artifact(self, version: str, name: str) -> Path:
+        """The file the (local) artifact store holds for the version's run."""
+        run_id = self.client.get_model_version(MODEL, version).run_id
+        root = self.client.get_run(run_id).info.artifact_uri.removeprefix("file://")
+        return Path(root) / name
+
     def entries(self, kind: str) -> list[Any]:
         return self.ledger.entries(kind=kind)
 

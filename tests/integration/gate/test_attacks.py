@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from gate_factories import MODEL, SUBGROUPS, subgroup
-
-
-def artifact(env, version: str, name: str) -> Path:
-    """The file the artifact store holds for the version's run (a local store)."""
-    run_id = env.client.get_model_version(MODEL, version).run_id
-    root = env.client.get_run(run_id).info.artifact_uri.removeprefix("file://")
-    return Path(root) / name
-
 
 # ------------------------------------------------------------------------ who acts
 
@@ -107,7 +98,7 @@ def test_edited_facts_are_refused_by_the_gate(env, cli):
     ]
     version, _ = env.register(subgroups=bad)
     assert cli("approve", MODEL, version, "--by", "alice").code == 0
-    path = artifact(env, version, "candidate_facts.json")
+    path = env.artifact(version, "candidate_facts.json")
     data = json.loads(path.read_text())
     for s in data["subgroups"]:
         if s["group"] == "70+":
@@ -124,7 +115,7 @@ def test_swapped_weights_are_refused(env, cli):
     version, _ = env.register()
     assert cli("approve", MODEL, version, "--by", "alice").code == 0
     assert cli("gate", MODEL, version).code == 0
-    artifact(env, version, "model/weights.bin").write_bytes(b"other weights")
+    env.artifact(version, "model/weights.bin").write_bytes(b"other weights")
     r = cli("promote", MODEL, version)
     assert r.code == 1 and "model weights changed since tracking" in r.err
     assert env.alias() is None
@@ -153,7 +144,7 @@ def test_a_non_private_run_with_forged_private_facts_is_refused(env, cli):
     tags: the ledger knows it reserved no budget."""
     _v1, f1 = env.register()
     ref, _ = env.register(private=False)
-    path = artifact(env, ref, "candidate_facts.json")
+    path = env.artifact(ref, "candidate_facts.json")
     data = json.loads(path.read_text())
     data.update(private=True, reservation_id=f1.reservation_id, epsilon=f1.epsilon)
     path.write_text(json.dumps(data))

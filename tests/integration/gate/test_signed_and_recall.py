@@ -125,3 +125,25 @@ def test_recall_of_the_only_release_deletes_the_alias(env, cli):
     assert env.alias() is None and "deleted" in r.out
     assert cli("recall", MODEL, "9", "--reason", "x").code == 2
     assert cli("recall", MODEL, v1, "--reason", " ").code == 2
+
+
+# ------------------------------------------------------------------------ the audit
+
+
+def audit_kinds(cli) -> list[str]:
+    r = cli("audit", "--json")
+    return [f["kind"] for f in json.loads(r.out)["findings"]]
+
+
+def test_the_audit_reports_a_release_whose_facts_changed_and_a_clean_recall(env, cli):
+    v1 = promoted(env, cli)
+    v2 = promoted(env, cli)
+    assert "release_facts_mismatch" not in audit_kinds(cli)
+    path = env.artifact(v2, "candidate_facts.json")
+    path.write_text(path.read_text().replace('"auroc": 0.8', '"auroc": 0.9'))
+    kinds = audit_kinds(cli)
+    assert "release_facts_mismatch" in kinds
+    assert cli("recall", MODEL, v2, "--reason", "facts edited after release").code == 0
+    kinds = audit_kinds(cli)
+    assert env.alias() == v1
+    assert not {"release_facts_mismatch", "release_recalled", "alias_outside_gate"} & set(kinds)
