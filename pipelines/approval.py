@@ -1,16 +1,20 @@
-"""Approval: show the gate, pause for an approver's typed answer, then promote or refuse.
+"""Approval: show the gate, pause for an approver's signed answer, then promote or refuse.
 
-The flow runs the gate (Markdown artifact: what the approver decides on), then pauses with
-:class:`ApprovalInput` as its form (Prefect UI, or ``dpgov flows answer FLOW_RUN_ID``). On
-*approve* it records the approval and promotes (the promotion re-checks the whole gate; a
-blocked promotion is reported, nothing moves); on *refuse* it records the refusal, which blocks
-the version until the same approver approves it later. A pause that nobody answers within
+The flow runs the gate under the policy in force (Markdown artifact: what the approver decides
+on), then pauses with :class:`ApprovalInput` as its form (Prefect UI, or ``dpgov flows answer
+FLOW_RUN_ID``). The form is typed text that the worker records, so the worker, not the
+approver, would be who acts: an answer counts only with the approver's SSH signature over the
+canonical message the form shows (``ssh-keygen -Y sign -n dpgov-approval``), verified against
+the key the policy in force lists for them (``approvals.ssh_keys``). An unsigned answer, or one
+whose signature does not verify, records nothing, and the flow says to run ``dpgov approve``
+(or ``dpgov refuse``) as the approver. On a signed *approve* it records the approval and
+promotes (the promotion re-checks the whole gate; a blocked promotion is reported, nothing
+moves); on a signed *refuse* it records the refusal. A pause that nobody answers within
 ``timeout_seconds`` fails the flow run, and nothing is recorded.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
@@ -20,8 +24,13 @@ from prefect.input import RunInput
 from pydantic import Field, ValidationError, model_validator
 
 from dpgov.errors import Refused, UsageError
+from dpgov.gate import approvals
+from dpgov.gate.candidate import load_candidate
+from dpgov.gate.in_force import policy_in_force
+from dpgov.identity import Identity
 from dpgov.ledger import Ledger
-from dpgov.policy import load_policy
+from dpgov.ledger.releases import binding_of
+from dpgov.tracking.registry import Registry
 from pipelines import tasks
 from pipelines.governed import run_gate
 
@@ -32,6 +41,11 @@ class ApprovalInput(RunInput):
     decision: Literal["approve", "refuse"] = Field(description="approve or refuse")
     approver: str = Field(min_length=1, max_length=128, description="who decides")
     note: str = Field(default="", max_length=2000, description="why (required to refuse)")
+    signature: str = Field(
+        default="",
+        max_length=16000,
+        description="the approver's SSH signature over the message shown (needed to count)",
+    )
 
     @model_validator(mode="after")
     def _refusal_has_reason(self) -> ApprovalInput:
@@ -58,11 +72,26 @@ def parse_answer(data: dict[str, Any]) -> ApprovalInput:
         raise UsageError(f"approval input: {where}{msg}") from err
 
 
+def unsigned_answer(model: str, version: str, answer: ApprovalInput, why: str) -> dict[str, Any]:
+    """What the flow returns when an answer does not count: nothing was recorded."""
+    command = "approve" if answer.decision == "approve" else "refuse"
+    return {
+        "model": model,
+        "version": version,
+        "decision": answer.decision,
+        "approver": answer.approver,
+        "status": "not recorded",
+        "reason": (
+            f"{why}; nothing recorded: run `dpgov {command} {model} {version}` as "
+            f"{answer.approver}, or answer with their signature (approvals.ssh_keys)"
+        ),
+    }
+
+
 @flow(name="approval", persist_result=False)
 def approval(
     model: str,
     version: str,
-    policy: str | None = None,
     alias: str | None = None,
     timeout_seconds: int = 7 * 24 * 3600,
     poll_interval: int = 10,
@@ -70,16 +99,27 @@ def approval(
 ) -> dict[str, Any]:
     """Pause for an approver's decision on ``model`` ``version``; then promote or refuse.
     ``announce``: say on stderr which flow run waits (for a terminal)."""
-    loaded = load_policy(Path(policy) if policy else None)
     ledger = Ledger.open()
     try:
+        registry = Registry()
+        facts, _ = load_candidate(registry, model, version)
+        loaded = policy_in_force(ledger, facts.dataset)
         before = run_gate(model, version, loaded, ledger)
         failing = ", ".join(before["failing"]) or "none"
+        binding = binding_of(ledger, model, str(facts.model_version))
+        to_sign = (
+            approvals.message_for("approval", model, str(facts.model_version), binding).decode()
+            if binding is not None
+            else "(no facts bound: the version cannot be approved)"
+        )
         form = ApprovalInput.with_initial_data(
             description=(
                 f"**{model} version {version}**: the gate currently "
                 f"{'allows' if before['allowed'] else 'blocks'} it (failing: {failing}). "
-                "Approve (the promotion re-checks every check) or refuse (give the reason)."
+                "Approve (the promotion re-checks every check) or refuse (give the reason). "
+                "The answer counts only with your SSH signature (`ssh-keygen -Y sign -n "
+                "dpgov-approval -f KEY`) over this message (decision: refusal to refuse):"
+                f"\n\n```\n{to_sign}```"
             ),
         )
         if announce:
@@ -89,7 +129,8 @@ def approval(
 
             print(
                 f"flow run {flow_run.id} waits for an answer: dpgov flows answer {flow_run.id} "
-                "--decision approve|refuse --by NAME [--note TEXT] (or the Prefect UI)",
+                "--decision approve|refuse --by NAME [--note TEXT] (or the Prefect UI); it "
+                "counts only signed, else run `dpgov approve` as the approver",
                 file=sys.stderr,
                 flush=True,
             )
@@ -102,6 +143,20 @@ def approval(
                 f"{model} version {version}: no answer within {timeout_seconds} s; nothing "
                 "recorded (run the approval again)"
             ) from err
+        if not answer.signature.strip():
+            return unsigned_answer(model, version, answer, "the answer is not signed")
+        rules = loaded.policy.approvals
+        who = Identity(rules.identity_of(answer.approver), "ssh-signature")
+        common: dict[str, Any] = {
+            "model": model,
+            "version": version,
+            "by": answer.approver,
+            "policy": loaded,
+            "ledger": ledger,
+            "registry": registry,
+            "signature": answer.signature,
+            "who": who,
+        }
         out: dict[str, Any] = {
             "model": model,
             "version": version,
@@ -109,12 +164,15 @@ def approval(
             "approver": answer.approver,
             "gate_before": before,
         }
-        if answer.decision == "refuse":
-            entry = tasks.record_refusal(
-                model, version, answer.approver, answer.note, loaded, ledger
+        try:
+            if answer.decision == "refuse":
+                entry, _ = approvals.record_refusal(reason=answer.note, **common)
+                return {**out, "status": "refused", "ledger_seq": entry.seq}
+            entry, _ = approvals.record_approval(note=answer.note, **common)
+        except UsageError as err:
+            return unsigned_answer(
+                model, version, answer, str(err).removesuffix("; nothing recorded")
             )
-            return {**out, "status": "refused", "ledger_seq": entry.seq}
-        entry = tasks.record_approval(model, version, answer.approver, answer.note, loaded, ledger)
         out["ledger_seq"] = entry.seq
         try:
             promoted = tasks.promote(model, version, loaded, ledger, alias)

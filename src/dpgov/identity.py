@@ -33,7 +33,9 @@ from dpgov import names
 from dpgov.errors import UsageError
 from dpgov.redaction import redact
 
-Method = Literal["mlflow-auth", "postgresql-role", "os-user"]
+# "ssh-signature": an approver authenticated by a signature verified with the key the policy
+# lists for them (answers to the Prefect approval pause, recorded by a worker; dpgov.gate).
+Method = Literal["mlflow-auth", "postgresql-role", "os-user", "ssh-signature"]
 AUTH_TIMEOUT_S = 10.0
 _CACHE: dict[tuple[str, ...], Identity] = {}
 

@@ -123,10 +123,21 @@ def message_for(kind: str, model: str, version: str, binding: Binding) -> bytes:
 
 
 def _check_signature(
-    kind: str, name: str, signature: str | None, policy: LoadedPolicy, message: bytes
+    kind: str,
+    name: str,
+    signature: str | None,
+    policy: LoadedPolicy,
+    message: bytes,
+    *,
+    by_signature: bool = False,
 ) -> None:
     key = policy.policy.approvals.ssh_keys.get(name)
     if key is None:
+        if by_signature:
+            raise UsageError(
+                f"{name!r} has no key in approvals.ssh_keys: an answer recorded on their behalf "
+                f"counts only signed with it; run `dpgov approve` as {name!r}; nothing recorded"
+            )
         if signature:
             raise UsageError(
                 f"a signature was given, but approvals.ssh_keys lists no key for {name!r}; "
@@ -165,7 +176,14 @@ def _record(
     setter = policy_setter(ledger, facts.dataset)
     name = check_approver(kind, by, policy, facts, who=who, binding=binding, setter=setter)
     assert binding is not None
-    _check_signature(kind, name, signature, policy, message_for(kind, model, version, binding))
+    _check_signature(
+        kind,
+        name,
+        signature,
+        policy,
+        message_for(kind, model, version, binding),
+        by_signature=who.method == "ssh-signature",
+    )
     text = text.strip()
     if kind == "refusal" and not text:
         raise UsageError("--reason: a refusal needs a reason; nothing recorded")
