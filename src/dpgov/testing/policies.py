@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from dpgov import yamlio
 from dpgov.ledger import Ledger
 from dpgov.ledger.policies import SET, set_policy
 from dpgov.policy import LoadedPolicy, load_policy
@@ -43,7 +44,7 @@ def put_in_force(
 
 def write_policy(path: Path, **sections: dict[str, Any]) -> Path:
     """A policy file: the packaged policy with ``sections`` merged in (``budget={...}``)."""
-    base = yaml.safe_load(load_policy(None).text)
+    base = yamlio.parse_mapping(load_policy(None).text, where="the packaged policy")
     for name, values in sections.items():
         base[name] = {**(base.get(name) or {}), **values}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def policy_text(**replace: str) -> str:
 def test_a_second_budget_key_in_a_policy_is_refused_not_silently_winning(cli, tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text() + "budget: {epsilon_per_block: 1000, delta: 1.0e-5}\n")
-    line = one_line(cli("budget", "--policy", policy), "duplicate key 'budget' at line")
+    line = one_line(cli("policy", "set", policy, "--reason", "t"), "duplicate key 'budget' at line")
     assert "(first at line" in line
 
 
@@ -81,7 +81,7 @@ def test_a_duplicate_key_deep_in_a_policy_is_refused(cli, tmp_path):
     policy.write_text(
         text.replace("  epsilon_per_block:", "  epsilon_per_block: 1000\n  epsilon_per_block:", 1)
     )
-    one_line(cli("budget", "--policy", policy), "duplicate key 'epsilon_per_block'")
+    one_line(cli("policy", "set", policy, "--reason", "t"), "duplicate key 'epsilon_per_block'")
 
 
 def test_a_merge_key_may_still_be_overridden(cli, tmp_path):
@@ -127,7 +127,7 @@ def test_yaml_nested_too_deep_is_refused_quickly(cli, tmp_path, what, style):
     path = tmp_path / f"{what}.yaml"
     path.write_text(body)
     args = {
-        "policy": ("budget", "--policy", path),
+        "policy": ("policy", "set", path, "--reason", "t"),
         "contract": ("data", "prepare", "--data", tmp_path / "x.csv", "--contract", path),
         "params": ("run", "--params", path),
     }[what]
@@ -161,7 +161,7 @@ def test_an_alias_bomb_is_refused_quickly(cli, tmp_path, what):
     path = tmp_path / f"{what}.yaml"
     path.write_text(BILLION_LAUGHS + "version: 1\n")
     args = {
-        "policy": ("budget", "--policy", path),
+        "policy": ("policy", "set", path, "--reason", "t"),
         "contract": ("data", "prepare", "--data", tmp_path / "x.csv", "--contract", path),
         "params": ("run", "--params", path),
     }[what]
@@ -173,16 +173,20 @@ def test_an_alias_bomb_is_refused_quickly(cli, tmp_path, what):
 def test_a_recursive_alias_and_a_list_at_the_top_are_refused(cli, tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text("a: &a [*a]\n")
-    one_line(cli("budget", "--policy", path), "an alias refers to its own anchor")
+    one_line(cli("policy", "set", path, "--reason", "t"), "an alias refers to its own anchor")
     path.write_text("- version: 1\n")
-    one_line(cli("budget", "--policy", path), "expected a mapping at top level, found list")
+    one_line(
+        cli("policy", "set", path, "--reason", "t"), "expected a mapping at top level, found list"
+    )
 
 
 @pytest.mark.parametrize("body", [b"\x00", b"\x80version: 1\n", b"version: 1\x00\n"])
 def test_bytes_that_are_not_yaml_text_are_one_line(cli, tmp_path, body):
     path = tmp_path / "policy.yaml"
     path.write_bytes(body)
-    one_line(cli("budget", "--policy", path), f"policy {path}: not valid YAML (unacceptable")
+    one_line(
+        cli("policy", "set", path, "--reason", "t"), f"policy {path}: not valid YAML (unacceptable"
+    )
 
 
 def test_every_yaml_reader_of_dpgov_uses_the_one_loader():
@@ -231,7 +235,9 @@ def test_an_approver_outside_the_name_rule_is_refused_before_anything_opens(cli,
 def test_a_policy_naming_an_approver_twice_with_a_zero_width_space_is_refused(cli, tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text(policy_text(**{"approvers: null": 'approvers: [root, "root\\u200b"]'}))
-    one_line(cli("budget", "--policy", path), "approvals.approvers.1", "ZERO WIDTH SPACE")
+    one_line(
+        cli("policy", "set", path, "--reason", "t"), "approvals.approvers.1", "ZERO WIDTH SPACE"
+    )
 
 
 @pytest.mark.parametrize(
