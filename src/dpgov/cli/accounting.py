@@ -187,11 +187,15 @@ def budget(
             typer.echo("no blocks registered yet (dpgov data prepare, or dpgov ledger add-block)")
             return
         b = loaded.policy.budget
-        table = Table(title=f"Privacy budget per block (ε at δ={b.delta:g}, {b.accountant})")
+        table = Table(
+            title=f"Privacy budget per block (ε of its worst-off patient, at δ={b.delta:g}, "
+            f"{b.accountant})"
+        )
         for col in (
             "dataset",
             "block",
             "patients",
+            "classes",
             "ε spent",
             "limit",
             "remaining",
@@ -209,6 +213,7 @@ def budget(
                 s.dataset,
                 s.block,
                 str(s.patients),
+                str(s.classes) if s.members else "—",
                 eps_up(s.epsilon_spent),
                 f"{s.epsilon_limit:g}",
                 eps_down(s.remaining),
