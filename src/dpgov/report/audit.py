@@ -27,15 +27,21 @@ from dpgov.report.checks.anchors import FileAnchors, check_anchors, read_file_an
 from dpgov.report.checks.budgets import block_requests, check_budgets
 from dpgov.report.checks.chain import check_chain
 from dpgov.report.checks.data_versions import check_data_versions
-from dpgov.report.checks.membership import MembershipFacts, check_membership, read_membership
+from dpgov.report.checks.membership import (
+    MembershipFacts,
+    check_membership,
+    read_membership,
+    reconcile_budgets,
+)
 from dpgov.report.checks.pending import check_pending
 from dpgov.report.checks.policies import policies_in_force
+from dpgov.report.checks.policy_in_force import check_policy_in_force
 from dpgov.report.checks.projection import check_projection
+from dpgov.report.checks.release_facts import Digests, check_release_facts, release_digests
 from dpgov.report.checks.releases import check_releases, gov_entries
 from dpgov.report.checks.runs import check_runs, is_dp_run
 from dpgov.report.dvc_index import DvcIndex, dvc_index
 from dpgov.report.findings import TIMELESS, Finding, finding
-from dpgov.report.checks.policy_in_force import check_policy_in_force
 from dpgov.report.ledger_snapshot import LedgerSnapshot, open_ledger, snapshot_ledger
 from dpgov.report.replay import Charge, Epsilons, RawEntry, Replay, merge_key, replay
 from dpgov.report.rows import (
@@ -88,6 +94,7 @@ def audit_ledger(
     index = dvc_index(dvc_root)
     files = read_file_anchors(ledger_name(ledger.engine))
     members = read_membership(ledger, policy)
+    digests = release_digests(tracking.models, tracking_uri) if tracking.available else {}
     return audit(
         led,
         tracking,
@@ -98,6 +105,7 @@ def audit_ledger(
         replayed=replays[0],
         file_anchors=files,
         membership=members,
+        release_digests=digests,
     )
 
 
@@ -120,11 +128,6 @@ def run_audit(
     return {**report.to_dict(), "scope": SCOPE}
 
 
-def audit(
-    ledger: LedgerSnapshot,
-    tracking: TrackingSnapshot,
-    dvc: DvcIndex,
-    policy: LoadedPolicy,
 def _in_force(ledger: Ledger) -> LoadedPolicy:
     """The ledger-wide policy in force; the packaged one on entries that cannot be trusted
     (the audit reports those)."""
@@ -134,14 +137,22 @@ def _in_force(ledger: Ledger) -> LoadedPolicy:
         return load_policy(None)
 
 
+def audit(
+    ledger: LedgerSnapshot,
+    tracking: TrackingSnapshot,
+    dvc: DvcIndex,
+    policy: LoadedPolicy,
     options: AuditOptions,
     *,
     eps: Epsilons | None = None,
     replayed: Replay | None = None,
     file_anchors: FileAnchors | None = None,
     membership: MembershipFacts | None = None,
+    release_digests: Digests | None = None,
 ) -> AuditReport:
-    """Every check; the report of what was found and what a reader needs to see."""
+    """Every check; the report of what was found and what a reader needs to see.
+    ``release_digests``: the released versions' artifact digests as read now (None: the
+    released facts are not checked against the ledger's bindings)."""
     now_iso = options.now.isoformat(timespec="seconds")
     eps = eps if eps is not None else Epsilons()
     findings: list[Finding] = []
@@ -154,17 +165,20 @@ def _in_force(ledger: Ledger) -> LoadedPolicy:
     findings += r.problems
     findings += ledger.problems
     findings += check_projection(r, ledger)
+    findings += check_policy_in_force(ledger.rows)
 
     anchor_findings, anchors_summary = _anchors(ledger, tracking, file_anchors or FileAnchors())
     findings += anchor_findings
 
     budget_findings, blocks = check_budgets(r, ledger, policy, eps, deep=options.deep, now=now_iso)
-    findings += check_policy_in_force(ledger.rows)
-    findings += budget_findings
-    findings += check_membership(ledger, r, membership, policy, eps)
+    member_findings, per_patient = check_membership(ledger, r, membership, policy, eps)
+    findings += reconcile_budgets(budget_findings, blocks, per_patient, r, ledger, policy, eps)
+    findings += member_findings
 
     release_findings, releases = check_releases(gov_entries(ledger.rows), tracking.models, policy)
     findings += release_findings
+    if release_digests is not None and tracking.available:
+        findings += check_release_facts(ledger.rows, tracking.models, release_digests, policy)
     run_findings, claimed, run_figures = check_runs(
         r, tracking.runs, eps, policy, tracking_ok=tracking.available, deep=options.deep
     )
