@@ -313,6 +313,22 @@ class Composer:
         return self._memo[d]
 
 
+def maximal(items: Iterable[tuple[HClass, Multiset]]) -> list[tuple[HClass, Multiset]]:
+    """The classes whose multiset is not contained in another's (distinct multisets). Adding
+    a mechanism to a composition never lowers its ε, so a contained class never binds."""
+    items = list(items)
+    counts = [{json.dumps(m.to_dict(), sort_keys=True): n for m, n in ms} for _, ms in items]
+
+    def within(a: dict[str, int], b: dict[str, int]) -> bool:
+        return a != b and all(b.get(k, 0) >= n for k, n in a.items())
+
+    return [
+        item
+        for item, mine in zip(items, counts, strict=True)
+        if not any(within(mine, other) for other in counts)
+    ]
+
+
 def plus(multiset: Multiset, mechanism: DpSgdMechanism) -> Multiset:
     return group([m for m, n in multiset for _ in range(n)] + [mechanism])
 
@@ -328,6 +344,7 @@ __all__ = [
     "compute_structure",
     "domains_of",
     "load_structure",
+    "maximal",
     "plus",
     "reservations_of",
     "store_class_state",

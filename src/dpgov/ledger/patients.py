@@ -53,6 +53,7 @@ class PatientStore(LedgerStore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._structures: dict[str, Structure] = {}
+        self._rdp: dict[tuple[Any, int], list[float]] = {}  # (mechanism, count) -> RDP at Λ
 
     # ------------------------------------------------------------------ classes
     def _views(
@@ -100,10 +101,9 @@ class PatientStore(LedgerStore):
             if d not in memo:
                 total = [0.0] * len(FILTER_ORDERS)
                 for mech, n in multiset:
-                    total = [
-                        a + b
-                        for a, b in zip(total, rdp_vector(mech, FILTER_ORDERS, n), strict=True)
-                    ]
+                    if (mech, n) not in self._rdp:
+                        self._rdp[(mech, n)] = rdp_vector(mech, FILTER_ORDERS, n)
+                    total = [a + b for a, b in zip(total, self._rdp[(mech, n)], strict=True)]
                 memo[d] = filter_epsilon(total, delta, FILTER_ORDERS)
             out[c.key] = memo[d]
         return out

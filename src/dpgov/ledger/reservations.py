@@ -102,7 +102,7 @@ class Ledger(PatientStore):
                 for c in plan.affected
                 if plan.before[c.key]
             }
-            states = [comp.state(c, m)[0] for c, m in by_digest.values()]
+            states = [comp.state(c, m)[0] for c, m in classes.maximal(by_digest.values())]
         priors = [acc.empty(), *states]
         targets = [target_epsilon] + [budget.epsilon_per_block] * len(states)
         try:
