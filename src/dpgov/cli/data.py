@@ -173,9 +173,12 @@ def validate_cmd(
             "data.policy: the policy is no longer a data setting; validation reads the policy "
             "in force on the ledger (`dpgov policy set FILE --reason TEXT`): remove data.policy"
         )
+    from dpgov.data.contract import load_contract
+
+    name = s["dataset"] or load_contract(s["contract"]).contract.dataset  # as validate names it
     ledger = Ledger.open()
     try:
-        in_force = policy_in_force(ledger, s["dataset"])
+        in_force = policy_in_force(ledger, name)
     finally:
         ledger.close()
     result = validate(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dpgov.ledger import Ledger
+from dpgov.testing.policies import put_in_force
 from tests.cli import run_dpgov
 
 
@@ -58,15 +59,14 @@ def test_validate_failing_exits_1_records_it_and_reserves_nothing(
     assert dpgov(monkeypatch, capsys, "data", "prepare")[0] == 0
     policy = project / "loose.yaml"
     policy.write_text("version: 1\nbudget:\n  epsilon_per_block: 8\n  delta: 0.001\n")
-    code, out, err = dpgov(
-        monkeypatch, capsys, "data", "validate", "--policy", str(policy), "--json"
-    )
+    put_in_force(policy, dataset="flchain")  # the δ validation checks: the policy in force
+    code, out, err = dpgov(monkeypatch, capsys, "data", "validate", "--json")
     assert code == 1
     assert err.startswith("error: dataset flchain fails its contract: 1 of ")
     assert "policy δ below 1/(number of patients)" in err
     assert json.loads(out)["ok"] is False
     assert "FAILED" in (project / "data/validation/flchain/summary.md").read_text()
-    assert {e.kind for e in Ledger.open().entries()} == {"block_added"}
+    assert {e.kind for e in Ledger.open().entries()} == {"block_added", "policy_set"}
 
 
 def test_missing_data_file_exits_2_with_one_line(project, monkeypatch, capsys) -> None:
