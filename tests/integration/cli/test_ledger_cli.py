@@ -163,7 +163,10 @@ def test_refused_reservation_exits_1_naming_block_request_and_remainder(dpgov_ho
     [
         (["--block", "nope"], "unknown block 'nope' in dataset 'd'"),
         (["--sample-rate", "0"], "sample_rate must be in (0, 1]"),
-        (["--policy", "missing.yaml"], "policy missing.yaml: cannot read"),
+        (
+            ["--policy", "lax.yaml"],
+            "takes no policy file; change the policy with `dpgov policy set",
+        ),
     ],
 )
 def test_bad_reservations_exit_2_and_write_nothing(dpgov_home, args, message):
