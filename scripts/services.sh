@@ -7,7 +7,12 @@
 #   scripts/services.sh env    [DIR] [--as dpgov|analyst|admin]  print them again (eval-able)
 #   scripts/services.sh status [DIR]                           what runs, where
 #   scripts/services.sh grant  [DIR] --model NAME              (--auth) dpgov may MANAGE the
-#                                                              registered model, analyst READ it
+#                                                              registered model, analyst READ it,
+#                                                              users made with `user` EDIT it
+#   scripts/services.sh user   [DIR] --name NAME               (--auth) create an MLflow user
+#                                                              for a person (an approver): the
+#                                                              identity dpgov records for them;
+#                                                              then `env DIR --as NAME`
 #   scripts/services.sh stop   [DIR] [--purge]                 stop; --purge also drops the
 #                                                              databases and deletes DIR
 #
@@ -34,7 +39,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 2
 die() { echo "services.sh: $*" >&2; exit 2; }
 
 cmd=${1:-}; [ -n "$cmd" ] || usage; shift
-DIR=""; AUTH=0; WORKER=1; PURGE=0; AS=dpgov; MODEL=""
+DIR=""; AUTH=0; WORKER=1; PURGE=0; AS=dpgov; MODEL=""; NAME=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --auth) AUTH=1 ;;
@@ -44,6 +49,8 @@ while [ $# -gt 0 ]; do
     --as=*) AS=${1#--as=} ;;
     --model) [ $# -ge 2 ] || die "--model needs a name"; MODEL=$2; shift ;;
     --model=*) MODEL=${1#--model=} ;;
+    --name) [ $# -ge 2 ] || die "--name needs a user name"; NAME=$2; shift ;;
+    --name=*) NAME=${1#--name=} ;;
     -h|--help) usage ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$DIR" ] || die "one folder only (found $DIR and $1)"; DIR=$1 ;;
@@ -144,7 +151,10 @@ print_env() {  # identity
       dpgov) echo "export MLFLOW_TRACKING_USERNAME=dpgov MLFLOW_TRACKING_PASSWORD='$DPGOV_PASSWORD'" ;;
       analyst) echo "export MLFLOW_TRACKING_USERNAME=analyst MLFLOW_TRACKING_PASSWORD='$ANALYST_PASSWORD'" ;;
       admin) echo "export MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD='$ADMIN_PASSWORD'" ;;
-      *) die "--as: dpgov, analyst or admin, found $1" ;;
+      *) [ -f "$DIR/users/$1.env" ] || die "--as: dpgov, analyst, admin or a user made with \`user --name\`, found $1"
+         # shellcheck disable=SC1090
+         . "$DIR/users/$1.env"
+         echo "export MLFLOW_TRACKING_USERNAME='$1' MLFLOW_TRACKING_PASSWORD='$USER_PASSWORD'" ;;
     esac
   fi
 }
@@ -315,7 +325,10 @@ grant() {
   . "$STATE"; . "$SECRETS" 2>/dev/null || true
   [ "${AUTH_ENABLED:-0}" = 1 ] || die "the MLflow server runs without --auth: nothing to grant"
   local api="http://127.0.0.1:$MLFLOW_PORT/api/3.0/mlflow/users/permissions" item user perm body
-  for item in dpgov=MANAGE analyst=READ; do
+  local -a items=(dpgov=MANAGE analyst=READ)
+  local f  # people made with `user --name` may tag versions (their approvals' mirror tags)
+  for f in "$DIR"/users/*.env; do [ -f "$f" ] && items+=("$(basename "$f" .env)=EDIT"); done
+  for item in "${items[@]}"; do
     user=${item%%=*}; perm=${item#*=}
     body="{\"username\": \"$user\", \"resource_type\": \"registered_model\", \"resource_id\": \"$MODEL\""
     curl -s -o /dev/null --max-time 30 -u "admin:$ADMIN_PASSWORD" \
@@ -327,8 +340,28 @@ grant() {
   done
 }
 
+# --------------------------------------------------------------------------- user
+user() {
+  [ -f "$STATE" ] || die "nothing started from $DIR"
+  # shellcheck disable=SC1090
+  . "$STATE"; . "$SECRETS" 2>/dev/null || true
+  [ "${AUTH_ENABLED:-0}" = 1 ] || die "the MLflow server runs without --auth: no users to create"
+  # an identity name (dpgov.names.identity), as dpgov will record it
+  [[ "$NAME" =~ ^[a-z0-9][a-z0-9._@-]{0,63}$ ]] || die "--name: 1 to 64 of a-z 0-9 . _ @ -, found '$NAME'"
+  case "$NAME" in admin|dpgov|analyst) die "--name $NAME: already a service user" ;; esac
+  local pw; pw=$(secret)
+  curl -sf -o /dev/null --max-time 60 -u "admin:$ADMIN_PASSWORD" \
+    -H 'Content-Type: application/json' \
+    -d "{\"username\": \"$NAME\", \"password\": \"$pw\"}" \
+    "http://127.0.0.1:$MLFLOW_PORT/api/2.0/mlflow/users/create" \
+    || die "could not create MLflow user $NAME (exists already? see $DIR/logs/mlflow.log)"
+  ( umask 077; mkdir -p "$DIR/users"; echo "USER_PASSWORD='$pw'" > "$DIR/users/$NAME.env" )
+  echo "# MLflow user $NAME created; as $NAME: eval \"\$(scripts/services.sh env $DIR --as $NAME)\""
+}
+
 case "$cmd" in
   start) start ;;
+  user) user ;;
   stop) stop ;;
   env) [ -f "$STATE" ] || die "nothing started from $DIR"; print_env "$AS" ;;
   status) status ;;
