@@ -82,10 +82,12 @@ def compute_structure(blobs: dict[BlockKey, bytes]) -> Structure:
     sizes = [len(a) for a in arrays]
     if not keys or sum(sizes) == 0:
         return Structure(keys, ())
-    hi = np.concatenate([a["hi"] for a in arrays])
-    lo = np.concatenate([a["lo"] for a in arrays])
+    hi = np.concatenate([a["hi"] for a in arrays]).astype(np.uint64)  # native order: fast sorts
+    lo = np.concatenate([a["lo"] for a in arrays]).astype(np.uint64)
     blk = np.repeat(np.arange(len(keys), dtype=np.int64), sizes)
-    order = np.lexsort((lo, hi))
+    # by (hi, lo): two stable passes (lo is 16 bits: a radix sort), much faster than lexsort
+    order = np.argsort(lo, kind="stable")
+    order = order[np.argsort(hi[order], kind="stable")]
     hi, lo, blk = hi[order], lo[order], blk[order]
     first = np.ones(len(hi), dtype=bool)
     first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])

@@ -56,9 +56,28 @@ def test_regrouped_blocks_start_from_their_members_histories(led):
     for b in ("1995-1996a", "1996b"):
         assert status(led, "flchain", b).epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)
     before = len(led.entries())
-    with pytest.raises(BudgetExceeded, match="block '1995-1996a'"):
+    with pytest.raises(BudgetExceeded, match="block '1995-1996a'") as info:
         led.reserve(dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=BIG, budget=BUDGET)
+    assert info.value.after == pytest.approx(eps(RUN, BIG), rel=1e-6)  # the worst class's ε
+    assert info.value.spent == pytest.approx(eps(RUN), rel=1e-6)
     assert len(led.entries()) == before
+    # calibration binds on the members' histories: a σ that fits them is reserved
+    sigma = led.calibrate(
+        dataset="flchain",
+        blocks=["1995-1996a", "1996b"],
+        target_epsilon=BUDGET.epsilon_per_block,
+        sample_rate=BIG.sample_rate,
+        steps=BIG.steps,
+        budget=BUDGET,
+    )
+    assert sigma > BIG.noise_multiplier
+    fitted = DpSgdMechanism(noise_multiplier=sigma, sample_rate=BIG.sample_rate, steps=BIG.steps)
+    res = led.reserve(
+        dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=fitted, budget=BUDGET
+    )
+    assert eps(RUN, fitted) <= BUDGET.epsilon_per_block * (1 + 1e-9)
+    assert max(res.epsilon_after.values()) == pytest.approx(eps(RUN, fitted), rel=1e-6)
+    led.release(res.id)
     # patients never charged can afford it
     led.add_block(dataset="flchain", block="2003", patients=10, members=ids(500, 510))
     led.reserve(dataset="flchain", blocks=["2003"], mechanism=BIG, budget=BUDGET)
