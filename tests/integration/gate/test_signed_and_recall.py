@@ -147,3 +147,36 @@ def test_the_audit_reports_a_release_whose_facts_changed_and_a_clean_recall(env,
     kinds = audit_kinds(cli)
     assert env.alias() == v1
     assert not {"release_facts_mismatch", "release_recalled", "alias_outside_gate"} & set(kinds)
+
+
+@needs_ssh
+def test_an_answer_recorded_by_a_worker_counts_only_signed(env, tmp_path):
+    """What the Prefect approval pause records (pipelines/approval.py): the worker writes it,
+    so the approver is authenticated by their signature alone."""
+    from dpgov.errors import UsageError
+    from dpgov.gate.approvals import message_for, record_approval
+    from dpgov.gate.in_force import policy_in_force
+    from dpgov.gate.signatures import sign
+    from dpgov.identity import Identity
+    from dpgov.ledger.releases import binding_of
+    from dpgov.tracking.registry import Registry
+    from pipelines.approval import ApprovalInput, unsigned_answer
+
+    version, _ = env.register()
+    worker = Identity("alice", "ssh-signature")
+    args = {"model": MODEL, "version": version, "by": "alice", "note": "", "ledger": env.ledger}
+    with pytest.raises(UsageError, match=r"no key in approvals\.ssh_keys"):
+        record_approval(**args, policy=policy_in_force(env.ledger), registry=Registry(), who=worker)
+    key, pub = keypair(tmp_path)
+    with_key(env, pub)
+    loaded = policy_in_force(env.ledger)
+    with pytest.raises(UsageError, match="counts only signed"):
+        record_approval(**args, policy=loaded, registry=Registry(), who=worker)
+    message = message_for("approval", MODEL, version, binding_of(env.ledger, MODEL, version))
+    entry, _ = record_approval(
+        **args, policy=loaded, registry=Registry(), who=worker, signature=sign(message, key)
+    )
+    assert entry.payload["authenticated_by"] == "ssh-signature" and entry.actor == "alice"
+    answer = ApprovalInput(decision="approve", approver="carol")
+    out = unsigned_answer(MODEL, version, answer, "the answer is not signed")
+    assert out["status"] == "not recorded" and f"dpgov approve {MODEL} {version}" in out["reason"]
