@@ -23,6 +23,7 @@ from dpgov.ledger.chain import canonical
 from dpgov.ledger.integrity import combine
 from dpgov.ledger.verified import LedgerInconsistent
 from dpgov.policy.schema import Budget
+from dpgov.testing.policies import put_in_force
 from tests.cli import run_dpgov
 
 REPO = Path(__file__).resolve().parents[3]
@@ -82,10 +83,10 @@ def cli(world: World, dpgov_home: Path, tmp_path: Path, monkeypatch, capsys):
     text = (REPO / "policies" / "default.yaml").read_text()
     policy = tmp_path / "policy.yaml"
     policy.write_text(text.replace("epsilon_per_block: 8.0", f"epsilon_per_block: {LIMIT}"))
+    put_in_force(policy, ledger=world.ledger)  # lowers the limit: in force at once
 
-    def call(*args: str, policy_arg: bool = False) -> tuple[int, str, str]:
-        extra = ["--policy", str(policy)] if policy_arg else []
-        return run_dpgov(monkeypatch, capsys, *args, *extra)
+    def call(*args: str) -> tuple[int, str, str]:
+        return run_dpgov(monkeypatch, capsys, *args)
 
     return call
 
@@ -105,7 +106,7 @@ def assert_reserve_refused(world: World, block: str = "b1") -> None:
 
 
 def budget_json(cli, block: str) -> tuple[dict, str]:
-    code, out, err = cli("budget", "--dataset", "d", "--json", policy_arg=True)
+    code, out, err = cli("budget", "--dataset", "d", "--json")
     assert code == 0, err
     data = json.loads(out)
     rows = {b["block"]: b for b in data["datasets"][0]["blocks"]}
