@@ -13,8 +13,11 @@ not patients). A block's spent ε is the maximum over the classes among its memb
   the digest of the domain's membership digests (:func:`structure_key`), and a cached structure
   is used only when a chained seal vouches for its bytes.
 - A block registered without members (a *legacy* block) is conservative: it reaches every
-  patient of its domain. Its charges reach every class, and every charge of the domain reaches
-  it: all legacy blocks of a domain share one pseudo-class whose charges are all of the domain's.
+  patient of its domain, and of every domain with a block in its dataset
+  (:meth:`~dpgov.ledger.members_state.MemberState.legacy_of`). Its charges reach every class,
+  and every charge of the domain reaches it: the legacy blocks of a domain share one
+  pseudo-class whose charges are all of the domain's (a legacy block's ε is the largest over
+  the domains it is linked to).
 - A class's composed state (per accountant) is cached in ``dpgov_class_cache`` under its class
   key, with the multiset it composes; it is used only under a chained seal of that multiset and
   blob (``class_composition`` on the entry that stored it), extended when it composes a
@@ -150,8 +153,9 @@ class DomainView:
 def view(domain: str, st: VerifiedState, structure: Structure) -> DomainView:
     """The classes of a domain from its structure, legacy blocks and empty member blocks."""
     ms = st.members
-    blocks = ms.domain_blocks(domain)
-    legacy = tuple(k for k in blocks if ms.blocks[k].digest is None)
+    own = ms.domain_blocks(domain)
+    legacy = tuple(ms.legacy_of(domain))
+    blocks = sorted(set(own) | set(legacy))
     out: list[HClass] = []
     held: set[BlockKey] = set()
     for idx, n in structure.classes:
@@ -210,7 +214,8 @@ def store_structure(conn: Connection, key: str, structure: Structure) -> dict[st
 
 
 def domains_of(st: VerifiedState, keys: Iterable[BlockKey]) -> list[str]:
-    return sorted({st.members.of(k).domain for k in keys})
+    """The domains whose patients a charge to ``keys`` may reach."""
+    return sorted({d for k in keys for d in st.members.linked_domains(k)})
 
 
 def views(

@@ -62,6 +62,25 @@ class MemberState:
     def domains(self) -> list[str]:
         return sorted({m.domain for m in self.blocks.values()})
 
+    def legacy_of(self, domain: str) -> list[BlockKey]:
+        """The blocks without members that may hold patients of ``domain``: those of the domain,
+        and those of any dataset with a block in the domain (a block registered before its
+        dataset declared its id domain holds the dataset's patients, whatever the domain)."""
+        datasets = {k[0] for k, m in self.blocks.items() if m.domain == domain}
+        return sorted(
+            k
+            for k, m in self.blocks.items()
+            if m.digest is None and (m.domain == domain or k[0] in datasets)
+        )
+
+    def linked_domains(self, key: BlockKey) -> list[str]:
+        """The domains a block's charges may reach: its own; for a block without members also
+        every domain with a block in its dataset."""
+        m = self.of(key)
+        if m.digest is not None:
+            return [m.domain]
+        return sorted({m.domain} | {x.domain for k, x in self.blocks.items() if k[0] == key[0]})
+
 
 EMPTY_MEMBERS = MemberState()
 
@@ -114,7 +133,9 @@ class MemberBuilder:
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"'patients' is {count!r}, not a positive integer")
             digest = _digest(p["members_digest"], "'members_digest'")
-            self.blocks[key] = VMembership(m.domain, m.split, digest, count, seq)
+            domain = p.get("domain")
+            domain = m.domain if domain is None else _text(domain, "'domain'")
+            self.blocks[key] = VMembership(domain, m.split, digest, count, seq)
         elif kind == "member_erased":
             domain = _text(p.get("domain"), "'domain'")
             _digest(p.get("pseudonym_sha256"), "'pseudonym_sha256'")

@@ -127,7 +127,7 @@ class PatientStore(LedgerStore):
                 rows = st.blocks_of(dataset)
             keys = [(r.dataset, r.block) for r in rows]
             vs = self._views(conn, st, keys)
-            per_block = {k: vs[st.members.of(k).domain][0].of_block(k) for k in keys}
+            per_block = {k: [c for v, _ in vs.values() for c in v.of_block(k)] for k in keys}
             wanted = list({c.key: c for cs in per_block.values() for c in cs}.values())
             eps: dict[str, dict[str, float]] = {
                 name: self._class_epsilons(conn, st, wanted, name, budget.delta)
@@ -198,10 +198,15 @@ class PatientStore(LedgerStore):
         members: Sequence[str],
         data_version: str | None,
         actor: str | None = None,
+        domain: str | None = None,
     ) -> Entry:
         """Attach the members of a block registered without them (an existing ledger): the
-        data version must be the block's, the distinct count its patients."""
+        data version must be the block's, the distinct count its patients. ``domain`` (default:
+        the block's, i.e. its dataset) is the id domain of the pseudonyms: a block registered
+        before its dataset declared one joins it here."""
         names.storable(dataset=dataset, block=block, data_version=data_version, actor=actor)
+        if domain is not None:
+            names.name(domain, argument="domain")
         blob = membership.pack(members)
         with self._write() as conn:
             st = self._state(conn)
@@ -232,10 +237,11 @@ class PatientStore(LedgerStore):
                     "data_version": data_version,
                     "patients": known.patients,
                     "members_digest": membership.digest(blob),
+                    "domain": domain or m.domain,
                 },
                 actor,
             )
-            membership.write(conn, (dataset, block), m.domain, blob)
+            membership.write(conn, (dataset, block), domain or m.domain, blob)
             return entry
 
     def erase_member(
@@ -378,9 +384,7 @@ class PatientStore(LedgerStore):
         keys: list[BlockKey],
         budget: Budget,
     ) -> PatientHistory:
-        legacy = tuple(
-            k for k in st.members.domain_blocks(domain) if st.members.of(k).digest is None
-        )
+        legacy = tuple(st.members.legacy_of(domain))
         reach = tuple(sorted({*keys, *legacy}))
         cls = HClass(classes.class_key(domain, tuple(keys)), domain, tuple(keys), reach, 1)
         charged: dict[str, BlockKey] = {}

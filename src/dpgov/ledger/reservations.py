@@ -68,7 +68,6 @@ class ClassPlan:
     views: dict[str, tuple[DomainView, bool]]
     affected: list[HClass]
     before: dict[str, Multiset]  # class key -> multiset now
-    domains: dict[str, str]  # charged block -> its domain
     states: dict[str, tuple[Any, Any, float]] = field(default_factory=dict)  # by digest
 
 
@@ -268,7 +267,6 @@ class Ledger(PatientStore):
             vs,
             affected,
             {c.key: classes.class_multiset(st, c) for c in affected},
-            {b: st.members.of((dataset, b)).domain for b in blocks},
         )
         if mechanism is None or budget is None:
             return plan
@@ -301,7 +299,7 @@ class Ledger(PatientStore):
         out: dict[str, float] = {}
         named: list[tuple[str, list[HClass]]] = []
         for b in blocks:  # the first charged block (in order) whose worst class would pass
-            cs = plan.views[plan.domains[b]][0].of_block((dataset, b))
+            cs = [c for v, _ in plan.views.values() for c in v.of_block((dataset, b))]
             named.append((b, cs))
         seen = {c.key for _, cs in named for c in cs}
         for c in plan.affected:  # classes reached through a charged block without members

@@ -362,6 +362,11 @@ class LedgerStore:
     ) -> None:
         """A block registered again: refused unless its facts are the registered ones."""
         where = f"block {known.block!r} of dataset {known.dataset!r}"
+        if blob is not None and m.digest is None:
+            raise UsageError(
+                f"{where} is registered without members: attach them (dpgov ledger "
+                f"attach-members, Ledger.attach_members) rather than registering it again"
+            )
         if m.domain != domain or m.split != split:
             raise UsageError(
                 f"{where} is registered in domain {m.domain!r} as {m.split!r}, not in domain "
@@ -369,14 +374,9 @@ class LedgerStore:
             )
         if blob is None:
             return
-        if m.digest is None:
-            raise UsageError(
-                f"{where} is registered without members: attach them (dpgov ledger "
-                f"attach-members, Ledger.attach_members) rather than registering it again"
-            )
         if membership.digest(blob) != m.digest:
             raise UsageError(
-                f"{where} is registered with other members (digest {m.digest[:12]}…, entry "
+                f"{where} is registered with other members (digest {str(m.digest)[:12]}…, entry "
                 f"{m.seq}): new patients arrive as a new block"
             )
 

@@ -141,6 +141,35 @@ def test_blocks_without_members_are_conservative_until_their_members_are_attache
     assert status(led, "flchain", "legacy").epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)
 
 
+def test_a_legacy_block_reaches_the_domain_its_dataset_declares_later(tmp_path):
+    led = Ledger.open(f"sqlite:///{tmp_path / 'old.db'}")
+    # a ledger from before issue 15: no members, the domain defaults to the dataset
+    led.add_block(dataset="flchain", block="2001", patients=100, data_version="v1")
+    led.reserve(dataset="flchain", blocks=["2001"], mechanism=RUN, budget=BUDGET)
+    # prepared again after the contract declared patient_id_domain: mrn@a
+    with pytest.raises(UsageError, match="registered without members: attach them"):
+        led.add_block(
+            dataset="flchain", block="2001", patients=100, members=ids(0, 100), domain="mrn@a"
+        )
+    led.add_block(
+        dataset="flchain", block="2001-2002", patients=150, members=ids(0, 150), domain="mrn@a"
+    )
+    new = status(led, "flchain", "2001-2002")
+    assert new.domain == "mrn@a"
+    assert new.epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)  # never from zero
+    with pytest.raises(BudgetExceeded):
+        led.reserve(dataset="flchain", blocks=["2001-2002"], mechanism=BIG, budget=BUDGET)
+    led.attach_members(
+        dataset="flchain", block="2001", members=ids(0, 100), data_version="v1", domain="mrn@a"
+    )
+    assert status(led, "flchain", "2001").domain == "mrn@a"
+    classes = {tuple(b for _, b in c.blocks): c.count for c in led.patient_classes(BUDGET)}
+    assert classes == {("2001", "2001-2002"): 100, ("2001-2002",): 50}
+    with pytest.raises(BudgetExceeded):  # patients 0..99 keep their charge
+        led.reserve(dataset="flchain", blocks=["2001-2002"], mechanism=BIG, budget=BUDGET)
+    led.close()
+
+
 def test_membership_edited_outside_the_ledger_refuses_and_is_reported(led):
     led.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
     with led.engine.begin() as conn:  # swap one patient for another
