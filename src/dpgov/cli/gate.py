@@ -64,12 +64,14 @@ def register(app: typer.Typer) -> None:
 
 @contextmanager
 def _services(
-    model: str, version: str, what_if: Path | None = None
+    model: str, version: str, what_if: Path | None = None, *, identify: bool = False
 ) -> Iterator[tuple[LoadedPolicy, Ledger, Registry]]:
     """Ledger and registry, and the policy in force for the candidate's dataset (or, for a
-    what-if, the policy file given)."""
+    what-if, the policy file given). ``identify``: establish who acts before anything else is
+    read (credentials the deployment refuses: one line, exit 2)."""
     from dpgov.gate.candidate import load_candidate
     from dpgov.gate.in_force import policy_in_force
+    from dpgov.identity import acting_identity
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
     from dpgov.tracking.registry import Registry
@@ -77,6 +79,8 @@ def _services(
     preview = load_policy(what_if) if what_if is not None else None
     ledger = Ledger.open()
     try:
+        if identify:
+            acting_identity(ledger)
         registry = Registry()
         if preview is not None:
             loaded = preview
@@ -194,9 +198,9 @@ def _approval_cmd(
     from dpgov.gate.standing import summarize
     from dpgov.ledger.releases import binding_of
 
-    names.options(model=model)
+    names.options(model=model, **({"by": by} if by is not None else {}))
     version = parse_version(version)
-    with _services(model, version) as (loaded, ledger, registry):
+    with _services(model, version, identify=True) as (loaded, ledger, registry):
         binding = binding_of(ledger, model, version)
         if binding is None:
             raise UsageError(
