@@ -25,7 +25,6 @@ _COMMAND_MODULES = [
     "dpgov.cli.accounting",
     "dpgov.cli.ledger",
     "dpgov.cli.ledger_keys",
-    "dpgov.cli.patients",
     "dpgov.cli.data",
     "dpgov.cli.gate",
     "dpgov.cli.run",

@@ -1,4 +1,5 @@
-"""``dpgov ledger show | verify | reserve | commit | release | abort | add-block | retire``."""
+"""``dpgov ledger show | verify | reserve | commit | release | abort | add-block | retire``
+(and ``patient | attach-members | erase-patient`` from :mod:`dpgov.cli.patients`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import typer
 
 from dpgov import names
 from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up
+from dpgov.cli.patients import attach_members, erase_patient, patient
 
 ledger_app = typer.Typer(help="Read, verify and charge the privacy ledger.", no_args_is_help=True)
+# one patient's history, membership and erasure (issue 15): dpgov.cli.patients
+ledger_app.command("patient")(patient)
+ledger_app.command("attach-members")(attach_members)
+ledger_app.command("erase-patient")(erase_patient)
 
 
 def register(app: typer.Typer) -> None:

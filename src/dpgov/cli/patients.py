@@ -1,5 +1,6 @@
 """Answers for people about patients (issue 15): ``dpgov ledger patient | attach-members |
-erase-patient`` and the ``dpgov budget --patients`` distribution.
+erase-patient`` (registered on the ledger group by :mod:`dpgov.cli.ledger`) and the ``dpgov
+budget --patients`` distribution.
 
 Who may look a patient up (or erase one from the membership) is the policy's:
 ``governance.patient_lookup``, or ``governance.policy_setters`` where that is null; the acting
@@ -23,14 +24,6 @@ from dpgov import names
 from dpgov.cli._output import JsonOption, console, emit, eps_up
 
 PSEUDONYM_HELP = "A pseudonym (20 hex digits, as prepared data holds them)."
-
-
-def register(app: typer.Typer) -> None:
-    from dpgov.cli.ledger import ledger_app
-
-    ledger_app.command("patient")(patient)
-    ledger_app.command("attach-members")(attach_members)
-    ledger_app.command("erase-patient")(erase_patient)
 
 
 # --------------------------------------------------------------------------- who may ask

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 from dpgov import config
 from dpgov.data.contract import LoadedContract, load_contract
 from dpgov.data.params import DataParams
-from dpgov.data.preparation import build_prepared, prepare
+from dpgov.data.preparation import block_members, build_prepared, prepare
+from dpgov.data.prepared_data import load_prepared
 from dpgov.data.sources import TABLE_SUFFIXES, load_source, read_table
 from dpgov.data.versioning import data_version, find_dvc_root
 from dpgov.errors import UsageError
@@ -462,9 +463,6 @@ def _prepared_members(
 ) -> tuple[dict[str, list[str]], str, str]:
     """Members per training block, the id domain and the key fingerprint of a prepared folder
     of ``version`` (UsageError when it holds another version or dataset)."""
-    from dpgov.data.preparation import block_members
-    from dpgov.data.prepared_data import load_prepared
-
     data = load_prepared(folder)
     if data.dataset != dataset or data.data_version != version:
         raise UsageError(

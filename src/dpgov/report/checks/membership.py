@@ -27,6 +27,9 @@ from typing import Any
 
 from dpgov.accounting import AccountantFailed, DpSgdMechanism
 from dpgov.contracts import exceeds
+from dpgov.errors import DpgovError
+from dpgov.ledger.schema import members_t
+from dpgov.ledger.verified import LedgerInconsistent
 from dpgov.policy import LoadedPolicy
 from dpgov.report.checks import fmt_epsilon
 from dpgov.report.findings import Finding, finding
@@ -51,10 +54,6 @@ class MembershipFacts:
 def read_membership(ledger: Any, policy: LoadedPolicy) -> MembershipFacts:
     """Read the stored membership, the ledger's membership problems and its classes."""
     import sqlalchemy as sa
-
-    from dpgov.errors import DpgovError
-    from dpgov.ledger.schema import members_t
-    from dpgov.ledger.verified import LedgerInconsistent
 
     c = members_t.c
     with ledger.engine.connect() as conn:
