@@ -106,7 +106,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     from dpgov.gate.approvals import record_approval
     from dpgov.gate.promotion import promote
     from dpgov.ledger import Ledger
-    from dpgov.policy import load_policy
+    from dpgov.testing.policies import put_in_force
     from dpgov.testing.runs import governed_data
     from dpgov.tracking.anchor import record_anchor, record_head
     from dpgov.tracking.registry import Registry
@@ -151,7 +151,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         mp.delenv("DPGOV_LEDGER_HMAC_KEY", raising=False)
         mp.setenv("DPGOV_ACTOR", "trainer")
         ledger = Ledger.open()
-        loaded = load_policy(policy)
+        loaded = put_in_force(policy, ledger=ledger, actor="trainer")  # the policy in force
         options = RunOptions(gate=False, validation_out=str(root / "validation"))
         runs = []
         for _ in range(2):
@@ -172,15 +172,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         ledger.abort(crashed.id, reason="after 2 steps: RuntimeError: out of memory")
         registry = Registry()
         first = runs[0].model_version
-        record_approval(
-            model=MODEL,
-            version=first,
-            by="alice",
-            note="reviewed",
-            policy=loaded,
-            ledger=ledger,
-            registry=registry,
-        )
+        with pytest.MonkeyPatch.context() as as_alice:  # who acts is the OS user: alice
+            as_alice.setattr("dpgov.identity.os_user", lambda: "alice")
+            record_approval(
+                model=MODEL,
+                version=first,
+                by="alice",
+                note="reviewed",
+                policy=loaded,
+                ledger=ledger,
+                registry=registry,
+            )
         promote(model=MODEL, version=first, policy=loaded, ledger=ledger, registry=registry)
         record_head(ledger)
         ledger.close()
@@ -254,7 +256,7 @@ def audit(clone: Clone, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.
     from dpgov.cli import main
 
     def run(*args: str, json_out: bool = True) -> Result:
-        argv = ["dpgov", "audit", "--policy", str(clone.policy), "--dvc-root", str(clone.repo)]
+        argv = ["dpgov", "audit", "--dvc-root", str(clone.repo)]
         argv += (["--json"] if json_out else []) + list(args)
         monkeypatch.setattr(sys, "argv", argv)
         capsys.readouterr()

@@ -66,11 +66,11 @@ class Small:
 def build(url: str, home: Path, world: Any) -> Small:
     from dpgov.accounting import DpSgdMechanism
     from dpgov.ledger import Ledger
-    from dpgov.policy import load_policy
+    from dpgov.testing.policies import put_in_force
     from dpgov.tracking.anchor import record_anchor
 
-    loaded = load_policy(world.policy)
     led = Ledger.open(url)
+    loaded = put_in_force(world.policy, ledger=led)  # the world's policy, in force here too
     for b in ("b0", "b1"):
         led.add_block(dataset="synth", block=b, patients=150, data_version=world.data_version)
     for i, blocks in enumerate((["b0"], ["b0", "b1"], ["b1"])):
@@ -113,7 +113,7 @@ def run_audit(
 
     argv = ["dpgov", "audit", "--json", *args]
     if small_or_none is not None:
-        argv += ["--policy", str(small_or_none.policy), "--dvc-root", str(small_or_none.dvc_root)]
+        argv += ["--dvc-root", str(small_or_none.dvc_root)]
     monkeypatch.setattr(sys, "argv", argv)
     capsys.readouterr()
     try:
