@@ -251,11 +251,11 @@ def enforced_policy(
     ledger: Ledger, params: RunParams, policy: LoadedPolicy | None = None
 ) -> LoadedPolicy:
     """The policy in force on ``ledger`` for the run's dataset (:mod:`dpgov.gate.in_force`):
-    what a run enforces. ``policy``, when given, must be that policy (else UsageError, nothing
-    charged): no caller chooses another."""
+    what a run enforces, and records. ``policy``, when given, must say what that policy says
+    (else UsageError, nothing charged): no caller chooses another."""
     dataset = run_dataset(params)
     in_force = policy_in_force(ledger, dataset)
-    if policy is not None and policy.sha256 != in_force.sha256:
+    if policy is not None and policy.policy != in_force.policy:
         raise UsageError(
             f"policy {policy.path} (sha256 {policy.sha256[:12]}…) is not the policy in force "
             f"for dataset {dataset} (sha256 {in_force.sha256[:12]}…): a run enforces the policy "

@@ -98,17 +98,21 @@ def test_sweep_over_budget_is_refused_whole_and_charges_nothing(
 ) -> None:
     # 1 and 3 compose to ε ≈ 3.1 on these blocks; the policy allows 3.0 per block
     policy = write_policy(epsilon_per_block=3.0)
-    args = ["--epsilons", "1,3", "--params", str(params_file()), "--policy", str(policy)]
+    args = ["--epsilons", "1,3", "--params", str(params_file())]
 
-    code, out, err = dpgov("sweep", *args, "--dry-run")
+    code, out, err = dpgov("sweep", *args, "--dry-run", "--policy", str(policy))  # what-if
     assert code == 1
     assert "OVER" in out
     assert err.startswith("error: sweep refused:") and "nothing was charged" in err
+    assert _ledger_and_runs() == (0, 0)
 
+    from dpgov.testing.policies import put_in_force
+
+    put_in_force(policy)  # a sweep that charges enforces the policy in force
     code, out, err = dpgov("sweep", *args)
     assert code == 1
     assert err.count("\n") == 1 and "over the limit 3" in err and "nothing was charged" in err
-    assert _ledger_and_runs() == (0, 0)
+    assert _ledger_and_runs() == (1, 0)  # the policy_set entry only
     assert not (home / "sweeps").exists()
 
 

@@ -26,12 +26,12 @@ def test_a_concurrent_charge_stops_the_sweep_and_it_reports_what_ran(
 ) -> None:
     from dpgov.accounting import DpSgdMechanism
     from dpgov.ledger import Ledger
-    from dpgov.policy import load_policy
+    from dpgov.testing.policies import put_in_force
     from dpgov.tracking import runs, sweep_runs
     from dpgov.training.sweep import Trial, plan_sweep, run_sweep
 
-    policy = load_policy(write_policy(epsilon_per_block=LIMIT))
     ledger = Ledger.open()
+    policy = put_in_force(write_policy(epsilon_per_block=LIMIT), ledger=ledger)
     sp = plan_sweep(params(), policy, data, ledger=ledger, epsilons=[1.0, 3.0], seeds=1)
     assert sp.fits and len(sp.trials) == 2
     foreign: list[str] = []

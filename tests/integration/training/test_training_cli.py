@@ -106,8 +106,6 @@ def test_run_prints_the_summary_as_json(
         "run",
         "--params",
         str(params_file()),
-        "--policy",
-        str(REPO / "policies" / "default.yaml"),
         "--json",
     )
     assert code == 0, err
@@ -145,11 +143,10 @@ def test_refused_budget_is_exit_1_and_charges_nothing(
     write_policy: Callable[..., Path],
 ) -> None:
     from dpgov.ledger import Ledger
+    from dpgov.testing.policies import put_in_force
 
-    policy = str(write_policy(epsilon_per_block=1.0))
-    code, _, err = _dpgov(
-        monkeypatch, capsys, "run", "--params", str(params_file()), "--policy", policy, "--json"
-    )
+    put_in_force(write_policy(epsilon_per_block=1.0))  # the policy in force, not a file
+    code, _, err = _dpgov(monkeypatch, capsys, "run", "--params", str(params_file()), "--json")
     assert code == 1
     assert err.startswith("error: budget refused for block"), err
     assert len(err.strip().splitlines()) == 1  # Prefect's own failure lines stay off the console

@@ -16,6 +16,7 @@ from dpgov.accounting import DpSgdMechanism, epsilon
 from dpgov.errors import BudgetExceeded, Refused, UsageError
 from dpgov.ledger import Ledger
 from dpgov.policy import load_policy
+from dpgov.testing.policies import put_in_force
 from dpgov.training import planning
 from dpgov.training import steps as governed_steps
 from dpgov.training.governed import run_governed
@@ -204,6 +205,7 @@ def test_budget_refusal_exits_1_and_charges_nothing(
     # 399 training patients, batch 40: q = 0.1, 20 steps; ε ≈ 1.69, two ≈ 2.28
     params = world.params(small_params(noise_multiplier=1.5, target_epsilon=2.0, batch_size=40))
     _steps(params, policy, world_data, ledger)
+    put_in_force(policy, ledger=ledger)  # lowers the limit: in force at once
     before = len(ledger.entries())
     with pytest.raises(BudgetExceeded, match="budget refused for block") as err:
         run_governed(params, load_policy(policy), ledger=ledger, options=run_options)

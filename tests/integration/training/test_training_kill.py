@@ -22,7 +22,7 @@ SCRIPT = """
 import json
 import sys
 from dpgov.ledger import Ledger
-from dpgov.policy import load_policy
+from dpgov.testing.policies import put_in_force
 from dpgov.training.governed import RunOptions, run_governed
 from dpgov.training.params import parse_params
 
@@ -31,7 +31,9 @@ def report(steps, loss):
 
 params = parse_params(json.loads(sys.argv[2]))
 options = RunOptions(validation_out=sys.argv[3], on_step=report)
-run_governed(params, load_policy(sys.argv[1]), ledger=Ledger.open(), options=options)
+ledger = Ledger.open()
+put_in_force(sys.argv[1], ledger=ledger)
+run_governed(params, ledger=ledger, options=options)
 print("FINISHED", flush=True)
 """
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from dpgov.gate.facts import CandidateFacts
+from dpgov.testing.policies import put_in_force
 from dpgov.tracking import runs
 
 REPO = Path(__file__).resolve().parents[3]
@@ -41,7 +42,6 @@ def governed_run(
 ) -> Iterator[tuple[Any, Any, Path]]:
     from dpgov.data import load_prepared
     from dpgov.ledger import Ledger
-    from dpgov.policy import load_policy
     from dpgov.testing.runs import governed_data
     from dpgov.training.governed import RunOptions, run_governed
 
@@ -77,7 +77,9 @@ def governed_run(
         mp.delenv("DPGOV_LEDGER_URL", raising=False)
         mp.delenv("DPGOV_LEDGER_HMAC_KEY", raising=False)
         options = RunOptions(validation_out=str(root / "validation"))
-        summary = run_governed(params, load_policy(policy), ledger=Ledger.open(), options=options)
+        ledger = Ledger.open()
+        put_in_force(policy, ledger=ledger)  # a run enforces the policy in force
+        summary = run_governed(params, ledger=ledger, options=options)
         yield summary, data, policy
 
 
