@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dpgov.testing.policies import put_in_force
 from tests.integration.orchestration.conftest import Cohort, write_policy
 
 
@@ -80,7 +81,8 @@ def test_governed_run_publishes_the_decision_and_the_budgets(
 
     c = cohort()
     _ingest(c, 0)
-    state = governed_run(params=c.params(), policy=str(write_policy(tmp_path)), return_state=True)
+    put_in_force(write_policy(tmp_path))  # the flow enforces the policy in force
+    state = governed_run(params=c.params(), return_state=True)
     out = state.result().to_dict()  # the flow returns the RunSummary
     run_id = state.state_details.flow_run_id
     assert out["validation"]["ok"] and out["plan"]["blocks"] == ["2001", "2002"]
@@ -106,17 +108,17 @@ def test_retraining_uses_only_blocks_with_budget_left_and_records_skips(
     from pipelines.retraining import retraining
 
     c = cohort()
-    policy = str(write_policy(tmp_path, epsilon_per_block=2.2))
+    put_in_force(write_policy(tmp_path, epsilon_per_block=2.2))  # before any charge
     _ingest(c, 0)
-    first = retraining(params=c.params(), policy=policy, require_new_data=True)
+    first = retraining(params=c.params(), require_new_data=True)
     assert first["status"] == "trained"
     assert first["run"]["plan"]["blocks"] == ["2001", "2002"]
 
-    again = retraining(params=c.params(), policy=policy, require_new_data=True)
+    again = retraining(params=c.params(), require_new_data=True)
     assert again["status"] == "skipped" and again["reason"].startswith("no new data")
 
     _ingest(c, 1)
-    second = retraining(params=c.params(), policy=policy, require_new_data=True)
+    second = retraining(params=c.params(), require_new_data=True)
     assert second["status"] == "trained"
     assert [r["block"] for r in second["selection"]["retire"]] == ["2001", "2002"]
     assert second["run"]["plan"]["blocks"] == ["2003", "2004"]
@@ -126,7 +128,7 @@ def test_retraining_uses_only_blocks_with_budget_left_and_records_skips(
     assert [e.payload["blocks"] for e in reservations] == [["2001", "2002"], ["2003", "2004"]]
     assert {e.payload["block"] for e in led.entries("block_retired")} == {"2001", "2002"}
 
-    last = retraining(params=c.params(), policy=policy, require_new_data=False)
+    last = retraining(params=c.params(), require_new_data=False)
     assert last["status"] == "skipped"
     assert "has at least ε 0.5 left" in last["reason"]
     skips = led.entries("retraining_skipped")

@@ -25,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from dpgov.testing.policies import put_in_force
 from tests.integration.orchestration.conftest import small_train, write_policy
 
 pytestmark = pytest.mark.slow
@@ -227,6 +228,8 @@ def _worker_runs_retraining_over_two_data_versions(world: World) -> None:
         "never",
     )
     try:
+        # the deployments enforce the policy in force on the ledger: set it there first
+        put_in_force(c["policy"], url=f"sqlite:///{w.home / 'ledger.db'}")
         deployed = w.dpgov(
             "schedule",
             "--cron",
@@ -235,8 +238,6 @@ def _worker_runs_retraining_over_two_data_versions(world: World) -> None:
             POOL,
             "--params",
             str(c["params_file"]),
-            "--policy",
-            str(c["policy"]),
             "--min-remaining",
             "0.5",
         )
@@ -285,8 +286,6 @@ def _schedule_serves_the_deployments_from_its_own_process(world: World) -> None:
         "*/30 * * * *",
         "--params",
         str(w.tmp / "params.yaml"),
-        "--policy",
-        str(next(w.tmp.glob("policy-*.yaml"))),
     )
     try:
         deadline = time.monotonic() + 120
