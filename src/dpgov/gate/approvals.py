@@ -171,6 +171,10 @@ def _record(
 ) -> tuple[Entry, list[ApprovalRecord]]:
     version = parse_version(version)
     facts, _ = load_candidate(registry, model, version)
+    if who is not None and who.method != "ssh-signature":
+        raise UsageError(  # who acts is established here, never handed in
+            "only an identity authenticated by its signature may be given; nothing recorded"
+        )
     who = who or acting_identity(ledger)
     binding = binding_of(ledger, model, version)
     setter = policy_setter(ledger, facts.dataset)
@@ -242,7 +246,11 @@ def record_approval(
     signature: str | None = None,
     who: Identity | None = None,
 ) -> tuple[Entry, list[ApprovalRecord]]:
-    """Record an approval (ledger entry kind ``approval`` and tags); checks come first."""
+    """Record an approval (ledger entry kind ``approval`` and tags); checks come first.
+
+    Who acts is :func:`dpgov.identity.acting_identity`; ``who`` is only for an approver
+    authenticated by signature (``ssh-signature``: the approval flow's worker records it), whose
+    signature must then verify with their key in ``approvals.ssh_keys``."""
     return _record(
         "approval",
         model=model,

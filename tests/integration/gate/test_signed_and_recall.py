@@ -164,6 +164,17 @@ def test_an_answer_recorded_by_a_worker_counts_only_signed(env, tmp_path):
 
     version, _ = env.register()
     worker = Identity("alice", "ssh-signature")
+    with pytest.raises(UsageError, match="only an identity authenticated by its signature"):
+        record_approval(
+            model=MODEL,
+            version=version,
+            by="alice",
+            note="",
+            ledger=env.ledger,
+            policy=policy_in_force(env.ledger),
+            registry=Registry(),
+            who=Identity("alice", "os-user"),
+        )
     args = {"model": MODEL, "version": version, "by": "alice", "note": "", "ledger": env.ledger}
     with pytest.raises(UsageError, match=r"no key in approvals\.ssh_keys"):
         record_approval(**args, policy=policy_in_force(env.ledger), registry=Registry(), who=worker)
