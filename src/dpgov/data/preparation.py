@@ -163,8 +163,15 @@ def _register(
                     f"the registered data, or use another dataset name)"
                 )
         led.pseudonym_key(key_fingerprint)
+        legacy = _without_members(led, dataset) & set(known)
         added = []
         for block, pseudonyms in members.items():
+            if block in legacy:  # registered without members (an older ledger)
+                if known[block].data_version == version:
+                    led.attach_members(
+                        dataset=dataset, block=block, members=pseudonyms, data_version=version
+                    )
+                continue  # another data version: it stays conservative
             entry = led.add_block(
                 dataset=dataset,
                 block=block,
@@ -179,6 +186,18 @@ def _register(
         return added
     finally:
         led.close()
+
+
+def _without_members(led: Ledger, dataset: str) -> set[str]:
+    """The blocks of ``dataset`` the chain records without members (none attached since)."""
+    digest: dict[str, Any] = {}
+    for e in led.entries("block_added"):
+        if e.payload.get("dataset") == dataset:
+            digest[str(e.payload.get("block"))] = e.payload.get("members_digest")
+    for e in led.entries("members_attached"):
+        if e.payload.get("dataset") == dataset:
+            digest[str(e.payload.get("block"))] = e.payload.get("members_digest")
+    return {b for b, d in digest.items() if d is None}
 
 
 # --- building the prepared tables ------------------------------------------------------------
