@@ -52,13 +52,18 @@ def world(tmp_path: Path, cohort: tuple[Path, Path, Path], mlflow_store_template
     home.mkdir()
     shutil.copy(mlflow_store_template, home / "mlflow.db")
     prepared, raw, contract = cohort
+    from dpgov.testing.policies import put_in_force
+
+    policy = write_policy(tmp_path / "policy.yaml")
+    url = f"sqlite:///{home / 'ledger.db'}"
+    put_in_force(policy, url=url)  # the world's policy is the one in force on its ledger
     return World(
         home=home,
         data=prepared,
         raw=raw,
         contract=contract,
-        policy=write_policy(tmp_path / "policy.yaml"),
-        ledger_url=f"sqlite:///{home / 'ledger.db'}",
+        policy=policy,
+        ledger_url=url,
         tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
     )
 

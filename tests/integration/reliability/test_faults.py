@@ -44,9 +44,7 @@ def _env(env: dict[str, str | None]) -> dict[str, str]:
 
 def _audit(world: World, **env: str | None) -> dict[str, Any]:
     """``dpgov audit --json`` (pending reservations are findings at once)."""
-    r = dpgov(
-        "audit", "--json", "--policy", world.policy, "--stale-hours", "0", env=world.env(**env)
-    )
+    r = dpgov("audit", "--json", "--stale-hours", "0", env=world.env(**env))
     assert r.code in (0, 1), r.err
     return r.json()
 
@@ -104,9 +102,7 @@ def test_killed_run(
         charged = recomputed_epsilon(ledger, budget)
         shown = {
             b["block"]: b
-            for b in dpgov("budget", "--json", "--policy", world.policy, env=world.env()).json()[
-                "datasets"
-            ][0]["blocks"]
+            for b in dpgov("budget", "--json", env=world.env()).json()["datasets"][0]["blocks"]
         }
         for block in res.blocks:
             # at least what ran, as recomputed from the entries and as `dpgov budget` shows it
@@ -140,14 +136,10 @@ def test_killed_run(
             version.version,
             "--by",
             "alice",
-            "--policy",
-            world.policy,
             env=world.env(),
         )
         assert approve.code == 0, approve.err
-        promote = dpgov(
-            "promote", MODEL, version.version, "--policy", world.policy, "--json", env=world.env()
-        )
+        promote = dpgov("promote", MODEL, version.version, "--json", env=world.env())
         assert promote.code == 1 and "run_finished" in promote.err, promote.err
         assert all(not v.aliases for v in _versions(world))
     else:
@@ -234,8 +226,6 @@ def test_tracking_unreachable_from_the_start(world: World, zygote: Zygote, tmp_p
         "gate",
         MODEL,
         "1",
-        "--policy",
-        world.policy,
         env=world.env(MLFLOW_TRACKING_URI=dead, **fast),
     )
     assert gate.code == 2 and gate.clean_error(), gate.err
@@ -284,11 +274,11 @@ def test_read_only_database_role(world: World, postgres_url: str) -> None:
         for args in (
             ["ledger", "show"],
             ["ledger", "verify"],
-            ["budget", "--policy", world.policy],
+            ["budget"],
         ):
             r = dpgov(*args, env=env)
             assert r.code == 0, (args, r.err)
-        audit = dpgov("audit", "--json", "--policy", world.policy, env=env)
+        audit = dpgov("audit", "--json", env=env)
         assert audit.code in (0, 1) and audit.json()["ledger"]["chain_ok"], audit.err
         refused = dpgov(
             "ledger",
@@ -303,8 +293,6 @@ def test_read_only_database_role(world: World, postgres_url: str) -> None:
             "0.01",
             "--steps",
             "10",
-            "--policy",
-            world.policy,
             env=env,
         )
         assert refused.code == 1 and refused.clean_error(), refused.err

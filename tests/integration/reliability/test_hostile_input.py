@@ -105,6 +105,9 @@ def target(
         ledger_url=f"sqlite:///{home / 'ledger.db'}",
         tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
     )
+    from dpgov.testing.policies import put_in_force
+
+    put_in_force(world.policy, url=world.ledger_url)  # the world's policy is in force
     env = {k: v for k, v in world.env().items() if v is not None}
     ran = zygote.run(params=world.params(), policy=world.policy, result=tmp / "run.json", env=env)
     assert ran["outcome"] and ran["outcome"]["ok"], ran
@@ -411,7 +414,7 @@ def test_audit_options(target: Target, data: st.DataObject) -> None:
             }
         )
     )
-    attack(target, "audit", "--policy", target.world.policy, *args)
+    attack(target, "audit", *args)
 
 
 VOCABULARY = [
@@ -545,31 +548,28 @@ def policy_text(draw: Any) -> bytes:
 
 
 @fuzz(60)
-@given(body=policy_text(), cmd=st.sampled_from(["budget", "reserve", "gate", "promote"]))
+@given(body=policy_text(), cmd=st.sampled_from(["set", "calibrate"]))
 def test_policy_files(target: Target, body: bytes, cmd: str) -> None:
+    """A policy file reaches dpgov through `dpgov policy set` (what enforcing commands then
+    read from the ledger) or a what-if (`calibrate --policy`)."""
     t = target
     path = t.fresh("policy") / "policy.yaml"
     path.write_bytes(body)
     args: list[Any] = {
-        "budget": ["budget", "--json"],
-        "reserve": [
-            "ledger",
-            "reserve",
-            "--dataset",
-            "synthetic",
-            "--block",
-            "2003",
-            "--noise-multiplier",
-            "5",
+        "set": ["policy", "set", path, "--reason", "fuzz"],
+        "calibrate": [
+            "calibrate",
+            "--target-epsilon",
+            "1",
             "--sample-rate",
             "0.01",
             "--steps",
             "10",
+            "--policy",
+            path,
         ],
-        "gate": ["gate", t.model, t.version],
-        "promote": ["promote", t.model, t.version],
     }[cmd]
-    attack(t, *args, "--policy", path)
+    attack(t, *args)
 
 
 # --------------------------------------------------------------------------- data and contracts
@@ -759,8 +759,6 @@ def test_data_validate(
         *where,
         "--out",
         folder / "validation",
-        "--policy",
-        target.world.policy,
     )
 
 

@@ -41,6 +41,25 @@ BROKEN = (
 )
 
 
+def _in_force(policy: Path, url: str) -> None:
+    """The site's policy in force on the services' ledger, as `dpgov policy set` (and, where
+    it raises a limit over charged blocks, `dpgov policy approve`) would put it."""
+    from dpgov.gate.in_force import policy_in_force
+    from dpgov.ledger import Ledger
+    from dpgov.ledger.policies import approve_proposal, set_policy
+    from dpgov.policy import load_policy
+
+    ledger = Ledger.open(url)
+    try:
+        loaded = load_policy(policy)
+        if policy_in_force(ledger).sha256 != loaded.sha256:
+            entry, action = set_policy(ledger, loaded, dataset=None, reason="site", actor="tester")
+            if action == "propose":
+                approve_proposal(ledger, entry.seq, actor="test-approver")
+    finally:
+        ledger.close()
+
+
 @pytest.fixture(scope="module")
 def site(
     services: Services, tmp_path_factory: pytest.TempPathFactory, cohort: tuple[Path, Path, Path]
@@ -49,12 +68,14 @@ def site(
     budget that lasts all the runs here."""
     folder = tmp_path_factory.mktemp("site")
     prepared, raw, contract = cohort
+    policy = write_policy(folder / "policy.yaml", epsilon_per_block=50.0)
+    _in_force(policy, services.ledger_url)
     return World(
         home=folder / "home",
         data=prepared,
         raw=raw,
         contract=contract,
-        policy=write_policy(folder / "policy.yaml", epsilon_per_block=50.0),
+        policy=policy,
         ledger_url=services.ledger_url,
         tracking_uri=services.tracking_uri,
         extra_env={k: v for k, v in services.env.items() if k.startswith(("MLFLOW_", "PREFECT_"))},
@@ -70,8 +91,6 @@ def first_run(site: World, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         "run",
         "--params",
         params,
-        "--policy",
-        site.policy,
         "--json",
         env=site.env(),
         cwd=folder,
@@ -124,11 +143,8 @@ def test_governed_pipeline_on_servers(
 
     # the gate, an approval and the promotion, as the dpgov identity
     v = summary["model_version"]
-    assert (
-        dpgov("approve", MODEL, v, "--by", "alice", "--policy", site.policy, env=site.env()).code
-        == 0
-    )
-    promoted = dpgov("promote", MODEL, v, "--policy", site.policy, "--json", env=site.env())
+    assert dpgov("approve", MODEL, v, "--by", "alice", env=site.env()).code == 0
+    promoted = dpgov("promote", MODEL, v, "--json", env=site.env())
     assert promoted.code == 0, promoted.err
     with environment(services.env):
         assert _client(site).get_model_version_by_alias(MODEL, "champion").version == v
@@ -147,8 +163,6 @@ def test_worker_runs_the_deployment(services: Services, site: World, tmp_path: P
         pool,
         "--params",
         params,
-        "--policy",
-        site.policy,
         "--json",
         env=site.env(),
         cwd=tmp_path,
@@ -218,8 +232,6 @@ def test_only_dpgov_moves_release_aliases(
         v,
         "--alias",
         alias,
-        "--policy",
-        site.policy,
         env=site.env(**ids["analyst"]),
     )
     assert as_analyst.code == 1 and as_analyst.clean_error(), as_analyst.err
@@ -231,13 +243,9 @@ def test_only_dpgov_moves_release_aliases(
     with environment(anonymous), pytest.raises(MlflowException):
         _client(site).get_model_version(MODEL, v)
 
-    approved = dpgov(
-        "approve", MODEL, v, "--by", "clinical-lead", "--policy", site.policy, env=site.env()
-    )
+    approved = dpgov("approve", MODEL, v, "--by", "clinical-lead", env=site.env())
     assert approved.code == 0, approved.err  # the gate's approvals must be on record
-    as_dpgov = dpgov(
-        "promote", MODEL, v, "--alias", alias, "--policy", site.policy, "--json", env=site.env()
-    )
+    as_dpgov = dpgov("promote", MODEL, v, "--alias", alias, "--json", env=site.env())
     assert as_dpgov.code == 0, as_dpgov.err
     with environment(ids["analyst"]):
         assert _client(site).get_model_version_by_alias(MODEL, alias).version == v
@@ -286,7 +294,7 @@ def test_tracking_server_lost_mid_run(
     assert res.status == "committed" and res.mechanism.steps == 8  # every step that ran
     assert ledger.verify().ok
     charged = recomputed_epsilon(ledger, site.budget())
-    shown = dpgov("budget", "--json", "--policy", site.policy, env=site.env()).json()
+    shown = dpgov("budget", "--json", env=site.env()).json()
     for block in shown["datasets"][0]["blocks"]:
         assert block["epsilon_spent"] == pytest.approx(charged[("synthetic", block["block"])])
 
@@ -301,7 +309,7 @@ def test_tracking_server_lost_mid_run(
     assert [v for v in versions if v.run_id == run_id] == []  # nothing to promote
 
     # the audit lists the charge as committed, its MLflow run still RUNNING
-    report = dpgov("audit", "--json", "--policy", site.policy, env=site.env()).json()
+    report = dpgov("audit", "--json", env=site.env()).json()
     [row] = [x for x in report["runs"] if x["reservation"] == res.id]
     assert (row["status"], row["mlflow_run"], row["mlflow_status"]) == (
         "committed",
@@ -314,12 +322,12 @@ def test_tracking_server_lost_mid_run(
 def test_audit_explains_the_shared_world(services: Services, site: World) -> None:
     """``dpgov audit`` over the PostgreSQL ledger and the tracking server: nothing broken;
     after ``--anchor`` no commit is left unanchored."""
-    r = dpgov("audit", "--json", "--policy", site.policy, "--anchor", env=site.env())
+    r = dpgov("audit", "--json", "--anchor", env=site.env())
     assert r.code in (0, 1), r.err
     report = r.json()
     assert not {f["kind"] for f in report["findings"]} & BROKEN, report["findings"]
     assert report["ledger"]["chain_ok"]
-    again = dpgov("audit", "--json", "--policy", site.policy, env=site.env()).json()
+    again = dpgov("audit", "--json", env=site.env()).json()
     assert "unanchored_commits" not in {f["kind"] for f in again["findings"]}
     promoted = {e.payload["alias"] for e in site.ledger().entries("promotion")}
     assert {x["alias"] for x in again["releases"]} == promoted
