@@ -71,7 +71,7 @@ def _candidate(c: Cohort, policy: Path) -> dict[str, Any]:
         params=c.params(),
         push=False,
     )
-    return governed_run(params=c.params(), policy=str(policy)).to_dict()
+    return governed_run(params=c.params()).to_dict()  # under the policy in force
 
 
 def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
@@ -83,9 +83,14 @@ def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from dpgov.ledger import Ledger
+    from dpgov.ledger.policies import set_policy
+    from dpgov.policy import load_policy
     from pipelines.approval import approval
 
     policy = _open_policy(tmp_path)
+    led0 = Ledger.open()  # the approval flow enforces the policy in force: set it
+    set_policy(led0, load_policy(policy), dataset=None, reason="approval test", actor="tester")
+    led0.close()
     run = _candidate(cohort(), policy)
     model, version = run["model_name"], run["model_version"]
     assert run["gate"]["failing"] == ["approvals"]
@@ -94,9 +99,7 @@ def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
 
     def start(key: str) -> threading.Thread:
         def target() -> None:
-            results[key] = approval(
-                model, version, policy=str(policy), timeout_seconds=120, poll_interval=1
-            )
+            results[key] = approval(model, version, timeout_seconds=120, poll_interval=1)
 
         t = threading.Thread(target=target, daemon=True)
         t.start()
@@ -118,8 +121,19 @@ def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
     assert code == 0, err
     assert json.loads(out)["approver"] == "ana.lima"
     t.join(timeout=120)
-    assert results["approve"]["status"] == "promoted"
-    assert results["approve"]["promotion"]["alias"] == "champion"
+    # the answer is typed text the worker records: unsigned, it counts for nothing
+    assert results["approve"]["status"] == "not recorded"
+    assert f"dpgov approve {model} {version}" in results["approve"]["reason"]
+    led = Ledger.open()
+    assert led.entries("approval") == [] and led.entries("promotion") == []
+    led.close()
+
+    # ana.lima approves as herself (who acts: the OS user), then the release is promoted
+    monkeypatch.setattr("dpgov.identity.os_user", lambda: "ana.lima")
+    code, _, err = _dpgov(monkeypatch, capsys, "approve", model, version, "--note", "gaps fine")
+    assert code == 0, err
+    code, _, err = _dpgov(monkeypatch, capsys, "promote", model, version)
+    assert code == 0, err
 
     t = start("refuse")
     flow_run = _wait_paused("approval")
@@ -129,11 +143,11 @@ def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
     )  # fmt: skip
     assert code == 0, err
     t.join(timeout=120)
-    assert results["refuse"]["status"] == "refused"
+    assert results["refuse"]["status"] == "not recorded"
 
     led = Ledger.open()
-    assert [e.payload["by"] for e in led.entries("approval")] == ["ana.lima"]
-    assert [e.payload["reason"] for e in led.entries("refusal")] == ["drift seen in 2002"]
+    assert [e.payload["identity"] for e in led.entries("approval")] == ["ana.lima"]
+    assert led.entries("refusal") == []
     assert [e.payload["version"] for e in led.entries("promotion")] == [version]
 
 
