@@ -211,6 +211,15 @@ def run_case(case: Case, tree: Path, tmp: Path, timeout: float, mem_limit: int) 
             check=True,
             cwd=home,
         )
+        in_force = (tree / "src" / "dpgov" / "cli" / "policy.py").exists()
+        if in_force:  # the case's policy in force on the ledger (reserve takes no --policy)
+            subprocess.run(
+                [*py, "-m", "dpgov", "policy", "set", str(policy), "--reason", "benchmark case"],
+                env=env,
+                capture_output=True,
+                check=True,
+                cwd=home,
+            )
         cmd = [
             *py,
             "-m",
@@ -227,8 +236,7 @@ def run_case(case: Case, tree: Path, tmp: Path, timeout: float, mem_limit: int) 
             case.q,
             "--steps",
             case.steps,
-            "--policy",
-            str(policy),
+            *([] if in_force else ["--policy", str(policy)]),  # a revision before issue 13
         ]
     else:
         cmd = [*py, "-c", REPLAY, case.sigma, case.q, case.steps]

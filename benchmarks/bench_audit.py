@@ -88,6 +88,9 @@ def build(home: Path, *, entries: int, blocks: int, seed: int) -> dict[str, Any]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(MODEL)
     ledger = Ledger.open()
+    from dpgov.ledger.policies import set_policy
+
+    set_policy(ledger, loaded, dataset=None, reason="benchmark world", actor="trainer")
     names = [f"b{i:02d}" for i in range(blocks)]
     for b in names:
         ledger.add_block(dataset="bench", block=b, patients=5000, data_version=version)
@@ -356,8 +359,6 @@ def main() -> None:
         str(BIN / "dpgov"),
         "audit",
         "--json",
-        "--policy",
-        str(home / "policy.yaml"),
         "--dvc-root",
         str(home / "repo"),
     ]

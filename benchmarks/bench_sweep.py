@@ -191,8 +191,12 @@ def main() -> int:
         print(err, file=sys.stderr)
         return code
     plan = json.loads(out)
-    # 3. the sweep
-    command = [*sweep, "--policy", str(POLICY), "--json"]
+    # 3. the sweep, under the sweep policy put in force on the ledger
+    code, _, err, _ = _run(["policy", "set", str(POLICY), "--reason", "sweep benchmark"], env)
+    if code != 0:
+        print(err, file=sys.stderr)
+        return code
+    command = [*sweep, "--json"]
     code, out, err, seconds = _run(command, env)
     if code != 0:
         print(err, file=sys.stderr)
@@ -207,7 +211,7 @@ def main() -> int:
         shutil.copy(plot, REPO / shown)
     shown_cmd = (
         f"dpgov sweep --epsilons {args.epsilons} --seeds {args.seeds} "
-        "--params <home>/params.yaml --policy benchmarks/sweep_policy.yaml"
+        "--params <home>/params.yaml (after dpgov policy set benchmarks/sweep_policy.yaml)"
     )
     trials = plan["trials"]
     sigmas = {f"{t['epsilon']:g}": t["noise_multiplier"] for t in trials}
