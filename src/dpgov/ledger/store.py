@@ -295,10 +295,12 @@ class LedgerStore:
         stored beside the chain, their digest on it (:mod:`dpgov.ledger.membership`).
         ``domain`` is the pseudonyms' domain (default: the dataset), ``split`` the block's use.
         Without members the block is conservative (it reaches every patient of its domain)
-        until :meth:`attach_members`."""
+        until :meth:`attach_members`. Called again with neither members nor domain (a run
+        registering its blocks, idempotent), only the number of patients is compared."""
         names.storable(
             dataset=dataset, block=block, patients=patients, data_version=data_version, actor=actor
         )
+        facts = members is not None or domain is not None  # a bare call: counts only
         domain = dataset if domain is None else domain
         names.name(domain, argument="domain")
         names.name(split, argument="split", max_length=64)
@@ -326,7 +328,9 @@ class LedgerStore:
                         f"{known.patients} patients, not {patients}: new patients arrive as a "
                         f"new block"
                     )
-                self._same_members(known, st.members.of((dataset, block)), blob, domain, split)
+                if facts:
+                    m = st.members.of((dataset, block))
+                    self._same_members(known, m, blob, domain, split)
                 return None
             entry = append_entry(
                 conn,

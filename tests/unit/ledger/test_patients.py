@@ -196,6 +196,9 @@ def test_registering_members_checks_them(led):
         led.add_block(
             dataset="flchain", block="1995", patients=100, members=ids(0, 100), split="test"
         )
+    # a run registering its blocks again (counts only) is idempotent, whatever the domain
+    led.add_block(dataset="x", block="y", patients=2, members=ids(0, 2), domain="mrn@a")
+    assert led.add_block(dataset="x", block="y", patients=2) is None
     payload = led.entries("block_added")[0].payload
     assert payload["members_digest"] == members_digest(ids(0, 100))
     assert payload["domain"] == "flchain" and payload["split"] == "train"
