@@ -46,7 +46,7 @@ from dpgov.ledger.chain import Entry, canonical
 from dpgov.ledger.schema import ACTIVE
 from dpgov.ledger.store import LedgerStore
 from dpgov.ledger.verified import POLICY_KIND, LedgerInconsistent, VerifiedState, VPolicyEntry
-from dpgov.policy.load import LoadedPolicy, packaged_policy_path, parse_policy
+from dpgov.policy.load import LoadedPolicy, load_policy, packaged_policy_path, parse_policy
 from dpgov.policy.schema import Policy, approver_key
 
 SET, PROPOSE, APPROVE = "set", "propose", "approve"
@@ -166,8 +166,6 @@ def packaged() -> PolicyRecord:
 
 @functools.cache
 def _packaged() -> LoadedPolicy:
-    from dpgov.policy.load import load_policy
-
     return load_policy(packaged_policy_path())
 
 

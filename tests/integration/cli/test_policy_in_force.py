@@ -368,3 +368,28 @@ def test_the_audit_names_a_gate_decision_under_a_policy_not_in_force(dpgov_home,
         assert found[0].where["model"] == "m"
     finally:
         ledger.close()
+
+
+def test_an_edited_policy_entry_stops_everything_that_enforces_it(cli, home, tmp_path):
+    """The policy in force is read from hash-checked entries: a policy_set entry edited in the
+    database (a higher ε per block) is not enforced; reserve refuses (exit 1), nothing written."""
+    import sqlite3
+
+    _block()
+    tight = write_policy(tmp_path / "tight.yaml", budget={"epsilon_per_block": 4.0})
+    assert cli("policy", "set", str(tight), "--reason", "tight")[0] == 0
+    entry = _entries()[-1]
+    payload = dict(entry.payload)
+    text = payload["policy"]["yaml"].replace("epsilon_per_block: 4.0", "epsilon_per_block: 99.0")
+    payload["policy"] = {**payload["policy"], "yaml": text}
+    con = sqlite3.connect(home / "ledger.db")
+    con.execute("DROP TRIGGER dpgov_entries_no_update")
+    con.execute(
+        "UPDATE dpgov_entries SET payload = ? WHERE seq = ?",
+        (json.dumps(payload, sort_keys=True, separators=(",", ":")), entry.seq),
+    )
+    con.commit()
+    con.close()
+    code, _, err = cli("ledger", "reserve", "--dataset", "d", *RESERVE)
+    assert code == 1 and "cannot be trusted" in err and f"entry {entry.seq}" in err
+    assert not [e for e in _entries() if e.kind == "reservation"]
