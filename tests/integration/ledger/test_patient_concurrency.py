@@ -1,5 +1,6 @@
-"""Processes racing reservations on *overlapping* blocks (issue 15): every reservation reaches
-the patients both blocks hold, so together they never overspend those patients' budget."""
+"""Processes racing on per-patient accounting (issue 15), on SQLite and PostgreSQL: reservations
+on *overlapping* blocks (every reservation reaches the patients both blocks hold, so together
+they never overspend those patients' budget), and registrations of one block with members."""
 
 from __future__ import annotations
 
@@ -72,4 +73,32 @@ def test_racing_reservations_over_overlapping_blocks_never_overspend_a_patient(l
     assert a.epsilon_spent == pytest.approx(epsilon([RUN] * FEASIBLE, delta=1e-5), rel=1e-6)
     assert max(a.epsilon_spent, b.epsilon_spent) <= eps_limit
     assert ledger.verify().ok
+    ledger.close()
+
+
+def _registrar(url: str, barrier, results) -> None:  # runs in a child process
+    ledger = Ledger.open(url)
+    barrier.wait()
+    try:
+        entry = ledger.add_block(dataset="d", block="same", patients=500, members=ids(0, 500))
+        results.put("written" if entry is not None else "idempotent")
+    except Exception as err:  # anything else is a failure of the test
+        results.put(f"error: {type(err).__name__}: {err}")
+
+
+@pytest.mark.slow
+def test_racing_registrations_of_one_block_write_it_once(ledger_url):
+    Ledger.open(ledger_url).close()  # the schema exists before the race
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_registrar, args=(ledger_url, barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    outcomes = sorted(results.get(timeout=300) for _ in range(4))
+    for p in procs:
+        p.join(timeout=60)
+    assert outcomes == ["idempotent"] * 3 + ["written"]
+    ledger = Ledger.open(ledger_url)
+    assert len(ledger.entries("block_added")) == 1
+    assert ledger.verify_membership() == []
     ledger.close()
