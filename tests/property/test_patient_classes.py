@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from dp_accounting import dp_event, pld, rdp
@@ -76,7 +77,9 @@ def filter_reference(mechs: list[DpSgdMechanism]) -> float:
     )
 
 
-def check(accountant: str, blocks_bits: list[int], plan: list[tuple[int, int, bool]]) -> None:
+def check(
+    accountant: Literal["pld", "rdp"], blocks_bits: list[int], plan: list[tuple[int, int, bool]]
+) -> None:
     budget = Budget(epsilon_per_block=100.0, delta=DELTA, accountant=accountant)
     names = [f"b{i}" for i in range(len(blocks_bits))]
     members = [[p for p in range(PATIENTS) if bits >> p & 1] for bits in blocks_bits]

@@ -5,6 +5,7 @@ their domain."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -35,7 +36,7 @@ def eps(*runs: DpSgdMechanism) -> float:
 
 
 @pytest.fixture
-def led(tmp_path) -> Ledger:
+def led(tmp_path) -> Iterator[Ledger]:
     ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.add_block(dataset="flchain", block="1995", patients=100, members=ids(0, 100))
     ledger.add_block(dataset="flchain", block="1996", patients=100, members=ids(100, 200))
