@@ -41,6 +41,7 @@ DELTA = 1e-5
 LIMIT = 100.0  # the policy schema's largest ε per block: no charge here is refused
 GROUPINGS = [1, 9, 15, 25]  # 50 blocks: one block of everyone, then 3 regroupings
 DOMAIN = "mrn@bench"
+LOAD = os.getloadavg()
 
 
 def pseudonyms(n: int, seed: int = 0) -> list[str]:
@@ -75,8 +76,8 @@ def charges(seed: int = 1, count: int = 200) -> list[dict[str, Any]]:
             {
                 "dataset": f"cohort-g{g}",
                 "blocks": [f"b{b:02d}" for b in blocks],
-                "sigma": rng.choice([3.0, 4.0, 5.0]),
-                "q": rng.choice([0.0005, 0.001]),
+                "sigma": rng.choice([1.0, 1.5, 2.0]),
+                "q": rng.choice([0.001, 0.002]),
                 "steps": rng.choice([100, 200, 400]),
             }
         )
@@ -209,6 +210,28 @@ def _cli(url: str, home: Path, *args: str) -> tuple[float, float]:
     return wall, peak
 
 
+def _profile_budget(url: str, home: Path) -> list[dict[str, Any]]:
+    """Where `dpgov budget --json` spends its time: dpgov's functions by cumulative time."""
+    env = {**os.environ, "DPGOV_LEDGER_URL": url, "DPGOV_HOME": str(home)}
+    code = (
+        "import cProfile, json, pstats, sys\n"
+        "from dpgov.cli import main\n"
+        "sys.argv = ['dpgov', 'budget', '--json']\n"
+        "pr = cProfile.Profile(); pr.enable()\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "pr.disable()\n"
+        "rows = [(f'{k[0].split(\"/src/\")[-1]}:{k[1]}({k[2]})', v[1], v[3])\n"
+        "        for k, v in pstats.Stats(pr).stats.items() if '/src/dpgov/' in k[0]]\n"
+        "rows.sort(key=lambda r: -r[2])\n"
+        "print(json.dumps([{'function': f, 'calls': c, 'cumulative_s': t}"
+        " for f, c, t in rows[:12]]), file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    return json.loads(out.stderr.strip().splitlines()[-1])
+
+
 def run_ledger(n: int, members: bool, rounds: int) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="dpgov-bench-patients-"))
     url = f"sqlite:///{home / 'ledger.db'}"
@@ -236,6 +259,7 @@ def run_ledger(n: int, members: bool, rounds: int) -> dict[str, Any]:
         out["classes"] = sum(d["classes"] for d in dom)
         out["epsilon_max"] = max(d["epsilon_max"] for d in dom)
         out["epsilon_median"] = dom[0]["epsilon_median"] if dom else None
+        out["budget_profile"] = _profile_budget(url, home)
     out["peak_mb"] = max(
         reg["peak_mb"], chg["peak_mb"], more["peak_mb"], out["budget_peak_mb"],
         out.get("budget_patients_peak_mb", 0.0),
@@ -279,6 +303,9 @@ def write_results(n: int, new: dict[str, Any], old: dict[str, Any], quick: bool)
         "",
         f"{stamp()} · {machine()} · `benchmarks/bench_patients.py{' --quick' if quick else ''}`",
         "",
+        f"Load average (1 min) at the start and the end of the run: {LOAD[0]:.1f}, "
+        f"{os.getloadavg()[0]:.1f} (the machine was {'shared' if LOAD[0] > 1.5 else 'quiet'}).",
+        "",
         f"{n:,} patients of one domain; 50 blocks in 4 groupings of the same patients (1, 9, 15 "
         "and 25 blocks, even cuts in arrival order); 200 charges (reserve + commit) on 1-3 "
         "blocks of one grouping each; SQLite ledger in a temporary folder. Each phase runs in "
@@ -303,6 +330,16 @@ def write_results(n: int, new: dict[str, Any], old: dict[str, Any], quick: bool)
         "(each composes every charge of its domain), so its ε figures are larger; its times "
         "are those of the ledger without membership.",
     ]
+    lines += [
+        "",
+        "Where `dpgov budget --json` spends its time on the per-patient ledger (cProfile, "
+        "dpgov's functions by cumulative time, one run):",
+        "",
+        "| function | calls | cumulative s |",
+        "|---|---:|---:|",
+    ]
+    for row in new.get("budget_profile", []):
+        lines.append(f"| `{row['function']}` | {row['calls']} | {row['cumulative_s']:.2f} |")
     if quick:
         lines.append(f"- `--quick`: {n:,} patients; the registration target is scaled to the size.")
     path = Path(__file__).resolve().parent / "RESULTS_patients.md"
