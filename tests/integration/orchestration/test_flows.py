@@ -119,7 +119,7 @@ def test_retraining_uses_only_blocks_with_budget_left_and_records_skips(
 
     _ingest(c, 1)
     second = retraining(params=c.params(), require_new_data=True)
-    assert second["status"] == "trained"
+    assert second["status"] == "trained", second.get("reason")
     assert [r["block"] for r in second["selection"]["retire"]] == ["2001", "2002"]
     assert second["run"]["plan"]["blocks"] == ["2003", "2004"]
 
