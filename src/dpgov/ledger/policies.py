@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpgov import config, names
+from dpgov import names
 from dpgov.errors import Refused, UsageError
+from dpgov.identity import acting_identity
 from dpgov.ledger.appending import append_entry
 from dpgov.ledger.chain import Entry, canonical
 from dpgov.ledger.schema import ACTIVE
@@ -360,8 +361,10 @@ def set_policy(
     """Record ``loaded`` as the policy in force for ``dataset`` (None: the whole ledger), or
     as a proposal when it raises a limit over charged blocks and the policy in force asks for
     approvals. Returns the entry and its action (``set`` or ``propose``). Refused (nothing
-    written) when ``actor`` may not set policies."""
-    who = actor or config.actor()
+    written) when the acting identity may not set policies. Who acts is the identity the
+    deployment authenticates (:func:`dpgov.identity.acting_identity`); ``actor`` names it
+    instead only for callers of the library (tests, benchmarks)."""
+    who, identity = _who(ledger, actor)
     if dataset is not None:
         names.name(dataset, argument="--dataset")
     reason = _reason(reason)
@@ -395,6 +398,7 @@ def set_policy(
             "replaces": {"seq": current.seq, "sha256": current.sha256},
             "raises": raises,
             "charged_datasets": charged,
+            **identity,
         }
         if action == PROPOSE:
             payload["approvals_required"] = needs
@@ -407,8 +411,8 @@ def approve_proposal(
 ) -> tuple[Entry, Proposal]:
     """Record ``actor``'s approval of the proposal made at entry ``proposal``; the proposal is
     in force once it has the approvals it needs. Refused (nothing written) when it is not
-    open or ``actor`` may not approve it."""
-    who = actor or config.actor()
+    open or the acting identity may not approve it (``actor``: as for :func:`set_policy`)."""
+    who, identity = _who(ledger, actor)
     with ledger._write() as conn:
         st = ledger._state(conn)
         h = history(st.policies)
@@ -420,10 +424,24 @@ def approve_proposal(
         why = prop.eligible(who)
         if why is not None:
             raise Refused(f"{why}: the approval of proposal {proposal} was not recorded")
-        payload = {"action": APPROVE, "proposal": proposal, "reason": _reason(note, empty=True)}
+        payload = {
+            "action": APPROVE,
+            "proposal": proposal,
+            "reason": _reason(note, empty=True),
+            **identity,
+        }
         entry = append_entry(conn, POLICY_KIND, payload, who)
     after = history((*st.policies, VPolicyEntry(entry.seq, entry.time, who, entry.payload)))
     return entry, after.proposals[proposal]
+
+
+def _who(ledger: LedgerStore, actor: str | None) -> tuple[str, dict[str, str]]:
+    """Who acts, and what the entry records of how they were authenticated."""
+    if actor is not None:
+        name = names.identity(actor, argument="actor")
+        return name, {"identity": name, "authenticated_by": "caller"}
+    ident = acting_identity(ledger)
+    return ident.name, {"identity": ident.name, "authenticated_by": ident.method}
 
 
 def _reason(text: str, *, empty: bool = False) -> str:

@@ -30,17 +30,22 @@ MECH = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=100)  # ε �
 BIG = DpSgdMechanism(noise_multiplier=0.6, sample_rate=0.05, steps=300)  # ε far above 8
 
 
+def _as(monkeypatch: pytest.MonkeyPatch, who: str) -> None:
+    """Act as ``who``: the identity dpgov authenticates here is the OS user
+    (:func:`dpgov.identity.acting_identity`; DPGOV_ACTOR would not change it)."""
+    monkeypatch.setattr("dpgov.identity.os_user", lambda: who)
+
+
 @pytest.fixture
 def cli(monkeypatch, capsys, home):
-    monkeypatch.setenv("DPGOV_ACTOR", "alice")
+    _as(monkeypatch, "alice")
 
     def call(*args: str, actor: str | None = None) -> tuple[int, str, str]:
-        if actor is not None:
-            monkeypatch.setenv("DPGOV_ACTOR", actor)
+        _as(monkeypatch, actor or "alice")
         try:
             return run_dpgov(monkeypatch, capsys, *args)
         finally:
-            monkeypatch.setenv("DPGOV_ACTOR", "alice")
+            _as(monkeypatch, "alice")
 
     return call
 
@@ -162,6 +167,7 @@ def test_policy_set_records_content_hash_scope_reason_and_actor(cli, lax):
     entry = _entries()[-1]
     assert entry.kind == "policy_set" and entry.actor == "alice"
     p = entry.payload
+    assert p["identity"] == "alice" and p["authenticated_by"] == "os-user"
     assert p["policy"]["yaml"] == lax.read_text()
     assert p["policy"]["sha256"] == load_policy(lax).sha256
     assert p["policy"]["json"]["budget"]["epsilon_per_block"] == 90.0
@@ -188,6 +194,13 @@ def test_policy_set_needs_a_reason(cli, lax):
     code, _, err = cli("policy", "set", str(lax), "--reason", "  ")
     assert code == 2 and "--reason" in err
     assert _entries() == []
+
+
+def test_dpgov_actor_does_not_make_someone_a_policy_setter(cli, lax, monkeypatch):
+    assert cli("policy", "set", str(lax), "--reason", "first")[0] == 0
+    monkeypatch.setenv("DPGOV_ACTOR", "alice")  # a label only: the OS user is mallory
+    code, _, err = cli("policy", "set", str(lax), "--reason", "as alice?", actor="mallory")
+    assert code == 1 and "mallory may not set the policy" in err
 
 
 def test_a_later_set_by_someone_else_is_refused(cli, lax, tmp_path):
