@@ -15,7 +15,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dpgov import names
 from dpgov.errors import UsageError
@@ -166,10 +173,12 @@ class Approvals(_Strict):
 
     @field_validator("identities", "ssh_keys")
     @classmethod
-    def _mapped(cls, value: dict[str, str]) -> dict[str, str]:
+    def _mapped(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for key, mapped in value.items():
             try:
                 names.identity(key, argument="approver name")
+                if info.field_name == "identities":
+                    names.identity(mapped, argument=f"the identity of approver {key!r}")
             except UsageError as err:
                 raise ValueError(str(err)) from None
             if not mapped or len(mapped) > 16000:

@@ -182,3 +182,14 @@ def test_missing_file_is_one_line(tmp_path):
 
 def test_top_level_list_is_rejected(tmp_path):
     assert "expected a mapping" in rejected(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_approver_identities_follow_the_name_rule_and_name_listed_approvers(tmp_path):
+    msg = rejected(with_section(tmp_path, "approvals", {"identities": {"alice": "Alice\u200b"}}))
+    assert "approvals.identities" in msg and "ZERO WIDTH SPACE" in msg
+    listed = {"approvers": ["alice"], "identities": {"carol": "carol.diaz"}}
+    assert "'carol' is mapped but is not in approvals.approvers" in rejected(
+        with_section(tmp_path, "approvals", listed)
+    )
+    ok = with_section(tmp_path, "approvals", {"identities": {"alice": "alice.smith"}})
+    assert load_policy(ok).policy.approvals.identity_of("alice") == "alice.smith"
