@@ -65,9 +65,7 @@ def parse_policy(raw: bytes, *, path: Path, where: str) -> LoadedPolicy:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:  # pragma: no cover - yamlio refused it already
         raise UsageError(f"{where}: not UTF-8 text") from err
-    return LoadedPolicy(
-        policy=policy, path=path, sha256=hashlib.sha256(raw).hexdigest(), text=text
-    )
+    return LoadedPolicy(policy=policy, path=path, sha256=hashlib.sha256(raw).hexdigest(), text=text)
 
 
 def describe_validation_error(err: Any) -> str:
