@@ -54,6 +54,12 @@ def test_three_waves_spend_down_retire_and_move_on(
     led = Ledger.open()
     assert {b.block for b in led.blocks(WAVES_DATASET) if b.retired} == {"1995", "1996"}
     assert led.verify().ok
+    from dpgov.gate.in_force import record_in_force
+
+    scenario = record_in_force(led, WAVES_DATASET)  # set on the ledger, not passed as a file
+    assert scenario.seq and scenario.dataset == WAVES_DATASET
+    assert scenario.loaded.policy.budget.epsilon_per_block == out["epsilon_per_block"]
+    assert {e.payload["policy_sha256"] for e in led.entries("reservation")} == {scenario.sha256}
 
     monkeypatch.setenv("COLUMNS", "200")
     _render_waves({**out, "orchestration": {}})  # what `dpgov demo --waves 3` prints
