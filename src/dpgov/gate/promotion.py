@@ -170,4 +170,12 @@ def released_version(ledger: Ledger, model: str, alias: str) -> str | None:
     """The version the ledger says ``alias`` points at (None when never promoted). The audit
     compares it with the registry: any difference means something else moved the alias."""
     history = promotions(ledger, model, alias)
-    return str(history[-1].payload["version"]) if history else None
+    if not history:
+        return None
+    last = history[-1]
+    deleted = [  # a recall that left no earlier release removed the alias (dpgov.gate.recall)
+        e
+        for e in ledger.entries(kind="alias_deleted", since_seq=last.seq)
+        if e.payload.get("model") == model and e.payload.get("alias") == alias
+    ]
+    return None if deleted else str(last.payload["version"])

@@ -5,7 +5,8 @@ version, the alias, why, and the authenticated identity that recalls), marks the
 privacy statement void (tags ``dpgov.statement: void`` and ``dpgov.recall``), then moves the
 release alias away when it points at the version: back to the newest earlier promoted version
 that still passes the gate now (a promotion like any other: gate decision and ``promotion``
-entry, so the audit sees an ordinary alias change), else the alias is deleted. A recalled
+entry, so the audit sees an ordinary alias change), else the alias is deleted (an
+``alias_deleted`` entry, written before it goes). A recalled
 version never passes the gate again (its ``recall`` check fails), so promotion refuses it.
 """
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 TAG_STATEMENT = f"{TAG_PREFIX}statement"
 TAG_RECALL = f"{TAG_PREFIX}recall"
 STATEMENT_VOID = "void"
+ALIAS_DELETED = "alias_deleted"  # a recall left no earlier release: the alias was removed
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,11 @@ def recall(
                 continue  # blocked now: try the one before
             restored, moved_to = result.entry, v
             break
-        if moved_to is None:
+        if moved_to is None:  # recorded before the alias goes (as a promotion is)
+            ledger.append(
+                kind=ALIAS_DELETED,
+                payload={"model": model, "alias": alias, "version": version, "recall": entry.seq},
+                actor=who.name,
+            )
             registry.delete_alias(model, alias)
     return RecallResult(model, version, alias, moved_to, holds, entry, restored, who)

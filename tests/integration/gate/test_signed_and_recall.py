@@ -123,6 +123,11 @@ def test_recall_of_the_only_release_deletes_the_alias(env, cli):
     r = cli("recall", MODEL, v1, "--reason", "bug in preprocessing")
     assert r.code == 0, r.err
     assert env.alias() is None and "deleted" in r.out
+    from dpgov.gate.promotion import released_version
+
+    (deleted,) = env.entries("alias_deleted")
+    assert deleted.payload["version"] == v1 and deleted.payload["alias"] == "champion"
+    assert released_version(env.ledger, MODEL, "champion") is None
     assert cli("recall", MODEL, "9", "--reason", "x").code == 2
     assert cli("recall", MODEL, v1, "--reason", " ").code == 2
 
