@@ -108,6 +108,36 @@ def _client(site: World) -> Any:
     return MlflowClient(tracking_uri=site.tracking_uri, registry_uri=site.tracking_uri)
 
 
+def _person(services: Services, name: str) -> dict[str, str]:
+    """``name`` as an MLflow user (``services.sh user``; EDIT on the model after ``grant``):
+    the credentials dpgov authenticates them with. Without the auth app every process is the
+    ledger's PostgreSQL role, one identity: approvals by a second person cannot be shown."""
+    if not services.auth:
+        pytest.skip("a second identity on the services needs MLflow's auth app (mlflow[auth])")
+    script = str(REPO / "scripts" / "services.sh")
+    folder = str(services.folder)
+    if not (services.folder / "users" / f"{name}.env").exists():
+        made = subprocess.run(
+            [script, "user", folder, "--name", name], capture_output=True, text=True, timeout=60
+        )
+        assert made.returncode == 0, made.stderr
+    granted = subprocess.run(
+        [script, "grant", folder, "--model", MODEL], capture_output=True, text=True, timeout=120
+    )
+    assert granted.returncode == 0, granted.stderr
+    shown = subprocess.run(
+        [script, "env", folder, "--as", name], capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    creds = {}
+    for line in shown.stdout.splitlines():
+        for item in line.removeprefix("export ").split():
+            key, _, value = item.partition("=")
+            if key.startswith("MLFLOW_TRACKING_"):
+                creds[key] = value.strip("'")
+    return creds
+
+
 def test_governed_pipeline_on_servers(
     services: Services, site: World, first_run: dict[str, Any]
 ) -> None:
@@ -141,9 +171,15 @@ def test_governed_pipeline_on_servers(
     flows = httpx.post(f"{api}/flow_runs/filter", json={"limit": 50}, timeout=30).json()
     assert any(f["state_type"] == "COMPLETED" for f in flows)
 
-    # the gate, an approval and the promotion, as the dpgov identity
+    # an approval by alice, recorded as the MLflow user the server authenticates; the gate
+    # and the promotion as the dpgov identity
     v = summary["model_version"]
-    assert dpgov("approve", MODEL, v, "--by", "alice", env=site.env()).code == 0
+    refused = dpgov("approve", MODEL, v, "--by", "alice", env=site.env())
+    assert refused.code == 2 and "not who acts" in refused.err  # dpgov is not alice
+    approved = dpgov("approve", MODEL, v, "--json", env=site.env(**_person(services, "alice")))
+    assert approved.code == 0, approved.err
+    assert approved.json()["identity"] == "alice"
+    assert approved.json()["authenticated_by"] == "mlflow-auth"
     promoted = dpgov("promote", MODEL, v, "--json", env=site.env())
     assert promoted.code == 0, promoted.err
     with environment(services.env):
@@ -243,7 +279,8 @@ def test_only_dpgov_moves_release_aliases(
     with environment(anonymous), pytest.raises(MlflowException):
         _client(site).get_model_version(MODEL, v)
 
-    approved = dpgov("approve", MODEL, v, "--by", "clinical-lead", env=site.env())
+    lead = _person(services, "clinical-lead")
+    approved = dpgov("approve", MODEL, v, "--by", "clinical-lead", env=site.env(**lead))
     assert approved.code == 0, approved.err  # the gate's approvals must be on record
     as_dpgov = dpgov("promote", MODEL, v, "--alias", alias, "--json", env=site.env())
     assert as_dpgov.code == 0, as_dpgov.err
