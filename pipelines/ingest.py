@@ -58,7 +58,9 @@ def ingest(
     )
     ledger = Ledger.open()
     try:
-        added = tasks.register_blocks(ledger, staged.dataset, staged.blocks, staged.data_version)
+        added = tasks.register_blocks(
+            ledger, staged.dataset, staged.blocks, staged.data_version, staged.prepared
+        )
     finally:
         ledger.close()
     return {

@@ -194,9 +194,14 @@ def dvc_version(
 
 @task(name="register-blocks", **RETRY)
 def register_blocks(
-    ledger: Ledger, dataset: str, blocks: dict[str, int], data_version: str
+    ledger: Ledger, dataset: str, blocks: dict[str, int], data_version: str, prepared: str
 ) -> list[str]:
-    return ingest.register_blocks(ledger, dataset=dataset, blocks=blocks, data_version=data_version)
+    """Register the new blocks with their members' pseudonyms, read from the published folder
+    (a block registered without members is charged conservatively: every charge of its domain
+    reaches it)."""
+    return ingest.register_blocks(
+        ledger, dataset=dataset, blocks=blocks, data_version=data_version, prepared=prepared
+    )
 
 
 # --------------------------------------------------------------------------- approval
