@@ -28,7 +28,8 @@ from typing import Any
 BlockKey = tuple[str, str]
 PSEUDONYM_PATTERN = re.compile(r"^[0-9a-f]{20}$")  # = dpgov.data.pseudonym.PSEUDONYM_PATTERN
 DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-MEMBER_KINDS = frozenset({"members_attached", "member_erased", "pseudonym_key"})
+# classes_sealed: only seals of class structures (Ledger.seal_classes), no state change
+MEMBER_KINDS = frozenset({"members_attached", "member_erased", "pseudonym_key", "classes_sealed"})
 
 
 @dataclass(frozen=True)

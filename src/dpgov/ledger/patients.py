@@ -189,6 +189,40 @@ class PatientStore(LedgerStore):
             for c in found
         ]
 
+    def seal_classes(self, actor: str | None = None) -> Entry | None:
+        """Compute and seal the class structure of every domain whose structure no entry
+        seals yet (one ``classes_sealed`` entry; None when all are sealed), so that the next
+        reservation and ``dpgov budget`` need not recompute it from the membership. Call after
+        registering a batch of blocks (``dpgov data prepare``). Computed outside the lock; a
+        domain whose membership changed meanwhile is left unsealed."""
+        names.storable(actor=actor)
+        with self._read() as conn:
+            st = self._state(conn)
+            todo = {}
+            for d in st.members.domains():
+                key = classes.structure_key(d, st.members)
+                if key not in st.members.structure_seals:
+                    todo[d] = (
+                        key,
+                        classes.load_structure(conn, st.members, d, self._structures)[0],
+                    )
+        if not todo:
+            return None
+        with self._write() as conn:
+            st = self._state(conn)
+            fresh = [
+                d
+                for d, (key, _) in todo.items()
+                if classes.structure_key(d, st.members) == key
+                and key not in st.members.structure_seals
+            ]
+            if not fresh:
+                return None
+            seals = [classes.store_structure(conn, *todo[d]) for d in fresh]
+            return append_entry(
+                conn, "classes_sealed", {"domains": fresh, "class_structure": seals}, actor
+            )
+
     # ------------------------------------------------------------------ membership
     def attach_members(
         self,

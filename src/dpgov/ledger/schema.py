@@ -124,6 +124,7 @@ LEDGER_KINDS = {
     "member_erased",
     "pseudonym_key",
     "patient_lookup",
+    "classes_sealed",
     # governance (issue 13): the policy in force, facts bound at tracking time, recalls
     "policy_set",
     "facts_bound",

@@ -16,6 +16,7 @@ from dpgov.accounting.filters import FILTER_ORDERS
 from dpgov.errors import BudgetExceeded, UsageError
 from dpgov.ledger import Ledger
 from dpgov.ledger.chain import canonical
+from dpgov.ledger.classes import load_structure
 from dpgov.ledger.membership import members_digest, pseudonym_sha256
 from dpgov.ledger.schema import class_cache_t, class_structures_t, members_t
 from dpgov.ledger.verified import LedgerInconsistent
@@ -343,3 +344,18 @@ def test_membership_round_trips_on_postgres_and_sqlite(ledger_url):
     assert led.verify_membership() == []
     assert led.patient_history(ids(25, 26)[0]) is not None
     led.close()
+
+
+def test_sealed_class_structures_are_used_and_sealed_once(led):
+    entry = led.seal_classes(actor="prepare")
+    assert entry is not None and entry.payload["domains"] == ["flchain"]
+    assert led.seal_classes() is None  # nothing new to seal
+    fresh = Ledger.open(str(led.engine.url))
+    with fresh.engine.connect() as conn:
+        st = fresh._state(conn)
+        structure, sealed = load_structure(conn, st.members, "flchain", {})
+    assert sealed and dict(structure.classes) == {(0,): 100, (1,): 100}
+    led.add_block(dataset="flchain", block="new", patients=5, members=ids(0, 5))
+    assert led.seal_classes() is not None  # the membership changed: a new structure
+    assert status(led, "flchain", "new").classes == 1
+    fresh.close()
