@@ -237,7 +237,8 @@ def answer(flow_run_id: str, data: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"FLOW_RUN_ID {flow_run_id!r} is not a flow run id (a UUID)") from err
     try:
         resume_flow_run(
-            run_id, run_input=checked.model_dump(include={"decision", "approver", "note"})
+            run_id,
+            run_input=checked.model_dump(include={"decision", "approver", "note", "signature"}),
         )
     except ObjectNotFound as err:
         raise UsageError(f"no flow run {flow_run_id}") from err
@@ -250,4 +251,5 @@ def answer(flow_run_id: str, data: dict[str, Any]) -> dict[str, Any]:
     return {
         "flow_run_id": flow_run_id,
         **checked.model_dump(include={"decision", "approver", "note"}),
+        "signed": bool(checked.signature.strip()),
     }

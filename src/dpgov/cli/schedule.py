@@ -204,14 +204,36 @@ def answer_cmd(
     note: str | None = typer.Option(
         None, "--note", help="Why (required to refuse).", show_default=False
     ),
+    signature: Path | None = typer.Option(
+        None,
+        "--signature",
+        help="The approver's SSH signature file (ssh-keygen -Y sign -n dpgov-approval) over "
+        "the message the paused flow shows: an answer counts only with it.",
+        show_default=False,
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Answer a paused approval flow: approve (it then promotes) or refuse."""
     from pipelines.runtime import orchestrate
 
+    signed: str | None = None
+    if signature is not None:
+        from dpgov.errors import UsageError
+
+        try:
+            signed = signature.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(
+                f"--signature {signature}: cannot be read as an SSH signature"
+            ) from err
     data = {
         k: v
-        for k, v in {"decision": decision, "approver": by, "note": note}.items()
+        for k, v in {
+            "decision": decision,
+            "approver": by,
+            "note": note,
+            "signature": signed,
+        }.items()
         if v is not None
     }
     from dpgov import names

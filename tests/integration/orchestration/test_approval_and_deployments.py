@@ -5,6 +5,7 @@ name (unknown names: exit 2)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -82,12 +83,23 @@ def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from dpgov.gate import approvals
     from dpgov.ledger import Ledger
     from dpgov.ledger.policies import set_policy
+    from dpgov.ledger.releases import binding_of
     from dpgov.policy import load_policy
     from pipelines.approval import approval
 
     policy = _open_policy(tmp_path)
+    # ana.lima's own SSH key, listed in the policy: a signed answer to the pause counts
+    key = tmp_path / "ana_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ana.lima", "-f", str(key)],
+        check=True,
+    )
+    doc = yaml.safe_load(policy.read_text())
+    doc["approvals"]["ssh_keys"] = {"ana.lima": key.with_suffix(".pub").read_text().strip()}
+    policy.write_text(yaml.safe_dump(doc))
     led0 = Ledger.open()  # the approval flow enforces the policy in force: set it
     set_policy(led0, load_policy(policy), dataset=None, reason="approval test", actor="tester")
     led0.close()
@@ -130,24 +142,39 @@ def test_approval_pauses_for_a_typed_answer_then_promotes_or_refuses(
 
     # ana.lima approves as herself (who acts: the OS user), then the release is promoted
     monkeypatch.setattr("dpgov.identity.os_user", lambda: "ana.lima")
-    code, _, err = _dpgov(monkeypatch, capsys, "approve", model, version, "--note", "gaps fine")
+    code, _, err = _dpgov(
+        monkeypatch, capsys, "approve", model, version, "--note", "gaps fine", "--sign", str(key)
+    )  # her key is in the policy: her approvals count only signed
     assert code == 0, err
     code, _, err = _dpgov(monkeypatch, capsys, "promote", model, version)
     assert code == 0, err
 
+    # a refusal answered through the pause with ana.lima's signature over the shown message:
+    # `flows answer --signature` carries it to the flow, which records it
     t = start("refuse")
     flow_run = _wait_paused("approval")
-    code, _, err = _dpgov(
+    led = Ledger.open()
+    message = approvals.message_for("refusal", model, version, binding_of(led, model, version))
+    led.close()
+    (tmp_path / "msg").write_bytes(message)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-Y", "sign", "-n", "dpgov-approval", "-f", str(key),
+         str(tmp_path / "msg")],
+        check=True,
+    )  # fmt: skip
+    code, out, err = _dpgov(
         monkeypatch, capsys, "flows", "answer", flow_run, "--decision", "refuse",
         "--by", "ana.lima", "--note", "drift seen in 2002",
+        "--signature", str(tmp_path / "msg.sig"), "--json",
     )  # fmt: skip
     assert code == 0, err
+    assert json.loads(out)["signed"] is True
     t.join(timeout=120)
-    assert results["refuse"]["status"] == "not recorded"
+    assert results["refuse"]["status"] == "refused", results["refuse"]
 
     led = Ledger.open()
     assert [e.payload["identity"] for e in led.entries("approval")] == ["ana.lima"]
-    assert led.entries("refusal") == []
+    assert [e.payload["identity"] for e in led.entries("refusal")] == ["ana.lima"]
     assert [e.payload["version"] for e in led.entries("promotion")] == [version]
 
 

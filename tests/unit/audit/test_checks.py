@@ -120,6 +120,25 @@ def test_aliases_the_ledger_never_promoted_are_found(policy, aliases):
     assert kinds(found) == ["alias_outside_gate"]
 
 
+def test_a_recall_that_deleted_the_alias_resets_what_the_next_promotion_replaces(policy):
+    rows = released(Rows())
+    rows.add("alias_deleted", {"model": "m", "alias": "champion", "version": "1", "recall": 9})
+    rows.approval("m", "2", "alice")
+    d = rows.decision("m", "2", approvers=["alice"])
+    rows.promotion("m", "2", d.seq)  # the alias was gone: the promotion replaced nothing
+    found, releases = check_releases(
+        gov_entries(rows.rows), [model("m", {"champion": "2"})], policy
+    )
+    assert found == [] and [r.version for r in releases] == ["2"]
+
+
+def test_an_alias_set_again_after_a_recall_deleted_it_is_found(policy):
+    rows = released(Rows())
+    rows.add("alias_deleted", {"model": "m", "alias": "champion", "version": "1", "recall": 9})
+    found, _ = check_releases(gov_entries(rows.rows), [model("m", {"champion": "1"})], policy)
+    assert kinds(found) == ["alias_outside_gate"] and "a recall deleted" in found[0].detail
+
+
 def test_an_alias_on_a_model_dpgov_never_governed_is_found(policy):
     found, _ = check_releases([], [model("other", {"prod": "1"}, tagged=False)], policy)
     assert kinds(found) == ["alias_outside_gate"]

@@ -22,7 +22,14 @@ from dpgov.report.replay import RawEntry
 from dpgov.report.rows import ApprovalRow, PromotionCheck, ReleaseRow
 from dpgov.tracking.records import ModelRecord
 
-GOV_KINDS = ("gate_decision", "approval", "refusal", "promotion", "promotion_failed")
+GOV_KINDS = (
+    "gate_decision",
+    "approval",
+    "refusal",
+    "promotion",
+    "promotion_failed",
+    "alias_deleted",  # a recall that left no earlier release removed the alias
+)
 
 
 @dataclass(frozen=True)
@@ -178,15 +185,19 @@ def check_releases(
     out: list[Finding] = []
     promotions = _Promotions(gov, policy, out)
     history: dict[tuple[str, str], list[GovEntry]] = {}
-    for p in effective_promotions(gov):
+    deletions = [e for e in gov if e.kind == "alias_deleted"]
+    for p in sorted([*effective_promotions(gov), *deletions], key=lambda e: e.seq):
         key = (str(p.payload.get("model")), str(p.payload.get("alias")))
         history.setdefault(key, []).append(p)
 
     # every alias change went through the gate: each promotion replaced what the previous
-    # one had put there
+    # one (or a recall's deletion) had left there
     for (model, alias), hist in sorted(history.items()):
         before: str | None = None
         for p in hist:
+            if p.kind == "alias_deleted":
+                before = None
+                continue
             promotions.check(p)
             replaced = _v(p.payload.get("replaced"))
             if replaced != before:
@@ -229,6 +240,17 @@ def check_releases(
                 )
                 continue
             last = hist[-1]
+            if last.kind == "alias_deleted":
+                out.append(
+                    finding(
+                        "alias_outside_gate",
+                        f"{m.name} @{alias} points at version {version}, but a recall deleted "
+                        f"the alias (entry {last.seq}) and no promotion set it since: the alias "
+                        "was set outside the gate",
+                        **where,
+                    )
+                )
+                continue
             if _v(last.payload.get("version")) != version:
                 out.append(
                     finding(
