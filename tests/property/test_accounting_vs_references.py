@@ -33,7 +33,7 @@ mechanisms = st.builds(
 )
 histories = st.lists(mechanisms, min_size=1, max_size=4)
 deltas = st.sampled_from([1e-7, 1e-6, 1e-5, 1e-4, 1e-3])
-SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def reference_pld(history: list[DpSgdMechanism], delta: float, pessimistic: bool) -> float:
@@ -107,7 +107,7 @@ prv_mechanisms = st.builds(
 )
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=st.lists(prv_mechanisms, min_size=1, max_size=3), delta=deltas)
 def test_prv_agrees_with_the_pld_reference_within_its_error(history, delta):
     ref = reference_pld_accountant(history, delta)
@@ -117,7 +117,7 @@ def test_prv_agrees_with_the_pld_reference_within_its_error(history, delta):
     assert ref * 0.99 - 0.011 <= ours <= ref * 1.03 + 0.011
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     prior=st.lists(mechanisms, max_size=2),
     target=st.floats(0.5, 10.0),
@@ -151,7 +151,7 @@ guarded_mechanisms = st.builds(
 )
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=st.lists(guarded_mechanisms, min_size=1, max_size=3), delta=deltas)
 def test_the_guard_never_refuses_a_composition_within_its_tight_epsilon(history, delta):
     # the reference is pessimistic, so at or above the true ε: with the limit there, the
