@@ -61,12 +61,14 @@ def read_membership(ledger: Any, policy: LoadedPolicy) -> MembershipFacts:
             (str(ds), str(b)): bytes(blob)
             for ds, b, blob in conn.execute(sa.select(c.dataset, c.block, c.members)).all()
         }
-    problems = ledger.verify_membership()
+    # an untrustworthy chain (edited, deleted entries) is the chain check's finding: here the
+    # membership and the classes cannot be judged, and the audit goes on
     try:
+        problems = ledger.verify_membership()
         classes = ledger.patient_classes(policy.policy.budget)
         error = None
     except (DpgovError, LedgerInconsistent) as err:
-        classes, error = None, str(err)
+        problems, classes, error = [], None, str(err)
     return MembershipFacts(stored=stored, problems=problems, classes=classes, error=error)
 
 
