@@ -41,7 +41,7 @@ def test_prepare_without_arguments_prepares_flchain_and_registers_its_blocks(
     assert (project / "data/prepared/flchain/train.parquet").is_file()
     led = Ledger.open()
     assert {b.block: b.patients for b in led.blocks("flchain")} == result["blocks"]
-    assert [e.kind for e in led.entries()] == ["block_added"] * 4
+    assert [e.kind for e in led.entries()] == ["pseudonym_key"] + ["block_added"] * 4
 
 
 def test_validate_without_arguments_passes_on_flchain(project, monkeypatch, capsys) -> None:
@@ -66,7 +66,11 @@ def test_validate_failing_exits_1_records_it_and_reserves_nothing(
     assert "policy δ below 1/(number of patients)" in err
     assert json.loads(out)["ok"] is False
     assert "FAILED" in (project / "data/validation/flchain/summary.md").read_text()
-    assert {e.kind for e in Ledger.open().entries()} == {"block_added", "policy_set"}
+    assert {e.kind for e in Ledger.open().entries()} == {
+        "pseudonym_key",
+        "block_added",
+        "policy_set",
+    }
 
 
 def test_missing_data_file_exits_2_with_one_line(project, monkeypatch, capsys) -> None:
