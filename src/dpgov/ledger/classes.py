@@ -286,9 +286,15 @@ def class_state(
 
 
 def store_class_state(
-    conn: Connection, key: str, acc: Any, multiset: Multiset, state: Any
-) -> dict[str, str]:
-    """Cache a class's state; returns the seal the entry written with it must carry."""
+    conn: Connection,
+    key: str,
+    acc: Any,
+    multiset: Multiset,
+    state: Any,
+    epsilon: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """Cache a class's state; returns the seal the entry written with it must carry (with
+    ``epsilon`` = (δ, ε of the state at δ), the ε too)."""
     acc_key = accountant_key(acc)
     blob, text = acc.dumps(state), multiset_text(multiset)
     c = class_cache_t.c
@@ -298,12 +304,15 @@ def store_class_state(
             class_key=key, accountant=acc_key, digest=digest(multiset), multiset=text, state=blob
         )
     )
-    return {
+    seal: dict[str, Any] = {
         "class": key,
         "accountant": acc_key,
         "multiset": digest(multiset),
         "state": blob_hash(blob),
     }
+    if epsilon is not None:
+        seal["delta"], seal["epsilon"] = float(epsilon[0]), float(epsilon[1])
+    return seal
 
 
 class Composer:

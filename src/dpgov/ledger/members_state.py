@@ -13,7 +13,10 @@ per-patient accounting (issue 15):
 - on the kinds that seal compositions, ``class_composition`` (a history class's composed state
   for an accountant: the digest of its multiset and the SHA-256 of its blob) and, on those and
   the membership kinds, ``class_structure`` (the SHA-256 of the cached class structure of a
-  domain, addressed by the digest of the domain's membership digests).
+  domain, addressed by the digest of the domain's membership digests). A class seal may carry
+  the ε its state gives at the charge's δ (``epsilon``, ``delta``): budget reads take it from
+  here instead of loading and evaluating the state again (the entry is hash-checked like the
+  seal itself).
 
 Nothing here trusts a table: :mod:`dpgov.ledger.classes` uses a cached structure or state only
 when a seal recorded here vouches for its bytes.
@@ -21,6 +24,7 @@ when a seal recorded here vouches for its bytes.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +54,8 @@ class MemberState:
     # (class key, accountant key) -> (multiset digest, SHA-256 of the state blob)
     class_seals: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     structure_seals: dict[str, str] = field(default_factory=dict)  # structure key -> SHA-256
+    # (multiset digest, accountant key, δ) -> ε, as the entry that composed it recorded
+    epsilons: dict[tuple[str, str, float], float] = field(default_factory=dict)
 
     def of(self, key: BlockKey) -> VMembership:
         found = self.blocks.get(key)
@@ -107,9 +113,12 @@ class MemberBuilder:
         self.key = base.key
         self.class_seals = dict(base.class_seals)
         self.structure_seals = dict(base.structure_seals)
+        self.epsilons = dict(base.epsilons)
 
     def freeze(self) -> MemberState:
-        return MemberState(self.blocks, self.key, self.class_seals, self.structure_seals)
+        return MemberState(
+            self.blocks, self.key, self.class_seals, self.structure_seals, self.epsilons
+        )
 
     def block_added(self, seq: int, key: BlockKey, patients: int, p: dict[str, Any]) -> None:
         domain = p.get("domain")
@@ -173,6 +182,13 @@ class MemberBuilder:
                 cls, acc = _text(s.get("class"), "'class'"), _text(s.get("accountant"), "'acc'")
                 multiset, state = _digest(s.get("multiset"), "'multiset'"), s.get("state")
                 self.class_seals[(cls, acc)] = (multiset, _digest(state, "'state'"))
+                if "epsilon" in s:  # the class's ε at the charge's δ, as composed then
+                    eps, delta = s["epsilon"], s.get("delta")
+                    if not (isinstance(eps, float) and isinstance(delta, float)) or not all(
+                        math.isfinite(v) and v >= 0 for v in (eps, delta)
+                    ):
+                        raise ValueError(f"class seal ε {eps!r} at δ {delta!r} is not a number")
+                    self.epsilons[(multiset, acc, delta)] = eps
         structures = p.get("class_structure")
         if structures is not None:
             if not isinstance(structures, list):

@@ -23,7 +23,7 @@ from dpgov.ledger import classes, integrity, membership
 from dpgov.ledger.appending import append_entry
 from dpgov.ledger.chain import Entry
 from dpgov.ledger.classes import DomainView, HClass, Structure
-from dpgov.ledger.composition import digest
+from dpgov.ledger.composition import accountant_key, digest
 from dpgov.ledger.members_state import BlockKey
 from dpgov.ledger.membership import MembershipProblem
 from dpgov.ledger.records import (
@@ -54,6 +54,8 @@ class PatientStore(LedgerStore):
         super().__init__(*args, **kwargs)
         self._structures: dict[str, Structure] = {}
         self._rdp: dict[tuple[Any, int], list[float]] = {}  # (mechanism, count) -> RDP at Λ
+        # (multiset digest, accountant key, δ) -> ε, composed or read in this process
+        self._eps_memo: dict[tuple[str, str, float], float] = {}
 
     # ------------------------------------------------------------------ classes
     def _views(
@@ -71,18 +73,22 @@ class PatientStore(LedgerStore):
     ) -> dict[str, float]:
         """ε of each class (by class key) under ``accountant`` at ``delta``."""
         acc = self._acc(accountant)
+        acc_key = accountant_key(acc)
         comp = classes.Composer(conn, st, acc)
+        sealed = st.members.epsilons
         out: dict[str, float] = {}
-        memo: dict[str, float] = {}
         for c in found:
             multiset = classes.class_multiset(st, c)
             if not multiset:
                 out[c.key] = 0.0
                 continue
-            d = digest(multiset)
-            if d not in memo:
-                memo[d] = self._epsilon(acc, comp.state(c, multiset)[0], delta)
-            out[c.key] = memo[d]
+            k = (digest(multiset), acc_key, float(delta))
+            if k not in self._eps_memo:  # ε is a function of the multiset: memoised safely
+                eps = sealed.get(k)  # as the entry that composed it recorded
+                if eps is None:
+                    eps = self._epsilon(acc, comp.state(c, multiset)[0], delta)
+                self._eps_memo[k] = eps
+            out[c.key] = self._eps_memo[k]
         return out
 
     def _adaptive_epsilons(

@@ -199,7 +199,9 @@ class Ledger(PatientStore):
                 store_state(conn, dataset, b, acc, planned[b].after, planned[b].after_state)
                 for b in blocks
             ]
-            class_seals, structure_seals = self._store_plan(conn, cplan, acc, mechanism)
+            class_seals, structure_seals = self._store_plan(
+                conn, cplan, acc, mechanism, budget.delta
+            )
             entry = append_entry(
                 conn,
                 "reservation",
@@ -325,10 +327,11 @@ class Ledger(PatientStore):
 
     @staticmethod
     def _store_plan(
-        conn: Connection, plan: ClassPlan, acc: Any, mechanism: DpSgdMechanism
-    ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        conn: Connection, plan: ClassPlan, acc: Any, mechanism: DpSgdMechanism, delta: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """Cache each affected class's state after the charge, and each domain's structure
-        not yet sealed; the seals the reservation entry carries."""
+        not yet sealed; the seals the reservation entry carries (with each class's ε after
+        the charge at ``delta``, so budget reads need not compose it again)."""
         class_seals = [
             classes.store_class_state(
                 conn,
@@ -336,6 +339,7 @@ class Ledger(PatientStore):
                 acc,
                 classes.plus(plan.before[c.key], mechanism),
                 plan.states[digest(plan.before[c.key])][1],
+                epsilon=(delta, plan.states[digest(plan.before[c.key])][2]),
             )
             for c in plan.affected
         ]

@@ -359,3 +359,34 @@ def test_sealed_class_structures_are_used_and_sealed_once(led):
     assert led.seal_classes() is not None  # the membership changed: a new structure
     assert status(led, "flchain", "new").classes == 1
     fresh.close()
+
+
+def test_budget_reads_each_class_epsilon_the_charge_recorded_and_it_is_the_composed_one(tmp_path):
+    """A reservation records each reached class's ε at its δ beside the class seal; a later
+    budget read in a fresh process takes it from the chain (no state load, no PLD evaluation)
+    and it equals the composition computed independently."""
+    url = f"sqlite:///{tmp_path / 'sealed.db'}"
+    first = Ledger.open(url)
+    first.add_block(dataset="flchain", block="1995", patients=100, members=ids(0, 100))
+    first.add_block(dataset="flchain", block="overlap", patients=20, members=ids(90, 110))
+    first.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
+    first.reserve(dataset="flchain", blocks=["overlap"], mechanism=BIG, budget=Budget(
+        epsilon_per_block=8.0, delta=1e-5, accountant="pld"))  # fmt: skip
+    first.close()
+    fresh = Ledger.open(url)
+    with fresh._read() as conn:
+        sealed = fresh._state(conn).members.epsilons
+    assert sorted(round(v, 9) for v in sealed.values()) == sorted(
+        round(v, 9) for v in {eps(RUN), eps(BIG), eps(RUN, BIG)}
+    )
+    calls = []
+    real = fresh._epsilon
+    fresh._epsilon = lambda *a: calls.append(a) or real(*a)  # type: ignore[method-assign]
+    spent = {s.block: s.epsilon_spent for s in fresh.budget(BUDGET, dataset="flchain")}
+    assert calls == []  # every enforced figure came from the chain
+    assert spent["1995"] == pytest.approx(eps(RUN, BIG), rel=1e-6)
+    assert spent["overlap"] == pytest.approx(eps(RUN, BIG), rel=1e-6)
+    other_delta = Budget(epsilon_per_block=8.0, delta=1e-6, accountant="pld")
+    again = fresh.block_status("flchain", "1995", other_delta).epsilon_spent
+    assert calls and again == pytest.approx(epsilon([RUN, BIG], delta=1e-6), rel=1e-6)
+    fresh.close()
