@@ -13,7 +13,6 @@ from dpgov import names
 from dpgov.errors import UsageError
 from dpgov.redaction import port_problem, redact
 
-DEFAULT_POLICY = Path("policies/default.yaml")
 
 
 def home() -> Path:
@@ -74,9 +73,3 @@ def actor() -> str:
     except UsageError as err:
         raise UsageError(f"{err}; set DPGOV_ACTOR to an identity name") from None
 
-
-def default_policy_path() -> Path:
-    """``policies/default.yaml`` in the working directory, else the copy shipped in the package."""
-    if DEFAULT_POLICY.exists():
-        return DEFAULT_POLICY
-    return Path(__file__).parent / "defaults" / "policy.yaml"
