@@ -14,7 +14,6 @@ from dpgov.errors import UsageError
 from dpgov.redaction import port_problem, redact
 
 
-
 def home() -> Path:
     """The dpgov home folder (created on first use)."""
     path = Path(os.environ.get("DPGOV_HOME", ".dpgov")).expanduser()
@@ -72,4 +71,3 @@ def actor() -> str:
         return names.identity(user, argument="the operating-system user")
     except UsageError as err:
         raise UsageError(f"{err}; set DPGOV_ACTOR to an identity name") from None
-
