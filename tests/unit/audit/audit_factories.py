@@ -17,8 +17,9 @@ M2 = DpSgdMechanism(noise_multiplier=2.0, sample_rate=0.1, steps=20)
 class Rows:
     """A growing list of entry rows, numbered and timed in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy_sha256: str = "f" * 64) -> None:
         self.rows: list[RawEntry] = []
+        self.policy_sha256 = policy_sha256  # the policy every charge and decision names
 
     def add(
         self,
@@ -71,7 +72,7 @@ class Rows:
                 "mechanism": mech.to_dict(),
                 "run_id": None,
                 "data_version": version,
-                "policy_sha256": "f" * 64,
+                "policy_sha256": self.policy_sha256,
                 "budget": BUDGET,
                 "epsilon_run": 1.0,
                 "epsilon_after": after or {},
@@ -116,7 +117,7 @@ class Rows:
                 "allowed": allowed,
                 "failing": [] if allowed else ["auroc"],
                 "approvers": approvers or [],
-                "policy_sha256": "f" * 64,
+                "policy_sha256": self.policy_sha256,
                 "policy_path": "policy.yaml",
                 "checks": [
                     {
@@ -132,7 +133,15 @@ class Rows:
 
     def approval(self, model: str, version: str, by: str, kind: str = "approval") -> RawEntry:
         return self.add(
-            kind, {"model": model, "version": version, "by": by, "note": "ok", "reason": "no"}
+            kind,
+            {
+                "model": model,
+                "version": version,
+                "by": by,
+                "note": "ok",
+                "reason": "no",
+                "policy_sha256": self.policy_sha256,
+            },
         )
 
     def promotion(
@@ -152,7 +161,7 @@ class Rows:
                 "alias": alias,
                 "replaced": replaced,
                 "decision_seq": decision_seq,
-                "policy_sha256": "f" * 64,
+                "policy_sha256": self.policy_sha256,
             },
         )
 

@@ -318,4 +318,4 @@ def test_policies_in_force_by_hash():
     rows = released(ledger_with_commits())
     (p,) = policies_in_force(rows.rows, "f" * 64)
     assert p.current and p.paths == ["policy.yaml"]
-    assert p.entries == {"reservation": 2, "gate_decision": 1, "promotion": 1}
+    assert p.entries == {"reservation": 2, "approval": 1, "gate_decision": 1, "promotion": 1}

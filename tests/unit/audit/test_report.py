@@ -76,7 +76,7 @@ def world(rows: Rows, *, releases: bool = True) -> tuple[LedgerSnapshot, Trackin
 
 
 def build_rows() -> Rows:
-    rows = Rows()
+    rows = Rows(load_policy().sha256)  # the packaged policy: in force, as none was ever set
     rows.block("b1")
     rows.block("b2")
     rows.reserve("r1", ["b1", "b2"])
