@@ -42,17 +42,26 @@ def test_sixteen_processes_never_overspend(
         policy=write_policy(tmp_path / "contended.yaml", epsilon_per_block=LIMIT),
     )
     from dpgov.data import data_version
+    from dpgov.testing.policies import put_in_force
+
+    put_in_force(world.policy, url=ledger_url)  # the contended policy is the one in force
 
     meta = json.loads((world.data / "meta.json").read_text())
     meta["data_version"] = data_version(world.data)  # the DVC md5 the runs will record
     blocks = sorted(meta["blocks"])
+    from dpgov.data.preparation import block_members
+    from dpgov.data.prepared_data import load_prepared
+
+    members = block_members(load_prepared(world.data).train)
     ledger = world.ledger()
-    for b in blocks:  # registered as `dpgov data prepare` does
+    for b in blocks:  # registered as `dpgov data prepare` does: with their members
         ledger.add_block(
             dataset="synthetic",
             block=b,
             patients=int(meta["blocks"][b]),
             data_version=meta["data_version"],
+            members=members[b],
+            domain=meta["pseudonymisation"]["domain"],
         )
 
     world.validate()  # under this policy, once: both governed runs reuse it

@@ -183,6 +183,9 @@ def test_ledger_unreachable_when_reserving(
     start (exit 2, no MLflow run, no step), and nothing is charged."""
     from sqlalchemy.engine import make_url
 
+    from dpgov.testing.policies import put_in_force
+
+    put_in_force(world.policy, url=postgres_url)  # the world's policy, in force on this ledger
     target = make_url(postgres_url)
     proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
     pause = tmp_path / "pause"
@@ -214,7 +217,8 @@ def test_ledger_unreachable_when_reserving(
     direct = world.env(DPGOV_LEDGER_URL=postgres_url)
     assert dpgov("ledger", "verify", env=direct).code == 0
     shown = dpgov("ledger", "show", "--json", env=direct).json()["entries"]
-    assert [e["kind"] for e in shown] == []  # nothing reserved, not even a block registered
+    # nothing reserved, not even a block registered: only the policy put in force first
+    assert [e["kind"] for e in shown] == ["policy_set"]
     assert _runs(world) == []  # training never started
 
 
