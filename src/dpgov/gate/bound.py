@@ -57,10 +57,16 @@ def policy_setter(ledger: Ledger, dataset: str | None) -> str | None:
 def collect(
     ledger: Ledger, registry: RegistryPort, model: str, version: str, dataset: str | None
 ) -> Bound:
+    binding = binding_of(ledger, model, version)
+    digests = registry.artifact_digests(model, version)
+    if binding is not None and digests != binding.digests:
+        # read once more before judging: a download that failed on a busy tracking server
+        # (read as no file) must not pass for changed weights; a real change stays a change
+        digests = registry.artifact_digests(model, version)
     return Bound(
-        binding=binding_of(ledger, model, version),
+        binding=binding,
         recall=recalled(ledger, model, version),
-        digests=registry.artifact_digests(model, version),
+        digests=digests,
         setter=policy_setter(ledger, dataset),
     )
 
