@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dpgov import config
 from dpgov.contracts import ARTIFACT_CANDIDATE_FACTS, ARTIFACT_PRIVACY_STATEMENT
@@ -122,28 +123,42 @@ class Registry:
 
         info = self.model_version(name, version)
         out: dict[str, str | None] = {}
+
+        def attempt(read: Any) -> str | None:
+            """A download that fails on a busy server is tried again (three times in all)
+            before the file counts as absent: a transient error must not bind, or judge, a
+            missing file."""
+            for i in range(3):
+                try:
+                    return cast("str | None", read(i))
+                except (MlflowException, OSError):
+                    if i < 2:
+                        time.sleep(0.25 * (i + 1))
+            return None
+
         with tempfile.TemporaryDirectory(prefix="dpgov-digests-") as tmp:
             for key, artifact in (
                 ("candidate_facts", FACTS_ARTIFACT),
                 ("privacy_statement", ARTIFACT_PRIVACY_STATEMENT),
             ):
-                try:
-                    path = download(self.client, str(info.run_id), artifact, f"{tmp}/{key}")
-                    out[key] = file_sha256(path)
-                except (MlflowException, OSError):
-                    out[key] = None
+                out[key] = attempt(
+                    lambda i, key=key, artifact=artifact: file_sha256(
+                        download(self.client, str(info.run_id), artifact, f"{tmp}/{key}{i}")
+                    )
+                )
             out["weights"] = None
             if info.source:
-                try:
+
+                def weights(i: int) -> str | None:
                     with quiet_progress():
                         local = mlflow.artifacts.download_artifacts(
                             artifact_uri=info.source,
-                            dst_path=f"{tmp}/weights",
+                            dst_path=f"{tmp}/weights{i}",
                             tracking_uri=self.uri,
                         )
-                    out["weights"] = tree_sha256(Path(local))
-                except (MlflowException, OSError):
-                    out["weights"] = None
+                    return tree_sha256(Path(local))
+
+                out["weights"] = attempt(weights)
         return out
 
     def alias_version(self, name: str, alias: str) -> str | None:
