@@ -38,7 +38,13 @@ from sqlalchemy.engine import Connection
 from dpgov.accounting import DpSgdMechanism, group
 from dpgov.ledger import membership
 from dpgov.ledger.chain import canonical
-from dpgov.ledger.composition import accountant_key, blob_hash, digest, multiset_text
+from dpgov.ledger.composition import (
+    accountant_key,
+    blob_hash,
+    digest,
+    from_cache,
+    multiset_text,
+)
 from dpgov.ledger.members_state import BlockKey, MemberState
 from dpgov.ledger.schema import ACTIVE, class_cache_t, class_structures_t
 from dpgov.ledger.verified import Multiset, VerifiedState
@@ -264,25 +270,11 @@ def class_state(
                 and hashlib.sha256(str(row.multiset).encode()).hexdigest() == seal[0]
                 and blob_hash(row.state) == seal[1]
             )
-            cached_state = acc.loads(row.state) if ok else None
-            cached = {json.dumps(m, sort_keys=True): n for m, n in json.loads(row.multiset)}
         except Exception:  # a damaged cache is recomposed, never trusted
-            cached_state = None
-        if ok and cached_state is not None:
-            current = {json.dumps(m.to_dict(), sort_keys=True): (m, n) for m, n in multiset}
-            if cached == {k: n for k, (_, n) in current.items()}:
-                return cached_state, True
-            if all(k in current and current[k][1] >= n for k, n in cached.items()):
-                state = cached_state
-                for k, (mech, n) in current.items():
-                    extra = n - cached.get(k, 0)
-                    if extra:
-                        state = acc.add(state, mech, extra)
-                return state, False
-    state = acc.empty()
-    for mech, n in multiset:
-        state = acc.add(state, mech, n)
-    return state, False
+            ok = False
+        if ok:
+            return from_cache(acc, row.state, row.multiset, multiset)
+    return from_cache(acc, None, None, multiset)
 
 
 def store_class_state(

@@ -78,9 +78,19 @@ def composed_state(
     from nothing. Returns (state, the cache holds exactly this state)."""
     row = cache_row(conn, dataset, block, accountant_key(acc))
     if sealed(row, seal):
+        return from_cache(acc, row.state, row.multiset, multiset)
+    return from_cache(acc, None, None, multiset)
+
+
+def from_cache(acc: Any, blob: Any, text: Any, multiset: Multiset) -> tuple[Any, bool]:
+    """``multiset`` composed from a trusted cached state (``blob``, of the multiset ``text``):
+    the state itself when it is of ``multiset``, extended when it is of a sub-multiset, else
+    composed from nothing (also when ``blob`` is None or damaged: recomposed, never trusted).
+    Returns (state, the cache holds exactly this state)."""
+    if blob is not None:
         try:
-            cached_state = acc.loads(row.state)
-            cached = {json.dumps(m, sort_keys=True): n for m, n in json.loads(row.multiset)}
+            cached_state = acc.loads(blob)
+            cached = {json.dumps(m, sort_keys=True): n for m, n in json.loads(text)}
         except Exception:  # a damaged cache is recomposed, never trusted
             cached_state = None
         if cached_state is not None:
