@@ -150,9 +150,10 @@ class Registry:
             if info.source:
 
                 def weights(i: int) -> str | None:
+                    location = self._download_location(str(info.source))
                     with quiet_progress():
                         local = mlflow.artifacts.download_artifacts(
-                            artifact_uri=info.source,
+                            artifact_uri=location,
                             dst_path=f"{tmp}/weights{i}",
                             tracking_uri=self.uri,
                         )
@@ -160,6 +161,24 @@ class Registry:
 
                 out["weights"] = attempt(weights)
         return out
+
+    def _download_location(self, source: str) -> str:
+        """The artifact location behind a version's source, resolved by this registry's own
+        client. MLflow resolves a ``models:/`` URI against the process-wide registry URI
+        (``mlflow.get_registry_uri()``, in ``ModelsArtifactRepository._get_model_uri_infos``),
+        not the tracking URI given to ``download_artifacts``: in a process that had set another
+        tracking URI before, the weights were read from that other store, found absent, and the
+        gate judged them changed."""
+        from urllib.parse import urlparse
+
+        if urlparse(source).scheme != "models":
+            return source
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+        found = get_model_name_and_version(self.client, source)
+        if len(found) == 1:  # models:/<model id>: a logged model
+            return str(self.client.get_logged_model(found[0]).artifact_location)
+        return str(self.client.get_model_version_download_uri(*found))
 
     def alias_version(self, name: str, alias: str) -> str | None:
         from mlflow.exceptions import MlflowException

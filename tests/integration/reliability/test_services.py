@@ -138,11 +138,6 @@ def _person(services: Services, name: str) -> dict[str, str]:
     return creds
 
 
-@pytest.mark.skip(
-    reason="known failure in the full -n 2 suite only (passes alone and with its module): the "
-    "worker-trained version's bound weights digest differs from the registry's at promotion; "
-    "open, see the session 4 closing note"
-)
 def test_governed_pipeline_on_servers(
     services: Services, site: World, first_run: dict[str, Any]
 ) -> None:
@@ -232,11 +227,6 @@ def test_worker_runs_the_deployment(services: Services, site: World, tmp_path: P
     assert (services.folder / "logs" / "worker.log").read_text().count("governed-run") >= 1
 
 
-@pytest.mark.skip(
-    reason="known failure in the full -n 2 suite only (passes alone and with its module): the "
-    "worker-trained version's bound weights digest differs from the registry's at promotion; "
-    "open, see the session 4 closing note"
-)
 def test_only_dpgov_moves_release_aliases(
     services: Services, site: World, first_run: dict[str, Any]
 ) -> None:
