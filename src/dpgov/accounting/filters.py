@@ -27,10 +27,10 @@ accountant for DP-SGD).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dpgov.accounting.errors import AccountingInputError
+from dpgov.accounting.errors import AccountingInputError, InfeasibleBudget
 
 FILTER_ORDERS: tuple[float, ...] = (
     1.25,
@@ -139,3 +139,45 @@ def admits(
         headroom=room[best],
         epsilon_after=filter_epsilon(after, delta, grid),
     )
+
+
+def calibrate_filter(
+    histories: Sequence[Sequence[float]],
+    *,
+    epsilon: float,
+    delta: float,
+    orders: Sequence[float],
+    charge_rdp: Callable[[float], Sequence[float]],
+    sigma_min: float,
+    sigma_max: float,
+    tolerance: float = 0.01,
+) -> float:
+    """The smallest σ (to a relative ``tolerance``, rounded up) such that the filter admits
+    the charge ``charge_rdp(σ)`` after every history in ``histories`` (an empty list: after
+    nothing). The RDP of the subsampled Gaussian decreases in σ at every order, so admission
+    is monotone in σ and a bisection in log σ finds the threshold; the upper end of the final
+    bracket is returned, so the result is always admitted. Raises :class:`InfeasibleBudget`
+    when even ``sigma_max`` is refused."""
+    grid = check_orders(orders)
+    bounds = order_bounds(epsilon, delta, grid)
+    hs = [list(h) for h in histories] or [[0.0] * len(grid)]
+
+    def fits(sigma: float) -> bool:
+        c = charge_rdp(sigma)
+        return all(any(h[i] + c[i] <= bounds[i] for i in range(len(grid))) for h in hs)
+
+    if not fits(sigma_max):
+        raise InfeasibleBudget(
+            f"no noise multiplier up to {sigma_max:g} keeps every history class within the "
+            f"RDP filter at ε={epsilon:g}, δ={delta:g}: the budget is spent"
+        )
+    if fits(sigma_min):
+        return sigma_min
+    lo, hi = sigma_min, sigma_max
+    while hi / lo > 1 + tolerance:
+        mid = math.sqrt(lo * hi)
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi

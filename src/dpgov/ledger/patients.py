@@ -35,15 +35,16 @@ from dpgov.ledger.records import (
 )
 from dpgov.ledger.schema import ACTIVE
 from dpgov.ledger.store import LedgerStore
-from dpgov.ledger.verified import VerifiedState
+from dpgov.ledger.verified import Multiset, VerifiedState
 from dpgov.policy.schema import Budget
 
 FIXED, ADAPTIVE = "fixed", "adaptive"
 
 
 def composition_of(accountant: str) -> str:
-    """The composition an accountant's ε is valid for: PLD and PRV compose a fixed schedule
-    tightly; RDP composes under full adaptivity (docs/composition.md)."""
+    """The composition an accountant's ε is valid for on its own: PLD and PRV compose a fixed
+    schedule tightly; dp_accounting's RDP accountant composes under full adaptivity too, but
+    what the ledger enforces is ``budget.composition`` (:meth:`Budget.mode_for`)."""
     return ADAPTIVE if accountant == "rdp" else FIXED
 
 
@@ -53,7 +54,8 @@ class PatientStore(LedgerStore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._structures: dict[str, Structure] = {}
-        self._rdp: dict[tuple[Any, int], list[float]] = {}  # (mechanism, count) -> RDP at Λ
+        # (mechanism, count, Λ) -> RDP vector at the orders of Λ
+        self._rdp: dict[tuple[Any, int, tuple[float, ...]], list[float]] = {}
         # (multiset digest, accountant key, δ) -> ε, composed or read in this process
         self._eps_memo: dict[tuple[str, str, float], float] = {}
 
@@ -91,10 +93,26 @@ class PatientStore(LedgerStore):
             out[c.key] = self._eps_memo[k]
         return out
 
+    def _rdp_of(self, multiset: Multiset, orders: Sequence[float]) -> list[float]:
+        """The summed RDP vector over ``orders`` of a multiset of charges (each (mechanism,
+        count)'s vector cached: RDP is additive under composition, adaptive or not)."""
+        total = [0.0] * len(orders)
+        grid = tuple(orders)
+        for mech, n in multiset:
+            k = (mech, n, grid)
+            if k not in self._rdp:
+                self._rdp[k] = rdp_vector(mech, grid, n)
+            total = [a + b for a, b in zip(total, self._rdp[k], strict=True)]
+        return total
+
     def _adaptive_epsilons(
-        self, st: VerifiedState, found: Sequence[HClass], delta: float
+        self,
+        st: VerifiedState,
+        found: Sequence[HClass],
+        delta: float,
+        orders: Sequence[float] = FILTER_ORDERS,
     ) -> dict[str, float]:
-        """Each class's ε under the RDP filter over :data:`FILTER_ORDERS` (valid under full
+        """Each class's ε under the RDP filter over ``orders`` (Λ; valid under full
         adaptivity: Feldman and Zrnic 2021, Thm 3.1; docs/composition.md)."""
         out: dict[str, float] = {}
         memo: dict[str, float] = {}
@@ -105,22 +123,30 @@ class PatientStore(LedgerStore):
                 continue
             d = digest(multiset)
             if d not in memo:
-                total = [0.0] * len(FILTER_ORDERS)
-                for mech, n in multiset:
-                    if (mech, n) not in self._rdp:
-                        self._rdp[(mech, n)] = rdp_vector(mech, FILTER_ORDERS, n)
-                    total = [a + b for a, b in zip(total, self._rdp[(mech, n)], strict=True)]
-                memo[d] = filter_epsilon(total, delta, FILTER_ORDERS)
+                memo[d] = filter_epsilon(self._rdp_of(multiset, orders), delta, orders)
             out[c.key] = memo[d]
+        return out
+
+    def _enforced_epsilons(
+        self, conn: Connection, st: VerifiedState, found: Sequence[HClass], budget: Budget
+    ) -> dict[str, float]:
+        """Each class's enforced ε: the RDP filter's for a domain under ``adaptive``, the
+        accountant's for one under ``fixed`` (``budget.mode_for``)."""
+        fixed = [c for c in found if budget.mode_for(c.domain) == FIXED]
+        adaptive = [c for c in found if budget.mode_for(c.domain) != FIXED]
+        out = self._class_epsilons(conn, st, fixed, budget.accountant, budget.delta)
+        out.update(self._adaptive_epsilons(st, adaptive, budget.delta, budget.orders))
         return out
 
     def budget(
         self, budget: Budget, dataset: str | None = None, blocks: Sequence[str] | None = None
     ) -> list[BlockStatus]:
         """Status of every block (of one dataset, or the named blocks of it): the ε of the
-        worst history class among its members, under the policy's accountant (enforced), PLD
-        (tight for a fixed schedule) and the RDP filter over :data:`FILTER_ORDERS` (valid
-        under full adaptivity). Reads only: nothing composed is cached."""
+        worst history class among its members under the policy's accountant
+        (``epsilon_spent_fixed``: tight for a schedule fixed in advance) and under the RDP
+        filter over ``budget.orders`` (``epsilon_spent_adaptive``: valid under full
+        adaptivity); ``epsilon_spent`` is the one the block's domain enforces
+        (``budget.mode_for``). Reads only: nothing composed is cached."""
         with self._read() as conn:
             st = self._state(conn)
             if blocks is not None:
@@ -137,9 +163,9 @@ class PatientStore(LedgerStore):
             wanted = list({c.key: c for cs in per_block.values() for c in cs}.values())
             eps: dict[str, dict[str, float]] = {
                 name: self._class_epsilons(conn, st, wanted, name, budget.delta)
-                for name in dict.fromkeys([budget.accountant, "pld"])
+                for name in (budget.accountant,)
             }
-            eps[ADAPTIVE] = self._adaptive_epsilons(st, wanted, budget.delta)
+            eps[ADAPTIVE] = self._adaptive_epsilons(st, wanted, budget.delta, budget.orders)
         out = []
         for row, k in zip(rows, keys, strict=True):
             _, n_charges, pending = st.multiset(*k)
@@ -149,13 +175,15 @@ class PatientStore(LedgerStore):
             def worst(name: str, cs: list[HClass] = cs) -> float:
                 return max((eps[name][c.key] for c in cs), default=0.0)
 
+            mode = budget.mode_for(m.domain)
+
             out.append(
                 BlockStatus(
                     dataset=row.dataset,
                     block=row.block,
                     patients=row.patients,
                     retired=row.retired,
-                    epsilon_spent=worst(budget.accountant),
+                    epsilon_spent=worst(ADAPTIVE if mode == ADAPTIVE else budget.accountant),
                     epsilon_limit=budget.epsilon_per_block,
                     delta=budget.delta,
                     accountant=budget.accountant,
@@ -164,9 +192,9 @@ class PatientStore(LedgerStore):
                     domain=m.domain,
                     split=m.split,
                     classes=sum(1 for c in cs if c.count > 0),
-                    epsilon_spent_fixed=worst("pld"),
+                    epsilon_spent_fixed=worst(budget.accountant),
                     epsilon_spent_adaptive=worst(ADAPTIVE),
-                    composition=composition_of(budget.accountant),
+                    composition=mode,
                     members=m.digest is not None,
                 )
             )
@@ -182,7 +210,7 @@ class PatientStore(LedgerStore):
             keys = [(b.dataset, b.block) for b in st.blocks_of(dataset)]
             vs = self._views(conn, st, keys)
             found = [c for v, _ in vs.values() for c in v.classes if c.count > 0]
-            eps = self._class_epsilons(conn, st, found, budget.accountant, budget.delta)
+            eps = self._enforced_epsilons(conn, st, found, budget)
         return [
             PatientClass(
                 domain=c.domain,
@@ -445,7 +473,7 @@ class PatientStore(LedgerStore):
         ]
         eps = 0.0
         if any(r.status in ACTIVE for r in (st.reservations[rid] for rid in charged)):
-            eps = self._class_epsilons(conn, st, [cls], budget.accountant, budget.delta)[cls.key]
+            eps = self._enforced_epsilons(conn, st, [cls], budget)[cls.key]
         blocks = [
             PatientBlock(k[0], k[1], st.blocks[k].data_version, st.members.of(k).split)
             for k in keys
@@ -455,7 +483,7 @@ class PatientStore(LedgerStore):
             domain=domain,
             epsilon=eps,
             delta=budget.delta,
-            composition=composition_of(budget.accountant),
+            composition=budget.mode_for(domain),
             charges=charges,
             blocks=blocks,
         )

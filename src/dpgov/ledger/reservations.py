@@ -34,7 +34,10 @@ from dpgov.accounting import (
     is_mechanism,
     mechanism_to_dict,
     mechanism_type_names,
+    rdp_vector,
 )
+from dpgov.accounting.calibrate import SIGMA_MAX, SIGMA_MIN
+from dpgov.accounting.filters import calibrate_filter, filter_epsilon
 from dpgov.errors import BudgetExceeded, DpgovError, Refused, UsageError
 from dpgov.ledger import classes, integrity, membership
 from dpgov.ledger.appending import append_entry
@@ -48,8 +51,9 @@ from dpgov.ledger.composition import (
     with_charge,
     without,
 )
-from dpgov.ledger.patients import PatientStore
+from dpgov.ledger.patients import FIXED
 from dpgov.ledger.records import Reservation
+from dpgov.ledger.schedules import ScheduleStore, free_slot, read_schedules
 from dpgov.ledger.schema import charges_t, reservations_t
 from dpgov.ledger.verified import REPAIR_KIND, Multiset, Seal, VerifiedState
 from dpgov.policy.schema import Budget
@@ -69,9 +73,11 @@ class ClassPlan:
     affected: list[HClass]
     before: dict[str, Multiset]  # class key -> multiset now
     states: dict[str, tuple[Any, Any, float]] = field(default_factory=dict)  # by digest
+    # by digest, for classes under the adaptive rule: the RDP filter's ε now and after
+    filtered: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-class Ledger(PatientStore):
+class Ledger(ScheduleStore):
     """The privacy ledger. Open with :meth:`open`; every method is safe across processes."""
 
     # ------------------------------------------------------------------ planning
@@ -85,9 +91,12 @@ class Ledger(PatientStore):
         steps: int,
         budget: Budget,
     ) -> float:
-        """Smallest σ such that the run's own ε stays within ``target_epsilon`` and every
-        history class the run reaches (its charges and this run) stays within the limit: the
-        worst class binds."""
+        """Smallest σ such that the run's own ε (the accountant's: one run is not adaptive)
+        stays within ``target_epsilon`` and every history class the run reaches stays within
+        the limit under the rule :meth:`reserve` applies to it: the RDP filter over
+        ``budget.orders`` for a domain under ``adaptive``, the accountant's composition under
+        ``fixed``. The worst class binds (each rule is monotone in σ, so the smallest σ that
+        satisfies all is the largest of the smallest σ of each)."""
         acc = self._acc(budget.accountant)
         blocks = self._check_blocks(dataset, blocks)
         with self._read() as conn:
@@ -96,16 +105,18 @@ class Ledger(PatientStore):
                 st.block(dataset, b)
             plan = self._class_plan(conn, st, dataset, blocks, acc, None)
             comp = classes.Composer(conn, st, acc)
-            by_digest = {
-                digest(plan.before[c.key]): (c, plan.before[c.key])
-                for c in plan.affected
-                if plan.before[c.key]
-            }
-            states = [comp.state(c, m)[0] for c, m in classes.maximal(by_digest.values())]
+            fixed, adaptive = {}, {}
+            for c in plan.affected:
+                m = plan.before[c.key]
+                (fixed if budget.mode_for(c.domain) == FIXED else adaptive)[digest(m)] = (c, m)
+            fixed = {d: cm for d, cm in fixed.items() if cm[1]}
+            states = [comp.state(c, m)[0] for c, m in classes.maximal(fixed.values())]
+        histories = [self._rdp_of(m, budget.orders) for _, m in adaptive.values()]
         priors = [acc.empty(), *states]
         targets = [target_epsilon] + [budget.epsilon_per_block] * len(states)
+        where = f"dataset {dataset!r}, blocks {', '.join(blocks)}"
         try:
-            return calibrate_against_states(
+            sigma = calibrate_against_states(
                 target_epsilon=min(targets),
                 delta=budget.delta,
                 sample_rate=sample_rate,
@@ -114,8 +125,25 @@ class Ledger(PatientStore):
                 accountant=budget.accountant,
                 targets=targets,
             )
+            if not adaptive:
+                return sigma
+            return max(
+                sigma,
+                calibrate_filter(
+                    histories,
+                    epsilon=budget.epsilon_per_block,
+                    delta=budget.delta,
+                    orders=budget.orders,
+                    charge_rdp=lambda s: rdp_vector(
+                        DpSgdMechanism(noise_multiplier=s, sample_rate=sample_rate, steps=steps),
+                        budget.orders,
+                    ),
+                    sigma_min=SIGMA_MIN,
+                    sigma_max=SIGMA_MAX,
+                ),
+            )
         except InfeasibleBudget as err:
-            raise Refused(f"dataset {dataset!r}, blocks {', '.join(blocks)}: {err}") from err
+            raise Refused(f"{where}: {err}") from err
 
     @staticmethod
     def _check_blocks(dataset: str, blocks: Sequence[str]) -> list[str]:
@@ -142,7 +170,12 @@ class Ledger(PatientStore):
     ) -> Reservation:
         """Atomically check that every block can afford ``mechanism`` and charge it to all.
 
-        Raises :class:`BudgetExceeded` (nothing written) when a block would pass its limit.
+        Each history class reached is judged by its domain's rule (``budget.mode_for``):
+        ``adaptive``, the RDP filter over ``budget.orders``; ``fixed``, the accountant's tight
+        composition, and only for a run of a committed schedule
+        (:mod:`dpgov.ledger.schedules`). Raises :class:`BudgetExceeded` (nothing written) when
+        a class would pass the limit, :class:`Refused` for a fixed-mode run outside every
+        committed schedule.
         """
         names.storable(
             dataset=dataset, blocks=blocks, run_id=run_id, data_version=data_version, actor=actor
@@ -195,6 +228,7 @@ class Ledger(PatientStore):
                 conn, st, dataset, blocks, acc, mechanism, prior=cplan, budget=budget
             )
             eps_after = self._check_classes(cplan, dataset, blocks, acc, run_eps, budget)
+            slot = self._schedule_slot(conn, st, cplan, dataset, blocks, mechanism, budget)
             seals = [
                 store_state(conn, dataset, b, acc, planned[b].after, planned[b].after_state)
                 for b in blocks
@@ -219,6 +253,8 @@ class Ledger(PatientStore):
                     "composition": [seal.to_dict() for seal in seals],
                     "class_composition": class_seals,
                     "class_structure": structure_seals,
+                    "enforced": sorted({budget.mode_for(c.domain) for c in cplan.affected}),
+                    "schedule": slot,
                 },
                 actor,
             )
@@ -283,6 +319,19 @@ class Ledger(PatientStore):
             state = comp.state(c, plan.before[c.key])[0]
             after = acc.add(state, mechanism)
             plan.states[d] = (state, after, self._epsilon(acc, after, budget.delta))
+        for c in affected:  # the RDP filter for classes under the adaptive rule (cheap)
+            d = digest(plan.before[c.key])
+            if budget.mode_for(c.domain) == FIXED or d in plan.filtered:
+                continue
+            if prior is not None and d in prior.filtered:
+                plan.filtered[d] = prior.filtered[d]
+                continue
+            now = self._rdp_of(plan.before[c.key], budget.orders)
+            after_rdp = self._rdp_of(classes.plus(plan.before[c.key], mechanism), budget.orders)
+            plan.filtered[d] = (
+                filter_epsilon(now, budget.delta, budget.orders) if plan.before[c.key] else 0.0,
+                filter_epsilon(after_rdp, budget.delta, budget.orders),
+            )
         return plan
 
     def _check_classes(
@@ -295,8 +344,13 @@ class Ledger(PatientStore):
         budget: Budget,
     ) -> dict[str, float]:
         """Refuse (BudgetExceeded naming a charged block of the worst class) when any class
-        would pass the limit; else each charged block's worst-class ε after the charge."""
-        after = {c.key: plan.states[digest(plan.before[c.key])][2] for c in plan.affected}
+        would pass the limit under its domain's rule; else each charged block's worst-class
+        enforced ε after the charge. Under ``adaptive`` a class's ε is the RDP filter's, so
+        ``ε after ≤ limit`` is exactly: some α of Λ has Σ RDP(α) ≤ ε − log(|Λ|/δ)/(α − 1)."""
+        after: dict[str, float] = {}
+        for c in plan.affected:
+            d = digest(plan.before[c.key])
+            after[c.key] = plan.filtered[d][1] if d in plan.filtered else plan.states[d][2]
         limit = budget.epsilon_per_block
         out: dict[str, float] = {}
         named: list[tuple[str, list[HClass]]] = []
@@ -311,8 +365,14 @@ class Ledger(PatientStore):
         for b, cs in named:
             worst = max(cs, key=lambda c: after[c.key], default=None)
             if worst is not None and after[worst.key] > limit:
-                before = plan.states[digest(plan.before[worst.key])][0]
-                spent = self._epsilon(acc, before, budget.delta) if plan.before[worst.key] else 0.0
+                d = digest(plan.before[worst.key])
+                before = plan.states[d][0]
+                if d in plan.filtered:
+                    spent = plan.filtered[d][0]
+                else:
+                    spent = (
+                        self._epsilon(acc, before, budget.delta) if plan.before[worst.key] else 0.0
+                    )
                 raise BudgetExceeded(
                     dataset=dataset,
                     block=b,
@@ -324,6 +384,33 @@ class Ledger(PatientStore):
         for b, cs in named[: len(blocks)]:
             out[b] = max((after[c.key] for c in cs), default=run_eps)
         return out
+
+    def _schedule_slot(
+        self,
+        conn: Connection,
+        st: VerifiedState,
+        plan: ClassPlan,
+        dataset: str,
+        blocks: Sequence[str],
+        mechanism: DpSgdMechanism,
+        budget: Budget,
+    ) -> dict[str, Any] | None:
+        """The committed-schedule slot this reservation takes (:mod:`dpgov.ledger.schedules`),
+        or None; refused when a class it reaches is under ``fixed`` and no slot is free."""
+        fixed = sorted({c.domain for c in plan.affected if budget.mode_for(c.domain) == FIXED})
+        schedules = read_schedules(conn, st)
+        hit = free_slot(st, schedules, dataset, blocks, mechanism) if schedules else None
+        if hit is None:
+            if fixed:
+                raise Refused(
+                    f"budget.composition is fixed for domain {fixed[0]!r}: tight composition is "
+                    f"valid only for a schedule committed in advance, and no committed schedule "
+                    f"of dataset {dataset!r} on blocks {', '.join(blocks)} has a free run "
+                    f"{mechanism_to_dict(mechanism)} (`dpgov ledger plan SCHEDULE_FILE`); "
+                    f"nothing charged"
+                )
+            return None
+        return {"schedule": hit[0].id, "slot": hit[1]}
 
     @staticmethod
     def _store_plan(

@@ -12,6 +12,7 @@ Thresholds are plain numbers on the scale of the metric they bound (AUROC and ra
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -38,10 +39,86 @@ class _Strict(BaseModel):
 _Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
+Composition = Literal["adaptive", "fixed"]
+
+# The default grid Λ of the RDP filter (dpgov.accounting.filters.FILTER_ORDERS; the policy layer
+# does not import the accounting layer's constants at class-definition time to stay light).
+_DEFAULT_ORDERS: tuple[float, ...] = (
+    1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0,
+    10.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0, 64.0, 128.0, 256.0,
+)  # fmt: skip
+
+
 class Budget(_Strict):
+    """What each block may spend, and how charges compose (docs/composition.md).
+
+    ``composition`` is the enforced rule: ``adaptive`` (the RDP filter over ``orders``, valid
+    under full adaptivity) or ``fixed`` (tight composition with ``accountant``, valid only for
+    a schedule committed in advance with ``dpgov ledger plan``). It is set for the whole ledger
+    or per id domain (``composition_by_domain``), never per dataset: a patient may span
+    datasets of one domain."""
+
     epsilon_per_block: float = Field(gt=0, le=100, description="ε each block may spend in all")
     delta: float = Field(gt=0, lt=1, description="δ at which every ε is stated")
     accountant: Literal["pld", "prv", "rdp"] = "pld"
+    composition: Composition = Field(
+        default="adaptive",
+        description="adaptive: RDP filter over `orders` (any retraining); fixed: tight "
+        "`accountant` composition, only for a schedule committed with `dpgov ledger plan`",
+    )
+    composition_by_domain: dict[Annotated[str, Field(min_length=1, max_length=64)], Composition] = (
+        Field(
+            default_factory=dict,
+            max_length=1000,
+            description="the mode of named id domains (others: `composition`)",
+        )
+    )
+    orders: tuple[float, ...] = Field(
+        default=_DEFAULT_ORDERS,
+        min_length=1,
+        max_length=256,
+        description="the grid Λ of Rényi orders of the adaptive filter: each > 1, finite, "
+        "sorted, unique",
+    )
+
+    @field_validator("composition", mode="before")
+    @classmethod
+    def _known_mode(cls, value: Any) -> Any:
+        if value not in ("adaptive", "fixed"):
+            raise ValueError(f"composition must be 'adaptive' or 'fixed', found {value!r}")
+        return value
+
+    @field_validator("orders", mode="before")
+    @classmethod
+    def _orders_grid(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"orders must be a list of numbers, found {value!r}")
+        out = []
+        for a in value:
+            if isinstance(a, bool) or not isinstance(a, int | float):
+                raise ValueError(f"every order must be a number, found {a!r}")
+            if not (math.isfinite(a) and a > 1):
+                raise ValueError(f"every order must be finite and > 1, found {a!r}")
+            out.append(float(a))
+        if len(set(out)) != len(out):
+            raise ValueError("orders must not repeat")
+        if out != sorted(out):
+            raise ValueError("orders must be sorted, smallest first")
+        return tuple(out)
+
+    @field_validator("composition_by_domain")
+    @classmethod
+    def _domain_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for d in value:
+            try:
+                names.name(d, argument="an id domain of budget.composition_by_domain")
+            except UsageError as err:
+                raise ValueError(str(err)) from err
+        return value
+
+    def mode_for(self, domain: str) -> str:
+        """The composition enforced for patients of id domain ``domain``."""
+        return self.composition_by_domain.get(domain, self.composition)
 
 
 class Release(_Strict):
@@ -73,6 +150,17 @@ class Release(_Strict):
     require_secure_rng: bool = Field(
         default=False,
         description="require a cryptographically secure noise generator (Opacus secure_mode)",
+    )
+    allow_reproducible_noise: bool = Field(
+        default=False,
+        description="release models whose noise was derived from train.seed "
+        "(train.reproducible_noise: true); false: the gate's secret_noise check refuses them "
+        "and a run asking for it is refused before anything is charged",
+    )
+    allow_reference: bool = Field(
+        default=True,
+        description="train the non-private reference and judge fairness widening against it; "
+        "false: no reference is trained and the widening checks are off",
     )
 
     @field_validator("alias")

@@ -13,7 +13,7 @@ from dp_accounting import dp_event, rdp
 
 from dpgov.accounting import DpSgdMechanism, epsilon, get_accountant
 from dpgov.accounting.filters import FILTER_ORDERS
-from dpgov.errors import BudgetExceeded, UsageError
+from dpgov.errors import BudgetExceeded, Refused, UsageError
 from dpgov.ledger import Ledger
 from dpgov.ledger.chain import canonical
 from dpgov.ledger.classes import load_structure
@@ -22,7 +22,7 @@ from dpgov.ledger.schema import class_cache_t, class_structures_t, members_t
 from dpgov.ledger.verified import LedgerInconsistent
 from dpgov.policy.schema import Budget
 
-BUDGET = Budget(epsilon_per_block=3.0, delta=1e-5, accountant="pld")
+BUDGET = Budget(epsilon_per_block=3.0, delta=1e-5, accountant="pld", composition="fixed")
 RUN = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=300)  # ε ≈ 1.07
 BIG = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=2400)  # ε ≈ 2.84 alone
 
@@ -45,13 +45,24 @@ def led(tmp_path) -> Iterator[Ledger]:
     ledger.close()
 
 
+def reserve(led: Ledger, **kw):
+    """Commit a one-run schedule for the reservation (when it fits), then reserve it."""
+    try:
+        led.plan_schedule(
+            dataset=kw["dataset"], blocks=kw["blocks"], runs=[kw["mechanism"]], budget=kw["budget"]
+        )
+    except Refused:
+        pass  # over the budget: the reservation itself must refuse (BudgetExceeded)
+    return led.reserve(**kw)
+
+
 def status(led: Ledger, dataset: str, block: str, budget: Budget = BUDGET):
     return led.block_status(dataset, block, budget)
 
 
 def test_regrouped_blocks_start_from_their_members_histories(led):
     assert eps(BIG) < BUDGET.epsilon_per_block < eps(RUN, BIG)
-    led.reserve(dataset="flchain", blocks=["1995", "1996"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1995", "1996"], mechanism=RUN, budget=BUDGET)
     # prepared again with larger blocks: the same patients, new block names
     led.add_block(dataset="flchain", block="1995-1996a", patients=150, members=ids(0, 150))
     led.add_block(dataset="flchain", block="1996b", patients=50, members=ids(150, 200))
@@ -59,7 +70,7 @@ def test_regrouped_blocks_start_from_their_members_histories(led):
         assert status(led, "flchain", b).epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)
     before = len(led.entries())
     with pytest.raises(BudgetExceeded, match="block '1995-1996a'") as info:
-        led.reserve(dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=BIG, budget=BUDGET)
+        reserve(led, dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=BIG, budget=BUDGET)
     assert info.value.after == pytest.approx(eps(RUN, BIG), rel=1e-6)  # the worst class's ε
     assert info.value.spent == pytest.approx(eps(RUN), rel=1e-6)
     assert len(led.entries()) == before
@@ -74,7 +85,7 @@ def test_regrouped_blocks_start_from_their_members_histories(led):
     )
     assert sigma > BIG.noise_multiplier
     fitted = DpSgdMechanism(noise_multiplier=sigma, sample_rate=BIG.sample_rate, steps=BIG.steps)
-    res = led.reserve(
+    res = reserve(led, 
         dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=fitted, budget=BUDGET
     )
     assert eps(RUN, fitted) <= BUDGET.epsilon_per_block * (1 + 1e-9)
@@ -82,11 +93,11 @@ def test_regrouped_blocks_start_from_their_members_histories(led):
     led.release(res.id)
     # patients never charged can afford it
     led.add_block(dataset="flchain", block="2003", patients=10, members=ids(500, 510))
-    led.reserve(dataset="flchain", blocks=["2003"], mechanism=BIG, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["2003"], mechanism=BIG, budget=BUDGET)
 
 
 def test_the_same_patients_under_another_dataset_name_keep_their_history(led):
-    led.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
     led.add_block(
         dataset="flchain_v2", block="all", patients=200, members=ids(0, 200), domain="flchain"
     )
@@ -94,7 +105,7 @@ def test_the_same_patients_under_another_dataset_name_keep_their_history(led):
     assert st.domain == "flchain" and st.classes == 2
     assert st.epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)
     with pytest.raises(BudgetExceeded):
-        led.reserve(dataset="flchain_v2", blocks=["all"], mechanism=BIG, budget=BUDGET)
+        reserve(led, dataset="flchain_v2", blocks=["all"], mechanism=BIG, budget=BUDGET)
     # another domain is other patients, even with the same pseudonyms
     led.add_block(dataset="other", block="all", patients=200, members=ids(0, 200), domain="mrn@b")
     assert status(led, "other", "all").epsilon_spent == 0.0
@@ -102,10 +113,10 @@ def test_the_same_patients_under_another_dataset_name_keep_their_history(led):
 
 def test_a_patient_in_two_blocks_of_one_run_is_charged_once_and_of_two_runs_twice(led):
     led.add_block(dataset="flchain", block="overlap", patients=20, members=ids(90, 110))
-    led.reserve(dataset="flchain", blocks=["1995", "overlap"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1995", "overlap"], mechanism=RUN, budget=BUDGET)
     # patients 90..99 are in both blocks of that run: charged once
     assert status(led, "flchain", "overlap").epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)
-    led.reserve(dataset="flchain", blocks=["1996"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1996"], mechanism=RUN, budget=BUDGET)
     # now patients 100..109 (overlap and 1996) have two runs; 1995's patients one
     assert status(led, "flchain", "overlap").epsilon_spent == pytest.approx(eps(RUN, RUN), rel=1e-6)
     assert status(led, "flchain", "1995").epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)
@@ -118,11 +129,11 @@ def test_a_patient_in_two_blocks_of_one_run_is_charged_once_and_of_two_runs_twic
 
 def test_blocks_without_members_are_conservative_until_their_members_are_attached(led):
     led.add_block(dataset="flchain", block="legacy", patients=50, data_version="v1")
-    led.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
     legacy = status(led, "flchain", "legacy")
     assert legacy.members is False
     assert legacy.epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)  # 1995's charge reaches it
-    led.reserve(dataset="flchain", blocks=["legacy"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["legacy"], mechanism=RUN, budget=BUDGET)
     # the legacy block's charge reaches every patient of the domain
     assert status(led, "flchain", "1996").epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)
     assert status(led, "flchain", "1995").epsilon_spent == pytest.approx(eps(RUN, RUN), rel=1e-6)
@@ -147,7 +158,7 @@ def test_a_legacy_block_reaches_the_domain_its_dataset_declares_later(tmp_path):
     led = Ledger.open(f"sqlite:///{tmp_path / 'old.db'}")
     # a ledger from before issue 15: no members, the domain defaults to the dataset
     led.add_block(dataset="flchain", block="2001", patients=100, data_version="v1")
-    led.reserve(dataset="flchain", blocks=["2001"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["2001"], mechanism=RUN, budget=BUDGET)
     # prepared again after the contract declared patient_id_domain: mrn@a
     with pytest.raises(UsageError, match="registered without members: attach them"):
         led.add_block(
@@ -160,7 +171,7 @@ def test_a_legacy_block_reaches_the_domain_its_dataset_declares_later(tmp_path):
     assert new.domain == "mrn@a"
     assert new.epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)  # never from zero
     with pytest.raises(BudgetExceeded):
-        led.reserve(dataset="flchain", blocks=["2001-2002"], mechanism=BIG, budget=BUDGET)
+        reserve(led, dataset="flchain", blocks=["2001-2002"], mechanism=BIG, budget=BUDGET)
     led.attach_members(
         dataset="flchain", block="2001", members=ids(0, 100), data_version="v1", domain="mrn@a"
     )
@@ -168,18 +179,18 @@ def test_a_legacy_block_reaches_the_domain_its_dataset_declares_later(tmp_path):
     classes = {tuple(b for _, b in c.blocks): c.count for c in led.patient_classes(BUDGET)}
     assert classes == {("2001", "2001-2002"): 100, ("2001-2002",): 50}
     with pytest.raises(BudgetExceeded):  # patients 0..99 keep their charge
-        led.reserve(dataset="flchain", blocks=["2001-2002"], mechanism=BIG, budget=BUDGET)
+        reserve(led, dataset="flchain", blocks=["2001-2002"], mechanism=BIG, budget=BUDGET)
     led.close()
 
 
 def test_membership_edited_outside_the_ledger_refuses_and_is_reported(led):
-    led.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
     with led.engine.begin() as conn:  # swap one patient for another
         forged = bytes.fromhex("".join(sorted(ids(1, 100) + ids(999, 1000))))
         conn.execute(members_t.update().where(members_t.c.block == "1995").values(members=forged))
     before = len(led.entries())
     with pytest.raises(LedgerInconsistent, match=r"block '1995' of dataset 'flchain'.*edited"):
-        led.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
+        reserve(led, dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
     assert len(led.entries()) == before
     problems = led.verify_membership()
     assert [(p.dataset, p.block) for p in problems] == [("flchain", "1995")]
@@ -208,7 +219,7 @@ def test_registering_members_checks_them(led):
 
 def test_erasure_removes_the_pseudonym_from_membership_and_keeps_every_charge(led):
     led.add_block(dataset="flchain", block="again", patients=100, members=ids(0, 100))
-    led.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
     spent = status(led, "flchain", "1995").epsilon_spent
     gone = ids(7, 8)[0]
     entry = led.erase_member(domain="flchain", pseudonym=gone, reason="art. 17 request")
@@ -239,10 +250,10 @@ def test_the_pseudonym_key_fingerprint_is_recorded_once_and_a_different_one_refu
 
 def test_one_patients_history_is_answered_and_every_lookup_recorded(led):
     led.add_block(dataset="flchain", block="overlap", patients=20, members=ids(90, 110))
-    first = led.reserve(
+    first = reserve(led, 
         dataset="flchain", blocks=["1995", "overlap"], mechanism=RUN, budget=BUDGET, run_id="r1"
     )
-    second = led.reserve(dataset="flchain", blocks=["1996"], mechanism=RUN, budget=BUDGET)
+    second = reserve(led, dataset="flchain", blocks=["1996"], mechanism=RUN, budget=BUDGET)
     led.release(second.id)
     who = ids(95, 96)[0]
     h = led.patient_history(who, actor="dpo@hospital", budget=BUDGET)
@@ -288,19 +299,23 @@ def filter_eps(runs: list[DpSgdMechanism], delta: float) -> float:
 
 def test_block_status_reports_both_compositions_of_the_worst_class(led):
     led.add_block(dataset="flchain", block="overlap", patients=20, members=ids(90, 110))
-    led.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
-    led.reserve(dataset="flchain", blocks=["overlap"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["overlap"], mechanism=RUN, budget=BUDGET)
     st = status(led, "flchain", "1995")
     assert st.classes == 2 and st.composition == "fixed" and st.split == "train"
     assert st.epsilon_spent == st.epsilon_spent_fixed == pytest.approx(eps(RUN, RUN), rel=1e-6)
     assert st.epsilon_spent_adaptive == pytest.approx(filter_eps([RUN, RUN], 1e-5), rel=1e-9)
     assert st.epsilon_spent_adaptive > st.epsilon_spent_fixed  # adaptivity costs budget
-    by_rdp = Budget(epsilon_per_block=3.0, delta=1e-5, accountant="rdp")
+    by_rdp = Budget(epsilon_per_block=3.0, delta=1e-5, accountant="rdp", composition="fixed")
     rdp_status = status(led, "flchain", "1995", by_rdp)
-    assert rdp_status.composition == "adaptive"
-    assert rdp_status.epsilon_spent == pytest.approx(
+    assert rdp_status.composition == "fixed"  # budget.accountant gives the fixed figure
+    assert rdp_status.epsilon_spent == rdp_status.epsilon_spent_fixed == pytest.approx(
         epsilon([RUN, RUN], delta=1e-5, accountant="rdp"), rel=1e-9
     )
+    adaptive = Budget(epsilon_per_block=3.0, delta=1e-5, accountant="pld")  # the default rule
+    ad = status(led, "flchain", "1995", adaptive)
+    assert ad.composition == "adaptive" and ad.epsilon_spent == ad.epsilon_spent_adaptive
+    assert ad.epsilon_spent_fixed == st.epsilon_spent_fixed  # both figures, either mode
     assert set(st.to_dict()) >= {
         "split",
         "composition",
@@ -312,8 +327,8 @@ def test_block_status_reports_both_compositions_of_the_worst_class(led):
 
 def test_tampered_class_caches_cost_time_never_privacy(led):
     led.add_block(dataset="flchain", block="overlap", patients=20, members=ids(90, 110))
-    led.reserve(dataset="flchain", blocks=["1995", "overlap"], mechanism=RUN, budget=BUDGET)
-    led.reserve(dataset="flchain", blocks=["1996"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1995", "overlap"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="flchain", blocks=["1996"], mechanism=RUN, budget=BUDGET)
     with led.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(class_cache_t)).scalar() >= 3
         assert conn.execute(sa.select(sa.func.count()).select_from(class_structures_t)).scalar()
@@ -330,7 +345,7 @@ def test_tampered_class_caches_cost_time_never_privacy(led):
         eps(RUN, RUN), rel=1e-6
     )
     with pytest.raises(BudgetExceeded):
-        fresh.reserve(dataset="flchain", blocks=["overlap"], mechanism=BIG, budget=BUDGET)
+        reserve(fresh, dataset="flchain", blocks=["overlap"], mechanism=BIG, budget=BUDGET)
     fresh.close()
 
 
@@ -338,8 +353,8 @@ def test_membership_round_trips_on_postgres_and_sqlite(ledger_url):
     led = Ledger.open(ledger_url)
     led.add_block(dataset="d", block="a", patients=30, members=ids(0, 30))
     led.add_block(dataset="d", block="b", patients=30, members=ids(20, 50))
-    led.reserve(dataset="d", blocks=["a"], mechanism=RUN, budget=BUDGET)
-    led.reserve(dataset="d", blocks=["b"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="d", blocks=["a"], mechanism=RUN, budget=BUDGET)
+    reserve(led, dataset="d", blocks=["b"], mechanism=RUN, budget=BUDGET)
     assert status(led, "d", "a").epsilon_spent == pytest.approx(eps(RUN, RUN), rel=1e-6)
     assert led.verify_membership() == []
     assert led.patient_history(ids(25, 26)[0]) is not None
@@ -369,9 +384,9 @@ def test_budget_reads_each_class_epsilon_the_charge_recorded_and_it_is_the_compo
     first = Ledger.open(url)
     first.add_block(dataset="flchain", block="1995", patients=100, members=ids(0, 100))
     first.add_block(dataset="flchain", block="overlap", patients=20, members=ids(90, 110))
-    first.reserve(dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
-    first.reserve(dataset="flchain", blocks=["overlap"], mechanism=BIG, budget=Budget(
-        epsilon_per_block=8.0, delta=1e-5, accountant="pld"))  # fmt: skip
+    reserve(first, dataset="flchain", blocks=["1995"], mechanism=RUN, budget=BUDGET)
+    reserve(first, dataset="flchain", blocks=["overlap"], mechanism=BIG, budget=Budget(
+        epsilon_per_block=8.0, delta=1e-5, accountant="pld", composition="fixed"))  # fmt: skip
     first.close()
     fresh = Ledger.open(url)
     with fresh._read() as conn:
@@ -386,7 +401,7 @@ def test_budget_reads_each_class_epsilon_the_charge_recorded_and_it_is_the_compo
     assert calls == []  # every enforced figure came from the chain
     assert spent["1995"] == pytest.approx(eps(RUN, BIG), rel=1e-6)
     assert spent["overlap"] == pytest.approx(eps(RUN, BIG), rel=1e-6)
-    other_delta = Budget(epsilon_per_block=8.0, delta=1e-6, accountant="pld")
+    other_delta = Budget(epsilon_per_block=8.0, delta=1e-6, accountant="pld", composition="fixed")
     again = fresh.block_status("flchain", "1995", other_delta).epsilon_spent
     assert calls and again == pytest.approx(epsilon([RUN, BIG], delta=1e-6), rel=1e-6)
     fresh.close()
