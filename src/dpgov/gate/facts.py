@@ -71,6 +71,9 @@ class CandidateFacts(_Facts):
     steps: int | None
     max_grad_norm: float | None
     secure_rng: bool
+    # where the noise and Poisson masks came from: os_entropy | csprng | seed
+    # (dpgov.gate.noise; None: facts written before sources were recorded, judged as seed)
+    noise_source: str | None = None
     n_train_patients: int
     # utility on the held-out test split
     auroc: float

@@ -37,6 +37,7 @@ from dpgov.report.checks.pending import check_pending
 from dpgov.report.checks.policies import policies_in_force
 from dpgov.report.checks.policy_in_force import check_policy_in_force
 from dpgov.report.checks.projection import check_projection
+from dpgov.report.checks.reference import check_reference, reference_releases
 from dpgov.report.checks.release_facts import Digests, check_release_facts, release_digests
 from dpgov.report.checks.releases import check_releases, gov_entries
 from dpgov.report.checks.runs import check_runs, is_dp_run
@@ -190,10 +191,15 @@ def audit(
     )
     findings += pending_findings
 
+    used_reference = reference_releases(ledger.rows, releases, tracking.artifacts)
+    findings += check_reference(used_reference, policy)
+    by_release = {(x.model, x.version, x.alias): x for x in used_reference}
+
     block_eps = {(b.dataset, b.block): b.epsilon for b in blocks}
     for rel in releases:
         art = tracking.artifacts.get((rel.model, rel.version))
-        rel.statement = release_statement(rel, art, r, eps, policy, block_eps)
+        ref = by_release.get((rel.model, rel.version, rel.alias))
+        rel.statement = release_statement(rel, art, r, eps, policy, block_eps, ref)
 
     runs = _run_rows(r, claimed, eps, policy)
 
@@ -254,6 +260,7 @@ def audit(
         releases=releases,
         counts=counts,
         findings_before_since=before,
+        reference_releases=used_reference,
     )
 
 

@@ -21,6 +21,8 @@ the policy in force
     ``policy_not_in_force``, ``policy_change_invalid``
 released facts
     ``release_facts_mismatch``, ``release_recalled``
+the non-private reference
+    ``release_used_reference``
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ KINDS = (
     # facts bound to the chain and recalls (issue 13): dpgov.report.checks.release_facts
     "release_facts_mismatch",
     "release_recalled",
+    # a release judged against the non-private reference that the policy in force forbids
+    # (issue 16): dpgov.report.checks.reference
+    "release_used_reference",
 )
 
 # Findings about the state as a whole are always reported; those tied to one moment (a run,

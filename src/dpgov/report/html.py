@@ -503,6 +503,14 @@ def _releases(report: AuditReport) -> str:
     if not report.releases:
         out.append("<p>No model version holds a release alias (or none through the gate).</p>")
         return "".join(out)
+    if report.reference_releases:  # issue 16: releases that depended on a non-private model
+        listed = "".join(
+            f"<li>{esc(x.model)} version {esc(x.version)} @{esc(x.alias)}: {esc(x.sentence())}</li>"
+            for x in report.reference_releases
+        )
+        out.append(
+            f"<p>Released models that depended on a non-private reference:</p><ul>{listed}</ul>"
+        )
     for rel in report.releases:
         out.append("<div class='card'>")
         out.append(f"<h3>{esc(rel.model)} version {esc(rel.version)} @{esc(rel.alias)}</h3>")

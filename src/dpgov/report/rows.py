@@ -168,6 +168,10 @@ class BlockRow(Row):
     aborted: int
     released: int
     burn_down: list[BurnPoint] = field(default_factory=list)
+    # issue 16: both figures recomputed, and the rule whose figure `epsilon` is
+    epsilon_fixed: float | None = None  # the accountant's composition
+    epsilon_adaptive: float | None = None  # the RDP filter's ε over the policy's orders
+    composition: str = "fixed"
 
 
 # ------------------------------------------------------------------------------ reservations
@@ -460,6 +464,8 @@ class AuditReport:
     releases: list[ReleaseRow]
     counts: Counts
     findings_before_since: int = 0
+    # releases whose gate used the non-private reference (dpgov.report.checks.reference)
+    reference_releases: list[Any] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -483,4 +489,5 @@ class AuditReport:
             "reservations": self.reservations.to_dict(),
             "policies": [p.to_dict() for p in self.policies],
             "releases": [r.to_dict() for r in self.releases],
+            "reference_releases": [x.to_dict() for x in self.reference_releases],
         }

@@ -5,6 +5,12 @@ the run's own (ε, δ) recomputed from the mechanism its reservation committed, 
 parameters, the unit of privacy, the data it covers, every block's cumulative ε now, the policy
 and the ledger entries that back it. What the training run logged (``privacy_statement.json``)
 is kept beside it for comparison.
+
+It also says where the noise came from (the run's recorded ``noise_source``: a seed-derived,
+reproducible noise voids the guarantee), and, when the gate decision the release rests on
+judged fairness widening against the non-private reference
+(:mod:`dpgov.report.checks.reference`), that the release depended on a model trained without
+differential privacy.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 from dpgov.accounting import AccountantFailed
 from dpgov.contracts import NOT_COVERED, TAG_PRIVATE, TAG_RESERVATION
 from dpgov.policy import LoadedPolicy
+from dpgov.report.checks.reference import ReferenceRelease
 from dpgov.report.replay import Epsilons, Replay
 from dpgov.report.rows import PrivacyStatement, ReleaseRow, ReleaseStatement
 from dpgov.tracking.records import ReleaseArtifacts
@@ -28,9 +35,11 @@ def release_statement(
     eps: Epsilons,
     policy: LoadedPolicy,
     block_eps: dict[tuple[str, str], float | None],
+    reference: ReferenceRelease | None = None,
 ) -> ReleaseStatement:
     """The statement of one released model version, its subgroup metrics, gaps and utility
-    (from the run's candidate facts), and the statement the run logged."""
+    (from the run's candidate facts), and the statement the run logged. ``reference``: the
+    non-private reference its gate decision used (said in the text)."""
     facts = (artifacts.facts if artifacts else None) or {}
     tags = release.tags or {}
     rid = facts.get("reservation_id") or tags.get(TAG_RESERVATION) or None
@@ -90,13 +99,38 @@ def release_statement(
     )
     return ReleaseStatement(
         statement=s,
-        text=statement_text(s),
+        text=statement_text(s) + (_sources_text(facts, reference) if s.private else ""),
         subgroups=list(facts.get("subgroups") or []),
         gaps=list(facts.get("gaps") or []),
         utility={k: facts.get(k) for k in UTILITY if facts.get(k) is not None},
         logged_statement=artifacts.statement if artifacts else None,
         artifact_problems=list(artifacts.problems) if artifacts else ["not read"],
     )
+
+
+def _sources_text(facts: dict[str, Any], reference: ReferenceRelease | None) -> str:
+    """What the guarantee rests on beyond the ledger: the noise source and the reference."""
+    source = facts.get("noise_source")
+    if source == "os_entropy":
+        noise = (
+            "Noise: the Gaussian noise and the Poisson sampling were drawn from "
+            "operating-system entropy (secret, not cryptographically secure)."
+        )
+    elif source == "csprng":
+        noise = (
+            "Noise: the Gaussian noise and the Poisson sampling were drawn from a "
+            "cryptographically secure generator (Opacus secure mode)."
+        )
+    else:
+        how = "derived from train.seed" if source == "seed" else "not recorded (older run)"
+        noise = (
+            f"Noise: REPRODUCIBLE ({how}): anyone who can read the run may regenerate the "
+            "noise, and the guarantee above assumes it is secret."
+        )
+    out = "\n" + noise
+    if reference is not None:
+        out += f"\nNon-private reference: {reference.sentence()}."
+    return out
 
 
 def _num(x: Any, fmt: str = ".4f") -> str:

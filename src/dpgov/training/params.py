@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dpgov import names, yamlio
 from dpgov.data.params import DataParams
@@ -68,8 +75,16 @@ class TrainParams(_Strict):
     sampling: str = Field(default="poisson", description="only poisson matches the accounting")
     grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"
     device: str = "auto"
-    seed: int = 0
-    secure_rng: bool = False
+    seed: int = Field(
+        default=0, description="model initialisation and the reference; never the DP noise"
+    )
+    secure_rng: bool = Field(
+        default=False, description="Opacus secure_mode (torchcsprng) for noise and sampling"
+    )
+    reproducible_noise: bool = Field(
+        default=False,
+        description="noise and Poisson sampling derived from seed (tests, debugging only)",
+    )
     reference: bool = Field(default=True, description="also train a non-private reference")
     threshold: float | Literal["prevalence"] = Field(
         default="prevalence",
@@ -90,6 +105,15 @@ class TrainParams(_Strict):
                 "reported ε wrong"
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> TrainParams:
+        if self.secure_rng and self.reproducible_noise:
+            raise ValueError(
+                "secure_rng and reproducible_noise are both true: a secure generator cannot "
+                "be seeded; choose one"
+            )
+        return self
 
     @field_validator("device")
     @classmethod

@@ -30,6 +30,8 @@ from dpgov.contracts import (
     compact_json,
 )
 from dpgov.gate.facts import CandidateFacts
+from dpgov.gate.noise import NOISE_SEED, TAG_NOISE_SOURCE
+from dpgov.training.trainer import noise_source
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.ledger import Entry, Reservation
@@ -75,6 +77,7 @@ def run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) ->
                 "neighbouring": NEIGHBOURING,
                 "grad_sample_mode": p.grad_sample_mode,
                 "secure_rng": cfg.secure_rng,
+                "noise_source": noise_source(cfg),
             }
         )
     else:
@@ -98,6 +101,8 @@ def run_tags(p: RunPlan, reservation: Reservation | None, *, private: bool) -> d
         TAG_POLICY_SHA256: p.policy.sha256,
         TAG_AUTHOR: config.actor(),
     }
+    if private:
+        tags[TAG_NOISE_SOURCE] = noise_source(p.params.train)
     if reservation is not None:
         tags[TAG_RESERVATION] = reservation.id
         tags[TAG_LEDGER_ENTRIES] = compact_json([reservation.seq])
@@ -110,9 +115,22 @@ def privacy_statement(
     commit_entry: Entry,
     steps: int,
     block_epsilon: dict[str, float],
+    *,
+    reference_run: str | None = None,
 ) -> dict[str, Any]:
-    """What this model's guarantee is, for whom, and what it does not cover."""
+    """What this model's guarantee is, for whom, and what it does not cover.
+
+    ``reference_run``: the MLflow run of the non-private reference whose subgroup gaps this
+    model's gate compares against (said in the statement)."""
     eps = epsilon([p.mechanism.with_steps(steps)], delta=p.delta, accountant=p.accountant)
+    reference = None
+    if reference_run is not None:
+        reference = {
+            "run_id": reference_run,
+            "private": False,
+            "used_for": "the release gate's fairness widening checks (its subgroup gaps)",
+            "model_stored": False,
+        }
     return {
         "private": True,
         "epsilon": eps,
@@ -131,6 +149,8 @@ def privacy_statement(
         "unit_of_privacy_column": p.meta.get("patient_id", "patient_id"),
         "records_per_patient": 1,
         "secure_rng": p.params.train.secure_rng,
+        "noise_source": noise_source(p.params.train),
+        "non_private_reference": reference,
         "covers": {
             "dataset": p.dataset,
             "blocks": p.blocks,
@@ -165,10 +185,40 @@ def statement_text(s: dict[str, Any]) -> str:
         f"{s['epsilon_per_block_limit']:g}): "
         + ", ".join(f"{b} {v:.4f}" for b, v in s["cumulative_epsilon_per_block"].items())
         + ".\n"
-        "Not covered: " + "; ".join(s["not_covered"]) + ".\n"
+        + _noise_text(s)
+        + _reference_text(s)
+        + "Not covered: "
+        + "; ".join(s["not_covered"])
+        + ".\n"
         f"Ledger: reservation {s['ledger']['reservation']}, entries "
         f"{', '.join(str(e) for e in s['ledger']['entries'])}; policy sha256 "
         f"{s['policy_sha256']}.\n"
+    )
+
+
+def _noise_text(s: dict[str, Any]) -> str:
+    source = s.get("noise_source")
+    if source == NOISE_SEED:
+        return (
+            "Noise: REPRODUCIBLE: the Gaussian noise and the Poisson sampling were derived "
+            "from train.seed (train.reproducible_noise: true), so anyone who reads the run can "
+            "regenerate them; the guarantee above assumes secret noise and does not hold.\n"
+        )
+    how = {
+        "os_entropy": "drawn from operating-system entropy (secret, not cryptographically secure)",
+        "csprng": "drawn from a cryptographically secure generator (Opacus secure mode)",
+    }.get(str(source), f"from {source}")
+    return f"Noise: the Gaussian noise and the Poisson sampling were {how}.\n"
+
+
+def _reference_text(s: dict[str, Any]) -> str:
+    ref = s.get("non_private_reference")
+    if not ref:
+        return ""
+    return (
+        f"Non-private reference: a model trained WITHOUT differential privacy on the same "
+        f"patients (run {ref['run_id']}) is what {ref['used_for']} compare against; only "
+        "its metrics were kept (its model was neither registered nor stored).\n"
     )
 
 
@@ -212,6 +262,7 @@ def candidate_facts(
         steps=steps if private else None,
         max_grad_norm=cfg.max_grad_norm if private else None,
         secure_rng=bool(cfg.secure_rng) if private else False,
+        noise_source=noise_source(cfg) if private else None,
         n_train_patients=len(p.train.y),
         auroc=ev.auroc,
         auroc_lo=ev.auroc_lo,

@@ -6,7 +6,11 @@
 - **commit** replaces the plan with the steps actually taken (never less than ran) and anchors
   the chain head in the tracking store.
 - **evaluate** scores the test split overall and per subgroup; optionally trains the
-  non-private reference (same model, data, epochs; never promotable).
+  non-private reference (same model, data, epochs; never registered nor stored, only its
+  metrics), unless the policy forbids it (``release.allow_reference: false``).
+
+A run asking for reproducible noise (``train.reproducible_noise``) under a policy that would
+not release it is refused (exit 1) before anything is registered or charged.
 
 :func:`dpgov.training.governed.run_governed` calls them in order; tests call them one by one.
 """
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dpgov.accounting import epsilon
 from dpgov.contracts import EPSILON_TOLERANCE
 from dpgov.errors import UsageError
+from dpgov.gate.noise import refuse_reproducible_noise
 from dpgov.tracking import runs
 from dpgov.tracking.anchor import try_record_anchor
 from dpgov.training import records
@@ -59,6 +64,9 @@ class EvalOutcome:
 
 def reserve(p: RunPlan, *, ledger: Ledger) -> Reservation:
     """Register the blocks (idempotent) and charge the planned mechanism to all of them."""
+    refuse_reproducible_noise(
+        p.policy.policy, reproducible=p.params.train.reproducible_noise, where="run"
+    )
     fault_point("before_reserve")
     for b in p.blocks:
         ledger.add_block(
@@ -155,7 +163,8 @@ def commit(reservation: Reservation, outcome: TrainOutcome, *, ledger: Ledger) -
 
 
 def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> EvalOutcome:
-    """Score the test split; train and score the non-private reference when asked."""
+    """Score the test split; train and score the non-private reference when asked
+    (``train.reference``) and the policy allows it (``release.allow_reference``)."""
     cfg = p.params.train
 
     def judge(model: Any) -> Evaluation:
@@ -170,7 +179,7 @@ def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> Ev
         )
 
     out = EvalOutcome(private=judge(outcome.result.model))
-    if cfg.reference:
+    if cfg.reference and p.policy.policy.release.allow_reference:
         seed_everything(cfg.seed)
         ref_model = build_model(p.params.model, input_spec(p.meta))
         ref = train_nonprivate(

@@ -3,10 +3,12 @@
 The ledger is already committed here. The private run gets its metrics, its privacy statement
 and its candidate facts; with ``register`` its model is logged and registered as a candidate
 version (the gate reads the facts), and the ledger binds the digests of its facts, statement
-and weights to its run, version and reservation (``facts_bound``). The reference leaves metrics
-and facts only (a reference version is registered for comparison, never promotable, and is
-bound with no reservation). A tracking failure marks the MLflow
-run FAILED and propagates; the charge stands.
+and weights to its run, version and reservation (``facts_bound``). The non-private reference
+leaves its metrics only (overall, per subgroup, its loss curve), in a run tagged non-private:
+its model is never registered nor stored as an artifact, so nothing trained without DP can be
+downloaded or released; its subgroup gaps travel in the private model's facts (the gate's
+widening checks) and its privacy statement says so. A tracking failure marks the MLflow run
+FAILED and propagates; the charge stands.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class TrackOutcome:
     model_name: str
     model_version: str | None  # None when the model was not registered (register=False)
     reference_run_id: str | None
-    reference_version: str | None
+    reference_version: str | None  # always None: the reference is never registered
     facts: dict[str, Any]
     block_epsilon: dict[str, float] = field(default_factory=dict)
 
@@ -79,13 +81,18 @@ def _register(
         assert ref is not None
         version = facts["model_version"] = ref.version
     runs.log_json(run_id, facts, ARTIFACT_CANDIDATE_FACTS)
+    _log_subgroups(run_id, ev)
+    return version
+
+
+def _log_subgroups(run_id: str, ev: Evaluation) -> None:
+    """The subgroup table (CSV and JSON, with the gaps)."""
     runs.log_text(run_id, records.subgroup_csv(ev), ARTIFACT_SUBGROUPS_CSV)
     runs.log_json(
         run_id,
         {"subgroups": ev.table(), "gaps": [g.model_dump() for g in ev.gaps]},
         ARTIFACT_SUBGROUPS_JSON,
     )
-    return version
 
 
 def track(
@@ -100,7 +107,7 @@ def track(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> TrackOutcome:
-    """Log both runs (private and reference) to MLflow and register their model versions.
+    """Log both runs (private and reference) to MLflow; register the private model.
 
     The ledger is already committed here; the caller marks the MLflow run FAILED when this
     fails (:func:`dpgov.training.governed.run_governed` does, for every step after the
@@ -134,28 +141,14 @@ def track(
             ref_run_id, {**ref_ev.metrics(), "seconds_per_epoch": _mean(ref_res.epoch_seconds)}
         )
         runs.log_series(ref_run_id, "train_loss", ref_res.epoch_losses)
-        facts = records.candidate_facts(
-            p,
-            run_id=ref_run_id,
-            private=False,
-            ev=ref_ev,
-            model_name=model_name,
-            model_version=None,
-            reservation=None,
-            entries=[],
-            steps=None,
-            eps=None,
-        )
-        ref_version = _register(ref_run_id, ref_res.model, p, facts, ref_ev, register=register)
-        if ref_version is not None:  # bound as the non-private reference: no reservation
-            bind_version(
-                ledger, model=model_name, version=ref_version, run_id=ref_run_id, reservation=None
-            )
+        _log_subgroups(ref_run_id, ref_ev)  # metrics only: no model, no version, no facts
         runs.end_run(ref_run_id)
         ref_facts = reference_facts(ref_run_id, ref_ev)
 
     run_id = outcome.run_id
-    statement = records.privacy_statement(p, reservation, commit_entry, steps, block_eps)
+    statement = records.privacy_statement(
+        p, reservation, commit_entry, steps, block_eps, reference_run=ref_run_id
+    )
     ev = evals.private
     metrics: dict[str, float] = {
         "epsilon": statement["epsilon"],

@@ -9,12 +9,23 @@ clips each example's gradient to L2 norm ``C`` (``max_grad_norm``), sums, adds
 becomes a Poisson loader with ``q = 1/ceil(N/B)`` and ``int(1/q)`` steps per epoch
 (:func:`sampling_plan`). After training, Opacus's own accountant history must equal the
 mechanism the ledger was charged for (:func:`check_history`); anything else is a bug.
+
+The noise and the Poisson masks are secret (:func:`noise_generators`): two explicit
+``torch.Generator`` objects, one passed to Opacus's optimizer (``noise_generator``) and one to
+its Poisson sampler (through the loader's ``generator``), each seeded with 64 bits from the
+operating system (:func:`secrets.randbits`) and never logged. ``train.seed`` seeds only the
+model's initialisation, dropout and the non-private reference. ``train.secure_rng`` hands both
+to Opacus's ``secure_mode`` (torchcsprng); ``train.reproducible_noise`` derives them from the
+seed (tests and debugging: the noise is then public, and the gate refuses the model unless the
+policy allows it). :data:`dpgov.gate.noise.NOISE_SOURCES` names the three; each run records its
+own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +36,7 @@ import numpy as np
 
 from dpgov.contracts import show_spent
 from dpgov.errors import UsageError
+from dpgov.gate.noise import NOISE_CSPRNG, NOISE_OS_ENTROPY, NOISE_SEED, NOISE_SOURCES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -134,6 +146,39 @@ def choose_grad_sample_mode(requested: str, model: nn.Module) -> str:
     return requested
 
 
+def noise_source(cfg: Any) -> str:
+    """The noise source ``cfg`` (:class:`~dpgov.training.params.TrainParams`) asks for."""
+    if cfg.secure_rng:
+        return NOISE_CSPRNG
+    if getattr(cfg, "reproducible_noise", False):
+        return NOISE_SEED
+    return NOISE_OS_ENTROPY
+
+
+def noise_generators(
+    source: str, seed: int, device: torch.device
+) -> tuple[torch.Generator | None, torch.Generator | None]:
+    """(sampler generator on the CPU, noise generator on ``device``) for ``source``.
+
+    ``os_entropy``: each seeded with 64 fresh bits from :func:`secrets.randbits`, kept nowhere.
+    ``seed``: ``seed`` and ``seed + 1`` (reproducible). ``csprng``: (None, None): Opacus's
+    secure mode installs its own generator for both.
+    """
+    import torch
+
+    if source == NOISE_CSPRNG:
+        return None, None
+    if source == NOISE_SEED:
+        sampler_seed, noise_seed = seed, seed + 1
+    elif source == NOISE_OS_ENTROPY:
+        sampler_seed, noise_seed = secrets.randbits(64), secrets.randbits(64)
+    else:
+        raise ValueError(f"unknown noise source {source!r}; known: {', '.join(NOISE_SOURCES)}")
+    sampler = torch.Generator().manual_seed(sampler_seed)
+    noise = torch.Generator(device=device).manual_seed(noise_seed)
+    return sampler, noise
+
+
 def check_secure_rng(wanted: bool) -> None:
     """Refuse clearly when a cryptographically secure generator is asked for but missing."""
     if not wanted:
@@ -167,6 +212,7 @@ class TrainResult:
     grad_sample_mode: str | None
     peak_memory_bytes: int | None = None
     private: bool = True
+    noise_source: str | None = None  # NOISE_SOURCES for a DP run; None for the reference
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -265,23 +311,22 @@ def train_private(
     if len(x) != plan.n:
         raise ValueError(f"plan was made for {plan.n} examples, got {len(x)}")
     check_secure_rng(cfg.secure_rng)
+    source = noise_source(cfg)
     counter = counter if counter is not None else StepCounter()
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # initialisation and dropout only: never the noise or the masks
     model = model.to(device)
     model.train()
     dataset = _tensors(x, y)
-    sampler_gen = torch.Generator().manual_seed(cfg.seed)
+    sampler_gen, noise_gen = noise_generators(source, cfg.seed, device)
+    # Opacus's Poisson sampler takes the loader's generator (DPDataLoader.from_data_loader)
     loader = DataLoader(dataset, batch_size=plan.batch_size, generator=sampler_gen)
     optimizer = _optimizer(model.parameters(), cfg)
     criterion = torch.nn.BCEWithLogitsLoss(reduction="mean")
     # The engine's accountant only records history here; dpgov's ledger does the accounting
     # (RDP keeps one merged (σ, q, steps) segment and never fails numerically).
-    with warnings.catch_warnings():  # the secure-RNG notice: secure_rng is a stated param
+    with warnings.catch_warnings():  # the secure-RNG notice: the run records noise_source
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        engine = PrivacyEngine(accountant="rdp", secure_mode=bool(cfg.secure_rng))
-    noise_gen = None
-    if not cfg.secure_rng:
-        noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        engine = PrivacyEngine(accountant="rdp", secure_mode=source == NOISE_CSPRNG)
     wrapped = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -298,6 +343,11 @@ def train_private(
     else:
         dp_model, dp_optimizer, dp_loader = wrapped
         dp_criterion = criterion
+    # both secret generators must be the ones Opacus draws from (else: the global, seeded one)
+    if sampler_gen is not None and dp_loader.batch_sampler.generator is not sampler_gen:
+        raise RuntimeError("Opacus's Poisson sampler does not use dpgov's sampling generator")
+    if noise_gen is not None and getattr(dp_optimizer, "generator", None) is not noise_gen:
+        raise RuntimeError("Opacus's optimizer does not use dpgov's noise generator")
     if dp_loader.sample_rate != plan.sample_rate or len(dp_loader) != plan.steps_per_epoch:
         raise RuntimeError(  # a bug or an Opacus change: the charge would not match the run
             f"Opacus samples at q={dp_loader.sample_rate} for {len(dp_loader)} steps per epoch, "
@@ -359,6 +409,7 @@ def train_private(
         device=str(device),
         grad_sample_mode=grad_sample_mode,
         peak_memory_bytes=peak,
+        noise_source=source,
     )
 
 

@@ -99,8 +99,10 @@ def test_run_records_every_privacy_parameter(governed_run: Any) -> None:
         "neighbouring": "add_remove",
         "unit_of_privacy": "patient",
         "device": "cpu",
+        "noise_source": "os_entropy",
     }
     assert {k: params[k] for k in expected} == expected
+    assert runs.read_run(summary.run_id)["tags"]["dpgov.noise_source"] == "os_entropy"
 
 
 def test_run_metrics_hold_epsilon_block_totals_utility_and_gaps(governed_run: Any) -> None:
@@ -157,15 +159,30 @@ def test_model_version_carries_the_interface_tags(governed_run: Any) -> None:
     assert json.loads(tags["dpgov.blocks"]) == ["2001", "2002"]
 
 
-def test_reference_is_registered_as_a_non_private_reference(governed_run: Any) -> None:
+def test_reference_leaves_metrics_only_never_a_model_or_a_version(governed_run: Any) -> None:
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
     summary, _, _ = governed_run
-    tags = runs.read_model_version("readback", summary.reference_version)["tags"]
-    assert (tags["dpgov.status"], tags["dpgov.private"]) == ("reference", "false")
-    assert tags["dpgov.epsilon"] == "inf" and tags["dpgov.reservation"] == ""
-    facts = CandidateFacts.model_validate(
-        runs.read_json(summary.reference_run_id, "candidate_facts.json")
+    assert summary.reference_run_id is not None and summary.reference_version is None
+    ref = runs.read_run(summary.reference_run_id)
+    assert (ref["tags"]["dpgov.status"], ref["tags"]["dpgov.private"]) == ("reference", "false")
+    assert ref["metrics"]["auroc"] == pytest.approx(summary.reference_auroc)
+    assert "candidate_facts.json" not in ref["artifacts"]
+    assert not any(a.startswith(("model", "data/")) for a in ref["artifacts"]), ref["artifacts"]
+    client = MlflowClient()
+    versions = client.search_model_versions("name='readback'")
+    assert [v.run_id for v in versions] == [summary.run_id]  # only the DP model
+    logged = client.search_logged_models(
+        experiment_ids=[client.get_run(summary.reference_run_id).info.experiment_id]
     )
-    assert not facts.private and facts.epsilon is None
+    assert summary.reference_run_id not in {m.source_run_id for m in logged}
+    statement = runs.read_json(summary.run_id, "privacy_statement.json")
+    assert statement["non_private_reference"]["run_id"] == summary.reference_run_id
+    assert statement["noise_source"] == "os_entropy"
+    text = mlflow.artifacts.load_text(f"runs:/{summary.run_id}/privacy_statement.txt")
+    assert "WITHOUT differential privacy" in text and summary.reference_run_id in text
+    assert "operating-system entropy" in text
 
 
 def test_privacy_statement_names_what_the_guarantee_covers(governed_run: Any) -> None:

@@ -104,6 +104,7 @@ def facts(**overrides: Any) -> CandidateFacts:
         "steps": 100,
         "max_grad_norm": 1.0,
         "secure_rng": False,
+        "noise_source": "os_entropy",
         "n_train_patients": 2000,
         "auroc": 0.80,
         "auroc_lo": 0.75,

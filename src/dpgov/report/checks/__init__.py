@@ -12,6 +12,8 @@
 :mod:`.data_versions` every charge's data version against DVC
 :mod:`.pending`       reservations left pending; aborted ones listed
 :mod:`.policies`      the policies in force, by hash
+:mod:`.reference`     releases whose gate used the non-private reference (listed; a finding
+                      when the policy in force forbids the reference)
 ====================  ==========================================================================
 
 :func:`dpgov.report.audit.audit` runs them all and assembles the report.
