@@ -8,6 +8,7 @@ allowed ranges and sets, and the privacy unit's bound. ``docs/data.md`` explains
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +72,18 @@ class ColumnSpec(_Strict):
 
 
 class BlockSpec(_Strict):
-    """Which block (unit of budget) each record belongs to."""
+    """Which block (unit of budget) each record belongs to. Block boundaries are fixed by the
+    contract, never by the data: one patient more or less moves no other patient's block."""
 
     column: str | None = None  # a column of the table
     constant: str | None = None  # or one block for everything (images without a block column)
-    # integer block column: adjacent values are grouped until each group holds enough training
-    # patients (params.yaml data.min_block_patients); the last short group joins the one before
+    # integer block column: fixed boundaries. edges [e1, ..., ek] cut the values into the blocks
+    # v < e1, e1 <= v < e2, ..., v >= ek (named by the values they cover, the column's min/max
+    # closing the outer ones when declared: min 1995, max 2003, edges [1996, 1997, 1998] →
+    # 1995, 1996, 1997, 1998-2003). Without edges each value is its own block.
+    edges: list[int] | None = Field(default=None, min_length=1)
+    # refused: grouping adjacent values until each group holds enough training patients made
+    # the boundaries depend on the counts (one patient could move them); use edges
     group_adjacent: bool = False
 
     @model_validator(mode="after")
@@ -85,8 +92,17 @@ class BlockSpec(_Strict):
             raise ValueError("give exactly one of block.column or block.constant")
         if self.constant is not None and not _NAME.match(self.constant):
             raise ValueError(f"block.constant {self.constant!r} must be a short plain name")
-        if self.group_adjacent and self.column is None:
-            raise ValueError("block.group_adjacent needs block.column")
+        if self.group_adjacent:
+            raise ValueError(
+                "group_adjacent is no longer supported: it moved block boundaries with "
+                "the patient counts (one patient could regroup others); declare fixed "
+                "boundaries with block.edges: [...] (docs/data.md)"
+            )
+        if self.edges is not None:
+            if self.column is None:
+                raise ValueError("block.edges needs block.column")
+            if list(self.edges) != sorted(set(self.edges)):
+                raise ValueError("block.edges must be strictly increasing")
         return self
 
 
@@ -109,6 +125,9 @@ class PrivacyUnit(_Strict):
 
     max_records_per_patient: int = Field(default=1, ge=1, le=1000)
     group_privacy: bool = False
+    # image data without a patient id column: the data owner declares that every image is a
+    # different patient (prepare cannot check it; validation says it is assumed)
+    one_record_per_patient: bool = False
 
     @model_validator(mode="after")
     def _group(self) -> PrivacyUnit:
@@ -116,6 +135,10 @@ class PrivacyUnit(_Strict):
             raise ValueError(
                 "max_records_per_patient > 1 needs group_privacy: true (record-level DP-SGD "
                 "protects a patient only if each patient has one record)"
+            )
+        if self.one_record_per_patient and self.max_records_per_patient > 1:
+            raise ValueError(
+                "one_record_per_patient contradicts max_records_per_patient > 1: declare one"
             )
         return self
 
@@ -165,6 +188,21 @@ class Contract(_Strict):
 
         if self.kind == "tabular" and self.patient_id is None:
             raise ValueError("patient_id is required for tabular data")
+        if (
+            self.kind == "image"
+            and self.patient_id is None
+            and not self.privacy.one_record_per_patient
+        ):
+            raise ValueError(
+                "image data without a patient id column: name it in patient_id (a metadata "
+                "column), or declare privacy.one_record_per_patient: true if every image is a "
+                "different patient"
+            )
+        if self.privacy.one_record_per_patient and self.patient_id is not None:
+            raise ValueError(
+                "privacy.one_record_per_patient is for image data without a patient id column: "
+                "with patient_id, validation checks the records per patient"
+            )
         need("patient_id", self.patient_id)
         need("label", self.label)
         need("block", self.block.column)
@@ -176,8 +214,17 @@ class Contract(_Strict):
                 f"label column {self.label!r} is {label.type}: declare positive_labels to map "
                 "it to 0/1"
             )
-        if self.block.group_adjacent and self.columns[self.block.column or ""].type != "integer":
-            raise ValueError("block.group_adjacent needs an integer block column")
+        if self.block.edges is not None:
+            spec = self.columns[self.block.column or ""]
+            if spec.type != "integer":
+                raise ValueError("block.edges needs an integer block column")
+            lo = -math.inf if spec.min is None else spec.min
+            hi = math.inf if spec.max is None else spec.max
+            if not all(lo < e <= hi for e in self.block.edges):
+                raise ValueError(
+                    f"block.edges {list(self.block.edges)} must lie above the block column's "
+                    f"min and at most its max: each block must be able to hold a value"
+                )
         if self.block.column and self.columns[self.block.column].type not in ("integer", "string"):
             raise ValueError("the block column must be integer or string")
         if self.sensitive.age and self.columns[self.sensitive.age].type not in NUMERIC_TYPES:

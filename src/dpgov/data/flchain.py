@@ -28,7 +28,7 @@ patient_id_domain: flchain     # where the ids come from: the pseudonym is keyed
 label: death_5y               # 1: died within 5 years of enrollment; censored-alive rows dropped
 block:
   column: sample_yr           # enrollment year: the natural arrival blocks
-  group_adjacent: true        # adjacent years are grouped until each holds data.min_block_patients
+  edges: [1996, 1997, 1998]   # fixed blocks: 1995, 1996, 1997, 1998-2003 (docs/data.md)
 sensitive:
   sex: sex
   age: age

@@ -6,10 +6,11 @@ pseudonym key, so DVC sees the same data version again):
 1. read and type the source per the contract (unusable input: one line, exit 2);
 2. replace source patient ids by keyed hashes of (domain, id) under the deployment's key
    (``pseudonym.py``);
-3. split patients (not records) into train and test, stratified by source block and label
-   (images keep their MedMNIST split: train + val → train, test → test);
-4. assign blocks; with ``group_adjacent``, adjacent integer block values are grouped until each
-   group holds ``min_block_patients`` training patients (a short last group joins the previous);
+3. split patients (not records) into train and test, each patient by a function of their own
+   pseudonym alone: a keyed hash of (seed, pseudonym) mapped to [0, 1), below ``test_fraction``
+   → test (images keep their MedMNIST split: train + val → train, test → test);
+4. assign blocks by the contract's fixed boundaries (``block.edges``), each record by its own
+   block value alone;
 5. encode features with training statistics only: numbers imputed with the training median
    (plus a ``<col>_missing`` indicator for nullable columns) and standardised; booleans 0/1;
    strings one-hot; everything float32;
@@ -21,6 +22,7 @@ pseudonym key, so DVC sees the same data version again):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -45,6 +47,8 @@ FORMAT = 1
 PREPARED_ROOT = Path("data/prepared")
 IMAGE_FILES = {"train": "train_images.npy", "test": "test_images.npy"}
 MAX_CATEGORIES = 50
+SPLIT_METHOD = "per patient: keyed BLAKE2b of (seed, pseudonym) in [0, 1) below test_fraction"
+SPLIT_LABEL = b"dpgov test split v1\x00"
 
 
 @dataclass(frozen=True)
@@ -228,8 +232,13 @@ def build_prepared(
                 f"data {src.name}: column {c.patient_id!r} (patient id): missing value at row "
                 f"{pos + 1}; every record needs a patient"
             )
-    else:  # images without a patient id: each image is one patient
+    elif c.privacy.one_record_per_patient:  # images declared one per patient
         raw_ids = frame["split"].astype(str) + ":" + frame["index"].astype(str)
+    else:  # the contract refuses this already; never count a record as a patient unsaid
+        raise UsageError(
+            f"data {src.name}: no patient id column: declare patient_id, or "
+            "privacy.one_record_per_patient: true if every image is a different patient"
+        )
     pid = pseudonymise(c.id_domain, raw_ids, key=key.key)
     label = frame[c.label].astype("int64")
 
@@ -249,12 +258,12 @@ def build_prepared(
     if c.kind == "image":
         is_test = (frame["split"] == "test").to_numpy()
     else:
-        is_test = _split_patients(pid, raw_block, label, params.test_fraction, params.seed)
+        is_test = split_patients(pid, params.test_fraction, params.seed, key=key.key)
 
     # blocks as prepared
     grouped: dict[str, list[Any]] = {}
-    if c.block.group_adjacent:
-        block, grouped = _group_adjacent(raw_block, pid, is_test, params.min_block_patients)
+    if c.block.edges is not None:
+        block, grouped = fixed_blocks(raw_block, block_ranges(c), src.name)
     else:
         block = raw_block.astype(str).astype(object)
 
@@ -318,7 +327,7 @@ def build_prepared(
     run_params: dict[str, Any] = {
         "test_fraction": params.test_fraction,
         "seed": params.seed,
-        "min_block_patients": params.min_block_patients,
+        "split": SPLIT_METHOD,
     }
     if is_bundled(src.name):
         run_params["horizon_years"] = params.horizon_years
@@ -347,6 +356,7 @@ def build_prepared(
         "block_source": {
             "column": c.block.column,
             "constant": c.block.constant,
+            "edges": list(c.block.edges) if c.block.edges is not None else None,
             "grouped": grouped or None,
         },
         "pseudonymisation": {
@@ -371,59 +381,80 @@ def _base(name: str) -> str:
     return Path(name).name
 
 
-def _split_patients(pid: Any, raw_block: Any, label: Any, fraction: float, seed: int) -> Any:
-    """Test membership per record: whole patients, stratified by (source block, label).
-
-    Patients are taken in pseudonym order within each stratum, so the split does not depend on
-    the order of the source rows."""
+def split_patients(pid: Any, fraction: float, seed: int, *, key: bytes) -> Any:
+    """Test membership per record, a function of each record's own pseudonym (and the
+    deployment's key, the seed and ``fraction``) alone: u = keyed BLAKE2b(seed, pseudonym)
+    read as a number in [0, 1); u < ``fraction`` → test. Adding or removing a patient changes no
+    other patient's split (a stratified split drawn over the data would reassign others). Not
+    stratified by label or block: the test share of a stratum is ``fraction`` on average
+    (binomial), not exactly."""
     import numpy as np
     import pandas as pd
 
-    codes, _ = pd.factorize(pid, sort=True)
-    per = pd.DataFrame(
-        {"code": codes, "block": raw_block.astype(str).to_numpy(), "label": np.asarray(label)}
+    codes, uniques = pd.factorize(pid, sort=False)
+    mac_key = hashlib.blake2b(SPLIT_LABEL + key).digest()  # a key of its own, never the pseudonym's
+    prefix = f"{int(seed)}\x1f".encode()
+    blake = hashlib.blake2b
+    u = np.asarray(
+        [
+            int.from_bytes(
+                blake(prefix + str(p).encode(), key=mac_key, digest_size=8).digest(), "big"
+            )
+            / 2.0**64
+            for p in uniques
+        ],
+        dtype=np.float64,
     )
-    patients = per.groupby("code", sort=True).agg(block=("block", "first"), label=("label", "max"))
-    rng = np.random.default_rng(seed)
-    chosen = np.zeros(len(patients), dtype=bool)
-    for _, group in patients.groupby(["block", "label"], sort=True):
-        ids = group.index.to_numpy()
-        k = math.floor(fraction * len(ids) + 0.5)
-        picked = rng.permutation(ids)  # drawn for every stratum: the stream stays aligned
-        chosen[picked[:k]] = True
-    return chosen[codes]
+    return (u < fraction)[codes]
 
 
-def _group_adjacent(
-    raw_block: Any, pid: Any, is_test: Any, minimum: int
+def block_ranges(c: Contract) -> list[tuple[str, int | None, int | None]]:
+    """The blocks the contract's ``block.edges`` define: (name, lowest, highest value), None for
+    an open end. Named by the values covered, the column's declared min/max closing the outer
+    blocks: min 1995, max 2003, edges [1996, 1997, 1998] → 1995, 1996, 1997, 1998-2003."""
+    assert c.block.edges is not None and c.block.column is not None
+    spec = c.columns[c.block.column]
+    lo = None if spec.min is None else math.ceil(spec.min)
+    hi = None if spec.max is None else math.floor(spec.max)
+    bounds = [lo, *c.block.edges]
+    tops = [e - 1 for e in c.block.edges] + [hi]
+    out: list[tuple[str, int | None, int | None]] = []
+    for a, b in zip(bounds, tops, strict=True):
+        if a is None:
+            name = f"<{b + 1}" if b is not None else "all"
+        elif b is None:
+            name = f"{a}+"
+        else:
+            name = str(a) if a == b else f"{a}-{b}"
+        out.append((name, a, b))
+    return out
+
+
+def fixed_blocks(
+    raw_block: Any, ranges: list[tuple[str, int | None, int | None]], where: str
 ) -> tuple[Any, dict[str, list[Any]]]:
-    """Group adjacent integer block values until each group has ``minimum`` training patients."""
+    """Each record's block from its own integer block value and the contract's fixed ranges;
+    also each block's values present (for meta.json). A value outside every range (below the
+    column's min or above its max): UsageError."""
+    import numpy as np
     import pandas as pd
 
     values = raw_block.astype("int64")
-    train = pd.DataFrame({"v": values[~is_test], "pid": pid[~is_test]})
-    counts = train.groupby("v")["pid"].nunique().to_dict()
-    groups: list[list[int]] = []
-    current: list[int] = []
-    n = 0
-    for v in sorted(pd.unique(values).tolist()):
-        current.append(int(v))
-        n += int(counts.get(v, 0))
-        if n >= minimum:
-            groups.append(current)
-            current, n = [], 0
-    if current:
-        if groups:
-            groups[-1].extend(current)
-        else:
-            groups.append(current)
     names: dict[int, str] = {}
     grouped: dict[str, list[Any]] = {}
-    for g in groups:
-        name = str(g[0]) if len(g) == 1 else f"{g[0]}-{g[-1]}"
-        grouped[name] = g
-        for v in g:
-            names[v] = name
+    for v in sorted(pd.unique(values).tolist()):
+        v = int(v)
+        for name, lo, hi in ranges:
+            if (lo is None or v >= lo) and (hi is None or v <= hi):
+                names[v] = name
+                grouped.setdefault(name, []).append(v)
+                break
+        else:
+            pos = int(np.flatnonzero(values.to_numpy() == v)[0])
+            raise UsageError(
+                f"data {where}: block value {v} (row {pos + 1}) is outside the contract's "
+                "block column range"
+            )
     return values.map(names).astype(object), grouped
 
 

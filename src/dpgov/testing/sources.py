@@ -53,16 +53,20 @@ def tabular_contract(
     *,
     min_block: int = 50,
     min_subgroup: int = 10,
-    group_adjacent: bool = False,
+    edges: list[int] | None = None,
 ) -> dict[str, Any]:
-    """The contract of :func:`make_tabular`'s table, as a dict (write it with yaml)."""
+    """The contract of :func:`make_tabular`'s table, as a dict (write it with yaml); ``edges``:
+    fixed block boundaries over the year (default: a block per year)."""
+    block: dict[str, Any] = {"column": "year"}
+    if edges is not None:
+        block["edges"] = list(edges)
     return {
         "version": 1,
         "dataset": dataset,
         "kind": "tabular",
         "patient_id": "patient_id",
         "label": "label",
-        "block": {"column": "year", "group_adjacent": group_adjacent},
+        "block": block,
         "sensitive": {"sex": "sex", "age": "age", "age_bands": [40, 60, 75]},
         "features": ["age", "sex", "x1", "x2", "x3", "lab"],
         "columns": {
@@ -192,8 +196,9 @@ def image_contract(
                 "site": {"type": "string", "allowed": ["site-a", "site-b"]},
             }
         )
-    else:
+    else:  # no patient ids: the data owner declares each image a different patient
         contract["block"] = {"constant": "all"}
+        contract["privacy"] = {"one_record_per_patient": True}
     return contract
 
 

@@ -1,8 +1,8 @@
 """The issue's Why case (issue 15) through the command line, on the bundled flchain cohort:
-prepare, charge, prepare again with `data.min_block_patients: 1500` (regrouped blocks over the
-same patients). The new blocks start from their members' histories: a run planned to the
-limit as if they were fresh is refused, one calibrated against the worst class is not, and no
-patient ends over the limit."""
+prepare, charge, prepare again under a contract with other fixed edges (`block.edges: [1997]`:
+regrouped blocks over the same patients). The new blocks start from their members' histories:
+a run planned to the limit as if they were fresh is refused, one calibrated against the worst
+class is not, and no patient ends over the limit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import pytest
 import yaml
 
+from dpgov.data.flchain import CONTRACT_YAML
 from tests.cli import run_dpgov
 
 SMALL = ["--noise-multiplier", "1.0", "--sample-rate", "0.01", "--steps", "1000"]  # ε ≈ 1.83
@@ -42,9 +43,13 @@ def test_regrouped_blocks_inherit_their_patients_spend(cli, tmp_path) -> None:
     before = max(spent["epsilon_after"].values())
     assert 1.5 < before < 2
 
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"data": {"min_block_patients": 1500}}))
-    again = _json(cli, "data", "prepare", "--params", str(params), "--out", str(tmp_path / "p1500"))
+    contract = yaml.safe_load(CONTRACT_YAML)
+    contract["block"]["edges"] = [1997]  # the same patients, cut into two blocks
+    regrouped = tmp_path / "flchain-2.yaml"
+    regrouped.write_text(yaml.safe_dump(contract))
+    again = _json(
+        cli, "data", "prepare", "--contract", str(regrouped), "--out", str(tmp_path / "p2")
+    )
     new = sorted(again["blocks"])
     assert new == ["1995-1996", "1997-2003"] and again["registered"] == new
 

@@ -11,7 +11,7 @@ import yaml
 
 from dpgov import config
 from dpgov.data import DataParams, prepare
-from dpgov.testing.sources import write_tabular
+from dpgov.testing.sources import tabular_contract, write_tabular, write_yaml
 from tests.cli import run_dpgov
 from tests.conftest import REPO
 
@@ -33,13 +33,11 @@ def cli(monkeypatch, capsys, home):
 def charged(cli, tmp_path):
     """Two groupings of the same patients (dataset `a`: a block per year; `b`: the years
     2001-2002 as one block), one heavy charge on a/2001."""
-    data, contract = write_tabular(tmp_path / "raw", 300, dataset="dom", group_adjacent=True)
-    a = prepare(
-        data, contract, dataset="a", out=tmp_path / "a", params=DataParams(min_block_patients=1)
-    )
-    b = prepare(
-        data, contract, dataset="b", out=tmp_path / "b", params=DataParams(min_block_patients=100)
-    )
+    data, contract = write_tabular(tmp_path / "raw", 300, dataset="dom")
+    grouped = write_yaml(tabular_contract("dom", edges=[2003]), tmp_path / "raw" / "grouped.yaml")
+    a = prepare(data, contract, dataset="a", out=tmp_path / "a", params=DataParams())
+    b = prepare(data, grouped, dataset="b", out=tmp_path / "b", params=DataParams())
+    assert sorted(b.blocks) == ["1990-2002", "2003-2100"]  # 2001-2002 as one block
     rc, _, err = cli("ledger", "reserve", "--dataset", "a", "--block", "2001", *HEAVY)
     assert rc == 0, err
     return a, b

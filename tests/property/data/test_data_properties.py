@@ -1,6 +1,6 @@
-"""Properties of the data layer (hypothesis): splits keep patients whole, grouped blocks are
-contiguous and big enough, hostile cells and contracts give UsageError or a result, never a
-crash."""
+"""Properties of the data layer (hypothesis): splits keep patients whole and are a function of
+each patient alone, fixed blocks hold the values of their range whatever the counts, hostile
+cells and contracts give UsageError or a result, never a crash."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dpgov.data.contract import Contract, parse_contract
-from dpgov.data.preparation import _group_adjacent, _split_patients
+from dpgov.data.preparation import block_ranges, fixed_blocks, split_patients
 from dpgov.data.pseudonym import pseudonymise
 from dpgov.data.sources import coerce_table
 from dpgov.errors import UsageError
@@ -34,48 +34,71 @@ def _frame(rows):
     return df
 
 
+KEY = b"a property-test key"
+
+
 @FAST
 @given(records, st.floats(0.05, 0.95), st.integers(0, 2**31 - 1))
 def test_split_keeps_each_patient_whole_and_is_deterministic(rows, fraction, seed) -> None:
     df = _frame(rows)
     pid = df["pid"].astype(str)
-    a = _split_patients(pid, df["year"], df["label"], fraction, seed)
-    b = _split_patients(pid, df["year"], df["label"], fraction, seed)
+    a = split_patients(pid, fraction, seed, key=KEY)
+    b = split_patients(pid, fraction, seed, key=KEY)
     assert (a == b).all()
     per_patient = pd.Series(a).groupby(pid.to_numpy()).nunique()
     assert (per_patient == 1).all()
 
 
 @FAST
-@given(records, st.floats(0.05, 0.95))
-def test_split_takes_the_rounded_share_of_each_stratum(rows, fraction) -> None:
+@given(records, st.data(), st.floats(0.05, 0.95))
+def test_split_of_a_patient_ignores_every_other_patient(rows, data, fraction) -> None:
+    """Removing any set of patients (or adding them) changes no other patient's split."""
     df = _frame(rows)
     pid = df["pid"].astype(str)
-    test = _split_patients(pid, df["year"], df["label"], fraction, 0)
-    patients = (
-        df.assign(test=test)
-        .groupby("pid")
-        .agg(year=("year", "first"), label=("label", "max"), test=("test", "first"))
-    )
-    for _, g in patients.groupby(["year", "label"]):
-        assert int(g["test"].sum()) == math.floor(fraction * len(g) + 0.5)
+    full = dict(zip(pid, split_patients(pid, fraction, 0, key=KEY), strict=True))
+    kept = data.draw(st.sets(st.sampled_from(sorted(set(pid)))))
+    sub = pid[pid.isin(kept)]
+    part = split_patients(sub, fraction, 0, key=KEY)
+    assert part.tolist() == [full[p] for p in sub]
+
+
+def test_split_share_is_the_fraction_on_average() -> None:
+    pid = pd.Series([f"p{i}" for i in range(20000)])
+    share = float(split_patients(pid, 0.2, 0, key=KEY).mean())
+    assert abs(share - 0.2) < 5 * math.sqrt(0.2 * 0.8 / 20000)
 
 
 @FAST
-@given(st.lists(st.integers(0, 400), min_size=1, max_size=12), st.integers(1, 500))
-def test_grouped_blocks_are_contiguous_and_big_enough(counts, minimum) -> None:
-    years = np.repeat(np.arange(2000, 2000 + len(counts)), [max(c, 1) for c in counts])
-    raw = pd.Series(years)
-    pid = pd.Series([f"p{i}" for i in range(len(years))])
-    is_test = np.zeros(len(years), dtype=bool)
-    block, grouped = _group_adjacent(raw, pid, is_test, minimum)
-    members = [v for g in grouped.values() for v in g]
-    assert members == sorted(set(years.tolist()))  # each year once, in order
-    sizes = pd.Series(pid.to_numpy()).groupby(block.to_numpy()).nunique()
-    if len(grouped) > 1:
-        assert (sizes >= minimum).all()
-    for name, g in grouped.items():
-        assert name == (str(g[0]) if len(g) == 1 else f"{g[0]}-{g[-1]}")
+@given(
+    st.lists(st.integers(1995, 2010), min_size=1, max_size=60),
+    st.sets(st.integers(1996, 2010), min_size=1, max_size=6),
+)
+def test_fixed_blocks_hold_the_values_of_their_range_whatever_the_counts(years, edges) -> None:
+    contract = Contract.model_validate(
+        {
+            "version": 1,
+            "dataset": "h",
+            "patient_id": "id",
+            "label": "y",
+            "block": {"column": "yr", "edges": sorted(edges)},
+            "columns": {
+                "id": {"type": "string"},
+                "y": {"type": "integer"},
+                "yr": {"type": "integer", "min": 1995, "max": 2010},
+            },
+        }
+    )
+    ranges = block_ranges(contract)
+    assert [r[1] for r in ranges] == [1995, *sorted(edges)]
+    block, grouped = fixed_blocks(pd.Series(years), ranges, "p")
+    for year, name in zip(years, block, strict=True):
+        (lo, hi) = next((a, b) for n, a, b in ranges if n == name)
+        assert lo <= year <= hi
+        assert name == (str(lo) if lo == hi else f"{lo}-{hi}")
+    # one value more or less changes no other value's block
+    alone, _ = fixed_blocks(pd.Series(years[:1]), ranges, "p")
+    assert alone.iloc[0] == block.iloc[0]
+    assert sorted(v for g in grouped.values() for v in g) == sorted(set(years))
 
 
 @FAST

@@ -81,9 +81,34 @@ def test_min_above_max_is_rejected(contract_dict, write_contract) -> None:
         load_contract(write_contract(contract_dict))
 
 
-def test_group_adjacent_needs_an_integer_block(contract_dict, write_contract) -> None:
-    contract_dict["block"] = {"column": "sex", "group_adjacent": True}
-    with pytest.raises(UsageError, match="group_adjacent needs an integer block column"):
+def test_group_adjacent_is_refused_pointing_to_fixed_edges(contract_dict, write_contract) -> None:
+    contract_dict["block"] = {"column": "year", "group_adjacent": True}
+    with pytest.raises(UsageError, match=r"group_adjacent is no longer supported.*block\.edges"):
+        load_contract(write_contract(contract_dict))
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"column": "sex", "edges": [1]}, "block.edges needs an integer block column"),
+        ({"column": "year", "edges": [2003, 2002]}, "block.edges must be strictly increasing"),
+        ({"column": "year", "edges": [1990]}, r"must lie above the block column's min"),
+        ({"constant": "all", "edges": [3]}, "block.edges needs block.column"),
+    ],
+)
+def test_bad_block_edges_are_one_line(contract_dict, write_contract, block, message) -> None:
+    contract_dict["columns"]["year"].update(min=1990, max=2010)
+    contract_dict["block"] = block
+    with pytest.raises(UsageError, match=message) as err:
+        load_contract(write_contract(contract_dict))
+    assert "\n" not in str(err.value)
+
+
+def test_one_record_per_patient_is_only_for_images_without_ids(
+    contract_dict, write_contract
+) -> None:
+    contract_dict["privacy"] = {"one_record_per_patient": True}
+    with pytest.raises(UsageError, match="one_record_per_patient is for image data without"):
         load_contract(write_contract(contract_dict))
 
 
