@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Set up dpgov in ./.venv: the right torch build for this machine, then dpgov with its extras.
-# Idempotent and quick when already done. Usage: scripts/setup.sh [extras, default dev,demo,postgres]
+# Set up dpgov in ./.venv: torch, then dpgov with its extras, all from the package index (or
+# indexes) pip is configured with: pip.conf, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS.
+# No index host is named here. Idempotent and quick when already done.
+# Usage: scripts/setup.sh [extras, default dev,demo,postgres]
+#
+# Which torch build comes is pip's choice from what those indexes offer: PyPI's torch for
+# Linux x86_64 is the CUDA build (several GB with its nvidia-* libraries). For a CPU-only build
+# point pip at an index or folder that holds one before running this, e.g.
+#   PIP_EXTRA_INDEX_URL=<CPU wheel index> ./scripts/setup.sh      (or the same in pip.conf)
+# (README.md, "Installing"). A torch already in .venv is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS="${1:-dev,demo,postgres}"
 PY="${PYTHON:-python3}"
+TORCH="${DPGOV_TORCH:-torch==2.13.0}"   # the build the suite last passed with; any >= 2.6 works
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPY=.venv/bin/python
@@ -12,18 +21,12 @@ VPY=.venv/bin/python
 pip() { "$VPY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 pip install -q --upgrade pip >/dev/null
 
-# torch: keep a build that is already installed; with an NVIDIA GPU take PyPI's CUDA build;
-# otherwise the CPU build (a local wheel when pip's find-links has one, else PyTorch's CPU index)
-# so a CPU machine never downloads several GB of CUDA libraries.
 if "$VPY" -c "import torch" 2>/dev/null; then
   echo "torch $("$VPY" -c 'import torch; print(torch.__version__)') already installed"
-elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  pip install -q "torch>=2.6"
-elif pip install -q --no-index --no-deps "torch==2.13.0" 2>/dev/null; then
-  pip install -q "torch==2.13.0"   # its dependencies, from the index
 else
-  pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
-    --extra-index-url https://pypi.org/simple
+  pip install -q "$TORCH"
+  "$VPY" -W ignore -c 'import torch; print(f"torch {torch.__version__} installed (CUDA:",
+    torch.version.cuda or "none, a CPU build)")' 2>/dev/null
 fi
 
 # Everything else, pinned to the versions the test suite last passed with.

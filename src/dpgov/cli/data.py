@@ -2,7 +2,8 @@
 
 Without arguments both work on the bundled flchain cohort (or on what ``params.yaml``'s ``data:``
 section names). Unusable input exits 2 with one line; data failing its contract exits 1. Nothing
-is reserved or charged by either command; prepare registers the dataset's blocks in the ledger.
+is reserved or charged by either command; prepare registers the dataset's blocks in the ledger
+and records its output in DVC (outside ``dvc repro``, which records it itself).
 """
 
 from __future__ import annotations
@@ -98,9 +99,15 @@ def prepare_cmd(
     no_register: bool = typer.Option(
         False, "--no-register", help="Do not register the blocks in the ledger."
     ),
+    no_dvc: bool = typer.Option(
+        False, "--no-dvc", help="Do not record the output in DVC (dvc add / dvc commit)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Build train/test Parquet and meta.json; register the blocks in the ledger."""
+    """Build train/test Parquet and meta.json; register the blocks in the ledger; record the
+    output in the DVC repository here (`dvc add`, or `dvc commit` of its dvc.yaml stage) and
+    push it to the default remote, so `dpgov audit` finds its data version."""
+    from dpgov.data.dvc_output import version_prepared
     from dpgov.data.preparation import prepare
     from dpgov.data.versioning import configure_remote, find_dvc_root
 
@@ -116,7 +123,11 @@ def prepare_cmd(
     )
     root = find_dvc_root(Path.cwd())
     remote = configure_remote(root) if root is not None else None
-    payload = result.to_dict() | {"dvc_remote_set": remote}
+    versioned = None if no_dvc else version_prepared(result.path)
+    payload = result.to_dict() | {
+        "dvc_remote_set": remote,
+        "dvc": versioned.to_dict() if versioned is not None else None,
+    }
 
     def render() -> None:
         blocks = ", ".join(f"{b} ({n})" for b, n in result.blocks.items())
@@ -131,6 +142,17 @@ def prepare_cmd(
             typer.echo(f"  registered in the ledger: {', '.join(result.registered)}")
         if remote:
             typer.echo(f"  DVC remote 'local' set to {remote} (.dvc/config.local)")
+        if versioned is None:
+            typer.echo("  not recorded in DVC (--no-dvc)")
+        elif versioned.how is None:
+            typer.echo(f"  not recorded in DVC: {versioned.note}")
+        else:
+            pushed = f", pushed to {versioned.remote}" if versioned.remote else ""
+            typer.echo(f"  recorded in DVC ({versioned.how}{pushed})")
+            if versioned.note:
+                typer.echo(f"  {versioned.note}")
+            if versioned.to_git:
+                typer.echo(f"  to keep it with the code: git add {' '.join(versioned.to_git)}")
 
     emit(as_json, payload, render)
 

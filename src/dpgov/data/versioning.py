@@ -113,3 +113,16 @@ def configure_remote(root: str | Path) -> str | None:
     local.setdefault(section, {})["url"] = str(wanted)
     local.write()
     return str(wanted)
+
+
+def default_remote(root: str | Path) -> str | None:
+    """The name of the default DVC remote (``core.remote``) of the repository at ``root``, from
+    ``.dvc/config`` overridden by ``.dvc/config.local``; None when none is set."""
+    from configobj import ConfigObj
+
+    name = None
+    for file in (Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"):
+        if file.is_file():
+            core = ConfigObj(str(file)).get("core", {})
+            name = core.get("remote", name) if isinstance(core, dict) else name
+    return str(name) if name else None
