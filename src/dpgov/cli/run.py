@@ -41,9 +41,11 @@ def run(
     evaluate, track, gate; under the policy in force on the ledger (`dpgov policy show`)."""
     from dpgov.errors import UsageError
     from dpgov.training.params import load_params, prepared_path
+    from pipelines.preflight import check_run_params
     from pipelines.runtime import HEAVY_MODULES, orchestrate
 
     loaded = load_params(params)  # bad input: one line, before anything starts
+    check_run_params(loaded)  # the data: section and its contract too
     folder = prepared_path(loaded)
     if not (folder / "meta.json").is_file():
         raise UsageError(

@@ -41,8 +41,13 @@ def _say(quiet: bool) -> Any:
 
 def _params_dict(params: Path | None) -> dict[str, Any] | None:
     from dpgov.training.params import load_params
+    from pipelines.preflight import check_run_params
 
-    return None if params is None else load_params(params).model_dump(mode="json")
+    if params is None:
+        return None
+    loaded = load_params(params)
+    check_run_params(loaded)  # the data: section and its contract, before any server starts
+    return loaded.model_dump(mode="json")
 
 
 def schedule(
