@@ -27,9 +27,7 @@ def test_a_patient_in_two_blocks_is_charged_by_both(tmp_path, dpgov_home) -> Non
     spec["privacy"] = {"max_records_per_patient": 2, "group_privacy": True}
     contract = write_yaml(spec, tmp_path / "gp.yaml")
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    result = prepare(
-        data, contract, out=tmp_path / "p", params=DataParams(min_block_patients=1), ledger_url=url
-    )
+    result = prepare(data, contract, out=tmp_path / "p", params=DataParams(), ledger_url=url)
     train = load_prepared(result.path).train
     both = set(train[train["block"] == "2001"]["patient_id"]) & set(
         train[train["block"] == "2002"]["patient_id"]

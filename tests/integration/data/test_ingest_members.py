@@ -16,9 +16,7 @@ BUDGET = Budget(epsilon_per_block=8, delta=1e-5)
 
 def test_ingested_blocks_carry_their_members(tmp_path, dpgov_home, ledger_url) -> None:
     data, contract = write_tabular(tmp_path / "raw", 300, dataset="ing")
-    result = prepare(
-        data, contract, out=tmp_path / "p", params=DataParams(min_block_patients=1), register=False
-    )
+    result = prepare(data, contract, out=tmp_path / "p", params=DataParams(), register=False)
     led = Ledger.open(ledger_url)  # SQLite and PostgreSQL
     with pytest.raises(UsageError, match="not v-other"):
         register_blocks(

@@ -10,7 +10,7 @@ from dpgov.policy.schema import Budget
 from dpgov.testing.sources import write_tabular
 
 BUDGET = Budget(epsilon_per_block=8, delta=1e-5)
-PARAMS = DataParams(min_block_patients=1)
+PARAMS = DataParams()
 
 
 def test_prepare_attaches_members_to_blocks_registered_without_them(tmp_path, dpgov_home) -> None:
