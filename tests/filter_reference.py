@@ -40,8 +40,7 @@ def filter_eps(
         return 0.0
     n = len(orders)
     return min(
-        r + math.log(n / delta) / (a - 1)
-        for a, r in zip(orders, rdp_of(runs, orders), strict=True)
+        r + math.log(n / delta) / (a - 1) for a, r in zip(orders, rdp_of(runs, orders), strict=True)
     )
 
 

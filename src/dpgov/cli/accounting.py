@@ -123,6 +123,7 @@ def calibrate(
         "target_epsilon": target_epsilon,
         "delta": budget_cfg.delta,
         "accountant": budget_cfg.accountant,
+        "composition": budget_cfg.composition,
         "sample_rate": sample_rate,
         "steps": steps,
         "dataset": dataset,
@@ -146,8 +147,9 @@ def budget(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Per block: ε spent by its worst-off patient (composed), limit, remaining, charges;
-    with --patients, the distribution of per-patient ε."""
+    """Per block: ε spent by its worst-off patient (the enforced figure, by the block's
+    composition rule), beside both figures (adaptive: RDP filter; fixed: the accountant's tight
+    composition), limit, remaining, charges; with --patients, the distribution of per-patient ε."""
     from dpgov.gate.in_force import budgets_in_force, policy_in_force
     from dpgov.ledger import Ledger
 
@@ -188,8 +190,9 @@ def budget(
             return
         b = loaded.policy.budget
         table = Table(
-            title=f"Privacy budget per block (ε of its worst-off patient, at δ={b.delta:g}, "
-            f"{b.accountant})"
+            title=f"Privacy budget per block (ε of its worst-off patient, at δ={b.delta:g}): "
+            f"ε spent is the enforced figure, by the block's rule (adaptive: RDP filter over "
+            f"{len(b.orders)} orders; fixed: {b.accountant} of a committed schedule)"
         )
         for col in (
             "dataset",
@@ -197,6 +200,9 @@ def budget(
             "patients",
             "classes",
             "ε spent",
+            "rule",
+            "ε adaptive",
+            "ε fixed",
             "limit",
             "remaining",
             "used",
@@ -215,6 +221,9 @@ def budget(
                 str(s.patients),
                 str(s.classes) if s.members else "—",
                 eps_up(s.epsilon_spent),
+                s.composition,
+                eps_up(s.epsilon_spent_adaptive),
+                eps_up(s.epsilon_spent_fixed),
                 f"{s.epsilon_limit:g}",
                 eps_down(s.remaining),
                 bar,

@@ -32,7 +32,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from dpgov.contracts import show_spent, within
+from dpgov.gate.composition import composition_lines
 from dpgov.gate.facts import CandidateFacts, Gap, SubgroupMetric
+from dpgov.gate.noise import secret_noise_check
+from dpgov.gate.reference import confine_reference
 from dpgov.gate.standing import ApprovalRecord, excluded_identities, standing
 from dpgov.policy.schema import Fairness, Policy
 
@@ -152,10 +155,12 @@ def evaluate(
     """
     checks: list[Check] = []
     checks += _privacy_checks(policy, facts, ledger_facts)
+    checks += [Check(*line) for line in composition_lines(policy, facts, ledger_facts)]
+    checks.append(Check(*secret_noise_check(policy, facts)))
     if run_status is not None:
         checks.append(_run_check(run_status))
     checks += _utility_checks(policy, facts)
-    checks += _fairness_checks(policy.fairness, facts)
+    checks += confine_reference(policy, _fairness_checks(policy.fairness, facts))
     approval_checks, approvers, refusers = _approval_checks(policy, facts, approvals, policy_setter)
     checks += approval_checks
     return Decision(

@@ -22,8 +22,10 @@ from dpgov.gate import bound as bound_facts
 from dpgov.gate.bound import Bound
 from dpgov.gate.candidate import fit, load_candidate
 from dpgov.gate.candidate import parse_version as parse_version  # re-exported for callers
+from dpgov.gate.composition import Figures, figures_of
 from dpgov.gate.decision import BlockFacts, Decision, LedgerFacts, evaluate
 from dpgov.gate.facts import CandidateFacts
+from dpgov.gate.figures import LedgerFactsWithFigures
 from dpgov.gate.ports import ModelVersionInfo, RegistryPort
 from dpgov.gate.signatures import approval_message, verify
 from dpgov.gate.standing import ApprovalRecord, read_records
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) -> LedgerFacts:
     """What the ledger says now about the candidate's blocks, reservation and chain."""
     blocks = []
+    figures: dict[str, Figures] = {}  # both composition figures (dpgov.gate.composition)
     for name in facts.blocks:
         try:
             st = ledger.block_status(facts.dataset, name, policy.budget)
@@ -66,6 +69,7 @@ def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) 
                 patients=st.patients,
             )
         )
+        figures[name] = figures_of(st)
     rid, state, r_dataset, r_blocks, run_eps = None, "missing", None, None, None
     if facts.reservation_id is not None:
         try:
@@ -80,7 +84,8 @@ def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) 
             except (AccountantFailed, ValueError):
                 run_eps = math.inf
     verification = combine(*ledger.verify_all())  # the chain, and the tables against it
-    return LedgerFacts(
+    return LedgerFactsWithFigures(
+        figures=figures,
         blocks=tuple(blocks),
         reservation_id=rid,
         reservation_state=state,

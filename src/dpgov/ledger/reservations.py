@@ -105,7 +105,8 @@ class Ledger(ScheduleStore):
                 st.block(dataset, b)
             plan = self._class_plan(conn, st, dataset, blocks, acc, None)
             comp = classes.Composer(conn, st, acc)
-            fixed, adaptive = {}, {}
+            fixed: dict[str, tuple[HClass, Multiset]] = {}
+            adaptive: dict[str, tuple[HClass, Multiset]] = {}
             for c in plan.affected:
                 m = plan.before[c.key]
                 (fixed if budget.mode_for(c.domain) == FIXED else adaptive)[digest(m)] = (c, m)

@@ -127,6 +127,10 @@ class Charge:
     epsilon_limit: float | None = None
     epsilon_run: float | None = None  # as recorded at reservation (planned mechanism)
     epsilon_after: dict[str, float] = field(default_factory=dict)  # as recorded, per block
+    # the rule epsilon_after was enforced by (issue 16): "fixed" (the accountant's composition;
+    # every entry before the rule existed), "adaptive" (the RDP filter over `orders`), "mixed"
+    composition: str = "fixed"
+    orders: tuple[float, ...] | None = None
 
     def mechanism_at(self, seq: int) -> DpSgdMechanism | None:
         """What this reservation charged just after entry ``seq`` (None: nothing)."""
@@ -381,10 +385,32 @@ def _reserve(r: Replay, e: RawEntry, p: dict[str, Any]) -> None:
             for k, v in after.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         },
+        composition=_enforced(p.get("enforced")),
+        orders=_orders(budget.get("orders")),
     )
     r.charges[rid] = charge
     for b in charge.blocks:
         r.by_block.setdefault((dataset, b), []).append(charge)
+
+
+def _enforced(value: Any) -> str:
+    """The rule a reservation entry says it enforced (``enforced``: the modes of the classes
+    it reached); entries written before the rule existed enforced the accountant's figure."""
+    if value == ["adaptive"]:
+        return "adaptive"
+    if isinstance(value, list) and len(value) > 1:
+        return "mixed"
+    return "fixed"
+
+
+def _orders(value: Any) -> tuple[float, ...] | None:
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(a, int | float) and not isinstance(a, bool) for a in value)
+    ):
+        return tuple(float(a) for a in value)
+    return None
 
 
 def _close(r: Replay, e: RawEntry, p: dict[str, Any]) -> None:

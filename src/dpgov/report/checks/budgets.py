@@ -5,6 +5,12 @@ are not charged) are composed anew with the policy's accountant at its δ, and c
 ledger's own figure (its projection and composition cache), with the ε the block's newest
 reservation recorded (every reservation's with ``deep``), and with the policy's limit.
 Recomputation and recorded figures agree to rounding (:func:`dpgov.report.replay.close_enough`).
+
+Both figures are recomputed (issue 16): the accountant's composition (``epsilon_fixed``, what
+the ledger's caches hold) and the RDP filter's (``epsilon_adaptive``,
+:mod:`dpgov.report.checks.filter_figures`); the block's ε judged against the limit is the one
+its rule enforces (``budget.mode_for``; the audit takes a block's id domain to be its dataset),
+and each reservation's recorded ε after it is recomputed under the rule it recorded.
 """
 
 from __future__ import annotations
@@ -13,6 +19,12 @@ from dpgov.accounting import AccountantFailed
 from dpgov.contracts import exceeds
 from dpgov.policy import LoadedPolicy
 from dpgov.report.checks import count_by, fmt_epsilon
+from dpgov.report.checks.filter_figures import (
+    charge_token,
+    filter_token,
+    filter_value,
+    is_filter,
+)
 from dpgov.report.findings import Finding, finding
 from dpgov.report.ledger_snapshot import LedgerSnapshot
 from dpgov.report.replay import Charge, Epsilons, Replay, StateKey, close_enough
@@ -90,8 +102,12 @@ def check_budgets(
                 )
             )
             continue
-        row.epsilon = spent
-        row.remaining = max(0.0, budget.epsilon_per_block - spent)
+        adaptive = filter_value(r.state(ds, b), budget.delta, filter_token(budget.orders))
+        row.epsilon_fixed, row.epsilon_adaptive = spent, adaptive
+        row.composition = budget.mode_for(ds)
+        enforced = adaptive if row.composition == "adaptive" else spent
+        row.epsilon = enforced
+        row.remaining = max(0.0, budget.epsilon_per_block - enforced)
         led = (snap.budget or {}).get((ds, b))
         row.epsilon_ledger = led
         if led is not None and not close_enough(led, spent):
@@ -105,12 +121,13 @@ def check_budgets(
                     block=b,
                 )
             )
-        if exceeds(spent, budget.epsilon_per_block):
+        if exceeds(enforced, budget.epsilon_per_block):
             out.append(
                 finding(
                     "block_over_budget",
-                    f"block {ds}/{b} has spent ε={fmt_epsilon(spent)}, over the "
-                    f"policy's limit {budget.epsilon_per_block:g} (at δ={budget.delta:g})",
+                    f"block {ds}/{b} has spent ε={fmt_epsilon(enforced)} ({row.composition} "
+                    f"rule), over the policy's limit {budget.epsilon_per_block:g} "
+                    f"(at δ={budget.delta:g})",
                     dataset=ds,
                     block=b,
                 )
@@ -131,7 +148,7 @@ def check_budgets(
             BurnPoint(
                 time=now,
                 seq=r.head_seq,
-                epsilon=spent,
+                epsilon=enforced,
                 delta=budget.delta,
                 reservation=None,
                 source="recomputed",
@@ -146,10 +163,14 @@ def _recorded_figures(
     """The ε reservations recorded for a block after them, against the entries before."""
     out = []
     for c in checked:
+        token = charge_token(c)
+        if token is None:
+            continue  # a reservation reaching domains under both rules: per class only
         try:
-            then = eps.of_key(
-                r.state(ds, b, c.seq), delta=c.delta or 0.0, accountant=c.accountant or ""
-            )
+            if is_filter(token):
+                then = filter_value(r.state(ds, b, c.seq), c.delta or 0.0, token)
+            else:
+                then = eps.of_key(r.state(ds, b, c.seq), delta=c.delta or 0.0, accountant=token)
         except (AccountantFailed, ValueError):
             continue
         if not close_enough(then, c.epsilon_after[b]):

@@ -5,6 +5,11 @@ A run logs its own ε (``epsilon``) and each block's cumulative ε after its com
 the same state when there is one (hash-chained, so covered by the chain and anchor checks),
 otherwise with a from-scratch composition, for the newest runs first and at most
 :data:`MAX_RUN_COMPOSITIONS` of them (all with ``deep``).
+
+A run's own ε is one mechanism, stated by the accountant. Its cumulative block figures are the
+ledger's enforced ε (issue 16): the accountant's composition under ``fixed``, the RDP filter's
+under ``adaptive`` (:mod:`dpgov.report.checks.filter_figures`; the reservation's recorded rule,
+else the policy's for the dataset), recomputed from nothing (cheap, never rationed).
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from dpgov.accounting import AccountantFailed
 from dpgov.contracts import METRIC_DELTA, METRIC_EPSILON, PARAM_ACCOUNTANT, block_metric_key
 from dpgov.policy import LoadedPolicy
 from dpgov.report.checks import fmt_epsilon
+from dpgov.report.checks.filter_figures import (
+    charge_token,
+    enforced_token,
+    filter_value,
+    is_filter,
+)
 from dpgov.report.findings import Finding, finding
 from dpgov.report.replay import Charge, Epsilons, Replay, close_enough, merge_key
 from dpgov.report.rows import RunFigureCounts
@@ -44,6 +55,9 @@ class RunFigures:
     not_checked: int = 0
 
     def value(self, key: Any, delta: float, accountant: str) -> float | None:
+        if is_filter(accountant):
+            self.recomputed += 1
+            return filter_value(key, delta, accountant)
         known = self.eps.known(key, delta=delta, accountant=accountant)
         if known is not None:
             self.recomputed += 1
@@ -78,8 +92,11 @@ def recorded_figures(r: Replay) -> dict[Request, float]:
             continue
         if c.epsilon_run is not None:
             out[(merge_key([c.planned]), c.delta, c.accountant)] = c.epsilon_run
+        token = charge_token(c)
+        if token is None or is_filter(token):  # filter figures are recomputed, never looked up
+            continue
         for b, value in c.epsilon_after.items():
-            out[(r.state(c.dataset, b, c.seq), c.delta, c.accountant)] = value
+            out[(r.state(c.dataset, b, c.seq), c.delta, token)] = value
     return out
 
 
@@ -89,9 +106,17 @@ def run_figures(r: Replay, eps: Epsilons, *, deep: bool) -> RunFigures:
 
 
 def figure_request(run: RunRecord, c: Charge, policy: LoadedPolicy) -> tuple[float, str]:
-    """The δ and accountant a run's figures are stated at."""
+    """The δ and accountant a run's own ε is stated at."""
     delta = run.metrics.get(METRIC_DELTA) or c.delta or policy.policy.budget.delta
     acc = c.accountant or run.params.get(PARAM_ACCOUNTANT) or policy.policy.budget.accountant
+    return delta, acc
+
+
+def block_request(run: RunRecord, c: Charge, policy: LoadedPolicy) -> tuple[float, str]:
+    """The δ and the rule (accountant or filter token) a run's block figures are stated at."""
+    delta, acc = figure_request(run, c, policy)
+    if c.delta and c.accountant:  # recorded under a policy of this version
+        return delta, charge_token(c) or enforced_token(policy.policy.budget, c.dataset)
     return delta, acc
 
 
@@ -107,17 +132,18 @@ def prefetch_figures(
     wanted: dict[Request, None] = {}
     for run, c in runs:
         delta, acc = figure_request(run, c, policy)
-        keys = [merge_key([c.mechanism])] if METRIC_EPSILON in run.metrics else []
+        _, block_acc = block_request(run, c, policy)
+        keys = [(merge_key([c.mechanism]), acc)] if METRIC_EPSILON in run.metrics else []
         keys += [
-            r.state(c.dataset, b, c.closed_seq)
+            (r.state(c.dataset, b, c.closed_seq), block_acc)
             for b in c.blocks
-            if block_metric_key(b) in run.metrics
+            if block_metric_key(b) in run.metrics and not is_filter(block_acc)
         ]
-        for key in keys:
-            if (key, delta, acc) not in figures.recorded and figures.eps.known(
-                key, delta=delta, accountant=acc
+        for key, a in keys:
+            if (key, delta, a) not in figures.recorded and figures.eps.known(
+                key, delta=delta, accountant=a
             ) is None:
-                wanted[(key, delta, acc)] = None
+                wanted[(key, delta, a)] = None
     todo = list(wanted)
     if figures.budget is not None:
         todo = todo[: figures.budget]
@@ -156,6 +182,7 @@ def check_figures(
             )
     end = parse_time(run.end_time)
     commit = c.closed_seq or c.seq
+    delta, acc = block_request(run, c, policy)
     for b in c.blocks:
         value = run.metrics.get(block_metric_key(b))
         if value is None:

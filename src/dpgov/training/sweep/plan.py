@@ -7,6 +7,7 @@ that :mod:`dpgov.training.sweep.run` checks and runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,9 @@ from dpgov.accounting import (
     calibrate_noise_multiplier,
     epsilon,
     group,
+    rdp_vector,
 )
+from dpgov.accounting.filters import FILTER_ORDERS, filter_epsilon
 from dpgov.contracts import show_spent, within
 from dpgov.errors import UsageError
 from dpgov.ledger.schema import ACTIVE
@@ -245,14 +248,32 @@ def compose_costs(
     limit: float,
     delta: float,
     accountant: str,
+    composition: str = "fixed",
+    orders: Sequence[float] = FILTER_ORDERS,
 ) -> list[BlockCost]:
-    """Per block: ε spent, ε of ``trials`` alone and ε of both, each composed (not summed)."""
+    """Per block: ε spent, ε of ``trials`` alone and ε of both, each composed (not summed):
+    under ``composition`` fixed with ``accountant`` (tight: the sweep is a schedule committed
+    in advance), under adaptive by the RDP filter over ``orders`` (what the ledger enforces)."""
     cache: dict[Any, float] = {}
+    rdp: dict[Any, list[float]] = {}
+
+    def filtered(key: tuple[tuple[DpSgdMechanism, int], ...]) -> float:
+        total = [0.0] * len(orders)
+        for m, n in key:
+            if (m, n) not in rdp:
+                rdp[(m, n)] = rdp_vector(m, orders, n)
+            total = [a + b for a, b in zip(total, rdp[(m, n)], strict=True)]
+        return filter_epsilon(total, delta, orders)
 
     def eps(mechs: list[DpSgdMechanism]) -> float:
         key = tuple((m, n) for m, n in group(mechs))
         if key not in cache:
-            cache[key] = epsilon(mechs, delta=delta, accountant=accountant)
+            if not key:
+                cache[key] = 0.0
+            elif composition == "adaptive":
+                cache[key] = filtered(key)
+            else:
+                cache[key] = epsilon(mechs, delta=delta, accountant=accountant)
         return cache[key]
 
     alone = eps(trials)
@@ -345,6 +366,8 @@ def plan_sweep(
         limit=budget.epsilon_per_block,
         delta=budget.delta,
         accountant=budget.accountant,
+        composition=budget.mode_for(probe.dataset),
+        orders=budget.orders,
     )
     return SweepPlan(
         params=params,

@@ -71,8 +71,10 @@ def run_sweep(
     registration off), one reservation each.
 
     Refuses (nothing charged) when ``sp`` does not fit or its data fails validation (before
-    the parent run opens). ``on_trial(event, trial)`` is called
-    with ``"reserve"`` just before a trial's reservation and ``"done"`` after it is tracked.
+    the parent run opens). The trials are recorded as one committed schedule first
+    (``schedule_committed``), so that they may run under ``budget.composition: fixed``.
+    ``on_trial(event, trial)`` is called with ``"reserve"`` just before a trial's reservation
+    and ``"done"`` after it is tracked.
     Results go to a parent MLflow run and to ``out_root/<sweep id>/`` (default
     ``$DPGOV_HOME/sweeps``).
     """
@@ -84,6 +86,15 @@ def run_sweep(
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
     sweep_id = new_sweep_id()
+    # the trials are one schedule committed in advance (dpgov.ledger.schedules): under
+    # budget.composition fixed, only runs of a committed schedule may be reserved
+    ledger.plan_schedule(
+        dataset=sp.dataset,
+        blocks=sp.blocks,
+        runs=[t.mechanism for t in sp.trials],
+        budget=sp.policy.policy.budget,
+        purpose=f"sweep {sweep_id}",
+    )
     experiment = sp.params.train.experiment
     parent = sweep_runs.start_sweep(
         experiment=experiment,
@@ -263,6 +274,8 @@ def _recheck(sp: SweepPlan, trial: Trial, *, ledger: Ledger, ours: set[str]) -> 
         limit=budget.epsilon_per_block,
         delta=budget.delta,
         accountant=budget.accountant,
+        composition=budget.mode_for(sp.dataset),
+        orders=budget.orders,
     )
     over = [c for c in costs if not c.fits]
     if not over:
