@@ -31,7 +31,7 @@ from dpgov.identity import Identity
 from dpgov.ledger import Ledger
 from dpgov.ledger.releases import binding_of
 from dpgov.tracking.registry import Registry
-from pipelines import tasks
+from pipelines import run_names, tasks
 from pipelines.governed import run_gate
 
 
@@ -88,7 +88,7 @@ def unsigned_answer(model: str, version: str, answer: ApprovalInput, why: str) -
     }
 
 
-@flow(name="approval", persist_result=False)
+@flow(name="approval", flow_run_name=run_names.APPROVAL_NAME, persist_result=False)
 def approval(
     model: str,
     version: str,

@@ -28,7 +28,7 @@ from dpgov.ledger.policies import SET, set_policy
 from dpgov.policy import load_policy
 from dpgov.training.governed import RunOptions, RunSummary
 from dpgov.training.params import data_params, embedded_params_path, load_params
-from pipelines import tasks
+from pipelines import run_names, tasks
 from pipelines.governed import run_in_flow, run_params
 from pipelines.ingest import ingest
 from pipelines.retraining import retraining
@@ -54,7 +54,7 @@ def embedded_policy() -> Path:
     return embedded_params_path().parent / "policy.yaml"
 
 
-@flow(name="demo", persist_result=False)
+@flow(name="demo", flow_run_name=run_names.training_name, persist_result=False)
 def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False) -> RunSummary:
     """Prepare the bundled cohort under ``home`` and run the governed steps on it."""
     start_clock()

@@ -18,7 +18,7 @@ from dpgov.ledger import Ledger
 from dpgov.policy import LoadedPolicy
 from dpgov.training.governed import RunOptions, RunSummary, StepRunner, gate_now, run_governed
 from dpgov.training.params import RunParams, load_params, parse_params
-from pipelines import tasks
+from pipelines import run_names, tasks
 from pipelines.runtime import clock_snapshot, start_clock
 from pipelines.steps import prefect_step
 
@@ -39,6 +39,9 @@ def run_in_flow(
     """The governed run, each step a task of the calling flow, then its artifacts. It enforces
     the policy in force on ``ledger`` (``policy``, when given, must be that one)."""
     summary = run_governed(params, policy, ledger=ledger, options=options, step=step)
+    run_names.name_with_version(
+        summary.model_name, summary.model_version, str(summary.plan["dataset"])
+    )
     publish_budgets(summary.budgets, str(summary.plan["dataset"]))
     if summary.gate is not None:
         publish_gate(summary.gate)
@@ -69,7 +72,7 @@ def publish_gate(gate: dict[str, Any]) -> None:
     )
 
 
-@flow(name="governed-run", persist_result=False)
+@flow(name="governed-run", flow_run_name=run_names.training_name, persist_result=False)
 def governed_run(
     params: dict[str, Any] | None = None,
     validation_out: str | None = None,

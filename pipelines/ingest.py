@@ -16,11 +16,11 @@ from prefect import flow
 
 from dpgov.ledger import Ledger
 from dpgov.training.params import data_params
-from pipelines import tasks
+from pipelines import run_names, tasks
 from pipelines.governed import run_params
 
 
-@flow(name="ingest", persist_result=False)
+@flow(name="ingest", flow_run_name=run_names.ingest_name, persist_result=False)
 def ingest(
     arrival: str,
     raw: str,

@@ -22,7 +22,7 @@ from dpgov.ledger import Ledger
 from dpgov.training import retraining as rules
 from dpgov.training.governed import RunOptions
 from dpgov.training.params import prepared_path
-from pipelines import tasks
+from pipelines import run_names, tasks
 from pipelines.governed import publish_budgets, run_in_flow, run_params
 from pipelines.runtime import clock_snapshot, start_clock
 from pipelines.steps import prefect_step
@@ -50,7 +50,7 @@ def _plan_refusal_is_a_skip(
         raise
 
 
-@flow(name="retraining", persist_result=False)
+@flow(name="retraining", flow_run_name=run_names.training_name, persist_result=False)
 def retraining(
     params: dict[str, Any] | None = None,
     min_remaining_epsilon: float | None = None,

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpgov import config
-from dpgov.contracts import ARTIFACT_CANDIDATE_FACTS, TAG_FAILURE
+from dpgov.contracts import ARTIFACT_CANDIDATE_FACTS, TAG_DATASET, TAG_FAILURE
 from dpgov.redaction import redact
+from dpgov.tracking import conventions
 from dpgov.tracking.reader.client import run_record, version_record
 from dpgov.tracking.store import experiment_location
 
@@ -44,18 +45,26 @@ def _mlflow() -> Any:
     return mlflow
 
 
-def experiment_id(name: str) -> str:
-    """The experiment's id, created on first use (artifacts under the home folder locally)."""
+def experiment_id(name: str, *, dataset: str | None = None) -> str:
+    """The id of experiment ``name`` (``{dataset}`` in it replaced by ``dataset``), created on
+    first use (artifacts under the home folder locally), tagged as classic ML so MLflow's UI
+    opens on its runs (:mod:`dpgov.tracking.conventions`)."""
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(name)
+    resolved = conventions.experiment_name(name, dataset)
+    found = client.get_experiment_by_name(resolved)
     if found is not None:
+        if conventions.EXPERIMENT_KIND_TAG not in (found.tags or {}):  # made before the tag
+            client.set_experiment_tag(
+                found.experiment_id, conventions.EXPERIMENT_KIND_TAG, conventions.CLASSIC_ML
+            )
         return str(found.experiment_id)
-    location = experiment_location(config.mlflow_tracking_uri(), name)
+    location = experiment_location(config.mlflow_tracking_uri(), resolved)
+    tags = conventions.experiment_tags(name, resolved, dataset)
     try:
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(resolved, artifact_location=location, tags=tags))
     except Exception:  # created by a concurrent run meanwhile
-        again = client.get_experiment_by_name(name)
+        again = client.get_experiment_by_name(resolved)
         if again is None:
             raise
         return str(again.experiment_id)
@@ -71,6 +80,9 @@ def start_run(
 ) -> str:
     """Create a run (status RUNNING) with its parameters and tags; returns the run id.
 
+    The run lands in the experiment of its dataset (``experiment`` with ``{dataset}`` replaced
+    by the ``dpgov.dataset`` tag); its name gets the dataset, blocks and target ε, its
+    description says what ran, and its data version is logged as its input dataset.
     ``parent_run_id`` nests the run under another (MLflow's ``mlflow.parentRunId`` tag, what
     ``mlflow.start_run(nested=True)`` sets), for example a sweep's trials under the sweep.
     """
@@ -78,11 +90,19 @@ def start_run(
 
     mlflow = _mlflow()
     client = mlflow.MlflowClient()
+    tags = {conventions.NOTE_TAG: conventions.run_description(tags, params), **tags}
     if parent_run_id is not None:
         tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_run_id}
-    run = client.create_run(experiment_id(experiment), run_name=run_name, tags=tags)
+    run = client.create_run(
+        experiment_id(experiment, dataset=tags.get(TAG_DATASET)),
+        run_name=conventions.run_title(run_name, tags, params),
+        tags=tags,
+    )
     run_id = str(run.info.run_id)
     log_params(run_id, params)
+    data_input = conventions.dvc_input(tags)
+    if data_input is not None:
+        client.log_inputs(run_id, datasets=[data_input])
     return run_id
 
 
@@ -204,11 +224,21 @@ def read_run(run_id: str) -> dict[str, Any]:
 def find_runs(experiment: str, tag: str, value: str) -> list[dict[str, Any]]:
     """Runs of ``experiment`` whose tag ``tag`` equals ``value`` (for example a reservation)."""
     client = _mlflow().MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+    if conventions.DATASET_FIELD in experiment:  # one experiment per dataset: search them all
+        pattern = experiment.replace("'", "\\'")
+        ids = [
+            e.experiment_id
+            for e in client.search_experiments(
+                filter_string=f"tags.`{conventions.TAG_EXPERIMENT_TEMPLATE}` = '{pattern}'"
+            )
+        ]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        ids = [] if found is None else [found.experiment_id]
+    if not ids:
         return []
     escaped = value.replace("'", "\\'")
-    hits = client.search_runs([found.experiment_id], f"tags.`{tag}` = '{escaped}'")
+    hits = client.search_runs(ids, f"tags.`{tag}` = '{escaped}'")
     return [read_run(r.info.run_id) for r in hits]
 
 
