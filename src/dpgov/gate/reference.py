@@ -43,16 +43,19 @@ def confine_reference(policy: Policy, checks: Iterable[C]) -> list[C]:
     ]
 
 
-def reference_used(policy: Policy, facts: CandidateFacts) -> bool:
-    """Whether a gate under ``policy`` judges ``facts`` against its non-private reference."""
+def widening_on(policy: Policy) -> bool:
+    """Whether a gate under ``policy`` judges any widening against a reference."""
     f = policy.fairness
     return (
-        facts.private
-        and facts.reference is not None
-        and policy.release.allow_reference
+        policy.release.allow_reference
         and bool(f.sensitive_attributes)
         and (f.max_auroc_gap_widening is not None or f.max_fnr_gap_widening is not None)
     )
+
+
+def reference_used(policy: Policy, facts: CandidateFacts) -> bool:
+    """Whether a gate under ``policy`` judges ``facts`` against its non-private reference."""
+    return facts.private and facts.reference is not None and widening_on(policy)
 
 
 def decision_used_reference(checks: Sequence[Mapping[str, Any]]) -> bool:

@@ -31,6 +31,7 @@ from dpgov.contracts import (
     block_metric_key,
     compact_json,
 )
+from dpgov.gate.reference import widening_on
 from dpgov.tracking import runs
 from dpgov.tracking.binding import bind_version
 from dpgov.training import records
@@ -146,8 +147,9 @@ def track(
         ref_facts = reference_facts(ref_run_id, ref_ev)
 
     run_id = outcome.run_id
+    used = ref_run_id if ref_run_id is not None and widening_on(p.policy.policy) else None
     statement = records.privacy_statement(
-        p, reservation, commit_entry, steps, block_eps, reference_run=ref_run_id
+        p, reservation, commit_entry, steps, block_eps, reference_run=used
     )
     ev = evals.private
     metrics: dict[str, float] = {

@@ -10,7 +10,12 @@ from gate_factories import APPROVED, facts, ledger_facts, policy
 from dpgov.errors import Refused
 from dpgov.gate.decision import evaluate
 from dpgov.gate.noise import refuse_reproducible_noise
-from dpgov.gate.reference import REFERENCE_OFF, decision_used_reference, reference_used
+from dpgov.gate.reference import (
+    REFERENCE_OFF,
+    decision_used_reference,
+    reference_used,
+    widening_on,
+)
 from dpgov.policy import load_policy
 
 REPO = Path(__file__).resolve().parents[3]
@@ -98,3 +103,10 @@ def test_a_run_asking_for_reproducible_noise_is_refused_unless_allowed() -> None
     refuse_reproducible_noise(policy(), reproducible=False, where="run")
     allowed = policy(release={"allow_reproducible_noise": True})
     refuse_reproducible_noise(allowed, reproducible=True, where="run")
+
+
+def test_the_reference_is_not_used_when_no_widening_limit_is_set() -> None:
+    off = policy(fairness={"max_auroc_gap_widening": None, "max_fnr_gap_widening": None})
+    assert not widening_on(off) and not reference_used(off, facts())
+    assert widening_on(policy()) and not reference_used(policy(), facts(private=False))
+    assert not decision_used_reference([c.to_dict() for c in decide(off).checks])
