@@ -6,9 +6,10 @@ import multiprocessing as mp
 
 import pytest
 
-from dpgov.accounting import DpSgdMechanism, epsilon
+from dpgov.accounting import DpSgdMechanism
 from dpgov.ledger import Ledger
 from dpgov.policy.schema import Budget
+from tests.filter_reference import filter_eps
 
 RUN = DpSgdMechanism(noise_multiplier=2.0, sample_rate=0.01, steps=200)
 PROCESSES = 8
@@ -16,8 +17,9 @@ ATTEMPTS_EACH = 2
 
 
 def limit_for(feasible: int) -> float:
-    """A limit halfway between the ε of ``feasible`` and ``feasible + 1`` runs."""
-    return (epsilon([RUN] * feasible, delta=1e-5) + epsilon([RUN] * (feasible + 1), delta=1e-5)) / 2
+    """A limit halfway between the enforced ε (the RDP filter's, the default rule) of
+    ``feasible`` and ``feasible + 1`` runs."""
+    return (filter_eps([RUN] * feasible, 1e-5) + filter_eps([RUN] * (feasible + 1), 1e-5)) / 2
 
 
 def _racer(url: str, limit: float, barrier, results) -> None:  # runs in a child process

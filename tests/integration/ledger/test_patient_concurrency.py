@@ -11,6 +11,7 @@ import pytest
 from dpgov.accounting import DpSgdMechanism, epsilon
 from dpgov.ledger import Ledger
 from dpgov.policy.schema import Budget
+from tests.filter_reference import filter_eps
 
 RUN = DpSgdMechanism(noise_multiplier=2.0, sample_rate=0.01, steps=200)
 PROCESSES = 6
@@ -23,8 +24,9 @@ def ids(first: int, last: int) -> list[str]:
 
 
 def limit() -> float:
-    """Halfway between the ε of FEASIBLE and FEASIBLE + 1 runs."""
-    return (epsilon([RUN] * FEASIBLE, delta=1e-5) + epsilon([RUN] * (FEASIBLE + 1), delta=1e-5)) / 2
+    """Halfway between the enforced ε (the RDP filter's, the default rule) of FEASIBLE and
+    FEASIBLE + 1 runs."""
+    return (filter_eps([RUN] * FEASIBLE, 1e-5) + filter_eps([RUN] * (FEASIBLE + 1), 1e-5)) / 2
 
 
 def _racer(url: str, eps_limit: float, index: int, barrier, results) -> None:  # child process
@@ -70,7 +72,8 @@ def test_racing_reservations_over_overlapping_blocks_never_overspend_a_patient(l
     a, b = ledger.block_status("d", "a", budget), ledger.block_status("d2", "b", budget)
     assert a.charges + b.charges == FEASIBLE
     # patients 40..59 are in both blocks: every granted run reached them
-    assert a.epsilon_spent == pytest.approx(epsilon([RUN] * FEASIBLE, delta=1e-5), rel=1e-6)
+    assert a.epsilon_spent == pytest.approx(filter_eps([RUN] * FEASIBLE, 1e-5), rel=1e-9)
+    assert a.epsilon_spent_fixed == pytest.approx(epsilon([RUN] * FEASIBLE, delta=1e-5), rel=1e-6)
     assert max(a.epsilon_spent, b.epsilon_spent) <= eps_limit
     assert ledger.verify().ok
     ledger.close()
