@@ -67,7 +67,7 @@ def checkout(tmp_path: Path, env: dict[str, str]) -> Path:
 def test_dvc_repro_from_a_fresh_checkout_records_the_data_version(
     checkout, env, dpgov_home
 ) -> None:
-    out = sh(checkout, str(BIN / "dvc"), "repro", env=env)
+    out = sh(checkout, str(BIN / "dvc"), "repro", "validate", env=env)  # the data stages
     assert "Running stage 'prepare'" in out and "Running stage 'validate'" in out
     prepared = checkout / "data" / "prepared" / "flchain"
     lock = yaml.safe_load((checkout / "dvc.lock").read_text())
@@ -76,7 +76,7 @@ def test_dvc_repro_from_a_fresh_checkout_records_the_data_version(
     )
     assert recorded == data_version(prepared) == lock_md5(prepared)
     assert (checkout / "data" / "validation" / "flchain" / "result.json").is_file()
-    assert "up to date" in sh(checkout, str(BIN / "dvc"), "status", env=env)
+    assert "up to date" in sh(checkout, str(BIN / "dvc"), "status", "validate", env=env)
 
     # the default remote is the folder in $DPGOV_HOME (set per machine in .dvc/config.local)
     sh(checkout, str(BIN / "dvc"), "push", env=env)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines import dvc_stage
 from tests.cli import run_dpgov
 from tests.integration.orchestration import harness
 
@@ -107,7 +108,16 @@ def test_prepare_then_run_on_own_data_audits_its_data_version(
 
     code, out, err = run_dpgov(monkeypatch, capsys, "run", "--json", prefect_defaults=True)
     assert code == 0, err
-    assert json.loads(out)["plan"]["data_version"] == version
+    run = json.loads(out)
+    assert run["plan"]["data_version"] == version
+    # dvc.yaml's evaluate stage on this real summary: metrics and ids, no model file
+    (clone / "runs").mkdir()
+    (clone / "runs" / "run.json").write_text(out)
+    assert dvc_stage.main(["evaluate", "runs/run.json"]) == 0
+    metrics = json.loads((clone / "metrics" / "governed.json").read_text())
+    assert metrics["epsilon"] == run["epsilon"] and metrics["auroc"] == run["auroc"]
+    ids = json.loads((clone / "runs" / "ids.json").read_text())
+    assert (ids["run_id"], ids["reservation"]) == (run["run_id"], run["reservation"])
 
     code, out, err = run_dpgov(monkeypatch, capsys, "audit", "--json")
     report = json.loads(out)
