@@ -99,10 +99,17 @@ def test_run_records_every_privacy_parameter(governed_run: Any) -> None:
         "neighbouring": "add_remove",
         "unit_of_privacy": "patient",
         "device": "cpu",
-        "noise_source": "os_entropy",
     }
     assert {k: params[k] for k in expected} == expected
-    assert runs.read_run(summary.run_id)["tags"]["dpgov.noise_source"] == "os_entropy"
+
+
+def test_run_records_its_secret_noise_source(governed_run: Any) -> None:
+    summary, _, _ = governed_run
+    run = runs.read_run(summary.run_id)
+    assert (run["params"]["noise_source"], run["params"]["seed"]) == ("os_entropy", "0")
+    assert run["tags"]["dpgov.noise_source"] == "os_entropy"
+    facts = runs.read_json(summary.run_id, "candidate_facts.json")
+    assert facts["noise_source"] == "os_entropy"
 
 
 def test_run_metrics_hold_epsilon_block_totals_utility_and_gaps(governed_run: Any) -> None:
