@@ -1,4 +1,4 @@
-"""``dpgov ledger show | verify | reserve | commit | release | abort | add-block | retire``
+"""``dpgov ledger show | verify | plan | reserve | commit | release | abort | add-block | retire``
 (and ``patient | attach-members | erase-patient`` from :mod:`dpgov.cli.patients`)."""
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ def _summary(kind: str, payload: dict[str, Any]) -> str:
         )
     if kind == "commit":
         return f"{p['reservation'][:8]} steps={p['steps']}"
+    if kind == "schedule_committed":
+        return (
+            f"{p['schedule'][:8]} {p['dataset']}/{','.join(p['blocks'])}: "
+            f"{len(p['runs'])} planned runs {p.get('purpose') or ''}".rstrip()
+        )
     if kind in ("release", "abort"):
         return f"{p['reservation'][:8]} {p.get('reason', '')}"
     text = json.dumps(p, sort_keys=True)
@@ -203,6 +208,41 @@ def retire(
     )
 
 
+@ledger_app.command("plan")
+def plan(
+    schedule_file: Path = typer.Argument(..., help="The schedule (YAML): see docs/ledger.md."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Commit a schedule of planned runs in advance (a chained entry). Under
+    `budget.composition: fixed` only runs of a committed schedule may be reserved; the whole
+    schedule must fit the budget of every patient it reaches, else nothing is recorded."""
+    from dpgov.gate.in_force import policy_in_force
+    from dpgov.ledger.schedules import parse_schedule_file
+
+    sched = parse_schedule_file(schedule_file)
+    names.options(dataset=sched.dataset, blocks=sched.blocks)
+    ledger = _open()
+    loaded = policy_in_force(ledger, sched.dataset)
+    entry = ledger.plan_schedule(
+        dataset=sched.dataset,
+        blocks=sched.blocks,
+        runs=sched.runs,
+        budget=loaded.policy.budget,
+        purpose=sched.purpose,
+        source_sha256=sched.sha256,
+    )
+    p = entry.payload
+    emit(
+        as_json,
+        {"seq": entry.seq, "policy_sha256": loaded.sha256, **p},
+        lambda: typer.echo(
+            f"schedule {p['schedule']} committed (entry {entry.seq}): {len(p['runs'])} planned "
+            f"runs on {sched.dataset}/{', '.join(p['blocks'])}; composition "
+            f"{loaded.policy.budget.composition}"
+        ),
+    )
+
+
 @ledger_app.command("reserve")
 def reserve(
     dataset: str = typer.Option(..., "--dataset"),
@@ -215,14 +255,17 @@ def reserve(
     as_json: bool = JsonOption,
 ) -> None:
     """Atomically check and charge a planned DP-SGD run to every named block, under the
-    dataset's policy in force (`dpgov policy show --dataset D`)."""
+    dataset's policy in force (`dpgov policy show --dataset D`). Refused (exit 1, nothing
+    charged) when that policy requires δ < 1/n and δ is not below 1/(patients of the blocks)."""
     names.options(dataset=dataset, blocks=block, steps=steps, run_id=run_id)
+    from dpgov.cli._reserve_checks import check_delta_below_inverse_patients
     from dpgov.cli.accounting import _mechanism
     from dpgov.gate.in_force import policy_in_force
 
     mech = _mechanism(noise_multiplier, sample_rate, steps)
     ledger = _open()
     loaded = policy_in_force(ledger, dataset)
+    check_delta_below_inverse_patients(ledger, loaded.policy, dataset, block)  # before charging
     res = ledger.reserve(
         dataset=dataset,
         blocks=block,
