@@ -17,7 +17,8 @@ app = typer.Typer(
     help="Differentially private training with a governed privacy budget.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 # One module per command group; each defines ``register(app)``.
@@ -41,8 +42,26 @@ for _name in _COMMAND_MODULES:
 _NO_APPENDS = frozenset({"cost", "calibrate", "budget", "audit"})
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from dpgov import __version__
+
+        typer.echo(f"dpgov {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _anchor_every_append(ctx: typer.Context) -> None:
+def _anchor_every_append(
+    ctx: typer.Context,
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        callback=_print_version,
+        is_eager=True,
+        help="Print dpgov's version and exit.",
+    ),
+) -> None:
     # Every entry a command appends is anchored in the tracking store once committed
     # (dpgov.ledger.anchoring; docs/ledger.md, "Anchors").
     if ctx.invoked_subcommand in _NO_APPENDS:
@@ -90,6 +109,7 @@ def main() -> None:
     """Entry point: run the app, turning dpgov errors into one line and their exit code."""
     import os
 
+    from dpgov import config
     from dpgov.cli._output import one_line, redact_logs
     from dpgov.errors import DpgovError
 
@@ -97,7 +117,9 @@ def main() -> None:
     # a run ends on a tracking server.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     redact_logs()
+    config.created_ledgers.clear()
     try:
+        config.export_project_home()  # DPGOV_HOME from a dpgov.toml, for every child too
         rc = app(standalone_mode=False)  # returns typer.Exit codes instead of raising them
     except DpgovError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
@@ -124,6 +146,13 @@ def main() -> None:
         sys.exit(known[1])
     if isinstance(rc, int) and rc:
         sys.exit(rc)
+    for path in dict.fromkeys(config.created_ledgers):  # after a success (an error is one line)
+        print(
+            f"dpgov: no ledger was at {path}: created a new, empty one (DPGOV_HOME, "
+            f"DPGOV_LEDGER_URL or a dpgov.toml names an existing ledger)",
+            file=sys.stderr,
+        )
+    config.created_ledgers.clear()
 
 
 def _tracking_error(err: Exception) -> tuple[str, int] | None:

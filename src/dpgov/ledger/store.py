@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Self
 
 import sqlalchemy as sa
@@ -69,6 +70,14 @@ from dpgov.ledger.verified import (
 from dpgov.policy.schema import Budget
 
 
+def _absent_sqlite_file(parsed: sa.URL) -> Path | None:
+    """The SQLite file ``parsed`` names when it does not exist yet (opening creates it)."""
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(str(parsed.database))
+    return None if path.exists() else path
+
+
 class LedgerStore:
     """The ledger's store: opening, appending records, reading, blocks and their budget.
     :class:`dpgov.ledger.Ledger` adds the reservation protocol."""
@@ -84,6 +93,7 @@ class LedgerStore:
     def open(cls, url: str | None = None) -> Self:
         """Open (and create on first use) the ledger at ``url`` (default from config)."""
         parsed = normalise_url(url or config.ledger_url())
+        new_file = _absent_sqlite_file(parsed)
         ledger = cls(create_engine(parsed))
         try:
             ledger._ensure_schema()
@@ -92,6 +102,8 @@ class LedgerStore:
             raise LedgerUnavailable(
                 f"ledger database {shown(parsed)} does not answer: {reason}"
             ) from err
+        if new_file is not None:  # a command run in the wrong folder must not pass unnoticed
+            config.created_ledgers.append(new_file)
         return ledger
 
     def _ensure_schema(self) -> None:
