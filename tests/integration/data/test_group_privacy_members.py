@@ -14,7 +14,9 @@ from dpgov.policy.schema import Budget
 from dpgov.testing.sources import make_tabular, tabular_contract, write_yaml
 
 RUN = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=200)
-BUDGET = Budget(epsilon_per_block=8, delta=1e-5)
+# tight PLD composition (fixed), so the class's ε is epsilon([RUN, RUN]); runs are committed
+# in advance as fixed composition requires
+BUDGET = Budget(epsilon_per_block=8, delta=1e-5, accountant="pld", composition="fixed")
 
 
 def test_a_patient_in_two_blocks_is_charged_by_both(tmp_path, dpgov_home) -> None:
@@ -34,8 +36,9 @@ def test_a_patient_in_two_blocks_is_charged_by_both(tmp_path, dpgov_home) -> Non
     )
     assert 20 < len(both) <= 40  # those of the 40 that landed in the training split
     led = Ledger.open(url)
-    led.reserve(dataset="gp", blocks=["2001"], mechanism=RUN, budget=BUDGET)
-    led.reserve(dataset="gp", blocks=["2002"], mechanism=RUN, budget=BUDGET)
+    for block in ("2001", "2002"):
+        led.plan_schedule(dataset="gp", blocks=[block], runs=[RUN], budget=BUDGET)
+        led.reserve(dataset="gp", blocks=[block], mechanism=RUN, budget=BUDGET)
     classes = {len(c.reservations): c for c in led.patient_classes(BUDGET)}
     assert classes[2].count == len(both)
     twice = epsilon([RUN, RUN], delta=BUDGET.delta)
