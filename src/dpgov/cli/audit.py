@@ -171,6 +171,11 @@ def _render(report: AuditReport, anchored: dict[str, Any] | None, html: str | No
         f"reservations {c.reservations} {c.by_status}; MLflow runs "
         f"{c.mlflow_runs} ({c.dp_runs} DP); releases {c.releases}"
     )
+    for x in report.reference_releases:  # releases that depended on a non-private model
+        con.print(
+            redact(f"non-private reference: {x.model} v{x.version} @{x.alias}: {x.sentence()}"),
+            markup=False,
+        )
     if report.blocks:
         t = Table(title="ε per block (recomputed from the entries)")
         for col in ("dataset", "block", "ε recomputed", "ε ledger", "limit", "charges", "pending"):

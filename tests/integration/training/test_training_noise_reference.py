@@ -4,6 +4,7 @@ non-private reference trains none and turns the gate's widening checks off."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,71 @@ def test_a_policy_forbidding_the_reference_trains_none_and_turns_widening_off(
     assert widening and all(c["reason"] == REFERENCE_OFF and c["passed"] for c in widening)
     secret = next(c for c in summary.gate["checks"] if c["name"] == "secret_noise")
     assert secret["passed"] and secret["observed"] == "os_entropy"
+
+
+def test_a_release_gated_against_the_reference_is_listed_by_the_audit(
+    home: Path,
+    world: Any,
+    run_options: Any,
+    small_params: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Train with the reference, release through the gate (widening judged against it), and
+    audit: the release is listed and its statement says it depended on a non-private model."""
+    from dpgov.gate.approvals import record_approval
+    from dpgov.gate.promotion import promote
+    from dpgov.tracking.registry import Registry
+    from tests.cli import run_dpgov
+
+    policy = yaml.safe_load((REPO / "policies" / "default.yaml").read_text())
+    policy["utility"] = {"min_auroc": None, "max_calibration_error": None}
+    policy["fairness"] = {  # gaps off (tiny data); widening judged, with room to pass
+        "max_auroc_gap": None,
+        "max_fnr_gap": None,
+        "max_auroc_gap_widening": 1.0,
+        "max_fnr_gap_widening": 1.0,
+        "min_group_size": 10,
+        "min_group_positives": 1,
+        "require_judgeable": False,
+    }
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    monkeypatch.setenv("DPGOV_ACTOR", "trainer")
+    ledger = Ledger.open()
+    loaded = put_in_force(path, ledger=ledger, actor="trainer")
+    params = world.params(small_params(reference=True))
+    summary = run_governed(params, ledger=ledger, options=run_options)
+    assert summary.reference_run_id is not None and summary.model_version is not None
+    registry = Registry()
+    monkeypatch.setattr("dpgov.identity.os_user", lambda: "alice")
+    record_approval(
+        model="test-model",
+        version=summary.model_version,
+        by="alice",
+        note="reviewed",
+        policy=loaded,
+        ledger=ledger,
+        registry=registry,
+    )
+    promote(
+        model="test-model",
+        version=summary.model_version,
+        policy=loaded,
+        ledger=ledger,
+        registry=registry,
+    )
+    ledger.close()
+    _, out, _ = run_dpgov(monkeypatch, capsys, "audit", "--json")
+    report = json.loads(out)
+    (listed,) = report["reference_releases"]
+    assert (listed["model"], listed["version"]) == ("test-model", summary.model_version)
+    assert listed["reference_run"] == summary.reference_run_id
+    assert "release_used_reference" not in {f["kind"] for f in report["findings"]}
+    (rel,) = report["releases"]
+    assert "Non-private reference:" in rel["statement_text"]
+    assert summary.reference_run_id in rel["statement_text"]
+    assert "operating-system entropy" in rel["statement_text"]
+    _, out, _ = run_dpgov(monkeypatch, capsys, "audit")
+    assert "non-private reference: test-model" in out
