@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from dpgov import names
 from dpgov.accounting import rdp_vector
+from dpgov.accounting.accountants import quiet_absl
 from dpgov.accounting.filters import FILTER_ORDERS, filter_epsilon
 from dpgov.errors import UsageError
 from dpgov.ledger import classes, integrity, membership
@@ -101,7 +102,8 @@ class PatientStore(LedgerStore):
         for mech, n in multiset:
             k = (mech, n, grid)
             if k not in self._rdp:
-                self._rdp[k] = rdp_vector(mech, grid, n)
+                with quiet_absl():  # "failed to converge" at small σ: that order is excluded
+                    self._rdp[k] = rdp_vector(mech, grid, n)
             total = [a + b for a, b in zip(total, self._rdp[k], strict=True)]
         return total
 

@@ -34,7 +34,6 @@ from dpgov.accounting import (
     is_mechanism,
     mechanism_to_dict,
     mechanism_type_names,
-    rdp_vector,
 )
 from dpgov.accounting.calibrate import SIGMA_MAX, SIGMA_MIN
 from dpgov.accounting.filters import calibrate_filter, filter_epsilon
@@ -135,8 +134,15 @@ class Ledger(ScheduleStore):
                     epsilon=budget.epsilon_per_block,
                     delta=budget.delta,
                     orders=budget.orders,
-                    charge_rdp=lambda s: rdp_vector(
-                        DpSgdMechanism(noise_multiplier=s, sample_rate=sample_rate, steps=steps),
+                    charge_rdp=lambda s: self._rdp_of(
+                        [
+                            (
+                                DpSgdMechanism(
+                                    noise_multiplier=s, sample_rate=sample_rate, steps=steps
+                                ),
+                                1,
+                            )
+                        ],
                         budget.orders,
                     ),
                     sigma_min=SIGMA_MIN,

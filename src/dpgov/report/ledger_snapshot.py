@@ -138,9 +138,8 @@ def snapshot_ledger(
         on_rows(snap.rows)
     _read_projections(ledger, snap)
     try:
-        # the accountant's figure (what the composition caches hold; the audit recomputes the
-        # RDP filter's figure itself: dpgov.report.checks.filter_figures)
-        snap.budget = {(s.dataset, s.block): s.epsilon_spent_fixed for s in ledger.budget(budget)}
+        # the enforced figure (the RDP filter's under budget.composition adaptive, issue 16)
+        snap.budget = {(s.dataset, s.block): s.epsilon_spent for s in ledger.budget(budget)}
     except Exception as err:  # a corrupted projection or cache: report, never trust
         snap.problems.append(
             finding(

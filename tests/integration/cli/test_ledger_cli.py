@@ -116,7 +116,12 @@ def test_reserve_commit_budget_and_verify_round_trip(dpgov_home):
     expected = epsilon(
         [DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=150)], delta=1e-5
     )
-    assert block["epsilon_spent"] == pytest.approx(expected, rel=1e-6)
+    assert block["epsilon_spent_fixed"] == pytest.approx(expected, rel=1e-6)
+    from tests.filter_reference import filter_eps
+
+    ran = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.01, steps=150)
+    assert block["composition"] == "adaptive"  # the default rule: the RDP filter's figure
+    assert block["epsilon_spent"] == pytest.approx(filter_eps([ran], 1e-5), rel=1e-9)
     verify = dpgov("ledger", "verify", "--json", home=dpgov_home)
     assert verify.returncode == 0 and json.loads(verify.stdout)["entries"] == 3
     shown = json.loads(dpgov("ledger", "show", "--json", home=dpgov_home).stdout)

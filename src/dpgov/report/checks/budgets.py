@@ -110,13 +110,13 @@ def check_budgets(
         row.remaining = max(0.0, budget.epsilon_per_block - enforced)
         led = (snap.budget or {}).get((ds, b))
         row.epsilon_ledger = led
-        if led is not None and not close_enough(led, spent):
+        if led is not None and not close_enough(led, enforced):
             out.append(
                 finding(
                     "epsilon_mismatch",
                     f"block {ds}/{b}: the ledger reports ε={fmt_epsilon(led)}, its "
-                    f"entries compose to ε={fmt_epsilon(spent)} (at δ={budget.delta:g}, "
-                    f"{budget.accountant}): its projection or composition cache is wrong",
+                    f"entries compose to ε={fmt_epsilon(enforced)} (at δ={budget.delta:g}, "
+                    f"{row.composition} rule): its projection or composition cache is wrong",
                     dataset=ds,
                     block=b,
                 )

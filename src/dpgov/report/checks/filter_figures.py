@@ -14,6 +14,7 @@ import functools
 from collections.abc import Sequence
 
 from dpgov.accounting import rdp_vector
+from dpgov.accounting.accountants import quiet_absl
 from dpgov.accounting.filters import FILTER_ORDERS, filter_epsilon
 from dpgov.policy.schema import Budget
 from dpgov.report.replay import Charge, StateKey, key_mechanisms
@@ -55,7 +56,9 @@ def filter_value(key: StateKey, delta: float, token: str) -> float:
     orders = tuple(float(a) for a in token[len(FILTER_PREFIX) :].split(","))
     total = [0.0] * len(orders)
     for m in key_mechanisms(key):
-        total = [a + b for a, b in zip(total, rdp_vector(m, orders), strict=True)]
+        with quiet_absl():
+            rdp = rdp_vector(m, orders)
+        total = [a + b for a, b in zip(total, rdp, strict=True)]
     return filter_epsilon(total, delta, orders)
 
 

@@ -32,9 +32,10 @@ from dpgov.ledger.schema import members_t
 from dpgov.ledger.verified import LedgerInconsistent
 from dpgov.policy import LoadedPolicy
 from dpgov.report.checks import fmt_epsilon
+from dpgov.report.checks.filter_figures import filter_token, filter_value
 from dpgov.report.findings import Finding, finding
 from dpgov.report.ledger_snapshot import LedgerSnapshot
-from dpgov.report.replay import Charge, Epsilons, Replay, close_enough
+from dpgov.report.replay import Charge, Epsilons, Replay, close_enough, merge_key
 
 BlockKey = tuple[str, str]
 WIDTH = 10  # bytes of one packed pseudonym (dpgov.ledger.membership)
@@ -233,9 +234,15 @@ def check_membership(
     for i, c in enumerate(recomputed):
         try:
             mechs = _mechanisms(r, c.reservations)
-            epsilons[i] = (
-                eps.of(mechs, delta=budget.delta, accountant=budget.accountant) if mechs else 0.0
-            )
+            if budget.mode_for(c.domain) == "adaptive":  # the RDP filter's ε (issue 16)
+                token = filter_token(budget.orders)
+                epsilons[i] = filter_value(merge_key(mechs), budget.delta, token) if mechs else 0.0
+            else:
+                epsilons[i] = (
+                    eps.of(mechs, delta=budget.delta, accountant=budget.accountant)
+                    if mechs
+                    else 0.0
+                )
         except (AccountantFailed, ValueError) as err:
             out.append(
                 finding(

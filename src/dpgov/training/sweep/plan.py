@@ -20,6 +20,7 @@ from dpgov.accounting import (
     group,
     rdp_vector,
 )
+from dpgov.accounting.accountants import quiet_absl
 from dpgov.accounting.filters import FILTER_ORDERS, filter_epsilon
 from dpgov.contracts import show_spent, within
 from dpgov.errors import UsageError
@@ -261,7 +262,8 @@ def compose_costs(
         total = [0.0] * len(orders)
         for m, n in key:
             if (m, n) not in rdp:
-                rdp[(m, n)] = rdp_vector(m, orders, n)
+                with quiet_absl():
+                    rdp[(m, n)] = rdp_vector(m, orders, n)
             total = [a + b for a, b in zip(total, rdp[(m, n)], strict=True)]
         return filter_epsilon(total, delta, orders)
 
