@@ -327,6 +327,7 @@ def version_with_dvc(
         except ValueError as err:
             raise UsageError(f"{full} lies outside the DVC repository {base}") from err
     tracked: list[str] = []
+    targets: list[str] = []  # what to push: the .dvc files and stages just recorded
     try:
         with _quiet_dvc(), Repo(str(base)) as repo:
             owners = {Path(o.fs_path).resolve(): o.stage for o in repo.index.outs}
@@ -336,15 +337,21 @@ def version_with_dvc(
                     repo.commit(f"{stage.path}:{stage.name}", force=True)
                     record.committed.append(stage.addressing)
                     tracked.append("dvc.lock")
+                    targets.append(f"{stage.path}:{stage.name}")
                 else:
                     repo.add(str(base / rel))
                     record.added.append(rel)
                     tracked += [f"{rel}.dvc", str(Path(rel).parent / ".gitignore")]
+                    targets.append(str(base / f"{rel}.dvc"))
             if git_commit and type(repo.scm).__name__ == "Git":
                 record.git_commit = _git_commit(base, tracked, message)
-            if push:
+        if push:
+            # Pushed by their .dvc file or stage, from a repository opened afresh: with a
+            # dvc.yaml present DVC reads a bare folder path as a stage name ("does not exist
+            # as an output"), and the repository that recorded them may keep an older index.
+            with _quiet_dvc(), Repo(str(base)) as repo:
                 try:
-                    record.pushed = int(repo.push(targets=[str(base / r) for r in rels]) or 0)
+                    record.pushed = int(repo.push(targets=targets) or 0)
                 except NoRemoteError as err:
                     raise UsageError(
                         f"DVC repository {base}: no default remote to push to "

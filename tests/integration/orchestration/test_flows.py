@@ -146,3 +146,18 @@ def test_audit_flow_reports_and_publishes(prefect_api: str, home: Path) -> None:
     assert out["ok"] is True and out["findings"] == []
     art = _artifact("audit-report")
     assert art is not None and "# audit: CLEAN" in str(art.data)
+
+
+def test_ingest_versions_in_a_repository_with_a_dvc_yaml(
+    prefect_api: str, home: Path, cohort: Callable[..., Cohort]
+) -> None:
+    """A DVC project with pipeline stages (as this one): the arrival and the prepared folder
+    are pushed by their .dvc files (a bare folder path would be read as a stage name)."""
+    from tests.integration.reliability.helpers import REPO
+
+    c = cohort()
+    shutil.copy(REPO / "dvc.yaml", c.root / "dvc.yaml")  # this project's stages and params
+    shutil.copy(REPO / "params.yaml", c.root / "params.yaml")
+    first = _ingest(c, 0)
+    assert set(first["dvc"]["added"]) == {"raw/synth.csv", "prepared/synth"}
+    assert first["dvc"]["pushed"] > 0
