@@ -205,7 +205,7 @@ def block_changes(old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
         problems.append(
             f"the new preparation regroups existing blocks ({shown}; {len(moved)} patient(s), "
             f"first {first['patient_id']!r}): arrivals must hold whole blocks "
-            "(enough patients per block, data.min_block_patients)"
+            "(keep the contract's block.edges; new patients arrive as new blocks)"
         )
     split = kept[kept["split_old"] != kept["split_new"]]
     if len(split):
