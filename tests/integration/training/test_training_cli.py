@@ -153,6 +153,23 @@ def test_refused_budget_is_exit_1_and_charges_nothing(
     assert Ledger.open().entries("reservation") == []
 
 
+def test_reproducible_noise_under_the_default_policy_is_exit_1_and_charges_nothing(
+    home: Path,
+    prefect_api: str,
+    params_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dpgov.ledger import Ledger
+
+    params = str(params_file(reproducible_noise=True))
+    code, _, err = _dpgov(monkeypatch, capsys, "run", "--params", params, "--json")
+    assert code == 1
+    assert "release.allow_reproducible_noise: false" in err and "nothing was charged" in err
+    assert len(err.strip().splitlines()) == 1
+    assert Ledger.open().entries("reservation") == []
+
+
 def test_unvalidatable_data_is_exit_2_and_charges_nothing(
     home: Path,
     prefect_api: str,
