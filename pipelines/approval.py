@@ -9,7 +9,8 @@ the key the policy in force lists for them (``approvals.ssh_keys``). An unsigned
 whose signature does not verify, records nothing, and the flow says to run ``dpgov approve``
 (or ``dpgov refuse``) as the approver. On a signed *approve* it records the approval and
 promotes (the promotion re-checks the whole gate; a blocked promotion is reported, nothing
-moves); on a signed *refuse* it records the refusal. A pause that nobody answers within
+moves, and the flow run fails: state Failed, ``dpgov flows approval`` exits 1); on a signed
+*refuse* it records the refusal. A pause that nobody answers within
 ``timeout_seconds`` fails the flow run, and nothing is recorded.
 """
 
@@ -177,13 +178,14 @@ def approval(
         try:
             promoted = tasks.promote(model, version, loaded, ledger, alias)
         except Refused as err:
+            # the approval stays recorded; the run fails (state Failed, exit 1): a release that
+            # did not ship must not read as a success
             after = run_gate(model, version, loaded, ledger)
-            return {
-                **out,
-                "status": "approved, promotion blocked",
-                "reason": str(err),
-                "gate": after,
-            }
+            failing = ", ".join(after["failing"]) or "none"
+            raise Refused(
+                f"{model} version {version}: approved (ledger entry {entry.seq}), promotion "
+                f"blocked by {failing}: {err}"
+            ) from err
         return {**out, "status": "promoted", "promotion": promoted.to_dict()}
     finally:
         ledger.close()

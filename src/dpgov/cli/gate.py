@@ -105,28 +105,30 @@ def _fmt(check: Check, value: Any) -> str:
 
 
 def render_decision(decision: Decision, policy_path: Path | str) -> None:
-    from rich.table import Table
+    """One line per check where it fits at the terminal's width (80 when piped): the reason
+    wraps in the last column, names and figures are never cut."""
+    from dpgov.cli._output import table
 
     verdict = "[bold green]ALLOWED[/]" if decision.allowed else "[bold red]BLOCKED[/]"
     sha = (decision.policy_sha256 or "")[:12]
-    table = Table(
+    t = table(
         title=f"gate: {decision.model} version {decision.version} — {verdict}",
-        caption=f"policy {policy_path} (sha256 {sha}…)",
+        caption=f"policy {policy_path} (sha256 {sha}…); ok/FAIL: each check's result",
     )
-    table.add_column("check", no_wrap=True)
-    table.add_column("observed", justify="right")
-    table.add_column("limit", justify="right")
-    table.add_column("result")
-    table.add_column("reason")
+    t.add_column("", no_wrap=True)
+    t.add_column("check", overflow="fold")
+    t.add_column("observed", justify="right", no_wrap=True)
+    t.add_column("limit", justify="right", no_wrap=True)
+    t.add_column("reason", ratio=1)
     for c in decision.checks:
-        table.add_row(
+        t.add_row(
+            "[green]ok[/]" if c.passed else "[bold red]FAIL[/]",
             c.name,
             _fmt(c, c.observed),
             _fmt(c, c.limit),
-            "[green]pass[/]" if c.passed else "[bold red]FAIL[/]",
             c.reason,
         )
-    console().print(table)
+    console().print(t)
 
 
 def gate(
@@ -153,18 +155,89 @@ def gate(
             "only for a what-if (`dpgov gate --preview --policy F`, nothing recorded), and "
             "`dpgov policy set FILE --reason TEXT` changes the policy in force"
         )
+    extra: dict[str, Any] = {}
     with _services(model, version, policy) as (loaded, ledger, registry):
         result = run_gate(model, version, loaded, ledger, registry, record=not preview)
+        if preview:  # read-only: what the release would state, and whose policy judged it
+            extra = {
+                "statement": run_statement(registry, model, version),
+                "policy_source": policy_source(ledger, loaded, from_file=policy is not None),
+            }
     decision = result.decision
     data = {
         **decision.to_dict(),
         "ledger_seq": result.entry.seq if result.entry else None,
         "policy_path": str(loaded.path),
         "preview": preview,
+        **extra,
     }
-    emit(as_json, data, lambda: render_decision(decision, loaded.path))
+
+    def show() -> None:
+        render_decision(decision, loaded.path)
+        if preview:
+            src = extra["policy_source"]
+            console().print(
+                f"preview: nothing recorded; policy {src['kind']}"
+                + (
+                    f" (ledger entry {src['seq']}, set by {src['set_by']})"
+                    if src.get("seq")
+                    else ""
+                )
+            )
+            statement = extra["statement"]
+            if statement and statement.get("text"):
+                console().print(statement["text"])
+
+    emit(as_json, data, show)
     if not decision.allowed:
         raise Refused(decision.summary())
+
+
+def run_statement(registry: Registry, model: str, version: str) -> dict[str, Any] | None:
+    """The privacy statement the version's training run logged (``privacy_statement.json``,
+    with its text), read from the tracking store; None when the run logged none."""
+    import json
+    import tempfile
+
+    from dpgov.contracts import ARTIFACT_PRIVACY_STATEMENT
+    from dpgov.tracking.reader.client import download
+    from dpgov.training.records import statement_text
+
+    run_id = registry.model_version(model, version).run_id
+    if run_id is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="dpgov-preview-") as tmp:
+        try:
+            path = download(registry.client, str(run_id), ARTIFACT_PRIVACY_STATEMENT, tmp)
+            statement = json.loads(path.read_text())
+        except Exception:  # absent or unreadable: the preview says none
+            return None
+    if not isinstance(statement, dict):
+        return None
+    try:
+        text = statement_text(statement)
+    except (KeyError, TypeError, ValueError):
+        text = None
+    return {"run_id": str(run_id), "statement": statement, "text": text}
+
+
+def policy_source(ledger: Ledger, loaded: LoadedPolicy, *, from_file: bool) -> dict[str, Any]:
+    """Where the judging policy came from: a what-if file, the packaged policy (in force while
+    no `dpgov policy set` changed it), or the ledger entry that put it in force."""
+    from dpgov.gate.in_force import record_in_force
+
+    if from_file:
+        return {"kind": "file", "path": str(loaded.path), "sha256": loaded.sha256}
+    rec = record_in_force(ledger, loaded.dataset)
+    return {
+        "kind": "packaged" if rec.seq == 0 else "ledger",
+        "seq": rec.seq or None,
+        "dataset": rec.dataset,
+        "set_by": rec.set_by if rec.seq else None,
+        "reason": rec.reason if rec.seq else None,
+        "path": str(loaded.path),
+        "sha256": loaded.sha256,
+    }
 
 
 def _signature(sign: Path | None, signature: Path | None, message: bytes) -> str | None:

@@ -224,11 +224,9 @@ def _render_gate(decision: dict[str, Any]) -> None:
     out = console()
     out.print(table)
     if not decision["allowed"]:
-        model, version = decision["model"], decision["version"]
-        out.print(
-            f"next: dpgov approve {model} {version} --by NAME, then dpgov promote {model} "
-            f"{version} (or answer the approval flow: dpgov flows approval {model} {version})"
-        )
+        from dpgov.gate.next_steps import next_hint
+
+        out.print(next_hint(decision))  # names every check an approval will not pass
 
 
 def _render_waves(data: dict[str, Any]) -> None:

@@ -640,5 +640,7 @@ def _approval_checks(
         reason += ": " + ", ".join(counted)
     if s.ignored:
         reason += "; not counted: " + ", ".join(f"{r.by} ({why})" for r, why in s.ignored)
+    if policy.approvals.allow_author:  # a single-user policy says so wherever it is judged
+        reason += f"; the run's author ({facts.author}) may approve (approvals.allow_author)"
     out.append(Check("approvals", len(counted), required, len(counted) >= required, reason))
     return out, tuple(counted), tuple(r.by for r in s.refusals)
