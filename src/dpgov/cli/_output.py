@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import typer
@@ -64,6 +64,49 @@ def console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+def table(title: str | None = None, caption: str | None = None, **kwargs: Any) -> Any:
+    """A rich table that reads at 80 columns (the width of piped output): no vertical rules,
+    one space between columns, a rule under the header, title and caption on the left.
+    Give key columns (names, ε figures) ``no_wrap=True`` so that narrower columns wrap first."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 0),
+        title_justify="left",
+        caption_justify="left",
+        **kwargs,
+    )
+
+
+def resolve_prefix(given: str, ids: Iterable[str], *, what: str, option: str) -> str:
+    """The one id of ``ids`` that ``given`` is, or is the start of (ids are printed short);
+    else UsageError (exit 2): one line naming the unknown prefix, or a few candidates."""
+    from dpgov.errors import UsageError
+
+    pool = sorted(set(ids))
+    if given in pool:
+        return given
+    hits = [i for i in pool if i.startswith(given)] if given else []
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise UsageError(f"unknown {what} {given!r} ({option}: no {what} id is or starts with it)")
+    shown = ", ".join(hits[:MAX_CANDIDATES]) + (
+        f" and {len(hits) - MAX_CANDIDATES} more" if len(hits) > MAX_CANDIDATES else ""
+    )
+    raise UsageError(
+        f"{option} {given!r} is the start of {len(hits)} {what} ids ({shown}): give more of it"
+    )
+
+
+MAX_CANDIDATES = 4  # ids an ambiguous prefix names
 
 
 def eps_up(x: float) -> str:

@@ -15,6 +15,7 @@ from dpgov.cli._output import (
     emit,
     eps_down,
     eps_up,
+    table,
 )
 from dpgov.contracts import exhausted
 
@@ -183,54 +184,57 @@ def budget(
     }
 
     def render() -> None:
-        from rich.table import Table
-
         if not statuses:
             typer.echo("no blocks registered yet (dpgov data prepare, or dpgov ledger add-block)")
             return
         b = loaded.policy.budget
-        table = Table(
-            title=f"Privacy budget per block (ε of its worst-off patient, at δ={b.delta:g}): "
-            f"ε spent is the enforced figure, by the block's rule (adaptive: RDP filter over "
-            f"{len(b.orders)} orders; fixed: {b.accountant} of a committed schedule)"
+        out = console()
+        out.print(
+            f"Privacy budget per block: ε of its worst-off patient at δ={b.delta:g}, the enforced "
+            f"figure by the block's rule (adapt: RDP filter over {len(b.orders)} orders; fixed: "
+            f"{b.accountant} of a committed schedule)"
         )
-        for col in (
-            "dataset",
-            "block",
-            "patients",
-            "classes",
-            "ε spent",
-            "rule",
-            "ε adaptive",
-            "ε fixed",
-            "limit",
-            "remaining",
-            "used",
-            "charges",
-            "pending",
-            "state",
-        ):
-            table.add_column(col, justify="right" if col not in ("dataset", "block") else "left")
-        for s in statuses:
-            used = s.epsilon_spent / s.epsilon_limit
-            bar = "█" * min(10, round(used * 10)) + "░" * max(0, 10 - round(used * 10))
-            state = "retired" if s.retired else ("exhausted" if exhausted(s.remaining) else "open")
-            table.add_row(
-                s.dataset,
-                s.block,
-                str(s.patients),
-                str(s.classes) if s.members else "—",
-                eps_up(s.epsilon_spent),
-                s.composition,
-                eps_up(s.epsilon_spent_adaptive),
-                eps_up(s.epsilon_spent_fixed),
-                f"{s.epsilon_limit:g}",
-                eps_down(s.remaining),
-                bar,
-                str(s.charges),
-                str(s.pending),
-                state,
-            )
-        console().print(table)
+        for ds in grouped:
+            out.print(_budget_table(ds, [s for s in statuses if s.dataset == ds]))
+        out.print(BUDGET_CAPTION)
 
     emit(as_json, data, render)
+
+
+BUDGET_CAPTION = (
+    "pat.: patients; cls: history classes (— before members are attached); ε: spent, by the "
+    "rule; adapt, fixed: ε by each rule; left: remaining; chg: charges; pend: pending"
+)
+
+
+def _budget_table(dataset: str, statuses: list[Any]) -> Any:
+    """One dataset's blocks, at 80 columns: names and ε figures never cut (no_wrap), short
+    headers explained by :data:`BUDGET_CAPTION`."""
+    t = table(title=f"dataset {dataset}")
+    t.add_column("block", no_wrap=True)
+    for col in ("pat.", "cls"):
+        t.add_column(col, justify="right")
+    t.add_column("ε", justify="right", no_wrap=True)
+    t.add_column("rule")
+    for col in ("adapt", "fixed", "limit", "left"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for col in ("chg", "pend"):
+        t.add_column(col, justify="right")
+    t.add_column("state", overflow="fold")
+    for s in statuses:
+        state = "retired" if s.retired else ("exhausted" if exhausted(s.remaining) else "open")
+        t.add_row(
+            s.block,
+            str(s.patients),
+            str(s.classes) if s.members else "—",
+            eps_up(s.epsilon_spent),
+            "adapt" if s.composition == "adaptive" else s.composition,
+            eps_up(s.epsilon_spent_adaptive),
+            eps_up(s.epsilon_spent_fixed),
+            f"{s.epsilon_limit:g}",
+            eps_down(s.remaining),
+            str(s.charges),
+            str(s.pending),
+            state,
+        )
+    return t

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up
+from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up, table
 from dpgov.redaction import redact
 
 if TYPE_CHECKING:
@@ -150,8 +150,6 @@ def _anchor(ledger: Ledger, report: AuditReport) -> dict[str, Any]:
 
 
 def _render(report: AuditReport, anchored: dict[str, Any] | None, html: str | None) -> None:
-    from rich.table import Table
-
     con = console()
     led, anc = report.ledger, report.anchors
     n = len(report.findings)
@@ -177,9 +175,17 @@ def _render(report: AuditReport, anchored: dict[str, Any] | None, html: str | No
             markup=False,
         )
     if report.blocks:
-        t = Table(title="ε per block (recomputed from the entries)")
-        for col in ("dataset", "block", "ε recomputed", "ε ledger", "limit", "charges", "pending"):
-            t.add_column(col)
+        t = table(
+            title="ε per block (recomputed from the entries)",
+            caption="ε: recomputed; ledger: ε as the ledger reports it; chg: charges; "
+            "pend: pending",
+        )
+        for col in ("dataset", "block"):
+            t.add_column(col, no_wrap=True)
+        for col in ("ε", "ledger", "limit"):
+            t.add_column(col, justify="right", no_wrap=True)
+        for col in ("chg", "pend"):
+            t.add_column(col, justify="right")
         for b in report.blocks:
             t.add_row(
                 b.dataset,
@@ -192,9 +198,9 @@ def _render(report: AuditReport, anchored: dict[str, Any] | None, html: str | No
             )
         con.print(t)
     if report.findings:
-        t = Table(title="Findings")
+        t = table(title="Findings")
         t.add_column("kind", no_wrap=True)
-        t.add_column("detail")
+        t.add_column("detail", ratio=1)
         for f in report.findings:
             t.add_row(f.kind, redact(f.detail))  # a driver's error may quote a URL
         con.print(t)

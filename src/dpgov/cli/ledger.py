@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from dpgov import names
-from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up
+from dpgov.cli._output import (
+    JsonOption,
+    NoPolicyOption,
+    console,
+    emit,
+    eps_up,
+    resolve_prefix,
+    table,
+)
 from dpgov.cli.patients import attach_members, erase_patient, patient
 
 ledger_app = typer.Typer(help="Read, verify and charge the privacy ledger.", no_args_is_help=True)
@@ -30,28 +37,90 @@ def _open() -> Any:
     return Ledger.open()
 
 
+def reservation_id(ledger: Any, given: str) -> str:
+    """The full reservation id of ``given`` (the id, or its start as `dpgov ledger show`
+    prints it); unknown or ambiguous: one line, exit 2."""
+    ids = [r.id for r in ledger.reservations()]
+    return resolve_prefix(given, ids, what="reservation", option="RESERVATION")
+
+
+ReservationArg = typer.Argument(
+    ..., help="Reservation id, or its start (as `dpgov ledger show` prints it)."
+)
+
+
+def _blocks(p: dict[str, Any]) -> str:
+    blocks = p.get("blocks") or ([p["block"]] if p.get("block") else [])
+    return f"{p.get('dataset', '?')}/{', '.join(str(b) for b in blocks)}"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ",".join(_short(v) for v in value)
+    if isinstance(value, dict):
+        return "{…}"
+    text = str(value)
+    return text[:8] if _looks_like_id(text) else text
+
+
+def _looks_like_id(text: str) -> bool:
+    """A reservation or schedule id (a UUID) or a hash: printed by its start."""
+    return len(text) >= 32 and all(c in "0123456789abcdef-" for c in text)
+
+
+# the payload keys a generic summary names, in this order (an entry of any other kind)
+SUMMARY_KEYS = (
+    "model", "version", "alias", "dataset", "block", "blocks", "reservation", "schedule",
+    "allowed", "action", "status", "by", "identity", "run_id", "reason", "note",
+)  # fmt: skip
+SUMMARY_WIDTH = 100  # characters of a generic summary (--json keeps everything)
+
+
 def _summary(kind: str, payload: dict[str, Any]) -> str:
+    """One line per entry, for people; `dpgov ledger show --json` keeps every field."""
     p = payload
-    if kind == "block_added":
-        return f"{p['dataset']}/{p['block']}: {p['patients']} patients"
-    if kind == "reservation":
-        m = p["mechanism"]
-        return (
-            f"{p['reservation'][:8]} {p['dataset']}/{','.join(p['blocks'])} "
-            f"σ={m['noise_multiplier']:.4g} q={m['sample_rate']:.4g} T={m['steps']} "
-            f"ε_run={eps_up(p['epsilon_run'])}"
-        )
-    if kind == "commit":
-        return f"{p['reservation'][:8]} steps={p['steps']}"
-    if kind == "schedule_committed":
-        return (
-            f"{p['schedule'][:8]} {p['dataset']}/{','.join(p['blocks'])}: "
-            f"{len(p['runs'])} planned runs {p.get('purpose') or ''}".rstrip()
-        )
-    if kind in ("release", "abort"):
-        return f"{p['reservation'][:8]} {p.get('reason', '')}"
-    text = json.dumps(p, sort_keys=True)
-    return text if len(text) <= 90 else text[:89] + "…"
+    try:
+        if kind == "block_added":
+            return f"{p['dataset']}/{p['block']}: {p['patients']} patients"
+        if kind == "reservation":
+            m = p["mechanism"]
+            return (
+                f"{p['reservation'][:8]} {_blocks(p)} σ={m['noise_multiplier']:.4g} "
+                f"q={m['sample_rate']:.4g} T={m['steps']} ε_run={eps_up(p['epsilon_run'])}"
+            )
+        if kind == "commit":
+            return f"{p['reservation'][:8]} steps={p['steps']}"
+        if kind == "schedule_committed":
+            return (
+                f"{p['schedule'][:8]} {_blocks(p)}: "
+                f"{len(p['runs'])} planned runs {p.get('purpose') or ''}".rstrip()
+            )
+        if kind in ("release", "abort"):
+            return f"{p['reservation'][:8]} {p.get('reason', '')}".rstrip()
+        if kind == "gate_decision":
+            failing = [c["name"] for c in p.get("checks", []) if not c.get("passed")]
+            verdict = "ALLOWED" if p.get("allowed") else "BLOCKED by " + ", ".join(failing)
+            return f"{p['model']} v{p['version']} {verdict} ({p.get('purpose') or 'gate'})"
+        if kind in ("approval", "refusal"):
+            text = p.get("note") or p.get("reason") or ""
+            return f"{p['model']} v{p['version']} by {p.get('by')}: {text}".rstrip(": ")
+        if kind == "promotion":
+            was = f" (was v{p['replaced']})" if p.get("replaced") else ""
+            return f"{p['model']} v{p['version']} @{p['alias']}{was}"
+        if kind == "policy_set":
+            scope = p.get("dataset") or "ledger"
+            sha = str((p.get("policy") or {}).get("sha256", ""))[:12]
+            return f"{p.get('action', 'set')} {scope} policy {sha}: {p.get('reason', '')}"
+    except (KeyError, TypeError, IndexError):  # an entry of an older shape: the generic line
+        pass
+    parts = [f"{k}={_short(p[k])}" for k in SUMMARY_KEYS if p.get(k) not in (None, "", [])]
+    if not parts:  # none of the usual keys: the entry's first plain fields
+        plain = [(k, v) for k, v in p.items() if isinstance(v, str | int | float | bool)]
+        parts = [f"{k}={_short(v)}" for k, v in plain[:4]] or [", ".join(sorted(p))]
+    text = " ".join(parts)
+    return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1] + "…"
 
 
 @ledger_app.command("show")
@@ -60,27 +129,31 @@ def show(
     last: int = typer.Option(0, "--last", min=0, help="Only the newest N entries (0: all)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """List ledger entries, oldest first."""
+    """List ledger entries, oldest first: one line each (ids by their start, which every
+    command accepts); --json prints every field, hashes included."""
     entries = _open().entries(kind)
     if last:
         entries = entries[-last:]
 
     def render() -> None:
-        from rich.table import Table
-
-        table = Table(title="Privacy ledger")
-        for col in ("seq", "time", "kind", "actor", "what", "hash"):
-            table.add_column(col)
+        t = table(
+            title="Privacy ledger",
+            caption="ids are shown by their first 8 characters; --json for every field",
+        )
+        t.add_column("seq", justify="right", no_wrap=True)
+        t.add_column("time (UTC)", no_wrap=True)
+        t.add_column("kind", no_wrap=True)
+        t.add_column("by", overflow="fold")
+        t.add_column("what", overflow="fold", ratio=1)
         for e in entries:
-            table.add_row(
+            t.add_row(
                 str(e.seq),
-                e.time[:19].replace("T", " "),
+                e.time[:16].replace("T", " "),
                 e.kind,
                 e.actor,
                 _summary(e.kind, e.payload),
-                e.hash[:12],
             )
-        console().print(table)
+        console().print(t)
 
     emit(as_json, {"entries": [e.to_dict() for e in entries]}, render)
 
@@ -286,7 +359,7 @@ def reserve(
 
 @ledger_app.command("commit")
 def commit(
-    reservation: str = typer.Argument(..., help="Reservation id."),
+    reservation: str = ReservationArg,
     steps: int | None = typer.Option(None, "--steps", help="Steps actually taken (default all)."),
     run_id: str | None = typer.Option(None, "--run-id"),
     as_json: bool = JsonOption,
@@ -296,6 +369,7 @@ def commit(
     from dpgov.tracking.anchor import try_record_anchor
 
     ledger = _open()
+    reservation = reservation_id(ledger, reservation)
     entry = ledger.commit(reservation, steps=steps, run_id=run_id)
     try_record_anchor(entry.seq, entry.hash, ledger=ledger)  # the audit's outside anchor
     emit(
@@ -309,13 +383,15 @@ def commit(
 
 @ledger_app.command("release")
 def release(
-    reservation: str = typer.Argument(..., help="Reservation id."),
+    reservation: str = ReservationArg,
     reason: str = typer.Option("no step ran", "--reason"),
     as_json: bool = JsonOption,
 ) -> None:
     """Return a reservation's budget (only when no training step ran)."""
     names.options(reservation=reservation)
-    entry = _open().release(reservation, reason=reason)
+    ledger = _open()
+    reservation = reservation_id(ledger, reservation)
+    entry = ledger.release(reservation, reason=reason)
     emit(
         as_json,
         {"reservation": reservation, "seq": entry.seq},
@@ -325,13 +401,15 @@ def release(
 
 @ledger_app.command("abort")
 def abort(
-    reservation: str = typer.Argument(..., help="Reservation id."),
+    reservation: str = ReservationArg,
     reason: str = typer.Option(..., "--reason"),
     as_json: bool = JsonOption,
 ) -> None:
     """Mark a crashed run: its reservation stays fully charged."""
     names.options(reservation=reservation)
-    entry = _open().abort(reservation, reason=reason)
+    ledger = _open()
+    reservation = reservation_id(ledger, reservation)
+    entry = ledger.abort(reservation, reason=reason)
     emit(
         as_json,
         {"reservation": reservation, "seq": entry.seq},

@@ -21,7 +21,7 @@ from typing import Any
 import typer
 
 from dpgov import names
-from dpgov.cli._output import JsonOption, console, emit, eps_up
+from dpgov.cli._output import JsonOption, console, emit, eps_up, table
 
 PSEUDONYM_HELP = "A pseudonym (20 hex digits, as prepared data holds them)."
 
@@ -168,22 +168,31 @@ def patient(
 
 
 def _render_history(h: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    typer.echo(
+    console().print(
         f"patient {h['pseudonym']} (domain {h['domain']}): ε = {eps_up(h['epsilon'])} at "
         f"δ = {h['delta']:g} ({h['composition']} composition), {len(h['charges'])} charges, "
-        f"{len(h['blocks'])} blocks"
+        f"{len(h['blocks'])} blocks",
+        markup=False,
+        highlight=False,
     )
-    blocks = Table(title="Blocks holding this patient")
+    blocks = table(title="Blocks holding this patient")
     for col in BLOCK_KEYS:
-        blocks.add_column(col)
+        blocks.add_column(col, no_wrap=col in ("dataset", "block"), overflow="fold")
     for b in h["blocks"]:
         blocks.add_row(*(str(b[k] or "—") for k in BLOCK_KEYS))
     console().print(blocks)
-    charges = Table(title="Charges that reached this patient")
-    for col in ("seq", "reservation", "dataset/block", "run", "σ", "q", "T", "status"):
-        charges.add_column(col)
+    charges = table(
+        title="Charges that reached this patient",
+        caption="res.: the reservation id's start (every command accepts it); q: sample rate; "
+        "T: steps",
+    )
+    charges.add_column("seq", justify="right")
+    charges.add_column("res.", no_wrap=True)
+    charges.add_column("dataset/block", no_wrap=True)
+    charges.add_column("run", overflow="fold")
+    for col in ("σ", "q", "T"):
+        charges.add_column(col, justify="right", no_wrap=True)
+    charges.add_column("status", overflow="fold")
     for c in h["charges"]:
         m = c["mechanism"] or {}
         charges.add_row(
@@ -342,16 +351,18 @@ def distribution(classes: list[Any], *, limit: float) -> list[dict[str, Any]]:
 
 
 def render_distribution(domains: list[dict[str, Any]], *, limit: float, title: str) -> None:
-    from rich.table import Table
-
     if not domains:
         typer.echo("no patients registered yet (blocks registered with their members)")
         return
-    table = Table(title=title)
-    for col in ("domain", "patients", "classes", "ε min", "ε median", "ε max", "over limit"):
-        table.add_column(col, justify="left" if col == "domain" else "right")
+    t = table(title=title)
+    t.add_column("domain", no_wrap=True)
+    for col in ("patients", "classes"):
+        t.add_column(col, justify="right")
+    for col in ("ε min", "ε median", "ε max"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("over limit", justify="right")
     for d in domains:
-        table.add_row(
+        t.add_row(
             d["domain"],
             str(d["patients"]),
             str(d["classes"]),
@@ -360,10 +371,12 @@ def render_distribution(domains: list[dict[str, Any]], *, limit: float, title: s
             eps_up(d["epsilon_max"]),
             str(d["patients_over_limit"]),
         )
-    console().print(table)
-    classes = Table(title=f"History classes (patients with the same charges; limit ε {limit:g})")
-    for col in ("domain", "patients", "charges", "ε"):
-        classes.add_column(col, justify="left" if col == "domain" else "right")
+    console().print(t)
+    classes = table(title=f"History classes (patients with the same charges; limit ε {limit:g})")
+    classes.add_column("domain", no_wrap=True)
+    for col in ("patients", "charges"):
+        classes.add_column(col, justify="right")
+    classes.add_column("ε", justify="right", no_wrap=True)
     for d in domains:
         for c in d["history_classes"]:
             classes.add_row(

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, console, emit
+from dpgov.cli._output import JsonOption, console, emit, table
 
 policy_app = typer.Typer(
     help="The policy in force: set it (recorded on the ledger), approve a raise, show it.",
@@ -143,21 +143,26 @@ def show(
     }
 
     def render() -> None:
+        out = console()
+
+        def say(text: str) -> None:  # wrapped at the terminal's width (80 when piped)
+            out.print(text, markup=False, highlight=False)
+
         where = f"dataset {dataset}" if dataset else "the whole ledger"
         if rec.seq:
             own = f" (its own: set for dataset {rec.dataset})" if rec.dataset else ""
             how = f"set at ledger entry {rec.seq} by {rec.set_by}, {rec.time}: {rec.reason}"
             if rec.proposal:
                 how += f" (proposal {rec.proposal}, approved by {', '.join(rec.approvers)})"
-            typer.echo(f"policy in force for {where}{own}: sha256 {rec.sha256}")
-            typer.echo(how)
+            say(f"policy in force for {where}{own}:")
+            say(f"  sha256 {rec.sha256}")
+            say(how)
         else:
-            typer.echo(
-                f"policy in force for {where}: the packaged default {rec.loaded.path} "
-                f"(sha256 {rec.sha256}); no `dpgov policy set` yet"
-            )
+            say(f"policy in force for {where}: the packaged default {rec.loaded.path}")
+            say(f"  sha256 {rec.sha256}")
+            say("no `dpgov policy set` yet")
         for p in pending:
-            typer.echo(
+            say(
                 f"open proposal {p['proposal']} by {p['proposed_by']}: {'; '.join(p['raises'])} "
                 f"({len(p['approved_by'])} of {p['required']} approvals)"
             )
@@ -187,14 +192,19 @@ def history(as_json: bool = JsonOption) -> None:
     }
 
     def render() -> None:
-        from rich.table import Table
-
-        table = Table(title="policy changes (in force from the entry shown)")
-        for col in ("entry", "scope", "sha256", "by", "reason", "approved by"):
-            table.add_column(col)
-        table.add_row("—", "ledger", h.default.sha256[:12], "packaged", "default", "")
+        t = table(
+            title="Policy changes (each in force from the entry shown)",
+            caption="scope: a dataset, or the whole ledger; sha256: its first 12 digits",
+        )
+        t.add_column("entry", justify="right", no_wrap=True)
+        t.add_column("scope", no_wrap=True)
+        t.add_column("sha256", no_wrap=True)
+        t.add_column("by", overflow="fold")
+        t.add_column("reason", ratio=1)
+        t.add_column("approved by", overflow="fold")
+        t.add_row("—", "ledger", h.default.sha256[:12], "packaged", "default", "")
         for r in h.changes:
-            table.add_row(
+            t.add_row(
                 str(r.seq),
                 r.dataset or "ledger",
                 r.sha256[:12],
@@ -203,7 +213,7 @@ def history(as_json: bool = JsonOption) -> None:
                 ", ".join(r.approvers),
             )
         out = console()
-        out.print(table)
+        out.print(t)
         for p in h.proposals.values():
             out.print(
                 f"proposal {p.seq} ({p.dataset or 'ledger'}) by {p.proposer}: "

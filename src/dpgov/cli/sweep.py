@@ -10,7 +10,15 @@ from typing import Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, PolicyOption, console, emit, eps_down, eps_up
+from dpgov.cli._output import (
+    JsonOption,
+    PolicyOption,
+    console,
+    emit,
+    eps_down,
+    eps_up,
+    table,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -117,13 +125,11 @@ def _iv(iv: dict[str, Any] | None) -> str:
         return "-"
     text = _f(iv["mean"])
     if iv.get("lo") is not None and iv.get("hi") is not None:
-        text += f" [{iv['lo']:.2f}, {iv['hi']:.2f}]"
+        text += f" [{iv['lo']:.2f},{iv['hi']:.2f}]"  # wraps after the mean at 80 columns
     return text
 
 
 def _render_plan(plan: dict[str, Any]) -> None:
-    from rich.table import Table
-
     out = console()
     out.print(
         f"[bold]sweep plan[/bold] (dry run: nothing charged) on {plan['dataset']}, "
@@ -131,9 +137,9 @@ def _render_plan(plan: dict[str, Any]) -> None:
         f"q = {plan['sample_rate']:.4g}, T = {plan['steps']} steps per trial, "
         f"δ = {plan['delta']:g} ({plan['accountant']})"
     )
-    trials = Table(title="Trials (σ calibrated for each ε on its own)")
+    trials = table(title="Trials (σ calibrated for each ε on its own)")
     for col in ("trial", "ε target", "seed", "σ", "ε of the trial"):
-        trials.add_column(col, justify="right")
+        trials.add_column(col, justify="right", no_wrap=True)
     for t in plan["trials"]:
         trials.add_row(
             str(t["trial"]),
@@ -143,9 +149,16 @@ def _render_plan(plan: dict[str, Any]) -> None:
             eps_up(t["epsilon_run"]),
         )
     out.print(trials)
-    blocks = Table(title="Privacy cost per block (every trial composed with what it spent)")
-    for col in ("block", "charges", "ε spent", "ε sweep", "ε after", "limit", "remaining", ""):
-        blocks.add_column(col, justify="right")
+    blocks = table(
+        title="Privacy cost per block (every trial composed with what it spent)",
+        caption="chg: charges; spent: ε before the sweep; sweep: ε of the sweep alone; "
+        "after: both composed; left: remaining after",
+    )
+    blocks.add_column("block", no_wrap=True)
+    blocks.add_column("chg", justify="right")
+    for col in ("spent", "sweep", "after", "limit", "left"):
+        blocks.add_column(col, justify="right", no_wrap=True)
+    blocks.add_column("", no_wrap=True)
     for c in plan["blocks_cost"]:
         blocks.add_row(
             c["block"],
@@ -202,15 +215,14 @@ def _render_result(data: dict[str, Any]) -> None:
 def tradeoff_table(summary: list[dict[str, Any]]) -> Any:
     """The summary as a rich table: one column per variant (each ε, then the reference)."""
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(title="Privacy–utility–fairness tradeoff (test split)")
-    table.add_column("metric")
-    for row in summary:
-        table.add_column(escape(row["variant"]), justify="right")
+    t = table(title="Privacy–utility–fairness tradeoff (test split)")
+    t.add_column("metric", overflow="fold", ratio=1)
+    for row in summary:  # a cell wraps after its mean, never inside a figure
+        t.add_column(escape(row["variant"]), justify="right", overflow="fold")
 
     def add(name: str, cells: list[str]) -> None:
-        table.add_row(escape(name), *[escape(c) for c in cells])
+        t.add_row(escape(name), *[escape(c) for c in cells])
 
     add(
         "ε spent per trial",
@@ -235,4 +247,4 @@ def tradeoff_table(summary: list[dict[str, Any]]) -> Any:
             hit = next((x for x in r["gaps"] if (x["attribute"], x["metric"]) == key), None)
             cells.append(_iv(hit["gap"]) if hit else "-")
         add(f"gap {g['attribute']} {g['metric'].upper()}", cells)
-    return table
+    return t

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dpgov.accounting import DpSgdMechanism, epsilon
+from dpgov.cli._output import eps_up
 from tests.cli import run_dpgov
 from tests.filter_reference import filter_eps
 
@@ -58,8 +59,10 @@ def test_budget_shows_both_figures_and_the_rule(cli):
     assert block["epsilon_spent_fixed"] == pytest.approx(epsilon([RUN], delta=1e-5), rel=1e-6)
     code, table, _ = cli("budget")
     assert code == 0
-    for column in ("rule", "ε adaptive", "ε fixed", "adaptive"):
+    for column in ("rule", "adapt", "fixed", "adapt: RDP filter"):  # short headers, explained
         assert column in table
+    assert eps_up(block["epsilon_spent_adaptive"]) in table
+    assert eps_up(block["epsilon_spent_fixed"]) in table
 
 
 def test_fixed_mode_needs_a_committed_schedule(cli, tmp_path):
