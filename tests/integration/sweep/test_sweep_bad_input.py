@@ -71,3 +71,21 @@ def test_data_that_fails_its_contract_is_refused_before_anything_is_charged(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert Ledger.open().entries() == []
     assert not (home / "sweeps").exists()
+
+
+def test_reproducible_noise_under_a_policy_that_forbids_it_records_nothing(
+    dpgov_home: Path, params_file: Callable[..., Path], dpgov: Run
+) -> None:
+    """The default policy's gate refuses reproducible noise: the sweep is refused (exit 1)
+    before its schedule is committed, so the ledger holds nothing of it."""
+    from dpgov.ledger import Ledger
+
+    before = len(Ledger.open().entries())
+    code, _, err = dpgov(
+        "sweep", "--epsilons", "1,3", "--params", str(params_file(reproducible_noise=True))
+    )
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]  # after the sweep's plan line, one error line
+    assert last.startswith("error: ") and "release.allow_reproducible_noise: false" in last
+    assert len(Ledger.open().entries()) == before
+    assert Ledger.open().entries(kind="schedule_committed") == []

@@ -27,6 +27,7 @@ from dpgov.contracts import (
     show_spent,
 )
 from dpgov.errors import Refused
+from dpgov.gate.noise import refuse_reproducible_noise
 from dpgov.tracking import sweep_runs
 from dpgov.training.governed import RunOptions, StepRunner, call_step, run_governed, validate_for
 from dpgov.training.settle import quiet, reason
@@ -82,6 +83,10 @@ def run_sweep(
 
     if not sp.fits:
         raise Refused(sp.refusal())
+    # before the schedule is committed: a sweep the policy's gate would refuse records nothing
+    refuse_reproducible_noise(
+        sp.policy.policy, reproducible=sp.params.train.reproducible_noise, where="sweep"
+    )
     validate_for(sp.params, sp.policy, validation_out=validation_out)
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -94,6 +99,7 @@ def run_sweep(
         runs=[t.mechanism for t in sp.trials],
         budget=sp.policy.policy.budget,
         purpose=f"sweep {sweep_id}",
+        new_blocks=True,  # the first trial registers blocks the ledger does not know yet
     )
     experiment = sp.params.train.experiment
     parent = sweep_runs.start_sweep(
