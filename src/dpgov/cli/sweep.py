@@ -217,9 +217,9 @@ def tradeoff_table(summary: list[dict[str, Any]]) -> Any:
     from rich.markup import escape
 
     t = table(title="Privacy–utility–fairness tradeoff (test split)")
-    t.add_column("metric", overflow="fold", ratio=1)
-    for row in summary:  # a cell wraps after its mean, never inside a figure
-        t.add_column(escape(row["variant"]), justify="right", overflow="fold")
+    t.add_column("metric", overflow="fold")
+    for row in summary:  # a cell wraps after its mean ("0.812" over "[0.77,0.84]")
+        t.add_column(escape(row["variant"]), justify="right", overflow="fold", max_width=11)
 
     def add(name: str, cells: list[str]) -> None:
         t.add_row(escape(name), *[escape(c) for c in cells])
