@@ -250,12 +250,15 @@ class ScheduleStore(PatientStore):
         purpose: str = "",
         source_sha256: str | None = None,
         actor: str | None = None,
+        new_blocks: bool = False,
     ) -> Entry:
         """Commit a schedule of planned runs for ``blocks`` (one ``schedule_committed``
         entry). Refused (nothing written) when a block is retired, or when some history class
         the blocks reach could not afford the whole schedule on top of what it holds, under
         its domain's rule (the accountant's composition under ``fixed``, the RDP filter under
-        ``adaptive``)."""
+        ``adaptive``). ``new_blocks``: blocks of the dataset not registered yet may be named
+        (a sweep's first trial registers them; they hold no history, and the schedule alone
+        must fit); otherwise an unknown block is bad input."""
         names.storable(dataset=dataset, blocks=blocks, actor=actor)
         blocks = list(dict.fromkeys(blocks))
         if not runs:
@@ -264,10 +267,11 @@ class ScheduleStore(PatientStore):
             raise UsageError(f"a schedule holds at most {MAX_RUNS} runs, found {len(runs)}")
         with self._write() as conn:
             st = self._state(conn)
-            for b in blocks:
+            known = [b for b in blocks if (dataset, b) in st.blocks] if new_blocks else blocks
+            for b in known:
                 if st.block(dataset, b).retired:
                     raise Refused(f"block {b!r} of dataset {dataset!r} is retired")
-            self._check_schedule(conn, st, dataset, blocks, runs, budget)
+            self._check_schedule(conn, st, dataset, known, runs, budget)
             return append_entry(
                 conn,
                 SCHEDULE_KIND,
@@ -293,15 +297,20 @@ class ScheduleStore(PatientStore):
         budget: Budget,
     ) -> None:
         keys = [(dataset, b) for b in blocks]
-        integrity.guard(conn, st, dataset, blocks)
-        membership.read(conn, st.members, keys)  # LedgerInconsistent when edited
-        vs = self._views(conn, st, keys)
         acc = self._acc(budget.accountant)
+        reached: list[Any] = []
+        if keys:
+            integrity.guard(conn, st, dataset, blocks)
+            membership.read(conn, st.members, keys)  # LedgerInconsistent when edited
+            vs = self._views(conn, st, keys)
+            reached = [c for v, _ in vs.values() for c in v.reached_by(keys)]
         comp = classes.Composer(conn, st, acc)
-        for c in [c for v, _ in vs.values() for c in v.reached_by(keys)]:
-            before = classes.class_multiset(st, c)
+        # new patients (blocks not registered yet) hold nothing: the schedule alone must fit
+        fresh = classes.HClass("", dataset, (), (), 0)
+        for c in [*reached, fresh]:
+            before = classes.class_multiset(st, c) if c is not fresh else []
             if budget.mode_for(c.domain) == FIXED:
-                state = comp.state(c, before)[0]
+                state = comp.state(c, before)[0] if before else acc.empty()
                 for m in runs:
                     state = acc.add(state, m)
                 eps = self._epsilon(acc, state, budget.delta)

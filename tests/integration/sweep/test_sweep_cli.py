@@ -42,6 +42,7 @@ def test_dry_run_charges_nothing_and_reports_the_composition(
     from dpgov.accounting import DpSgdMechanism, epsilon
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
+    from tests.filter_reference import filter_eps
 
     # block 2001 already spent something (a run outside the sweep); 2002 nothing
     budget = load_policy(None).policy.budget
@@ -77,12 +78,13 @@ def test_dry_run_charges_nothing_and_reports_the_composition(
         assert epsilon([_mechanism(t)], delta=1e-5) == pytest.approx(t["epsilon_run"], rel=1e-9)
     cost = {c["block"]: c for c in plan["blocks_cost"]}
     assert cost["2001"]["charges"] == 1 and cost["2002"]["charges"] == 0
-    assert cost["2001"]["epsilon_spent"] == pytest.approx(epsilon([prior], delta=1e-5), rel=1e-9)
+    # costed under the rule the ledger enforces: the RDP filter (budget.composition: adaptive)
+    assert cost["2001"]["epsilon_spent"] == pytest.approx(filter_eps([prior], 1e-5), rel=1e-9)
     assert cost["2001"]["epsilon_after"] == pytest.approx(
-        epsilon([prior, *trials], delta=1e-5), rel=1e-9
+        filter_eps([prior, *trials], 1e-5), rel=1e-9
     )
-    assert cost["2002"]["epsilon_after"] == pytest.approx(epsilon(trials, delta=1e-5), rel=1e-9)
-    assert plan["epsilon_sweep"] == pytest.approx(epsilon(trials, delta=1e-5), rel=1e-9)
+    assert cost["2002"]["epsilon_after"] == pytest.approx(filter_eps(trials, 1e-5), rel=1e-9)
+    assert plan["epsilon_sweep"] == pytest.approx(filter_eps(trials, 1e-5), rel=1e-9)
     # composed tightly, well below the naive sum of the trials and the prior charge
     naive = sum(t["epsilon_run"] for t in plan["trials"])
     assert plan["epsilon_sum_of_trials"] == pytest.approx(naive)
@@ -126,6 +128,7 @@ def test_small_sweep_charges_one_reservation_per_trial_and_nests_its_runs(
     from dpgov.ledger import Ledger
     from dpgov.policy import load_policy
     from dpgov.tracking import sweep_runs
+    from tests.filter_reference import filter_eps
 
     code, out, err = dpgov(
         "sweep", "--epsilons", "3,1", "--seeds", "2", "--json", "--params", str(params_file())
@@ -148,7 +151,8 @@ def test_small_sweep_charges_one_reservation_per_trial_and_nests_its_runs(
     for block in ("2001", "2002"):
         status = ledger.block_status("synth", block, budget)
         assert status.charges == 4
-        assert status.epsilon_spent == pytest.approx(epsilon(planned, delta=1e-5), rel=1e-3)
+        assert status.epsilon_spent_fixed == pytest.approx(epsilon(planned, delta=1e-5), rel=1e-3)
+        assert status.epsilon_spent == pytest.approx(filter_eps(planned, 1e-5), rel=1e-9)
         assert result["block_epsilon"][block] == pytest.approx(status.epsilon_spent)
     assert len(ledger.entries("reservation")) == 4 and len(ledger.entries("commit")) == 4
 

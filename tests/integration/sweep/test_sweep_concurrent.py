@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
-# With q = 0.1 and T = 20: the sweep ε = 1, 3 composes to ≈ 3.10; trial 1 and this foreign
-# run compose to ≈ 3.70; adding trial 2 gives ≈ 4.44. Under a limit of 4.0 the sweep fits
-# when checked, the foreign run is accepted after trial 1, and trial 2 no longer fits.
+# With q = 0.1 and T = 20: the sweep ε = 1, 3 composes to ≈ 3.10 (tight PLD); trial 1 and
+# this foreign run compose to ≈ 3.70; adding trial 2 gives ≈ 4.44. Under a limit of 4.0 the
+# sweep fits when checked, the foreign run is accepted after trial 1, and trial 2 no longer
+# fits. The figures are tight PLD, so the policy is `budget.composition: fixed`: the sweep
+# records its trials as a committed schedule, and the foreign run is committed as its own.
 LIMIT = 4.0
 
 
@@ -31,7 +33,7 @@ def test_a_concurrent_charge_stops_the_sweep_and_it_reports_what_ran(
     from dpgov.training.sweep import Trial, plan_sweep, run_sweep
 
     ledger = Ledger.open()
-    policy = put_in_force(write_policy(epsilon_per_block=LIMIT), ledger=ledger)
+    policy = put_in_force(write_policy(epsilon_per_block=LIMIT, composition="fixed"), ledger=ledger)
     sp = plan_sweep(params(), policy, data, ledger=ledger, epsilons=[1.0, 3.0], seeds=1)
     assert sp.fits and len(sp.trials) == 2
     foreign: list[str] = []
@@ -42,6 +44,9 @@ def test_a_concurrent_charge_stops_the_sweep_and_it_reports_what_ran(
         due = (event, trial.index) == (("done", 1) if when == "done" else ("reserve", 2))
         if due:
             other = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.1, steps=20)
+            ledger.plan_schedule(
+                dataset="synth", blocks=["2001"], runs=[other], budget=policy.policy.budget
+            )
             r = ledger.reserve(
                 dataset="synth", blocks=["2001"], mechanism=other, budget=policy.policy.budget
             )
