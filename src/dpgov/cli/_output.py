@@ -109,6 +109,23 @@ def resolve_prefix(given: str, ids: Iterable[str], *, what: str, option: str) ->
 MAX_CANDIDATES = 4  # ids an ambiguous prefix names
 
 
+def hidden_alias(help_name: str, old: str) -> Any:
+    """An option's old spelling, still accepted but not shown (docs/INTERFACES.md, "Option
+    names"); merge it with :func:`either`."""
+    return typer.Option(None, old, hidden=True, help=f"Old spelling of {help_name}.")
+
+
+def either(value: Any, old_value: Any, *, name: str, old: str) -> Any:
+    """The value given by the option's name or by its old spelling (both: one line, exit 2)."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        from dpgov.errors import UsageError
+
+        raise UsageError(f"{name} and {old} (its old spelling) differ: give one")
+    return old_value
+
+
 def eps_up(x: float) -> str:
     """Spent ε is rounded up when shown (never understate a spend)."""
     return show_spent(x, infinity="∞")

@@ -144,13 +144,18 @@ def budget(
     dataset: str | None = typer.Option(None, "--dataset", help="Only this dataset."),
     policy: Path | None = NoPolicyOption,
     patients: bool = typer.Option(
-        False, "--patients", help="The distribution of per-patient ε (history classes)."
+        False, "--per-patient", help="The distribution of per-patient ε (history classes)."
     ),
     as_json: bool = JsonOption,
+    patients_old: bool = typer.Option(
+        False, "--patients", hidden=True, help="Old spelling of --per-patient."
+    ),
 ) -> None:
     """Per block: ε spent by its worst-off patient (the enforced figure, by the block's
     composition rule), beside both figures (adaptive: RDP filter; fixed: the accountant's tight
-    composition), limit, remaining, charges; with --patients, the distribution of per-patient ε."""
+    composition), limit, remaining, charges; with --per-patient, the distribution of
+    per-patient ε."""
+    patients = patients or patients_old  # --patients: the old spelling (add-block's is a count)
     from dpgov.gate.in_force import budgets_in_force, policy_in_force
     from dpgov.ledger import Ledger
 

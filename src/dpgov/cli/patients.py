@@ -1,6 +1,6 @@
 """Answers for people about patients (issue 15): ``dpgov ledger patient | attach-members |
 erase-patient`` (registered on the ledger group by :mod:`dpgov.cli.ledger`) and the ``dpgov
-budget --patients`` distribution.
+budget --per-patient`` distribution.
 
 Who may look a patient up (or erase one from the membership) is the policy's:
 ``governance.patient_lookup``, or ``governance.policy_setters`` where that is null; the acting
@@ -21,7 +21,7 @@ from typing import Any
 import typer
 
 from dpgov import names
-from dpgov.cli._output import JsonOption, console, emit, eps_up, table
+from dpgov.cli._output import JsonOption, console, either, emit, eps_up, hidden_alias, table
 
 PSEUDONYM_HELP = "A pseudonym (20 hex digits, as prepared data holds them)."
 
@@ -118,16 +118,16 @@ def resolve_pseudonym(ident: str | None, raw: str | None, domain: str | None) ->
 
     if raw is not None:
         if ident is not None:
-            raise UsageError("give a pseudonym or --raw ID, not both")
+            raise UsageError("give a pseudonym or --source-id ID, not both")
         if not domain:
-            raise UsageError("--raw needs --domain (the patient id domain of the contract)")
+            raise UsageError("--source-id needs --domain (the patient id domain of the contract)")
         return pseudonym(domain, raw, key=load_key(create=False).key)
     if ident is None:
-        raise UsageError("give a pseudonym, or --raw ID --domain D")
+        raise UsageError("give a pseudonym, or --source-id ID --domain D")
     if not re.match(PSEUDONYM_PATTERN, ident):
         raise UsageError(
             f"{names.quote(ident)} is not a pseudonym (20 hex digits): look a source id up with "
-            "--raw ID --domain D"
+            "--source-id ID --domain D"
         )
     return ident
 
@@ -135,18 +135,23 @@ def resolve_pseudonym(ident: str | None, raw: str | None, domain: str | None) ->
 def patient(
     ident: str | None = typer.Argument(None, metavar="ID", help=PSEUDONYM_HELP),
     raw: str | None = typer.Option(
-        None, "--raw", help="A source patient id, hashed with the deployment's key (with --domain)."
+        None,
+        "--source-id",
+        help="A source patient id, hashed with the deployment's key (with --domain).",
     ),
     domain: str | None = typer.Option(
         None, "--domain", help="The patient id domain (the contract's patient_id_domain)."
     ),
     as_json: bool = JsonOption,
+    raw_old: str | None = hidden_alias("--source-id", "--raw"),
 ) -> None:
     """One patient's whole privacy history: blocks, charges, runs, composed ε. Exit 2 when the
     patient is in no block. Only identities the policy names may ask; every lookup is recorded."""
     from dpgov.data.pseudonym import load_key
     from dpgov.errors import UsageError
     from dpgov.ledger import Ledger
+
+    raw = either(raw, raw_old, name="--source-id", old="--raw")
 
     if domain is not None:
         names.name(domain, argument="--domain")
@@ -215,12 +220,14 @@ def attach_members(
     dataset: str = typer.Option(..., "--dataset"),
     block: str = typer.Option(..., "--block"),
     data: Path | None = typer.Option(
-        None, "--data", help="Prepared folder (default data/prepared/<dataset>)."
+        None, "--prepared", help="Prepared folder (default data/prepared/<dataset>)."
     ),
     as_json: bool = JsonOption,
+    data_old: Path | None = hidden_alias("--prepared", "--data"),
 ) -> None:
     """Attach the members of a block registered without them, from prepared data of the same
     data version (until then its charges reach every patient of its domain)."""
+    data = either(data, data_old, name="--prepared", old="--data")
     names.options(dataset=dataset, block=block)
     from dpgov.data.preparation import block_members, default_output
     from dpgov.data.prepared_data import load_prepared
@@ -298,7 +305,7 @@ def erase_patient(
     )
 
 
-# --------------------------------------------------------------------------- budget --patients
+# --------------------------------------------------------------------------- budget --per-patient
 
 
 def _quantile(sorted_eps: list[tuple[float, int]], position: int) -> float:
@@ -386,7 +393,7 @@ def render_distribution(domains: list[dict[str, Any]], *, limit: float, title: s
 
 
 def budget_patients(ledger: Any, loaded: Any, *, dataset: str | None, as_json: bool) -> None:
-    """``dpgov budget --patients``: the distribution of per-patient ε, from the ledger's
+    """``dpgov budget --per-patient``: the distribution of per-patient ε, from the ledger's
     history classes (every figure composed from the verified entries)."""
     b = loaded.policy.budget
     classes = ledger.patient_classes(b, dataset=dataset)

@@ -95,10 +95,10 @@ def test_budget_fits_80_columns_with_every_figure_whole(cli, charged) -> None:
 
 
 def test_budget_patients_fits_80_columns(cli, charged) -> None:
-    rc, text, err = cli("budget", "--patients", "--json")
+    rc, text, err = cli("budget", "--patients", "--json")  # the old spelling, hidden
     assert rc == 0, err
     (dom,) = json.loads(text)["domains"]
-    rc, text, err = cli("budget", "--patients")
+    rc, text, err = cli("budget", "--per-patient")
     assert rc == 0, err
     lines = fits(text)
     row(lines, DATASET, str(dom["patients"]), eps_up(dom["epsilon_max"]))
@@ -183,3 +183,27 @@ def test_ids_printed_are_accepted_not_json(cli, charged, tmp_path: Path) -> None
     rc, _, err = cli("ledger", "abort", "0000000000", "--reason", "x")
     assert rc == 2 and "no reservation id is or starts with it" in err
     assert len(Ledger.open().entries()) == before
+
+
+def test_renamed_options_keep_their_old_spelling(cli, charged) -> None:
+    """`ledger patient --source-id` (was --raw, which `flows ingest` uses for a folder) and
+    `ledger attach-members --prepared` (was --data, which `data prepare` uses for raw data)."""
+    train, _ = charged
+    from dpgov.data.pseudonym import pseudonym as keyed
+
+    members = set(train["patient_id"])
+    raw = next(f"P{i:07d}" for i in range(10_000) if keyed(DATASET, f"P{i:07d}") in members)
+    for option in ("--source-id", "--raw"):
+        rc, text, err = cli("ledger", "patient", option, raw, "--domain", DATASET, "--json")
+        assert rc == 0, err
+        assert json.loads(text)["pseudonym"] in members
+    rc, _, err = cli("ledger", "patient", "--source-id", raw, "--raw", "P1", "--domain", DATASET)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "old spelling" in err
+    rc, _, err = cli("ledger", "patient", "--source-id", raw)
+    assert rc == 2 and "--source-id needs --domain" in err
+    for option in ("--prepared", "--data"):
+        rc, _, err = cli(
+            "ledger", "attach-members", "--dataset", DATASET, "--block", "2001", option,
+            "/nonexistent/prepared",
+        )  # fmt: skip
+        assert rc == 2 and "/nonexistent/prepared" in err and len(err.strip().splitlines()) == 1
