@@ -165,9 +165,10 @@ def _render(report: AuditReport, anchored: dict[str, Any] | None, html: str | No
     else:
         con.print("anchors: not checked")
     c = report.counts
+    states = ", ".join(f"{n} {status}" for status, n in sorted(c.by_status.items()))
     con.print(
-        f"reservations {c.reservations} {c.by_status}; MLflow runs "
-        f"{c.mlflow_runs} ({c.dp_runs} DP); releases {c.releases}"
+        f"reservations {c.reservations}" + (f" ({states})" if states else "") + f"; MLflow "
+        f"runs {c.mlflow_runs} ({c.dp_runs} DP); releases {c.releases}"
     )
     for x in report.reference_releases:  # releases that depended on a non-private model
         con.print(
