@@ -162,3 +162,76 @@ def test_an_unknown_prefix_is_one_line() -> None:
         resolve_prefix("ffff", IDS, what="reservation", option="RESERVATION")
     with pytest.raises(UsageError):
         resolve_prefix("", IDS, what="reservation", option="RESERVATION")
+
+
+RID = "9c6ae688-9478-4573-a135-b0bcdbe08626"
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "expected"),
+    [
+        (
+            "reservation",
+            {
+                "reservation": RID,
+                "dataset": "cxr",
+                "blocks": ["a", "b"],
+                "mechanism": {"noise_multiplier": 1.1, "sample_rate": 0.01, "steps": 500},
+                "epsilon_run": 1.0821,
+            },
+            "9c6ae688 cxr/a, b σ=1.1 q=0.01 T=500 ε_run=1.083",
+        ),
+        ("commit", {"reservation": RID, "steps": 120}, "9c6ae688 steps=120"),
+        ("abort", {"reservation": RID, "reason": "crashed"}, "9c6ae688 crashed"),
+        (
+            "gate_decision",
+            {
+                "model": "cxr-mlp",
+                "version": "3",
+                "allowed": False,
+                "checks": [
+                    {"name": "auroc", "passed": True},
+                    {"name": "fnr_gap:sex", "passed": False},
+                    {"name": "approvals", "passed": False},
+                ],
+                "purpose": "promotion to @production",
+            },
+            "cxr-mlp v3 BLOCKED by fnr_gap:sex, approvals (promotion to @production)",
+        ),
+        (
+            "approval",
+            {"model": "cxr-mlp", "version": "3", "by": "alice", "note": "reviewed", "run_id": "r"},
+            "cxr-mlp v3 by alice: reviewed",
+        ),
+        (
+            "promotion",
+            {"model": "cxr-mlp", "version": "3", "alias": "production", "replaced": "2"},
+            "cxr-mlp v3 @production (was v2)",
+        ),
+        (
+            "policy_set",
+            {"action": "set", "dataset": None, "policy": {"sha256": "ab" * 32}, "reason": "r"},
+            "set ledger policy abababababab: r",
+        ),
+        # a kind without its own line: the usual keys, ids by their start
+        (
+            "facts_bound",
+            {"model": "m", "version": "1", "reservation": RID, "digests": {"a": 1}},
+            "model=m version=1 reservation=9c6ae688",
+        ),
+        ("pseudonym_key", {"fingerprint": "f1e2d3"}, "fingerprint=f1e2d3"),
+        # an entry of an older shape falls back to the generic line instead of failing
+        ("reservation", {"reservation": RID, "dataset": "cxr"}, "dataset=cxr reservation=9c6ae688"),
+    ],
+)
+def test_ledger_show_summarises_each_entry_in_one_line(kind, payload, expected) -> None:
+    from dpgov.cli.ledger import _summary
+
+    assert _summary(kind, payload) == expected
+
+
+def test_a_long_generic_summary_is_cut_at_its_width() -> None:
+    from dpgov.cli.ledger import SUMMARY_WIDTH, _summary
+
+    text = _summary("other", {"reason": "x" * 500})
+    assert len(text) == SUMMARY_WIDTH and text.endswith("…") and "\n" not in text
