@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, console, emit, table
+from dpgov.cli._output import JsonOption, console, emit, resolve_prefix, table
 
 policy_app = typer.Typer(
     help="The policy in force: set it (recorded on the ledger), approve a raise, show it.",
@@ -84,16 +84,22 @@ def set_(
 
 @policy_app.command("approve")
 def approve(
-    proposal: int = typer.Argument(..., help="The proposal's ledger entry (dpgov policy history)."),
+    given: str = typer.Argument(
+        ...,
+        metavar="PROPOSAL",
+        help="The proposal's ledger entry, or the start of its policy's sha256 (as `dpgov policy "
+        "set` and `policy history` print them).",
+    ),
     note: str = typer.Option("", "--note", help="Recorded with the approval."),
     as_json: bool = JsonOption,
 ) -> None:
     """Approve a proposed policy change; it takes effect with the last approval it needs."""
     from dpgov.ledger import Ledger
-    from dpgov.ledger.policies import approve_proposal
+    from dpgov.ledger.policies import approve_proposal, policy_history
 
     ledger = Ledger.open()
     try:
+        proposal = proposal_seq(policy_history(ledger), given)
         entry, prop = approve_proposal(ledger, proposal, note=note)
     finally:
         ledger.close()
@@ -108,6 +114,28 @@ def approve(
         typer.echo(f"proposal {proposal} approved by {entry.actor}: {state}")
 
     emit(as_json, data, render)
+
+
+def proposal_seq(h: Any, given: str) -> int:
+    """The ledger entry of the proposal ``given`` names: its entry number, or the start of the
+    sha256 of the policy it proposes (among the open proposals). Unknown or ambiguous: one
+    line, exit 2."""
+    from dpgov.errors import UsageError
+
+    text = given.strip()
+    if text.isdigit() and (int(text) in h.proposals or len(text) < 6):
+        return int(text)  # an entry number (approve_proposal says when it is no proposal)
+    open_ = [p for p in h.proposals.values() if p.status == "open"]
+    sha = resolve_prefix(
+        text.lower(), [p.loaded.sha256 for p in open_], what="open proposal", option="PROPOSAL"
+    )
+    seqs = [p.seq for p in open_ if p.loaded.sha256 == sha]
+    if len(seqs) > 1:
+        raise UsageError(
+            f"PROPOSAL {given!r}: {len(seqs)} open proposals propose this policy (entries "
+            f"{', '.join(map(str, seqs))}): give the entry"
+        )
+    return seqs[0]
 
 
 @policy_app.command("show")
@@ -216,7 +244,8 @@ def history(as_json: bool = JsonOption) -> None:
         out.print(t)
         for p in h.proposals.values():
             out.print(
-                f"proposal {p.seq} ({p.dataset or 'ledger'}) by {p.proposer}: "
+                f"proposal {p.seq} ({p.dataset or 'ledger'}, policy {p.loaded.sha256[:12]}) by "
+                f"{p.proposer}: "
                 f"{'; '.join(p.raises)}: {p.status}, approved by "
                 f"{', '.join(p.approved_by) or 'nobody'} of {p.required} needed"
             )

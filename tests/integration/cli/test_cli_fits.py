@@ -207,3 +207,32 @@ def test_renamed_options_keep_their_old_spelling(cli, charged) -> None:
             "/nonexistent/prepared",
         )  # fmt: skip
         assert rc == 2 and "/nonexistent/prepared" in err and len(err.strip().splitlines()) == 1
+
+
+def test_policy_approve_takes_the_start_of_the_proposed_policys_hash(
+    cli, charged, tmp_path, monkeypatch
+) -> None:
+    from dpgov.testing.policies import write_policy
+
+    more = write_policy(
+        tmp_path / "more.yaml",
+        budget={"epsilon_per_block": 50.0},
+        governance={"patient_lookup": [os_user()]},
+    )
+    rc, text, err = cli("policy", "set", str(more), "--reason", "more", "--json")
+    assert rc == 0, err
+    proposal = json.loads(text)
+    assert proposal["action"] == "propose"
+    rc, text, err = cli("policy", "history")
+    assert rc == 0, err
+    fits(text)
+    short = proposal["sha256"][:12]
+    assert f"proposal {proposal['seq']} (ledger, policy {short})" in text  # as printed
+    rc, _, err = cli("policy", "approve", "ffffffffffff")
+    assert rc == 2 and "unknown open proposal 'ffffffffffff'" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setattr("dpgov.identity.os_user", lambda: "bob")  # not the proposer
+    rc, text, err = cli("policy", "approve", short, "--json")
+    assert rc == 0, err
+    assert json.loads(text)["proposal"] == proposal["seq"]
+    assert json.loads(text)["status"] == "in force"
