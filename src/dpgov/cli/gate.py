@@ -104,31 +104,39 @@ def _fmt(check: Check, value: Any) -> str:
     return str(value)
 
 
+GATE_WIDE = 110  # columns from which the observed and limit columns are shown too
+
+
 def render_decision(decision: Decision, policy_path: Path | str) -> None:
-    """One line per check where it fits at the terminal's width (80 when piped): the reason
-    wraps in the last column, names and figures are never cut."""
+    """One line per check where it fits at the terminal's width (80 when piped): the reason,
+    which states the figures it judged, wraps in the last column; names are never cut. From
+    :data:`GATE_WIDE` columns the observed value and the limit have columns of their own."""
     from dpgov.cli._output import table
 
+    out = console()
+    wide = out.width >= GATE_WIDE
     verdict = "[bold green]ALLOWED[/]" if decision.allowed else "[bold red]BLOCKED[/]"
     sha = (decision.policy_sha256 or "")[:12]
+    figures = "" if wide else "; observed and limit: --json, or a wider terminal"
     t = table(
         title=f"gate: {decision.model} version {decision.version} — {verdict}",
-        caption=f"policy {policy_path} (sha256 {sha}…); ok/FAIL: each check's result",
+        caption=f"policy {policy_path} (sha256 {sha}…); ok/FAIL: each check's result{figures}",
     )
     t.add_column("", no_wrap=True)
     t.add_column("check", overflow="fold")
-    t.add_column("observed", justify="right", no_wrap=True)
-    t.add_column("limit", justify="right", no_wrap=True)
+    if wide:
+        t.add_column("observed", justify="right", no_wrap=True)
+        t.add_column("limit", justify="right", no_wrap=True)
     t.add_column("reason", ratio=1)
     for c in decision.checks:
+        figures_cells = [_fmt(c, c.observed), _fmt(c, c.limit)] if wide else []
         t.add_row(
             "[green]ok[/]" if c.passed else "[bold red]FAIL[/]",
             c.name,
-            _fmt(c, c.observed),
-            _fmt(c, c.limit),
+            *figures_cells,
             c.reason,
         )
-    console().print(t)
+    out.print(t)
 
 
 def gate(

@@ -24,12 +24,11 @@ def narrow(monkeypatch, capsys):
     return lines
 
 
-def test_the_gate_table_is_about_one_line_per_check(narrow) -> None:
-    from dpgov.cli.gate import render_decision
+def _decision():
     from dpgov.gate.decision import evaluate
     from tests.unit.gate.gate_factories import approval, facts, ledger_facts, policy
 
-    decision = evaluate(
+    return evaluate(
         policy(),
         facts(),
         ledger_facts(),
@@ -37,18 +36,36 @@ def test_the_gate_table_is_about_one_line_per_check(narrow) -> None:
         policy_sha256="ab" * 32,
         run_status="FINISHED",
     )
+
+
+def test_the_gate_table_is_about_one_line_per_check(narrow) -> None:
+    from dpgov.cli.gate import render_decision
+
+    decision = _decision()
     render_decision(decision, "/home/someone/project/policies/default.yaml")
     lines = narrow()
     checks = decision.checks
-    # it was 113 lines for these 24 checks (5 columns with borders; reasons in 14 characters)
-    assert len(lines) <= 2.5 * len(checks), "\n".join(lines)
-    for c in checks:  # each check starts a line with its result, name and figures, whole
-        observed = eps_up(c.observed) if isinstance(c.observed, float) else None
+    # it was 113 lines for these checks (5 columns with borders; reasons in 14 characters)
+    assert len(lines) <= 1.7 * len(checks), "\n".join(lines)
+    for c in checks:  # each check starts a line with its result and name, then its reason
         start = next(ln for ln in lines if ln.split()[1:2] == [c.name])
         assert start.split()[0] == ("ok" if c.passed else "FAIL")
-        if observed and c.name.startswith("block_budget"):
-            assert f" {observed} " in start
+        assert start.split()[2] == c.reason.split()[0]
+    budget = next(ln for ln in lines if "block_budget:" in ln)
+    assert "ε spent 2.0000 of 8" in budget  # the reason states the figures it judged
     assert not any("…" in ln for ln in lines[:-2])  # only the policy's hash is shortened
+
+
+def test_a_wide_gate_table_has_observed_and_limit_columns(monkeypatch, capsys) -> None:
+    from dpgov.cli.gate import GATE_WIDE, render_decision
+
+    monkeypatch.setenv("COLUMNS", str(GATE_WIDE))
+    decision = _decision()
+    render_decision(decision, "policies/default.yaml")
+    lines = capsys.readouterr().out.splitlines()
+    assert "observed" in lines[1] and "limit" in lines[1]
+    budget = next(ln for ln in lines if "block_budget:" in ln)
+    assert budget.split()[2:4] == [eps_up(2.0), eps_up(8.0)]
 
 
 def _iv(mean: float) -> dict[str, float]:
