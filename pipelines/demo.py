@@ -1,7 +1,9 @@
 """``dpgov demo``: the governed pipeline on the bundled flchain cohort, embedded defaults.
 
 - :func:`demo`: prepare → validate → plan → reserve → train → commit → evaluate → track → gate,
-  with everything under ``$DPGOV_HOME/demo``.
+  with everything under ``$DPGOV_HOME/demo``; then both outcomes of a release: the candidate
+  blocked under the policy in force, and (:func:`ship`) the release that ships under the demo's
+  single-user release policy, recorded with `dpgov policy set`'s call, then audited.
 - :func:`demo_waves`: retraining over time. The cohort arrives in enrollment waves of whole
   blocks; each wave is ingested (DVC add, commit, push; new blocks registered) and retraining
   runs after it, under a scenario policy with a small budget per block so that, within three
@@ -23,13 +25,15 @@ from dpgov import yamlio
 from dpgov.data.ingest import init_repo, wave_path
 from dpgov.errors import Refused
 from dpgov.gate.in_force import policy_in_force
+from dpgov.gate.next_steps import still_blocking
+from dpgov.identity import acting_identity
 from dpgov.ledger import Ledger
 from dpgov.ledger.policies import SET, set_policy
 from dpgov.policy import load_policy
 from dpgov.training.governed import RunOptions, RunSummary
 from dpgov.training.params import data_params, embedded_params_path, load_params
 from pipelines import run_names, tasks
-from pipelines.governed import run_in_flow, run_params
+from pipelines.governed import run_gate, run_in_flow, run_params
 from pipelines.ingest import ingest
 from pipelines.retraining import retraining
 from pipelines.runtime import clock_snapshot, start_clock
@@ -55,8 +59,16 @@ def embedded_policy() -> Path:
 
 
 @flow(name="demo", flow_run_name=run_names.training_name, persist_result=False)
-def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False) -> RunSummary:
-    """Prepare the bundled cohort under ``home`` and run the governed steps on it."""
+def demo(
+    home: str,
+    params: dict[str, Any] | None = None,
+    progress: bool = False,
+    release: bool = True,
+) -> RunSummary:
+    """Prepare the bundled cohort under ``home`` and run the governed steps on it: the
+    candidate is gated under the policy in force (blocked, at least for want of an approval);
+    then, with ``release``, :func:`ship` records the demo's release policy, approves, promotes
+    and audits."""
     start_clock()
     base = Path(home)
     out = base / "prepared" / "flchain"
@@ -77,8 +89,87 @@ def demo(home: str, params: dict[str, Any] | None = None, progress: bool = False
     finally:
         ledger.close()
     run.data = {"prepare": prepared.to_dict(), "dvc": versioned.to_dict()}
+    if release and run.model_version is not None:
+        ledger = Ledger.open()
+        try:  # the second outcome: a release that ships, then audited
+            run.release = ship(base, run.model_name, str(run.model_version), run.plan, ledger)
+        finally:
+            ledger.close()
     run.timings = clock_snapshot()
     return run
+
+
+# the demo's release policy: what changes from the packaged one, and why (recorded with it)
+RELEASE_REASON = (
+    "dpgov demo: single-user release policy. approvals.allow_author: true (on this machine one "
+    "person trains and approves; where a second authenticated identity exists, keep it false). "
+    "fairness.max_fnr_gap and max_auroc_gap: off, because the age-band gaps are the cohort's "
+    "own (5-year mortality at one decision threshold: the non-private reference shows the same "
+    "FNR and AUROC gaps; no per-group operating point is chosen). The widening checks "
+    "(fairness.max_*_gap_widening: 0.05) stay on: privacy must not widen those gaps; "
+    "utility.max_auroc_drop: 0.1 (at most 0.1 below the reference's AUROC)"
+)
+
+
+def release_policy(path: Path) -> Path:
+    """The embedded policy with the demo's single-user changes (:data:`RELEASE_REASON`)."""
+    file = embedded_policy()
+    policy = yamlio.load_mapping(file, where=f"policy {file}")
+    policy["approvals"]["allow_author"] = True
+    policy["fairness"]["max_fnr_gap"] = None
+    policy["fairness"]["max_auroc_gap"] = None
+    policy["utility"]["max_auroc_drop"] = 0.1  # and at most 0.1 below the reference's AUROC
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# dpgov demo release policy (written by dpgov demo; see the reason it was set with)\n"
+        + yaml.safe_dump(policy, sort_keys=False)
+    )
+    return path
+
+
+def ship(
+    base: Path, model: str, version: str, plan: dict[str, Any], ledger: Ledger
+) -> dict[str, Any]:
+    """Record the release policy for the dataset (`dpgov policy set`), gate the candidate
+    under it, approve it as who acts (the author: the policy allows it), promote it (the
+    promotion re-checks the gate), then audit. A check an approval cannot pass leaves the
+    version unpromoted, said in ``status``; the audit runs either way."""
+    dataset = str(plan["dataset"])
+    file = release_policy(base / "release-policy.yaml")
+    seq = put_in_force(ledger, file, dataset, RELEASE_REASON)
+    loaded = policy_in_force(ledger, dataset)
+    out: dict[str, Any] = {
+        "policy_file": str(file),
+        "policy_seq": seq,
+        "policy_sha256": loaded.sha256,
+        "policy_reason": RELEASE_REASON,
+        "author_may_approve": loaded.policy.approvals.allow_author,
+    }
+    before = run_gate(model, version, loaded, ledger)
+    out["gate_before"] = before
+    blocking = still_blocking(before["failing"])
+    if blocking:
+        out["status"] = f"not shipped: blocked by {', '.join(blocking)}"
+    else:
+        who = acting_identity(ledger).name
+        entry = tasks.record_approval(
+            model, version, who, "dpgov demo: the author approves (approvals.allow_author)",
+            loaded, ledger,
+        )  # fmt: skip
+        out["approval"] = {"by": who, "ledger_seq": entry.seq}
+        try:
+            promoted = tasks.promote(model, version, loaded, ledger, None)
+        except Refused as err:
+            out["status"] = f"not shipped: {err}"
+        else:
+            out["promotion"] = promoted.to_dict()
+            out["status"] = f"shipped: {model} version {version} is @{promoted.alias}"
+    report = tasks.audit(str(base), 24.0)
+    out["audit"] = {
+        "ok": bool(report.get("ok")),
+        "findings": report.get("findings") or [],
+    }
+    return out
 
 
 def scenario_policy(path: Path, epsilon_per_block: float) -> Path:

@@ -146,6 +146,8 @@ def _render(data: dict[str, Any]) -> None:
     ref = data.get("reference_auroc")
     price = f"; non-private reference {ref:.3f}, price {ref - data['auroc']:+.3f}" if ref else ""
     out.print(f"utility: AUROC {data['auroc']:.3f}{price}")
+    for line in data.get("warnings") or []:  # e.g. a σ that leaves no useful model
+        out.print(f"[bold yellow]{line}[/]")
     table = Table(title="Subgroups (test split)")
     for col in ("attribute", "group", "n", "positives", "AUROC [95% CI]", "FNR [95% CI]"):
         table.add_column(col)
@@ -165,11 +167,21 @@ def _render(data: dict[str, Any]) -> None:
         extra = f" (reference {ref_gap:.3f})" if ref_gap is not None else ""
         out.print(
             f"gap {g['attribute']} {g['metric']}: {g['gap']:.3f}{_ci(g['lo'], g['hi'])}"
-            f" over {g['groups_judged']} groups of ≥ {g['min_group_n']}{extra}"
+            f" over {g['groups_judged']} groups of ≥ {g['min_group_n']}"
+            + (
+                f" with ≥ {g['min_group_positives']} positives"
+                if g.get("min_group_positives")
+                else ""
+            )
+            + extra
         )
     _render_seconds(data)
     if data.get("gate"):
         _render_gate(data["gate"])
+    if data.get("release"):  # the demo's second outcome
+        from dpgov.cli._release_view import render_release
+
+        render_release(data["release"], _render_gate)
 
 
 def _render_seconds(data: dict[str, Any]) -> None:
@@ -223,7 +235,7 @@ def _render_gate(decision: dict[str, Any]) -> None:
         )
     out = console()
     out.print(table)
-    if not decision["allowed"]:
+    if not decision["allowed"] and decision.get("hint", True):
         from dpgov.gate.next_steps import next_hint
 
         out.print(next_hint(decision))  # names every check an approval will not pass

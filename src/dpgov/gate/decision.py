@@ -19,7 +19,9 @@ Conventions (documented in policies/README.md and docs/gate.md):
   ``[max(lo) - min(hi), max(hi) - min(lo)]`` when every subgroup has one. ``judge_on: interval``
   judges the upper bound of the gap's interval (the gap is within the limit with the interval's
   confidence); a missing interval then fails.
-* Widening is the candidate's judged gap minus the non-private reference's point gap.
+* Widening is the candidate's judged gap minus the non-private reference's point gap, both over
+  the same subgroups under the same rule (:mod:`dpgov.gate.subgroups`); a reference gap judged
+  otherwise fails the check with "cannot compare".
 * Approvals: see :mod:`dpgov.gate.standing` (latest action of each approver stands).
 * An ε is within a limit up to :func:`dpgov.contracts.within` (the accountants' round-off);
   spent ε is shown rounded up (:func:`dpgov.contracts.show_spent`).
@@ -29,14 +31,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from dpgov.contracts import show_spent, within
 from dpgov.gate.composition import composition_lines
-from dpgov.gate.facts import CandidateFacts, Gap, SubgroupMetric
+from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.noise import secret_noise_check
 from dpgov.gate.reference import confine_reference
+from dpgov.gate.reference_floor import auroc_drop_check
 from dpgov.gate.standing import ApprovalRecord, excluded_identities, standing
+from dpgov.gate.subgroups import comparable, judged_gap, reference_gap, rule_of
 from dpgov.policy.schema import Fairness, Policy
 
 Observed = float | int | str | bool | None
@@ -160,6 +164,7 @@ def evaluate(
     if run_status is not None:
         checks.append(_run_check(run_status))
     checks += _utility_checks(policy, facts)
+    checks.append(Check(*auroc_drop_check(policy, facts)))
     checks += confine_reference(policy, _fairness_checks(policy.fairness, facts))
     approval_checks, approvers, refusers = _approval_checks(policy, facts, approvals, policy_setter)
     checks += approval_checks
@@ -441,77 +446,6 @@ def _utility_checks(policy: Policy, facts: CandidateFacts) -> list[Check]:
 # --------------------------------------------------------------------------------- fairness
 
 
-@dataclass(frozen=True)
-class JudgedGap:
-    """A gap as the gate judges it (see the module docstring for how it is obtained)."""
-
-    attribute: str
-    metric: Literal["auroc", "fnr"]
-    groups: int  # subgroups that qualify
-    gap: float | None  # None when fewer than two subgroups qualify
-    lo: float | None
-    hi: float | None
-    source: str  # "recorded" | "recomputed"
-
-
-def _metric(g: SubgroupMetric, metric: str) -> tuple[float | None, float | None, float | None]:
-    if metric == "auroc":
-        return g.auroc, g.auroc_lo, g.auroc_hi
-    return g.fnr, g.fnr_lo, g.fnr_hi
-
-
-def judged_gap(
-    facts: CandidateFacts, attribute: str, metric: Literal["auroc", "fnr"], fairness: Fairness
-) -> JudgedGap:
-    """The gap of ``metric`` over ``attribute``'s qualifying subgroups."""
-    qualifying = [
-        g
-        for g in facts.subgroups
-        if g.attribute == attribute
-        and g.n >= fairness.min_group_size
-        and g.positives >= fairness.min_group_positives
-        and _metric(g, metric)[0] is not None
-    ]
-    if len(qualifying) < 2:
-        return JudgedGap(attribute, metric, len(qualifying), None, None, None, "recomputed")
-    recorded: Gap | None = next(
-        (
-            gap
-            for gap in facts.gaps
-            if gap.attribute == attribute
-            and gap.metric == metric
-            and gap.min_group_n == fairness.min_group_size
-            and gap.groups_judged == len(qualifying)
-        ),
-        None,
-    )
-    if recorded is not None:
-        return JudgedGap(
-            attribute, metric, len(qualifying), recorded.gap, recorded.lo, recorded.hi, "recorded"
-        )
-    values = [_metric(g, metric) for g in qualifying]
-    points = [v[0] for v in values if v[0] is not None]
-    gap = max(points) - min(points)
-    los = [v[1] for v in values]
-    his = [v[2] for v in values]
-    lo = hi = None
-    if all(x is not None for x in los) and all(x is not None for x in his):
-        lo_f = [float(x) for x in los if x is not None]
-        hi_f = [float(x) for x in his if x is not None]
-        hi = max(hi_f) - min(lo_f)
-        lo = max(0.0, max(lo_f) - min(hi_f))
-    return JudgedGap(attribute, metric, len(qualifying), gap, lo, hi, "recomputed")
-
-
-def _reference_gap(facts: CandidateFacts, attribute: str, metric: str, min_size: int) -> Gap | None:
-    if facts.reference is None:
-        return None
-    matches = [g for g in facts.reference.gaps if g.attribute == attribute and g.metric == metric]
-    same_size = [g for g in matches if g.min_group_n == min_size]
-    found = same_size or matches
-    return found[0] if found else None
-
-
 def _fairness_checks(f: Fairness, facts: CandidateFacts) -> list[Check]:
     out: list[Check] = []
     label = {"auroc": "AUROC", "fnr": "FNR"}
@@ -581,8 +515,11 @@ def _fairness_checks(f: Fairness, facts: CandidateFacts) -> list[Check]:
             if max_widening is None:
                 out.append(Check(wname, None, None, True, "off in policy"))
                 continue
-            ref = _reference_gap(facts, attribute, metric, f.min_group_size)
-            if facts.reference is None or ref is None:
+            ref = reference_gap(facts, attribute, metric, f)
+            unlike = comparable(ref, list(jg.names), rule_of(f)) if ref is not None else None
+            if unlike is not None:
+                out.append(Check(wname, None, max_widening, False, f"cannot compare: {unlike}"))
+            elif facts.reference is None or ref is None:
                 why = (
                     "no non-private reference recorded"
                     if facts.reference is None

@@ -41,6 +41,10 @@ class Gap(_Facts):
     hi: float | None = None
     groups_judged: int  # subgroups that met the minimum size used to compute the gap
     min_group_n: int
+    # the rest of the subgroup rule (dpgov.gate.subgroups) and the subgroups judged; None in
+    # gaps recorded before they were (no positives threshold; subgroups compared by count)
+    min_group_positives: int | None = None
+    groups: list[str] | None = None
 
 
 class ReferenceFacts(_Facts):

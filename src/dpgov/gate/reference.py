@@ -44,12 +44,15 @@ def confine_reference(policy: Policy, checks: Iterable[C]) -> list[C]:
 
 
 def widening_on(policy: Policy) -> bool:
-    """Whether a gate under ``policy`` judges any widening against a reference."""
+    """Whether a gate under ``policy`` judges anything against a reference: a widening, or
+    the AUROC drop (``utility.max_auroc_drop``, :mod:`dpgov.gate.reference_floor`)."""
     f = policy.fairness
-    return (
-        policy.release.allow_reference
-        and bool(f.sensitive_attributes)
-        and (f.max_auroc_gap_widening is not None or f.max_fnr_gap_widening is not None)
+    return policy.release.allow_reference and (
+        policy.utility.max_auroc_drop is not None
+        or (
+            bool(f.sensitive_attributes)
+            and (f.max_auroc_gap_widening is not None or f.max_fnr_gap_widening is not None)
+        )
     )
 
 
@@ -62,5 +65,7 @@ def decision_used_reference(checks: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a recorded decision (its ``checks`` as dicts) judged a widening against the
     reference: a widening line with an observed value."""
     return any(
-        is_widening(str(c.get("name", ""))) and c.get("observed") is not None for c in checks
+        (is_widening(str(c.get("name", ""))) or c.get("name") == "auroc_drop")
+        and c.get("observed") is not None
+        for c in checks
     )

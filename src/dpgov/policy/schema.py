@@ -183,6 +183,12 @@ class Utility(_Strict):
         default="point",
         description="interval: the AUROC's bootstrap lower bound must meet the floor",
     )
+    max_auroc_drop: _Unit | None = Field(
+        default=None,
+        description="floor relative to the non-private reference: its AUROC minus the "
+        "candidate's at most this (null: off; off where release.allow_reference is false or "
+        "no reference was trained)",
+    )
 
 
 class Fairness(_Strict):

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dpgov.gate.facts import Gap, ReferenceFacts, SubgroupMetric
+from dpgov.gate.subgroups import GroupRule
 
 CI = [0.025, 0.975]
 
@@ -149,8 +150,11 @@ def evaluate(
     n_boot: int = 100,
     seed: int = 0,
     min_group_n: int = 30,
+    min_group_positives: int = 0,
 ) -> Evaluation:
-    """Overall and subgroup metrics of ``scores`` (probabilities) against ``y_true`` (0/1)."""
+    """Overall and subgroup metrics of ``scores`` (probabilities) against ``y_true`` (0/1).
+    Gaps are over the subgroups :class:`dpgov.gate.subgroups.GroupRule` judges (a run passes
+    the policy's ``fairness.min_group_size`` and ``min_group_positives``)."""
     y = np.asarray(y_true).astype(int)
     p = np.asarray(scores, dtype=float)
     if y.shape != p.shape:
@@ -171,7 +175,14 @@ def evaluate(
     for attribute in sensitive.columns:
         groups = sensitive[attribute].astype(str).to_numpy()
         subs, gaps = _attribute(
-            attribute, y, p, pred, groups, n_boot=n_boot, seed=seed, min_group_n=min_group_n
+            attribute,
+            y,
+            p,
+            pred,
+            groups,
+            n_boot=n_boot,
+            seed=seed,
+            rule=GroupRule(min_group_n, min_group_positives),
         )
         ev.subgroups.extend(subs)
         ev.gaps.extend(gaps)
@@ -248,7 +259,7 @@ def _attribute(
     *,
     n_boot: int,
     seed: int,
-    min_group_n: int,
+    rule: GroupRule,
 ) -> tuple[list[SubgroupMetric], list[Gap]]:
     """Subgroup rows and the AUROC / FNR gaps of one sensitive attribute."""
     from fairlearn.metrics import MetricFrame
@@ -261,18 +272,13 @@ def _attribute(
     )
     counts = pd.DataFrame({"g": groups, "y": y}).groupby("g")["y"].agg(["size", "sum"])
 
-    judged = {
-        "auroc": [
+    judged = {  # the one subgroup rule (dpgov.gate.subgroups), as the gate applies it
+        metric: [
             g
             for g in counts.index
-            if counts.loc[g, "size"] >= min_group_n
-            and 0 < counts.loc[g, "sum"] < counts.loc[g, "size"]
-        ],
-        "fnr": [
-            g
-            for g in counts.index
-            if counts.loc[g, "size"] >= min_group_n and counts.loc[g, "sum"] > 0
-        ],
+            if rule.qualifies(metric, int(counts.loc[g, "size"]), int(counts.loc[g, "sum"]))
+        ]
+        for metric in ("auroc", "fnr")
     }
     # bootstrap intervals on the rows of judged groups (per group and for the gap)
     group_ci: dict[str, dict[str, tuple[float | None, float | None]]] = {"auroc": {}, "fnr": {}}
@@ -308,8 +314,9 @@ def _attribute(
     gaps: list[Gap] = []
     kinds: list[tuple[Literal["auroc", "fnr"], Any]] = [("auroc", scores_all), ("fnr", rates_all)]
     for kind, frame_all in kinds:
-        values = [frame_all.by_group.loc[g, kind] for g in judged[kind]]
-        values = [v for v in values if _none(v) is not None]
+        named = [(str(g), frame_all.by_group.loc[g, kind]) for g in judged[kind]]
+        named = [(g, v) for g, v in named if _none(v) is not None]
+        values = [v for _, v in named]
         gap = float(max(values) - min(values)) if len(values) >= 2 else 0.0
         lo, hi = gap_ci.get(kind, (None, None))
         gaps.append(
@@ -320,7 +327,9 @@ def _attribute(
                 lo=lo,
                 hi=hi,
                 groups_judged=len(values),
-                min_group_n=min_group_n,
+                min_group_n=rule.min_size,
+                min_group_positives=rule.min_positives,
+                groups=[g for g, _ in named],
             )
         )
     return rows, gaps

@@ -33,6 +33,7 @@ from dpgov.errors import UsageError
 from dpgov.gate.in_force import policy_in_force
 from dpgov.gate.service import run_gate
 from dpgov.tracking.registry import Registry
+from dpgov.training.budget_warning import low_budget_warning
 from dpgov.training.inputs import load_data
 from dpgov.training.params import data_params, prepared_path
 from dpgov.training.planning import plan
@@ -139,6 +140,8 @@ class RunSummary:
     seconds: float
     timings: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] | None = None  # what the demo prepared and versioned
+    release: dict[str, Any] | None = None  # the demo's release: policy, approval, promotion, audit
+    warnings: list[str] = field(default_factory=list)  # e.g. calibration left no useful model
     # in-process only (not in to_dict): the evaluations themselves, for a sweep's summary
     evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
     reference_evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
@@ -149,6 +152,8 @@ class RunSummary:
         out.pop("reference_evaluation", None)
         if out["data"] is None:
             out.pop("data")
+        if out["release"] is None:
+            out.pop("release")
         return out
 
 
@@ -215,6 +220,14 @@ def run_governed(
     if opts.gate and tracked.model_version:
         gate = run("gate", gate_now, tracked.model_name, tracked.model_version, policy, ledger)
     ref = evals.reference
+    low = low_budget_warning(
+        calibrated=p.calibrated,
+        epsilon_run=float(tracked.facts["epsilon"]),
+        target_epsilon=p.target_epsilon,
+        noise_multiplier=p.noise_multiplier,
+        blocks=p.blocks,
+        budgets=budgets,
+    )
     return RunSummary(
         plan=p.summary(),
         reservation=reservation.id,
@@ -244,6 +257,7 @@ def run_governed(
         seconds=time.perf_counter() - started,
         evaluation=evals.private,
         reference_evaluation=ref,
+        warnings=[low] if low else [],
     )
 
 

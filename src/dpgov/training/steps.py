@@ -25,6 +25,7 @@ from dpgov.accounting import epsilon
 from dpgov.contracts import EPSILON_TOLERANCE
 from dpgov.errors import UsageError
 from dpgov.gate.noise import refuse_reproducible_noise
+from dpgov.gate.subgroups import rule_of
 from dpgov.tracking import runs
 from dpgov.tracking.anchor import try_record_anchor
 from dpgov.training import records
@@ -166,6 +167,7 @@ def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> Ev
     """Score the test split; train and score the non-private reference when asked
     (``train.reference``) and the policy allows it (``release.allow_reference``)."""
     cfg = p.params.train
+    rule = rule_of(p.policy.policy.fairness)  # the gate's subgroup rule, for both models
 
     def judge(model: Any) -> Evaluation:
         return score(
@@ -175,7 +177,8 @@ def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> Ev
             threshold=cfg.threshold,
             n_boot=cfg.n_boot,
             seed=cfg.seed,
-            min_group_n=cfg.min_group_n,
+            min_group_n=rule.min_size,
+            min_group_positives=rule.min_positives,
         )
 
     out = EvalOutcome(private=judge(outcome.result.model))

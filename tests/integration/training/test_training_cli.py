@@ -213,6 +213,25 @@ def test_demo_runs_the_whole_pipeline_on_the_bundled_data(
     assert gate["model"] == "dpgov-flchain" and gate["version"] == data["model_version"]
     assert "approvals" in gate["failing"]
     assert [b["block"] for b in data["budgets"]] == ["1995", "1996", "1997", "1998-2003"]
+    # both outcomes: blocked under the packaged policy, then the release under the demo's
+    # single-user release policy, recorded as `dpgov policy set` records it
+    release = data["release"]
+    assert release["author_may_approve"] is True and release["policy_seq"] is not None
+    from dpgov.ledger import Ledger
+
+    [entry] = [e for e in Ledger.open().entries("policy_set") if e.seq == release["policy_seq"]]
+    assert entry.payload["dataset"] == "flchain" and "allow_author" in entry.payload["reason"]
+    before = {c["name"]: c for c in release["gate_before"]["checks"]}
+    assert before["fnr_gap:age_band"]["reason"] == "off in policy"  # shown off, reason recorded
+    assert before["fnr_gap_widening:age_band"]["limit"] == 0.05  # privacy may not widen it
+    assert "may approve (approvals.allow_author)" in before["approvals"]["reason"]
+    if release["status"].startswith("shipped"):
+        assert release["promotion"]["promoted"] and release["approval"]["ledger_seq"]
+    else:  # noise can fail a check an approval cannot pass: then nothing was approved
+        assert (
+            release["status"].startswith("not shipped: blocked by ") and "approval" not in release
+        )
+    assert release["audit"]["ok"] and release["audit"]["findings"] == []
     # the demo's data is versioned with DVC and pushed: its audit finds nothing to report
     assert data["data"]["dvc"]["added"] == ["prepared/flchain"] and data["data"]["dvc"]["pushed"]
     code, out, err = _dpgov(monkeypatch, capsys, "audit", "--json")

@@ -61,6 +61,7 @@ def test_decision_lists_every_expected_check():
         "secret_noise",
         "auroc",
         "calibration_error",
+        "auroc_drop",
         "auroc_gap:sex",
         "auroc_gap_widening:sex",
         "fnr_gap:sex",
