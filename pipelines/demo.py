@@ -40,10 +40,11 @@ from pipelines.runtime import clock_snapshot, start_clock
 
 WAVES_DATASET = "flchain-waves"
 WAVES_MODEL = "dpgov-flchain-waves"
-# The scenario's budget: one run at the default target ε = 2 leaves a block 0.6, above the
-# retirement floor 0.5 (a quarter of the target); the second run on it is calibrated down to
-# what remains (σ up, ε of the run about 1.6), after which it is spent and the next wave
-# retires it. So each block carries at most two models, and the newest blocks the latest.
+# The scenario's budget: under the default rule (the RDP filter, valid for adaptive
+# retraining) one run at the default target ε = 2 (its own PLD ε) costs a block about 2.6 by
+# the filter, leaving less than the retirement floor 0.5 (a quarter of the target): the next
+# wave retires it. So each block carries one model, and the newest blocks the latest. (Under
+# budget.composition: fixed, with the runs committed in advance, a block would carry two.)
 WAVES_EPSILON_PER_BLOCK = 2.6
 
 

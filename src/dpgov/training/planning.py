@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dpgov.accounting import DpSgdMechanism, calibrate_noise_multiplier, epsilon
+from dpgov.accounting.accountants import quiet_absl
+from dpgov.accounting.calibrate import SIGMA_MAX, SIGMA_MIN
 from dpgov.accounting.errors import AccountingInputError, InfeasibleBudget
+from dpgov.accounting.filters import calibrate_filter
+from dpgov.accounting.kinds import rdp_vector
 from dpgov.contracts import exceeds
 from dpgov.errors import Refused, UsageError
 from dpgov.training.inputs import Arrays, PreparedLike, arrays, data_version_of, subset
@@ -28,6 +32,7 @@ from dpgov.training.trainer import (
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.ledger import Ledger
     from dpgov.policy import LoadedPolicy
+    from dpgov.policy.schema import Budget
     from dpgov.training.params import RunParams
     from dpgov.training.trainer import SamplingPlan
 
@@ -136,12 +141,13 @@ def plan(
             )
             calibrated = True
         else:  # blocks not yet in the ledger: nothing spent on them
-            sigma = calibrate_noise_multiplier(
+            domain = str((meta.get("pseudonymisation") or {}).get("domain") or dataset)
+            sigma = fresh_sigma(
                 target_epsilon=cfg.target_epsilon,
-                delta=budget.delta,
                 sample_rate=sampling.sample_rate,
                 steps=sampling.steps,
-                accountant=budget.accountant,
+                budget=budget,
+                domain=domain,
             )
             calibrated = True
         mechanism = DpSgdMechanism(
@@ -242,3 +248,44 @@ def _check_unit_of_privacy(train: Arrays, test: Arrays) -> None:
         raise UsageError(
             f"prepared data: {overlap.size} patient(s) appear in both train and test splits"
         )
+
+
+def fresh_sigma(
+    *, target_epsilon: float, sample_rate: float, steps: int, budget: Budget, domain: str
+) -> float:
+    """σ for blocks with no charges yet: the smallest meeting the run's own ``target_epsilon``
+    (the accountant's ε: one run is not adaptive) and the block limit under the rule the
+    reservation will apply (the RDP filter over ``budget.orders`` under ``adaptive``, the
+    accountant under ``fixed``), as :meth:`dpgov.ledger.Ledger.calibrate` does for known
+    blocks; without it a run calibrated to its target alone could be refused at reserve."""
+
+    def at(target: float) -> float:
+        return calibrate_noise_multiplier(
+            target_epsilon=target,
+            delta=budget.delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=budget.accountant,
+        )
+
+    if budget.mode_for(domain) == "fixed":
+        return max(at(target_epsilon), at(budget.epsilon_per_block))
+    orders = tuple(budget.orders)
+
+    def charge_rdp(sigma: float) -> list[float]:
+        mech = DpSgdMechanism(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+        with quiet_absl():  # "failed to converge" at small σ: that order is excluded
+            return list(rdp_vector(mech, orders, 1))
+
+    return max(
+        at(target_epsilon),
+        calibrate_filter(
+            [],
+            epsilon=budget.epsilon_per_block,
+            delta=budget.delta,
+            orders=orders,
+            charge_rdp=charge_rdp,
+            sigma_min=SIGMA_MIN,
+            sigma_max=SIGMA_MAX,
+        ),
+    )

@@ -7,8 +7,8 @@ The rules (pure functions here; ``pipelines/retraining.py`` wires them):
   the dataset already used this data version: without new patients, another run would only
   spend budget again on the same data.
 - **Blocks.** Every block of the data that is not retired and whose remaining budget
-  (``epsilon_per_block`` minus the composed ε of its charges, PLD by default) is at least
-  ``min_remaining`` trains; blocks not yet registered bring fresh budget and train too.
+  (``epsilon_per_block`` minus the enforced ε of its charges: the RDP filter's by default) is
+  at least ``min_remaining`` trains; blocks not yet registered bring fresh budget and train too.
 - **Retirement.** A registered, active block whose remaining ε is below ``min_remaining`` is
   exhausted: it is retired (``Ledger.retire_block``, with the reason) instead of forcing every
   later run's σ up. ``min_remaining`` defaults to a quarter of ``train.target_epsilon``:

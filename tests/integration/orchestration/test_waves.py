@@ -32,17 +32,17 @@ def test_three_waves_spend_down_retire_and_move_on(
     assert [w["ingest"]["new_blocks"] for w in waves] == [["1995", "1996"], ["1997"], ["1998-2003"]]
     assert all(w["retraining"]["status"] == "trained" for w in waves)
     runs = [w["retraining"]["run"] for w in waves]
-    assert [r["plan"]["blocks"] for r in runs] == [
-        ["1995", "1996"],
-        ["1995", "1996", "1997"],
-        ["1997", "1998-2003"],
-    ]
-    assert runs[0]["epsilon"] <= 2.0 and runs[1]["epsilon"] < 1.9  # calibrated to what remains
-    assert [x["block"] for x in waves[2]["retraining"]["selection"]["retire"]] == ["1995", "1996"]
+    # Under the default rule (the RDP filter, valid under adaptive retraining) one model at the
+    # target spends most of a block's 2.6: each block carries one model, then retires, and the
+    # newer blocks carry the later models.
+    assert [r["plan"]["blocks"] for r in runs] == [["1995", "1996"], ["1997"], ["1998-2003"]]
+    assert all(r["epsilon"] <= 2.0 for r in runs)  # the run's own target
+    retired = [[x["block"] for x in w["retraining"]["selection"]["retire"]] for w in waves]
+    assert retired == [[], ["1995", "1996"], ["1997"]]
 
     final = {b["block"]: b for b in waves[2]["retraining"]["budgets"]}
-    assert final["1995"]["state"] == final["1996"]["state"] == "retired"
-    assert final["1998-2003"]["charges"] == 1 and final["1997"]["charges"] == 2
+    assert {k for k, b in final.items() if b["state"] == "retired"} == {"1995", "1996", "1997"}
+    assert all(b["charges"] == 1 for b in final.values())
     assert all(b["epsilon_spent"] <= out["epsilon_per_block"] for b in final.values())
     assert out["gate"]["model"] == "dpgov-flchain-waves"
 
@@ -52,7 +52,7 @@ def test_three_waves_spend_down_retire_and_move_on(
     ).stdout
     assert log.count("dpgov ingest flchain-wave") == 3
     led = Ledger.open()
-    assert {b.block for b in led.blocks(WAVES_DATASET) if b.retired} == {"1995", "1996"}
+    assert {b.block for b in led.blocks(WAVES_DATASET) if b.retired} == {"1995", "1996", "1997"}
     assert led.verify().ok
     from dpgov.gate.in_force import record_in_force
 
@@ -64,4 +64,4 @@ def test_three_waves_spend_down_retire_and_move_on(
     monkeypatch.setenv("COLUMNS", "200")
     _render_waves({**out, "orchestration": {}})  # what `dpgov demo --waves 3` prints
     shown = capsys.readouterr().out
-    assert "after wave 3" in shown and "(2) R" in shown and "gate: dpgov-flchain-waves" in shown
+    assert "after wave 3" in shown and "(1) R" in shown and "gate: dpgov-flchain-waves" in shown

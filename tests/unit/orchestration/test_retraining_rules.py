@@ -109,7 +109,8 @@ def test_ledger_side_retire_skip_and_last_version(tmp_path: Path) -> None:
     budget = Budget(epsilon_per_block=4.0, delta=1e-5, accountant="pld")
     led.add_block(dataset="d", block="2001", patients=100, data_version="v1")
     assert retraining.last_trained_version(led, "d") is None
-    mech = DpSgdMechanism(noise_multiplier=1.0, sample_rate=0.1, steps=10)
+    # σ = 2: fits the budget of 4 under the default (adaptive) rule, the RDP filter's ε ≈ 1.42
+    mech = DpSgdMechanism(noise_multiplier=2.0, sample_rate=0.1, steps=10)
     released = led.reserve(
         dataset="d", blocks=["2001"], mechanism=mech, budget=budget, data_version="v0"
     )
