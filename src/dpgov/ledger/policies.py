@@ -309,7 +309,8 @@ def _take_effect(h: PolicyHistory, rec: PolicyRecord) -> None:
 
 
 def raised_limits(old: Policy, new: Policy) -> list[str]:
-    """The limits ``new`` raises over ``old`` (a larger ε or δ, another accountant)."""
+    """The limits ``new`` raises over ``old``: a larger ε or δ, another accountant, a move to
+    fixed composition (ledger-wide or for a domain), another RDP order grid."""
     out = []
     pairs = (
         ("budget.epsilon_per_block", old.budget.epsilon_per_block, new.budget.epsilon_per_block),
@@ -322,6 +323,18 @@ def raised_limits(old: Policy, new: Policy) -> list[str]:
             out.append(f"{name} {before:g} → {after:g}")
     if old.budget.accountant != new.budget.accountant:
         out.append(f"budget.accountant {old.budget.accountant} → {new.budget.accountant}")
+    # The rule that composes charges: tight PLD of a fixed schedule reads the same charges as
+    # less than the RDP filter does, so a domain moved to fixed is a raise; another order grid
+    # changes every filter figure (either way), so it needs the same approval.
+    domains = sorted(set(old.budget.composition_by_domain) | set(new.budget.composition_by_domain))
+    if old.budget.composition != new.budget.composition and new.budget.composition == "fixed":
+        out.append(f"budget.composition {old.budget.composition} → fixed")
+    for d in domains:
+        before, after = old.budget.mode_for(d), new.budget.mode_for(d)
+        if before != after and after == "fixed":
+            out.append(f"budget.composition_by_domain[{d}] {before} → fixed")
+    if tuple(old.budget.orders) != tuple(new.budget.orders):
+        out.append(f"budget.orders ({len(old.budget.orders)} → {len(new.budget.orders)} orders)")
     return out
 
 

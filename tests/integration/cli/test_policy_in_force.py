@@ -406,3 +406,27 @@ def test_an_edited_policy_entry_stops_everything_that_enforces_it(cli, home, tmp
     code, _, err = cli("ledger", "reserve", "--dataset", "d", *RESERVE)
     assert code == 1 and "cannot be trusted" in err and f"entry {entry.seq}" in err
     assert not [e for e in _entries() if e.kind == "reservation"]
+
+
+@pytest.mark.parametrize(
+    ("budget", "says"),
+    [
+        ({"composition": "fixed"}, "budget.composition adaptive → fixed"),
+        ({"composition_by_domain": {"d": "fixed"}}, "budget.composition_by_domain[d]"),
+        ({"orders": [2.0, 4.0, 8.0, 16.0, 32.0]}, "budget.orders"),
+    ],
+)
+def test_loosening_the_composition_rule_over_charged_blocks_waits_for_approval(
+    cli, tmp_path, budget, says
+):
+    """Tight PLD of a fixed schedule reads the same charges as less than the RDP filter, and
+    another order grid changes every filter figure: over patients with charges, each is a
+    proposal that waits for approval, like a larger ε."""
+    _block()
+    assert cli("ledger", "reserve", "--dataset", "d", *RESERVE)[0] == 0
+    looser = write_policy(tmp_path / "looser.yaml", budget=budget)
+    code, out, err = cli("policy", "set", str(looser), "--reason", "looser", "--json")
+    assert code == 0, err
+    proposal = json.loads(out)
+    assert proposal["action"] == "propose" and not proposal["in_force"]
+    assert any(says in r for r in proposal["raises"]), proposal["raises"]
