@@ -338,6 +338,25 @@ def raised_limits(old: Policy, new: Policy) -> list[str]:
     return out
 
 
+def _composition(policy: Policy) -> tuple[Any, ...]:
+    b = policy.budget
+    return (b.composition, tuple(sorted(b.composition_by_domain.items())), tuple(b.orders))
+
+
+def _same_composition(new: Policy, ledger_wide: Policy, dataset: str) -> None:
+    """A dataset's policy keeps the ledger-wide composition rule: a patient may span datasets,
+    so the rule is set for the whole ledger or per id domain, never per dataset."""
+    if _composition(new) != _composition(ledger_wide):
+        b = ledger_wide.budget
+        raise UsageError(
+            f"policy for dataset {dataset}: budget.composition, composition_by_domain and "
+            f"orders are set for the whole ledger (a patient may span datasets) and must equal "
+            f"the ledger-wide policy's (composition {b.composition}, "
+            f"{len(b.composition_by_domain)} domain override(s), {len(b.orders)} orders); "
+            "nothing was recorded"
+        )
+
+
 def charged_datasets(st: VerifiedState, h: PolicyHistory, dataset: str | None) -> list[str]:
     """Datasets a change of the policy for ``dataset`` (None: ledger-wide) governs that have
     blocks with active charges (a ledger-wide change does not govern a dataset with its own)."""
@@ -394,6 +413,8 @@ def set_policy(
                 f"policy in force is {', '.join(allowed)}; nothing was recorded"
             )
         current = h.in_force(dataset)
+        if dataset is not None:
+            _same_composition(loaded.policy, h.in_force(None).loaded.policy, dataset)
         raises = raised_limits(current.loaded.policy, loaded.policy)
         charged = charged_datasets(st, h, dataset) if raises else []
         needs = current.loaded.policy.approvals.required

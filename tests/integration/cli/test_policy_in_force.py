@@ -430,3 +430,15 @@ def test_loosening_the_composition_rule_over_charged_blocks_waits_for_approval(
     proposal = json.loads(out)
     assert proposal["action"] == "propose" and not proposal["in_force"]
     assert any(says in r for r in proposal["raises"]), proposal["raises"]
+
+
+def test_a_dataset_policy_cannot_change_the_composition_rule(cli, tmp_path):
+    """The rule is set for the whole ledger or per id domain, never per dataset: a patient
+    may span datasets."""
+    _block()
+    own = write_policy(tmp_path / "own.yaml", budget={"composition": "fixed"})
+    code, _, err = cli("policy", "set", str(own), "--dataset", "d", "--reason", "mine")
+    assert code == 2 and "set for the whole ledger" in err and err.count("\n") == 1, err
+    assert Ledger.open().entries(kind="policy_set") == []
+    same = write_policy(tmp_path / "same.yaml", budget={"epsilon_per_block": 4.0})
+    assert cli("policy", "set", str(same), "--dataset", "d", "--reason", "mine")[0] == 0
