@@ -99,12 +99,25 @@ def release_statement(
     )
     return ReleaseStatement(
         statement=s,
-        text=statement_text(s) + (_sources_text(facts, reference) if s.private else ""),
+        text=statement_text(s)
+        + (_sources_text(facts, reference) if s.private else "")
+        + _self_approval_text(facts.get("author"), s.approvers),
         subgroups=list(facts.get("subgroups") or []),
         gaps=list(facts.get("gaps") or []),
         utility={k: facts.get(k) for k in UTILITY if facts.get(k) is not None},
         logged_statement=artifacts.statement if artifacts else None,
         artifact_problems=list(artifacts.problems) if artifacts else ["not read"],
+    )
+
+
+def _self_approval_text(author: Any, approvers: list[str]) -> str:
+    """Said when the run's own author approved its release (a single-user policy's
+    ``approvals.allow_author``): no second person looked at it."""
+    if not author or author not in approvers:
+        return ""
+    return (
+        f"\nApproved by the run's own author ({author}), as the policy in force allowed "
+        "(approvals.allow_author: true): no second person reviewed this release.\n"
     )
 
 

@@ -118,3 +118,23 @@ def test_a_release_with_reproducible_noise_says_so() -> None:
     assert "REPRODUCIBLE (derived from train.seed)" in rel["statement_text"]
     assert "Non-private reference" not in rel["statement_text"]
     assert report.reference_releases == []
+
+
+def test_a_release_approved_by_its_own_author_says_so() -> None:
+    """A single-user policy (approvals.allow_author) ships on the author's own approval: the
+    release's statement says no second person reviewed it; another approver's does not."""
+    for author, said in (("alice", True), ("bob", False)):
+        rows = rows_with_decision(None)  # approved by alice
+        ledger, tracking = world(rows)
+        facts = tracking.artifacts[(NAME, "1")].facts
+        assert facts is not None
+        facts.update(author=author)
+        report = audit(
+            ledger,
+            tracking,
+            DvcIndex(),
+            DEFAULT,
+            AuditOptions(now=datetime(2026, 1, 1, 1, tzinfo=UTC)),
+        )
+        (rel,) = report.to_dict()["releases"]
+        assert ("Approved by the run's own author (alice)" in rel["statement_text"]) is said
