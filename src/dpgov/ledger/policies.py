@@ -330,9 +330,9 @@ def raised_limits(old: Policy, new: Policy) -> list[str]:
     if old.budget.composition != new.budget.composition and new.budget.composition == "fixed":
         out.append(f"budget.composition {old.budget.composition} → fixed")
     for d in domains:
-        before, after = old.budget.mode_for(d), new.budget.mode_for(d)
-        if before != after and after == "fixed":
-            out.append(f"budget.composition_by_domain[{d}] {before} → fixed")
+        was, now = old.budget.mode_for(d), new.budget.mode_for(d)
+        if was != now and now == "fixed":
+            out.append(f"budget.composition_by_domain[{d}] {was} → fixed")
     if tuple(old.budget.orders) != tuple(new.budget.orders):
         out.append(f"budget.orders ({len(old.budget.orders)} → {len(new.budget.orders)} orders)")
     return out

@@ -4,6 +4,7 @@ their domain."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 
@@ -47,12 +48,11 @@ def led(tmp_path) -> Iterator[Ledger]:
 
 def reserve(led: Ledger, **kw):
     """Commit a one-run schedule for the reservation (when it fits), then reserve it."""
-    try:
+    # over the budget the schedule is refused: the reservation itself must refuse then
+    with contextlib.suppress(Refused):
         led.plan_schedule(
             dataset=kw["dataset"], blocks=kw["blocks"], runs=[kw["mechanism"]], budget=kw["budget"]
         )
-    except Refused:
-        pass  # over the budget: the reservation itself must refuse (BudgetExceeded)
     return led.reserve(**kw)
 
 
@@ -70,7 +70,9 @@ def test_regrouped_blocks_start_from_their_members_histories(led):
         assert status(led, "flchain", b).epsilon_spent == pytest.approx(eps(RUN), rel=1e-6)
     before = len(led.entries())
     with pytest.raises(BudgetExceeded, match="block '1995-1996a'") as info:
-        reserve(led, dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=BIG, budget=BUDGET)
+        reserve(
+            led, dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=BIG, budget=BUDGET
+        )
     assert info.value.after == pytest.approx(eps(RUN, BIG), rel=1e-6)  # the worst class's ε
     assert info.value.spent == pytest.approx(eps(RUN), rel=1e-6)
     assert len(led.entries()) == before
@@ -85,8 +87,8 @@ def test_regrouped_blocks_start_from_their_members_histories(led):
     )
     assert sigma > BIG.noise_multiplier
     fitted = DpSgdMechanism(noise_multiplier=sigma, sample_rate=BIG.sample_rate, steps=BIG.steps)
-    res = reserve(led, 
-        dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=fitted, budget=BUDGET
+    res = reserve(
+        led, dataset="flchain", blocks=["1995-1996a", "1996b"], mechanism=fitted, budget=BUDGET
     )
     assert eps(RUN, fitted) <= BUDGET.epsilon_per_block * (1 + 1e-9)
     assert max(res.epsilon_after.values()) == pytest.approx(eps(RUN, fitted), rel=1e-6)
@@ -250,8 +252,13 @@ def test_the_pseudonym_key_fingerprint_is_recorded_once_and_a_different_one_refu
 
 def test_one_patients_history_is_answered_and_every_lookup_recorded(led):
     led.add_block(dataset="flchain", block="overlap", patients=20, members=ids(90, 110))
-    first = reserve(led, 
-        dataset="flchain", blocks=["1995", "overlap"], mechanism=RUN, budget=BUDGET, run_id="r1"
+    first = reserve(
+        led,
+        dataset="flchain",
+        blocks=["1995", "overlap"],
+        mechanism=RUN,
+        budget=BUDGET,
+        run_id="r1",
     )
     second = reserve(led, dataset="flchain", blocks=["1996"], mechanism=RUN, budget=BUDGET)
     led.release(second.id)
@@ -309,8 +316,10 @@ def test_block_status_reports_both_compositions_of_the_worst_class(led):
     by_rdp = Budget(epsilon_per_block=3.0, delta=1e-5, accountant="rdp", composition="fixed")
     rdp_status = status(led, "flchain", "1995", by_rdp)
     assert rdp_status.composition == "fixed"  # budget.accountant gives the fixed figure
-    assert rdp_status.epsilon_spent == rdp_status.epsilon_spent_fixed == pytest.approx(
-        epsilon([RUN, RUN], delta=1e-5, accountant="rdp"), rel=1e-9
+    assert (
+        rdp_status.epsilon_spent
+        == rdp_status.epsilon_spent_fixed
+        == pytest.approx(epsilon([RUN, RUN], delta=1e-5, accountant="rdp"), rel=1e-9)
     )
     adaptive = Budget(epsilon_per_block=3.0, delta=1e-5, accountant="pld")  # the default rule
     ad = status(led, "flchain", "1995", adaptive)
