@@ -300,11 +300,19 @@ def replayed_charges(ledger: Any) -> dict[tuple[str, str], list[Any]]:
     return out
 
 
-def recomputed_epsilon(ledger: Any, budget: Any) -> dict[tuple[str, str], float]:
-    """Every block's ε composed from scratch over the replayed charges, at the policy's δ."""
+def enforced_epsilon(mechs: list[Any], budget: Any) -> float:
+    """The ε the ledger enforces for these charges, composed from scratch: the RDP filter's
+    over the policy's orders (budget.composition adaptive, the default; an independent
+    implementation on dp_accounting's RdpAccountant), else the policy's accountant."""
     from dpgov.accounting import epsilon
+    from tests.filter_reference import filter_eps
 
-    return {
-        key: epsilon(mechs, delta=budget.delta, accountant=budget.accountant)
-        for key, mechs in replayed_charges(ledger).items()
-    }
+    if budget.composition == "adaptive":
+        return filter_eps(mechs, budget.delta, tuple(budget.orders))
+    return epsilon(mechs, delta=budget.delta, accountant=budget.accountant)
+
+
+def recomputed_epsilon(ledger: Any, budget: Any) -> dict[tuple[str, str], float]:
+    """Every block's enforced ε composed from scratch over the replayed charges, at the
+    policy's δ (:func:`enforced_epsilon`)."""
+    return {key: enforced_epsilon(mechs, budget) for key, mechs in replayed_charges(ledger).items()}

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from dpgov.accounting import epsilon
 from tests.integration.reliability.helpers import (
     LEDGER_BROKEN,
     RELEASE_BROKEN,
     World,
     dpgov,
+    enforced_epsilon,
     environment,
     recomputed_epsilon,
     replayed_charges,
@@ -124,7 +124,7 @@ def test_killed_run(
     else:
         [res] = reservations
         assert res.status == state
-        ran = epsilon([res.mechanism.with_steps(steps_ran)], delta=budget.delta)
+        ran = enforced_epsilon([res.mechanism.with_steps(steps_ran)], budget)
         charged = recomputed_epsilon(ledger, budget)
         shown = {
             b["block"]: b

@@ -113,6 +113,7 @@ def reservations(request: dict[str, Any]) -> None:
                 mechanism=DpSgdMechanism(noise_multiplier=sigma, sample_rate=q, steps=steps),
                 policy=loaded,
                 target_epsilon=request["target_epsilon"],
+                params=SimpleNamespace(train=SimpleNamespace(reproducible_noise=False)),
             )
             try:
                 res = reserve(plan, ledger=ledger)  # type: ignore[arg-type]

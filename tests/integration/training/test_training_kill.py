@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from dpgov.accounting import epsilon
 from dpgov.ledger import Ledger
 from dpgov.policy import load_policy
+from tests.filter_reference import filter_eps
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,7 +45,7 @@ def test_killed_run_stays_charged(dpgov_home: Path, tmp_path: Path) -> None:
     from dpgov.testing.runs import governed_data
 
     policy = REPO / "policies" / "default.yaml"
-    # 399 training patients, batch 40: 10 steps an epoch
+    # ~400 training patients (a keyed split), batch 40: ceil(n / 40) steps an epoch
     world = governed_data(tmp_path / "data", n=500, dataset="synth")
     params = world.params(
         {
@@ -91,6 +93,10 @@ def test_killed_run_stays_charged(dpgov_home: Path, tmp_path: Path) -> None:
     budget = load_policy(policy).policy.budget
     status = ledger.block_status(reservation.dataset, reservation.blocks[0], budget)
     assert status.pending == 1
-    planned = epsilon([reservation.mechanism], delta=budget.delta, accountant=budget.accountant)
-    assert status.epsilon_spent == pytest.approx(planned)
-    assert reservation.mechanism.steps == 1000 * 10  # the whole plan, not the 5 steps taken
+    planned = filter_eps([reservation.mechanism], budget.delta, tuple(budget.orders))
+    assert status.epsilon_spent == pytest.approx(planned)  # the enforced (RDP filter) figure
+    fixed = epsilon([reservation.mechanism], delta=budget.delta, accountant=budget.accountant)
+    assert status.epsilon_spent_fixed == pytest.approx(fixed)
+    n = sum(json.loads((world.prepared / "meta.json").read_text())["blocks"].values())
+    # the whole plan (1000 epochs of ceil(n / 40) steps), not the 5 steps taken
+    assert reservation.mechanism.steps == 1000 * math.ceil(n / 40)

@@ -27,8 +27,21 @@ def test_version_and_short_help(monkeypatch, capsys) -> None:
     assert (code, out.strip()) == (0, f"dpgov {__version__}")
     code, out, _ = run_dpgov(monkeypatch, capsys, "budget", "-h")
     assert code == 0 and "budget [OPTIONS]" in out and "--json" in out
-    code, out, _ = run_dpgov(monkeypatch, capsys, "--show-completion", "bash")
-    assert code == 0 and "complete" in out and "dpgov" in out
+
+
+def test_shell_completion_script() -> None:
+    """As a user gets it: the console script prints a bash completion script for dpgov."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("dpgov", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    out = subprocess.run(
+        [exe, "--show-completion", "bash"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "complete" in out.stdout and "_dpgov_completion" in out.stdout
 
 
 def test_project_file_names_the_home_from_any_folder_below(bare: Path, monkeypatch, capsys) -> None:
