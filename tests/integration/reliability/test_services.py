@@ -60,7 +60,10 @@ def _in_force(policy: Path, url: str) -> None:
         ledger.close()
 
 
-@pytest.fixture(scope="module")
+# Session-scoped, like the services: under `-n 2 --dist loadgroup` a worker may run other
+# modules' tests between this module's, and a module-scoped world was built (and `dpgov run`
+# run, ~45 s) again after each interruption.
+@pytest.fixture(scope="session")
 def site(
     services: Services, tmp_path_factory: pytest.TempPathFactory, cohort: tuple[Path, Path, Path]
 ) -> World:
@@ -82,7 +85,7 @@ def site(
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def first_run(site: World, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``dpgov run`` once, as a user runs it, against the services."""
     folder = tmp_path_factory.mktemp("first-run")
