@@ -128,7 +128,9 @@ def test_data_without_contract_exits_2(project, monkeypatch, capsys) -> None:
 def test_own_csv_prepares_and_validates(project, monkeypatch, capsys) -> None:
     from dpgov.testing.sources import write_tabular
 
-    data, contract = write_tabular(project / "raw", 400, dataset="mine")
+    data, contract = write_tabular(
+        project / "raw", 2000, dataset="mine"
+    )  # subgroups large enough in test under any key
     code, out, _ = dpgov(
         monkeypatch,
         capsys,

@@ -14,8 +14,11 @@ from tests.cli import run_dpgov
 @pytest.fixture
 def bare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working directory with no DPGOV_HOME, ledger URL or tracking URI in the environment."""
-    for name in ("DPGOV_HOME", "DPGOV_LEDGER_URL", "MLFLOW_TRACKING_URI"):
+    for name in ("DPGOV_LEDGER_URL", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
+    # empty counts as unset; monkeypatch restores the variable after the test, including the
+    # DPGOV_HOME that main() exports from a dpgov.toml (it must not leak into later tests)
+    monkeypatch.setenv("DPGOV_HOME", "")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
