@@ -40,6 +40,7 @@ _Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 Composition = Literal["adaptive", "fixed"]
+JudgeOn = Literal["point", "interval", "dp_interval"]
 
 # The default grid Λ of the RDP filter (dpgov.accounting.filters.FILTER_ORDERS; the policy layer
 # does not import the accounting layer's constants at class-definition time to stay light).
@@ -162,6 +163,12 @@ class Release(_Strict):
         description="train the non-private reference and judge fairness widening against it; "
         "false: no reference is trained and the widening checks are off",
     )
+    require_empirical_audit: bool = Field(
+        default=False,
+        description="release only models with an empirical privacy audit (dpgov audit-model) "
+        "whose lower bound on ε does not exceed the claimed ε; the run's plan then reserves "
+        "the candidate and its audit together",
+    )
 
     @field_validator("alias")
     @classmethod
@@ -179,9 +186,10 @@ class Utility(_Strict):
     max_calibration_error: _Unit | None = Field(
         default=0.1, description="expected calibration error ceiling, 10 bins (null: off)"
     )
-    judge_on: Literal["point", "interval"] = Field(
+    judge_on: JudgeOn = Field(
         default="point",
-        description="interval: the AUROC's bootstrap lower bound must meet the floor",
+        description="interval: the AUROC's bootstrap lower bound must meet the floor; "
+        "dp_interval: the lower bound of the DP-evaluated interval (evaluation.private)",
     )
     max_auroc_drop: _Unit | None = Field(
         default=None,
@@ -209,9 +217,10 @@ class Fairness(_Strict):
     max_fnr_gap_widening: _Unit | None = Field(
         default=0.05, description="how much wider than the non-private reference's; null: off"
     )
-    judge_on: Literal["point", "interval"] = Field(
+    judge_on: JudgeOn = Field(
         default="point",
-        description="interval: the upper bound of the gap's bootstrap interval must be within",
+        description="interval: the upper bound of the gap's bootstrap interval must be within; "
+        "dp_interval: the upper bound of the DP-evaluated interval (evaluation.private)",
     )
     min_group_size: int = Field(
         default=30,
@@ -239,6 +248,44 @@ class Fairness(_Strict):
         if len(set(value)) != len(value):
             raise ValueError("attributes must not repeat")
         return value
+
+
+class Evaluation(_Strict):
+    """How the held-out test split is used. Its patients are budgeted like any others (test
+    blocks in the ledger). ``private: true`` releases DP-evaluated metrics (noisy score
+    histograms) charged to the test blocks and judged on intervals that cover sampling and
+    noise (``judge_on: dp_interval``); ``false`` releases exact test metrics, which the
+    privacy statement lists as not covered."""
+
+    private: bool = Field(
+        default=False,
+        description="release DP-evaluated test metrics, charged to the test blocks",
+    )
+    epsilon: float = Field(
+        default=0.5,
+        gt=0,
+        le=10,
+        allow_inf_nan=False,
+        description="ε of one DP-evaluated release (all its metrics together), at budget.delta",
+    )
+    epsilon_per_block: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description="extra cap on what evaluation charges may spend on one test block in all "
+        "(null: only budget.epsilon_per_block)",
+    )
+    eta: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="false-accept probability of one release, split across its checks and retries",
+    )
+    bins: int = Field(
+        default=20, ge=2, le=1000, description="score bins of the noisy per-class histograms"
+    )
 
 
 class Approvals(_Strict):
@@ -373,6 +420,7 @@ class Policy(_Strict):
     release: Release = Field(default_factory=Release)
     utility: Utility = Field(default_factory=Utility)
     fairness: Fairness = Field(default_factory=Fairness)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
     approvals: Approvals = Field(default_factory=Approvals)
     ledger: LedgerRules = Field(default_factory=LedgerRules)
     governance: Governance = Field(default_factory=Governance)
@@ -383,6 +431,25 @@ class Policy(_Strict):
         if isinstance(value, bool):  # Literal[1] would take True
             raise ValueError("version must be the integer 1")
         return value
+
+    @model_validator(mode="after")
+    def _dp_judging(self) -> Policy:
+        private = self.evaluation.private
+        for section, judge in (
+            ("utility", self.utility.judge_on),
+            ("fairness", self.fairness.judge_on),
+        ):
+            if private and judge != "dp_interval":
+                raise ValueError(
+                    f"evaluation.private is true: {section}.judge_on must be dp_interval "
+                    f"(found {judge}); exact test metrics would be released beside the DP ones"
+                )
+            if judge == "dp_interval" and not private:
+                raise ValueError(
+                    f"{section}.judge_on is dp_interval: set evaluation.private: true "
+                    "(there are no DP-evaluated metrics to judge)"
+                )
+        return self
 
     def release_max_epsilon(self) -> float:
         """ε limit of one model: ``release.max_epsilon``, else the block budget."""
