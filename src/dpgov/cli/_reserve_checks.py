@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from dpgov.errors import Refused
+from dpgov.data.test_blocks import TEST_SPLIT, is_evaluation_mechanism
+from dpgov.errors import Refused, UsageError
 
 if TYPE_CHECKING:
     from dpgov.ledger import Ledger
@@ -59,4 +60,22 @@ def check_delta_below_inverse_patients(
             f"{', '.join(blocks)} (the run's training patients); a patient-level guarantee needs "
             f"δ < 1/{n} (policy release.delta_below_inverse_patients): set a smaller "
             "budget.delta; nothing charged"
+        )
+
+
+def check_not_training_on_test(
+    ledger: Ledger, policy: Policy, dataset: str, blocks: Sequence[str], mechanism: object
+) -> None:
+    """UsageError (exit 2, nothing charged) when a mechanism other than one evaluation release
+    (the Gaussian mechanism: DP-SGD with q = 1, T = 1) would be charged to a test block: test
+    patients are for evaluation only (:mod:`dpgov.data.test_blocks`)."""
+    if is_evaluation_mechanism(mechanism):
+        return
+    if not set(blocks) <= {b.block for b in ledger.blocks(dataset)}:
+        return  # an unknown block: the reservation itself names it (exit 2)
+    test = [s.block for s in ledger.budget(policy.budget, dataset, blocks) if s.split == TEST_SPLIT]
+    if test:
+        raise UsageError(
+            f"block {test[0]!r} of dataset {dataset!r} is a test block: only an evaluation "
+            "release (sample rate 1, 1 step) may be charged to it, never training"
         )

@@ -331,14 +331,18 @@ def reserve(
     dataset's policy in force (`dpgov policy show --dataset D`). Refused (exit 1, nothing
     charged) when that policy requires δ < 1/n and δ is not below 1/(patients of the blocks)."""
     names.options(dataset=dataset, blocks=block, steps=steps, run_id=run_id)
-    from dpgov.cli._reserve_checks import check_delta_below_inverse_patients
+    from dpgov.cli._reserve_checks import (
+        check_delta_below_inverse_patients,
+        check_not_training_on_test,
+    )
     from dpgov.cli.accounting import _mechanism
     from dpgov.gate.in_force import policy_in_force
 
     mech = _mechanism(noise_multiplier, sample_rate, steps)
     ledger = _open()
     loaded = policy_in_force(ledger, dataset)
-    check_delta_below_inverse_patients(ledger, loaded.policy, dataset, block)  # before charging
+    check_not_training_on_test(ledger, loaded.policy, dataset, block, mech)  # before charging
+    check_delta_below_inverse_patients(ledger, loaded.policy, dataset, block)
     res = ledger.reserve(
         dataset=dataset,
         blocks=block,

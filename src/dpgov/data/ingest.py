@@ -14,7 +14,9 @@ records to it. The steps (each a task of ``pipelines/ingest.py``):
    of the owning stage instead when a ``dvc.yaml`` stage produces the folder), optionally
    ``git commit`` of the DVC files, then ``dvc push`` to the remote.
 4. :func:`register_blocks`: every block not yet in the ledger is added (``Ledger.add_block``)
-   with its training patients and the data version; all are checked before any is written.
+   with its training patients and the data version, and (from the published folder) each
+   test block ``test-<block>`` with its test patients, split ``test``; all are checked before
+   any is written.
 
 Waves (:func:`plan_waves`, :func:`enrollment_waves`, :func:`write_waves`) cut the bundled
 cohort into chronological arrivals of whole blocks, for the retraining demonstration.
@@ -36,6 +38,7 @@ from dpgov.data.params import DataParams
 from dpgov.data.preparation import block_members, build_prepared, prepare
 from dpgov.data.prepared_data import load_prepared
 from dpgov.data.sources import TABLE_SUFFIXES, load_source, read_table
+from dpgov.data.test_blocks import TEST_SPLIT, evaluation_members
 from dpgov.data.versioning import data_version, find_dvc_root
 from dpgov.errors import UsageError
 
@@ -432,9 +435,10 @@ def register_blocks(
                 f"the new data gives {patients}: new patients arrive as a new block"
             )
     members: dict[str, list[str]] = {}
+    held_out: dict[str, list[str]] = {}
     domain: str | None = None
     if prepared is not None:
-        members, domain, fp = _prepared_members(Path(prepared), dataset, data_version)
+        members, held_out, domain, fp = _prepared_members(Path(prepared), dataset, data_version)
         ledger.pseudonym_key(fp)
         for block, patients in blocks.items():
             if len(members.get(block, [])) != patients:
@@ -462,14 +466,29 @@ def register_blocks(
             )
         if entry is not None:
             added.append(block)
+    for block, pseudonyms in held_out.items():  # the test blocks (dpgov.data.test_blocks)
+        if block in known:
+            continue
+        entry = ledger.add_block(
+            dataset=dataset,
+            block=block,
+            patients=len(pseudonyms),
+            data_version=data_version,
+            members=pseudonyms,
+            domain=domain,
+            split=TEST_SPLIT,
+        )
+        if entry is not None:
+            added.append(block)
     return added
 
 
 def _prepared_members(
     folder: Path, dataset: str, version: str
-) -> tuple[dict[str, list[str]], str, str]:
-    """Members per training block, the id domain and the key fingerprint of a prepared folder
-    of ``version`` (UsageError when it holds another version or dataset)."""
+) -> tuple[dict[str, list[str]], dict[str, list[str]], str, str]:
+    """Members per training block and per test block, the id domain and the key fingerprint
+    of a prepared folder of ``version`` (UsageError when it holds another version or
+    dataset)."""
     data = load_prepared(folder)
     if data.dataset != dataset or data.data_version != version:
         raise UsageError(
@@ -479,7 +498,12 @@ def _prepared_members(
     pseudo = data.meta.get("pseudonymisation") or {}
     if not pseudo.get("domain") or not pseudo.get("key_fingerprint"):
         raise UsageError(f"prepared data {folder}: meta.json names no id domain: prepare again")
-    return block_members(data.train), str(pseudo["domain"]), str(pseudo["key_fingerprint"])
+    return (
+        block_members(data.train),
+        evaluation_members(data.test),
+        str(pseudo["domain"]),
+        str(pseudo["key_fingerprint"]),
+    )
 
 
 # --------------------------------------------------------------------------- waves

@@ -16,7 +16,8 @@ pseudonym key, so DVC sees the same data version again):
    strings one-hot; everything float32;
 6. write into a temporary folder, compute its DVC md5, register the blocks in the ledger (the
    key's fingerprint first, then each training block with its members' pseudonyms, its domain
-   and its split), then rename into place: a failure leaves the previous output untouched and
+   and its split, and each test block ``test-<block>`` with split ``test``), then rename
+   into place: a failure leaves the previous output untouched and
    nothing half-written.
 """
 
@@ -39,6 +40,7 @@ from dpgov.data.params import DataParams
 from dpgov.data.pseudonym import METHOD as PSEUDONYM_METHOD
 from dpgov.data.pseudonym import PseudonymKey, load_key, pseudonymise
 from dpgov.data.sources import Source, is_bundled, load_source
+from dpgov.data.test_blocks import TEST_SPLIT, TRAIN_SPLIT, evaluation_members
 from dpgov.data.versioning import compute_md5
 from dpgov.errors import UsageError
 from dpgov.ledger import Ledger
@@ -106,14 +108,18 @@ def prepare(
     registered: list[str] = []
 
     def register_blocks(version: str) -> None:
+        held_out = evaluation_members(test)
+        if clash := sorted(set(held_out) & set(meta["blocks"])):
+            raise UsageError(f"prepare {name}: training block {clash[0]!r} has a test block's name")
         registered.extend(
             _register(
                 name,
-                block_members(train),
+                {**block_members(train), **held_out},
                 version,
                 ledger_url,
                 domain=loaded.contract.id_domain,
                 key_fingerprint=key.fingerprint,
+                test_blocks=frozenset(held_out),
             )
         )
 
@@ -149,11 +155,13 @@ def _register(
     *,
     domain: str,
     key_fingerprint: str,
+    test_blocks: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Record the key's fingerprint (a different key is refused before anything else), then add
     every block with its members; check all first, so a conflict changes nothing. A block the
-    ledger holds without members, of this data version, gets them attached. Returns the blocks
-    newly added."""
+    ledger holds without members, of this data version, gets them attached. ``members``
+    holds the training blocks and the ``test_blocks`` (``test-<block>``, split ``test``:
+    :mod:`dpgov.data.test_blocks`). Returns the blocks newly added."""
     led = Ledger.open(url)
     try:
         known = {b.block: b for b in led.blocks(dataset)}
@@ -183,7 +191,7 @@ def _register(
                 data_version=version,
                 members=pseudonyms,
                 domain=domain,
-                split="train",
+                split=TEST_SPLIT if block in test_blocks else TRAIN_SPLIT,
             )
             if entry is not None and block not in known:
                 added.append(block)

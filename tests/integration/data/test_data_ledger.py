@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from dpgov.data import DataParams, data_version, prepare
+from dpgov.data import DataParams, data_version, load_prepared, prepare
+from dpgov.data.test_blocks import evaluation_block
 from dpgov.errors import UsageError
 from dpgov.ledger import Ledger
+from dpgov.policy.schema import Budget
 from dpgov.testing.sources import write_tabular
 
 
@@ -21,10 +23,21 @@ def test_prepare_registers_every_block_with_its_training_patients(
 ) -> None:
     data, contract = raw
     result = prepare(data, contract, out=tmp_path / "p", ledger_url=ledger_url)
-    blocks = {b.block: b for b in Ledger.open(ledger_url).blocks("cohort")}
-    assert {k: v.patients for k, v in blocks.items()} == result.blocks
+    led = Ledger.open(ledger_url)
+    blocks = {b.block: b for b in led.blocks("cohort")}
+    test = {
+        evaluation_block(b): n for b, n in load_prepared(tmp_path / "p").meta["test_blocks"].items()
+    }
+    assert {k: v.patients for k, v in blocks.items()} == {**result.blocks, **test}
     assert {b.data_version for b in blocks.values()} == {result.data_version}
-    assert result.registered == sorted(result.blocks)
+    assert sorted(result.registered) == sorted([*result.blocks, *test])
+    # each block's split as `dpgov budget --json` shows it: train for training, test for test
+    splits = {
+        s.block: s.split
+        for s in led.budget(Budget(epsilon_per_block=10.0, delta=1e-5), dataset="cohort")
+    }
+    assert splits == {**dict.fromkeys(result.blocks, "train"), **dict.fromkeys(test, "test")}
+    assert sum(test.values()) == result.n_test
 
 
 def test_preparing_the_same_data_again_registers_nothing_new(raw, tmp_path, ledger_url) -> None:
