@@ -1,0 +1,367 @@
+"""Metrics and their intervals from a DP-evaluated release (pure; numpy imported lazily).
+
+Everything here is post-processing of the recorded noisy histograms
+(:class:`dpgov.gate.dp_facts.PrivateEvaluation`): deterministic, so the gate, promotion and
+previews recompute the same figures and never draw noise. Negative noisy counts are set to 0
+before a metric is computed. docs/evaluation.md states the construction and its sources.
+
+Intervals are asymptotic (normal) and cover sampling and noise together: for a metric with
+estimate m, sampling variance v_s (estimated from the noisy counts) and noise variance v_n
+(σ² times the squared gradient of m in the counts, the delta method), ``lo = m − q·√(v_s+v_n)``
+is a lower bound and ``hi = m + q·√(v_s+v_n)`` an upper bound at failure probability η each,
+q = Φ⁻¹(1 − η). η is *measured*, not guaranteed (benchmarks/RESULTS_dp_eval.md).
+
+- AUROC: Mann-Whitney over the bins (a tie within a bin counts half): the AUROC of the binned
+  score. Sampling variance: DeLong's structural components over the bins.
+- False-negative rate at the threshold (an edge of the bins): missed / all positives.
+  Sampling variance: Agresti–Coull (centre and variance of the adjusted proportion).
+- Calibration error: ECE over the release's bins with each bin's midpoint as its confidence;
+  ``calibration_error_hi`` adds half the widest bin, so that it bounds the usual ECE (mean
+  score per bin) over the same bins.
+- Accuracy at the threshold: correct / all.
+- Gaps over the subgroups judged (``GroupRule`` on the *noisy* n and positives): the subgroup
+  bounds are at η/(2k) each (k subgroups judged), so that the gap's bounds
+  ``[max(0, max lo − min hi), max hi − min lo]`` hold together at η (Bonferroni).
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from dpgov.errors import UsageError
+from dpgov.gate.dp_facts import PrivateEvaluation
+from dpgov.gate.facts import Gap, SubgroupMetric
+from dpgov.gate.subgroups import GroupRule
+
+_MAX_ATTEMPTS = 1_000_000
+
+
+class DPMetrics(BaseModel):
+    """The metrics of one model from a release, with bounds at ``eta_check`` per bound.
+
+    ``noise_scale``: the standard deviation of each metric due to the noise alone (the
+    delta method), keyed ``auroc``, ``calibration_error``, ``accuracy``,
+    :func:`subgroup_key` and :func:`gap_key`. ``n`` and ``positives`` are the noisy counts
+    of the whole test split (rounded, at least 0)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    eta_check: float
+    n: int
+    positives: int
+    auroc: float | None
+    auroc_lo: float | None
+    auroc_hi: float | None
+    calibration_error: float | None
+    calibration_error_hi: float | None
+    accuracy: float | None
+    accuracy_lo: float | None
+    accuracy_hi: float | None
+    subgroups: list[SubgroupMetric]
+    gaps: list[Gap]
+    noise_scale: dict[str, float]
+
+
+def subgroup_key(attribute: str, group: str, metric: str) -> str:
+    return f"subgroup.{attribute}.{group}.{metric}"
+
+
+def gap_key(attribute: str, metric: str) -> str:
+    return f"gap.{attribute}.{metric}"
+
+
+def eta_per_check(eta: float, checks: int, attempt: int) -> float:
+    """The failure probability of one check of the ``attempt``-th release on the same test
+    blocks: η · 6/(π² k²) for attempt k (these sum to η over all attempts, Σ 1/k² = π²/6),
+    split evenly over the release's ``checks`` (Bonferroni)."""
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 < eta < 1:
+        raise UsageError(f"evaluation eta must be in (0, 1), found {eta!r}")
+    if isinstance(checks, bool) or not isinstance(checks, int) or checks < 1:
+        raise UsageError(f"checks must be an integer >= 1, found {checks!r}")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise UsageError(f"attempt must be an integer >= 1, found {attempt!r}")
+    if attempt > _MAX_ATTEMPTS:
+        raise UsageError(f"attempt must be <= {_MAX_ATTEMPTS:_}, found {attempt!r}")
+    return float(eta) * 6.0 / (math.pi**2 * attempt**2) / checks
+
+
+def _quantile(eta: float) -> float:
+    """Φ⁻¹(1 − η): the one-sided normal quantile."""
+    return NormalDist().inv_cdf(1.0 - eta)
+
+
+def _clip01(x: float) -> float:
+    return min(1.0, max(0.0, x))
+
+
+# --------------------------------------------------------------------------- one histogram
+
+
+def _auroc(neg: Any, pos: Any, sigma: float) -> tuple[float, float, float] | None:
+    """(AUROC, sampling variance, noise variance) of the binned score from class counts."""
+    import numpy as np
+
+    n0, n1 = float(neg.sum()), float(pos.sum())
+    if n0 <= 1 or n1 <= 1:
+        return None
+    below = np.cumsum(neg) - neg
+    above = n1 - np.cumsum(pos)
+    v10 = (below + neg / 2) / n0  # per positive in bin b: share of negatives it outranks
+    v01 = (above + pos / 2) / n1  # per negative in bin b: share of positives above it
+    a = float((pos * v10).sum() / n1)
+    var_s = float((pos * (v10 - a) ** 2).sum() / (n1 - 1) / n1) + float(
+        (neg * (v01 - a) ** 2).sum() / (n0 - 1) / n0
+    )
+    var_n = sigma**2 * (
+        float(((v10 - a) ** 2).sum()) / n1**2 + float(((v01 - a) ** 2).sum()) / n0**2
+    )
+    return a, var_s, var_n
+
+
+def _fnr(pos: Any, cut: int, sigma: float, q: float) -> tuple[float, float, float, float] | None:
+    """(FNR, Agresti–Coull centre, sampling variance, noise variance) at the threshold edge."""
+    missed, caught = float(pos[:cut].sum()), float(pos[cut:].sum())
+    n1 = missed + caught
+    if n1 <= 0:
+        return None
+    f = missed / n1
+    n_adj = n1 + q**2
+    centre = (missed + q**2 / 2) / n_adj
+    var_s = centre * (1 - centre) / n_adj
+    bins = len(pos)
+    var_n = sigma**2 * (cut * caught**2 + (bins - cut) * missed**2) / n1**4
+    return f, centre, var_s, var_n
+
+
+def _accuracy(neg: Any, pos: Any, cut: int, sigma: float) -> tuple[float, float, float] | None:
+    n = float(neg.sum() + pos.sum())
+    if n <= 0:
+        return None
+    right = float(neg[:cut].sum() + pos[cut:].sum())
+    acc = right / n
+    var_s = acc * (1 - acc) / n
+    bins = len(neg)
+    # d acc / d count: (1 - acc)/n for counts that are right, -acc/n for the others
+    var_n = sigma**2 * bins * ((1 - acc) ** 2 + acc**2) / n**2
+    return acc, var_s, var_n
+
+
+def _ece(neg: Any, pos: Any, mids: Any, sigma: float) -> tuple[float, float, float] | None:
+    import numpy as np
+
+    n_b = neg + pos
+    n = float(n_b.sum())
+    if n <= 0:
+        return None
+    d = pos - mids * n_b
+    e = float(np.abs(d).sum() / n)
+    s = np.sign(d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(n_b > 0, pos / np.where(n_b > 0, n_b, 1), 0.0)
+    var_s = float((n_b * rate * (1 - rate)).sum()) / n**2
+    var_n = sigma**2 * float((((s * (1 - mids) - e) ** 2) + ((s * mids + e) ** 2)).sum()) / n**2
+    return e, var_s, var_n
+
+
+# --------------------------------------------------------------------------- the release
+
+
+def _counts(pe: PrivateEvaluation, model: str, attribute: str | None, group: str | None) -> Any:
+    import numpy as np
+
+    neg = np.asarray(pe.histogram(model, 0, attribute, group), dtype=float)
+    pos = np.asarray(pe.histogram(model, 1, attribute, group), dtype=float)
+    return neg, pos
+
+
+def _noisy_total(x: Any) -> int:
+    return max(0, round(float(x.sum())))
+
+
+def _bounds(value: float, var: float, q: float, centre: float | None = None) -> tuple[float, float]:
+    c = value if centre is None else centre
+    half = q * math.sqrt(max(var, 0.0))
+    return _clip01(c - half), _clip01(c + half)
+
+
+def _cut(pe: PrivateEvaluation) -> int:
+    """Index of the threshold edge: bins below it are the predicted negatives."""
+    return min(range(len(pe.edges)), key=lambda i: abs(pe.edges[i] - pe.threshold))
+
+
+def dp_metrics(
+    pe: PrivateEvaluation,
+    *,
+    model: str,
+    eta_check: float,
+    min_group_n: int,
+    min_group_positives: int,
+) -> DPMetrics:
+    """The metrics of ``model`` in ``pe`` with bounds at ``eta_check`` (module docstring)."""
+    import numpy as np
+
+    if model not in pe.models:
+        raise UsageError(f"model {model!r} is not in the release (it holds {pe.models})")
+    if isinstance(eta_check, bool) or not 0 < eta_check < 1:
+        raise UsageError(f"eta_check must be in (0, 1), found {eta_check!r}")
+    sigma, cut = pe.sigma, _cut(pe)
+    edges = np.asarray(pe.edges, dtype=float)
+    mids = (edges[:-1] + edges[1:]) / 2
+    half_bin = float((edges[1:] - edges[:-1]).max()) / 2
+    q = _quantile(eta_check)
+    noise: dict[str, float] = {}
+
+    raw_neg, raw_pos = _counts(pe, model, None, None)
+    neg, pos = np.maximum(raw_neg, 0), np.maximum(raw_pos, 0)
+    n_total = _noisy_total(raw_neg + raw_pos)
+    positives = min(n_total, _noisy_total(raw_pos))
+
+    auroc = auroc_lo = auroc_hi = None
+    au = _auroc(neg, pos, sigma)
+    if au is not None:
+        auroc = au[0]
+        auroc_lo, auroc_hi = _bounds(au[0], au[1] + au[2], q)
+        noise["auroc"] = math.sqrt(au[2])
+    ece = ece_hi = None
+    ec = _ece(neg, pos, mids, sigma)
+    if ec is not None:
+        ece = ec[0]
+        ece_hi = min(1.0, ec[0] + q * math.sqrt(ec[1] + ec[2]) + half_bin)
+        noise["calibration_error"] = math.sqrt(ec[2])
+    acc = acc_lo = acc_hi = None
+    ac = _accuracy(neg, pos, cut, sigma)
+    if ac is not None:
+        acc = ac[0]
+        acc_lo, acc_hi = _bounds(ac[0], ac[1] + ac[2], q)
+        noise["accuracy"] = math.sqrt(ac[2])
+
+    rule = GroupRule(min_group_n, min_group_positives)
+    subgroups: list[SubgroupMetric] = []
+    gaps: list[Gap] = []
+    for attribute in pe.attributes:
+        rows, attr_gaps = _attribute(pe, model, attribute, rule, eta_check, sigma, cut, noise)
+        subgroups.extend(rows)
+        gaps.extend(attr_gaps)
+    return DPMetrics(
+        model=model,
+        eta_check=eta_check,
+        n=n_total,
+        positives=positives,
+        auroc=auroc,
+        auroc_lo=auroc_lo,
+        auroc_hi=auroc_hi,
+        calibration_error=ece,
+        calibration_error_hi=ece_hi,
+        accuracy=acc,
+        accuracy_lo=acc_lo,
+        accuracy_hi=acc_hi,
+        subgroups=subgroups,
+        gaps=gaps,
+        noise_scale=noise,
+    )
+
+
+def _attribute(
+    pe: PrivateEvaluation,
+    model: str,
+    attribute: str,
+    rule: GroupRule,
+    eta_check: float,
+    sigma: float,
+    cut: int,
+    noise: dict[str, float],
+) -> tuple[list[SubgroupMetric], list[Gap]]:
+    """Subgroup rows and the AUROC / FNR gaps of one attribute."""
+    import numpy as np
+
+    stats: dict[str, dict[str, Any]] = {}
+    for g in pe.groups(attribute):
+        raw_neg, raw_pos = _counts(pe, model, attribute, g)
+        neg, pos = np.maximum(raw_neg, 0), np.maximum(raw_pos, 0)
+        n = _noisy_total(raw_neg + raw_pos)
+        stats[g] = {
+            "n": n,
+            "positives": min(n, _noisy_total(raw_pos)),
+            "auroc": _auroc(neg, pos, sigma),
+            "pos": pos,
+        }
+    judged: dict[str, list[str]] = {
+        metric: [
+            g
+            for g, s in stats.items()
+            if rule.qualifies(metric, s["n"], s["positives"])
+            and (s["auroc"] is not None if metric == "auroc" else float(s["pos"].sum()) > 0)
+        ]
+        for metric in ("auroc", "fnr")
+    }
+    bounds: dict[tuple[str, str], tuple[float, float]] = {}
+    points: dict[tuple[str, str], float] = {}
+    scales: dict[tuple[str, str], float] = {}
+    for g, s in stats.items():
+        if s["auroc"] is not None:
+            a, var_s, var_n = s["auroc"]
+            points[(g, "auroc")], scales[(g, "auroc")] = a, math.sqrt(var_n)
+            if g in judged["auroc"]:
+                q = _quantile(eta_check / (2 * len(judged["auroc"])))
+                bounds[(g, "auroc")] = _bounds(a, var_s + var_n, q)
+        q_f = _quantile(eta_check / (2 * max(1, len(judged["fnr"]))))
+        fn = _fnr(s["pos"], cut, sigma, q_f)
+        if fn is not None:
+            points[(g, "fnr")], scales[(g, "fnr")] = fn[0], math.sqrt(fn[3])
+            if g in judged["fnr"]:
+                bounds[(g, "fnr")] = _bounds(fn[0], fn[2] + fn[3], q_f, centre=fn[1])
+    rows: list[SubgroupMetric] = []
+    for g, s in stats.items():
+        a_lo, a_hi = bounds.get((g, "auroc"), (None, None))
+        f_lo, f_hi = bounds.get((g, "fnr"), (None, None))
+        rows.append(
+            SubgroupMetric(
+                attribute=attribute,
+                group=g,
+                n=s["n"],
+                positives=s["positives"],
+                auroc=points.get((g, "auroc")),
+                auroc_lo=a_lo,
+                auroc_hi=a_hi,
+                fnr=points.get((g, "fnr")),
+                fnr_lo=f_lo,
+                fnr_hi=f_hi,
+            )
+        )
+        for metric in ("auroc", "fnr"):
+            if (g, metric) in scales:
+                noise[subgroup_key(attribute, g, metric)] = scales[(g, metric)]
+    gaps: list[Gap] = []
+    kinds: tuple[Literal["auroc", "fnr"], ...] = ("auroc", "fnr")
+    for metric in kinds:
+        names = judged[metric]
+        gap, lo, hi = 0.0, None, None
+        if len(names) >= 2:
+            values = {g: points[(g, metric)] for g in names}
+            top, bottom = max(values, key=values.__getitem__), min(values, key=values.__getitem__)
+            gap = values[top] - values[bottom]
+            los = [bounds[(g, metric)][0] for g in names]
+            his = [bounds[(g, metric)][1] for g in names]
+            lo, hi = max(0.0, max(los) - min(his)), max(his) - min(los)
+            noise[gap_key(attribute, metric)] = math.hypot(
+                scales[(top, metric)], scales[(bottom, metric)]
+            )
+        gaps.append(
+            Gap(
+                attribute=attribute,
+                metric=metric,
+                gap=gap,
+                lo=lo,
+                hi=hi,
+                groups_judged=len(names),
+                min_group_n=rule.min_size,
+                min_group_positives=rule.min_positives,
+                groups=list(names),
+            )
+        )
+    return rows, gaps
