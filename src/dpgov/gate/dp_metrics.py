@@ -2,8 +2,10 @@
 
 Everything here is post-processing of the recorded noisy histograms
 (:class:`dpgov.gate.dp_facts.PrivateEvaluation`): deterministic, so the gate, promotion and
-previews recompute the same figures and never draw noise. Negative noisy counts are set to 0
-before a metric is computed. docs/evaluation.md states the construction and its sources.
+previews recompute the same figures and never draw noise. Estimates use the noisy counts as
+released (negative ones included: the estimators are then unbiased or ratio-consistent, where
+clipping at 0 would bias every sparse bin upwards); metrics are clipped to
+[0, 1]. docs/evaluation.md states the construction and its sources.
 
 Intervals are asymptotic (normal) and cover sampling and noise together: for a metric with
 estimate m, sampling variance v_s (estimated from the noisy counts) and noise variance v_n
@@ -19,9 +21,10 @@ q = Φ⁻¹(1 − η). η is *measured*, not guaranteed (benchmarks/RESULTS_dp_e
   ``calibration_error_hi`` adds half the widest bin, so that it bounds the usual ECE (mean
   score per bin) over the same bins.
 - Accuracy at the threshold: correct / all.
-- Gaps over the subgroups judged (``GroupRule`` on the *noisy* n and positives): the subgroup
-  bounds are at η/(2k) each (k subgroups judged), so that the gap's bounds
-  ``[max(0, max lo − min hi), max hi − min lo]`` hold together at η (Bonferroni).
+- Subgroups: AUROC and FNR with bounds at η each; judged (``GroupRule``) on the *noisy* n and
+  positives.
+- Gaps over the judged subgroups: an upper bound at η from the pairwise differences
+  (:func:`_gap_bounds`), and a lower bound at η (Bonferroni over the ordered pairs).
 """
 
 from __future__ import annotations
@@ -103,7 +106,9 @@ def _clip01(x: float) -> float:
 
 
 def _auroc(neg: Any, pos: Any, sigma: float) -> tuple[float, float, float] | None:
-    """(AUROC, sampling variance, noise variance) of the binned score from class counts."""
+    """(AUROC, sampling variance, noise variance) of the binned score from the noisy class
+    counts as released (not clipped at 0: the Mann-Whitney count is bilinear in the two
+    classes' counts, whose noises are independent, so it stays unbiased)."""
     import numpy as np
 
     n0, n1 = float(neg.sum()), float(pos.sum())
@@ -114,13 +119,14 @@ def _auroc(neg: Any, pos: Any, sigma: float) -> tuple[float, float, float] | Non
     v10 = (below + neg / 2) / n0  # per positive in bin b: share of negatives it outranks
     v01 = (above + pos / 2) / n1  # per negative in bin b: share of positives above it
     a = float((pos * v10).sum() / n1)
-    var_s = float((pos * (v10 - a) ** 2).sum() / (n1 - 1) / n1) + float(
-        (neg * (v01 - a) ** 2).sum() / (n0 - 1) / n0
+    w1, w0 = np.maximum(pos, 0), np.maximum(neg, 0)  # weights of the sampling variance
+    var_s = float((w1 * (v10 - a) ** 2).sum() / max(n1 - 1, 1) / n1) + float(
+        (w0 * (v01 - a) ** 2).sum() / max(n0 - 1, 1) / n0
     )
     var_n = sigma**2 * (
         float(((v10 - a) ** 2).sum()) / n1**2 + float(((v01 - a) ** 2).sum()) / n0**2
     )
-    return a, var_s, var_n
+    return _clip01(a), var_s, var_n
 
 
 def _fnr(pos: Any, cut: int, sigma: float, q: float) -> tuple[float, float, float, float] | None:
@@ -129,9 +135,9 @@ def _fnr(pos: Any, cut: int, sigma: float, q: float) -> tuple[float, float, floa
     n1 = missed + caught
     if n1 <= 0:
         return None
-    f = missed / n1
+    f = _clip01(missed / n1)
     n_adj = n1 + q**2
-    centre = (missed + q**2 / 2) / n_adj
+    centre = _clip01((missed + q**2 / 2) / n_adj)
     var_s = centre * (1 - centre) / n_adj
     bins = len(pos)
     var_n = sigma**2 * (cut * caught**2 + (bins - cut) * missed**2) / n1**4
@@ -143,7 +149,7 @@ def _accuracy(neg: Any, pos: Any, cut: int, sigma: float) -> tuple[float, float,
     if n <= 0:
         return None
     right = float(neg[:cut].sum() + pos[cut:].sum())
-    acc = right / n
+    acc = _clip01(right / n)
     var_s = acc * (1 - acc) / n
     bins = len(neg)
     # d acc / d count: (1 - acc)/n for counts that are right, -acc/n for the others
@@ -161,9 +167,9 @@ def _ece(neg: Any, pos: Any, mids: Any, sigma: float) -> tuple[float, float, flo
     d = pos - mids * n_b
     e = float(np.abs(d).sum() / n)
     s = np.sign(d)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.where(n_b > 0, pos / np.where(n_b > 0, n_b, 1), 0.0)
-    var_s = float((n_b * rate * (1 - rate)).sum()) / n**2
+    w_b = np.maximum(neg, 0) + np.maximum(pos, 0)
+    rate = np.maximum(pos, 0) / np.where(w_b > 0, w_b, 1)
+    var_s = float((w_b * rate * (1 - rate)).sum()) / n**2
     var_n = sigma**2 * float((((s * (1 - mids) - e) ** 2) + ((s * mids + e) ** 2)).sum()) / n**2
     return e, var_s, var_n
 
@@ -216,10 +222,9 @@ def dp_metrics(
     q = _quantile(eta_check)
     noise: dict[str, float] = {}
 
-    raw_neg, raw_pos = _counts(pe, model, None, None)
-    neg, pos = np.maximum(raw_neg, 0), np.maximum(raw_pos, 0)
-    n_total = _noisy_total(raw_neg + raw_pos)
-    positives = min(n_total, _noisy_total(raw_pos))
+    neg, pos = _counts(pe, model, None, None)
+    n_total = _noisy_total(neg + pos)
+    positives = min(n_total, _noisy_total(pos))
 
     auroc = auroc_lo = auroc_hi = None
     au = _auroc(neg, pos, sigma)
@@ -266,6 +271,23 @@ def dp_metrics(
     )
 
 
+def _gap_bounds(groups: list[tuple[float, float]], eta: float) -> tuple[float, float]:
+    """Bounds on the gap max_g μ_g − min_g μ_g from each judged subgroup's (centre, variance).
+
+    Upper: the true gap is μ_i − μ_j for one pair (i, j) fixed by the population, and
+    ``hi = max over ordered pairs of c_i − c_j + q_η·√(v_i + v_j)`` is at least that pair's
+    own upper bound, which fails with probability η: no correction over pairs is needed.
+    Lower: every pair's lower bound must hold, so q is Bonferroni-corrected over the k(k−1)
+    ordered pairs. (Subgroup estimates are independent: disjoint patients, independent
+    noise.)"""
+    k = len(groups)
+    q_hi, q_lo = _quantile(eta), _quantile(eta / (k * (k - 1)))
+    pairs = [(a, b) for i, a in enumerate(groups) for j, b in enumerate(groups) if i != j]
+    hi = max(a[0] - b[0] + q_hi * math.sqrt(a[1] + b[1]) for a, b in pairs)
+    lo = max(a[0] - b[0] - q_lo * math.sqrt(a[1] + b[1]) for a, b in pairs)
+    return max(0.0, lo), min(1.0, hi)
+
+
 def _attribute(
     pe: PrivateEvaluation,
     model: str,
@@ -277,16 +299,13 @@ def _attribute(
     noise: dict[str, float],
 ) -> tuple[list[SubgroupMetric], list[Gap]]:
     """Subgroup rows and the AUROC / FNR gaps of one attribute."""
-    import numpy as np
-
     stats: dict[str, dict[str, Any]] = {}
     for g in pe.groups(attribute):
-        raw_neg, raw_pos = _counts(pe, model, attribute, g)
-        neg, pos = np.maximum(raw_neg, 0), np.maximum(raw_pos, 0)
-        n = _noisy_total(raw_neg + raw_pos)
+        neg, pos = _counts(pe, model, attribute, g)
+        n = _noisy_total(neg + pos)
         stats[g] = {
             "n": n,
-            "positives": min(n, _noisy_total(raw_pos)),
+            "positives": min(n, _noisy_total(pos)),
             "auroc": _auroc(neg, pos, sigma),
             "pos": pos,
         }
@@ -299,22 +318,24 @@ def _attribute(
         ]
         for metric in ("auroc", "fnr")
     }
+    q = _quantile(eta_check)
     bounds: dict[tuple[str, str], tuple[float, float]] = {}
     points: dict[tuple[str, str], float] = {}
     scales: dict[tuple[str, str], float] = {}
+    centres: dict[tuple[str, str], tuple[float, float]] = {}  # (centre, total variance)
     for g, s in stats.items():
         if s["auroc"] is not None:
             a, var_s, var_n = s["auroc"]
             points[(g, "auroc")], scales[(g, "auroc")] = a, math.sqrt(var_n)
             if g in judged["auroc"]:
-                q = _quantile(eta_check / (2 * len(judged["auroc"])))
                 bounds[(g, "auroc")] = _bounds(a, var_s + var_n, q)
-        q_f = _quantile(eta_check / (2 * max(1, len(judged["fnr"]))))
-        fn = _fnr(s["pos"], cut, sigma, q_f)
+                centres[(g, "auroc")] = (a, var_s + var_n)
+        fn = _fnr(s["pos"], cut, sigma, q)
         if fn is not None:
             points[(g, "fnr")], scales[(g, "fnr")] = fn[0], math.sqrt(fn[3])
             if g in judged["fnr"]:
-                bounds[(g, "fnr")] = _bounds(fn[0], fn[2] + fn[3], q_f, centre=fn[1])
+                bounds[(g, "fnr")] = _bounds(fn[0], fn[2] + fn[3], q, centre=fn[1])
+                centres[(g, "fnr")] = (fn[1], fn[2] + fn[3])
     rows: list[SubgroupMetric] = []
     for g, s in stats.items():
         a_lo, a_hi = bounds.get((g, "auroc"), (None, None))
@@ -345,9 +366,7 @@ def _attribute(
             values = {g: points[(g, metric)] for g in names}
             top, bottom = max(values, key=values.__getitem__), min(values, key=values.__getitem__)
             gap = values[top] - values[bottom]
-            los = [bounds[(g, metric)][0] for g in names]
-            his = [bounds[(g, metric)][1] for g in names]
-            lo, hi = max(0.0, max(los) - min(his)), max(his) - min(los)
+            lo, hi = _gap_bounds([centres[(g, metric)] for g in names], eta_check)
             noise[gap_key(attribute, metric)] = math.hypot(
                 scales[(top, metric)], scales[(bottom, metric)]
             )
