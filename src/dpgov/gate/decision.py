@@ -34,7 +34,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dpgov.contracts import show_spent, within
+from dpgov.gate import dp_checks
 from dpgov.gate.composition import composition_lines
+from dpgov.gate.dp_checks import EvaluationLedgerFacts, EvaluationSummary
+from dpgov.gate.empirical import EmpiricalAudit, empirical_check
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.noise import secret_noise_check
 from dpgov.gate.reference import confine_reference
@@ -56,6 +59,11 @@ class Check:
     limit: Observed
     passed: bool
     reason: str
+    # a check judged on a DP-evaluated release (dpgov.gate.dp_checks): the standard deviation
+    # of the judged figure due to the release's noise alone, and the failure probability of
+    # each bound it judged (None for every other check)
+    noise_scale: float | None = None
+    eta_check: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +96,8 @@ class LedgerFacts:
     run_epsilon: float | None = None  # ε of the mechanism the ledger charged, at the run's δ
     chain_ok: bool = True
     chain_reason: str = ""
+    # the DP-evaluated release's charge and test blocks (None: not collected)
+    evaluation: EvaluationLedgerFacts | None = None
 
     def block(self, dataset: str, block: str) -> BlockFacts | None:
         for b in self.blocks:
@@ -104,6 +114,8 @@ class Decision:
     checks: tuple[Check, ...]
     approvers: tuple[str, ...] = field(default=())  # approvals that counted
     refusers: tuple[str, ...] = field(default=())  # refusals that stand
+    # how the gate used a DP-evaluated release (None: the policy does not evaluate privately)
+    evaluation: EvaluationSummary | None = None
 
     @property
     def allowed(self) -> bool:
@@ -128,6 +140,7 @@ class Decision:
             "failing": [c.name for c in self.failing],
             "approvers": list(self.approvers),
             "refusers": list(self.refusers),
+            "evaluation": self.evaluation.to_dict() if self.evaluation is not None else None,
             "checks": [c.to_dict() for c in self.checks],
         }
 
@@ -150,6 +163,7 @@ def evaluate(
     policy_sha256: str | None = None,
     run_status: str | None = None,
     policy_setter: str | None = None,
+    empirical: EmpiricalAudit | None = None,
 ) -> Decision:
     """Judge one candidate against ``policy``. Pure: reads nothing, writes nothing.
 
@@ -161,11 +175,22 @@ def evaluate(
     checks += _privacy_checks(policy, facts, ledger_facts)
     checks += [Check(*line) for line in composition_lines(policy, facts, ledger_facts)]
     checks.append(Check(*secret_noise_check(policy, facts)))
+    checks.append(Check(*empirical_check(policy, empirical)))  # dpgov.gate.empirical
     if run_status is not None:
         checks.append(_run_check(run_status))
-    checks += _utility_checks(policy, facts)
-    checks.append(Check(*auroc_drop_check(policy, facts)))
-    checks += confine_reference(policy, _fairness_checks(policy.fairness, facts))
+    summary = None
+    if policy.evaluation.private:  # judge_on dp_interval: bounds recomputed from the release
+        lines, summary = dp_checks.evaluation_lines(policy, facts, ledger_facts.evaluation)
+        checks += [Check(*line) for line in lines]
+        judged = dp_checks.judge(policy, facts)
+        utility, drop = dp_checks.utility_lines(policy, judged)
+        checks += [Check(*line) for line in [*utility, drop]]
+        fairness = [Check(*line) for line in dp_checks.fairness_lines(policy, judged)]
+        checks += confine_reference(policy, fairness)
+    else:
+        checks += _utility_checks(policy, facts)
+        checks.append(Check(*auroc_drop_check(policy, facts)))
+        checks += confine_reference(policy, _fairness_checks(policy.fairness, facts))
     approval_checks, approvers, refusers = _approval_checks(policy, facts, approvals, policy_setter)
     checks += approval_checks
     return Decision(
@@ -175,6 +200,7 @@ def evaluate(
         checks=tuple(checks),
         approvers=approvers,
         refusers=refusers,
+        evaluation=summary,
     )
 
 

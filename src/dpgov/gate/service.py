@@ -24,6 +24,8 @@ from dpgov.gate.candidate import fit, load_candidate
 from dpgov.gate.candidate import parse_version as parse_version  # re-exported for callers
 from dpgov.gate.composition import Figures, figures_of
 from dpgov.gate.decision import BlockFacts, Decision, LedgerFacts, evaluate
+from dpgov.gate.dp_checks import EvalBlockFacts, EvaluationLedgerFacts
+from dpgov.gate.empirical import EmpiricalAudit, latest_audit
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.figures import LedgerFactsWithFigures
 from dpgov.gate.ports import ModelVersionInfo, RegistryPort
@@ -84,6 +86,7 @@ def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) 
             except (AccountantFailed, ValueError):
                 run_eps = math.inf
     verification = combine(*ledger.verify_all())  # the chain, and the tables against it
+    evaluation = collect_evaluation_facts(ledger, facts, policy)
     return LedgerFactsWithFigures(
         figures=figures,
         blocks=tuple(blocks),
@@ -94,6 +97,72 @@ def collect_ledger_facts(ledger: Ledger, facts: CandidateFacts, policy: Policy) 
         run_epsilon=run_eps,
         chain_ok=verification.ok,
         chain_reason=verification.reason or "",
+        evaluation=evaluation,
+    )
+
+
+def collect_evaluation_facts(
+    ledger: Ledger, facts: CandidateFacts, policy: Policy
+) -> EvaluationLedgerFacts | None:
+    """What the ledger says now about the candidate's DP-evaluated release: its charge (state,
+    blocks, ε of the mechanism charged at the release's δ) and each test block (spent ε at the
+    policy's δ, releases charged, retired, split). None when the policy does not evaluate
+    privately or the facts record no release (the gate then fails ``dp_evaluation``)."""
+    pe = getattr(facts, "private_evaluation", None)
+    if not policy.evaluation.private or pe is None:
+        return None
+    blocks = []
+    for name in pe.test_blocks:
+        try:
+            st = ledger.block_status(facts.dataset, name, policy.budget)
+        except UsageError:
+            continue  # unknown block: the gate fails it as "not in the ledger"
+        except DpgovError as err:  # the accountant could not compose: never assume it is fine
+            blocks.append(
+                EvalBlockFacts(
+                    facts.dataset,
+                    name,
+                    math.inf,
+                    policy.budget.delta,
+                    0,
+                    False,
+                    "test",
+                    note=f"cannot compose the test block's charges: {err}",
+                )
+            )
+            continue
+        blocks.append(
+            EvalBlockFacts(
+                dataset=st.dataset,
+                block=st.block,
+                epsilon_spent=st.epsilon_spent,
+                delta=st.delta,
+                charges=st.charges,
+                retired=st.retired,
+                split=st.split,
+            )
+        )
+    rid, state, r_dataset, r_blocks, eps, z = None, "missing", None, None, None, None
+    if pe.reservation_id is not None:
+        try:
+            res = ledger.reservation(pe.reservation_id)
+        except UsageError:
+            res = None
+        if res is not None:
+            rid, state, r_dataset, r_blocks = res.id, res.status, res.dataset, tuple(res.blocks)
+            z = getattr(res.mechanism, "noise_multiplier", None)
+            try:
+                eps = epsilon([res.mechanism], delta=pe.delta, accountant=policy.budget.accountant)
+            except (AccountantFailed, ValueError):
+                eps = math.inf
+    return EvaluationLedgerFacts(
+        reservation_id=rid,
+        reservation_state=state,
+        reservation_dataset=r_dataset,
+        reservation_blocks=r_blocks,
+        release_epsilon=eps,
+        noise_multiplier=z,
+        blocks=tuple(blocks),
     )
 
 
@@ -104,6 +173,7 @@ class GateInputs:
     ledger_facts: LedgerFacts
     approvals: tuple[ApprovalRecord, ...]
     bound: Bound | None = None
+    empirical: EmpiricalAudit | None = None  # the newest recorded audit (dpgov.gate.empirical)
 
 
 def verify_signatures(
@@ -148,6 +218,7 @@ def gather(
         ledger_facts=collect_ledger_facts(ledger, facts, policy.policy),
         approvals=tuple(records),
         bound=bound,
+        empirical=latest_audit(ledger, model, version),
     )
 
 
@@ -178,6 +249,7 @@ def run_gate(
         policy_sha256=policy.sha256,
         run_status=inputs.info.run_status,
         policy_setter=inputs.bound.setter if inputs.bound else None,
+        empirical=inputs.empirical,
     )
     if inputs.bound is not None:
         extra = (

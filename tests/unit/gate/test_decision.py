@@ -59,6 +59,7 @@ def test_decision_lists_every_expected_check():
         "composition:flchain/1995",
         "composition:flchain/1996",
         "secret_noise",
+        "empirical_epsilon",
         "auroc",
         "calibration_error",
         "auroc_drop",
