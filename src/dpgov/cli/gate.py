@@ -118,25 +118,53 @@ def render_decision(decision: Decision, policy_path: Path | str) -> None:
     verdict = "[bold green]ALLOWED[/]" if decision.allowed else "[bold red]BLOCKED[/]"
     sha = (decision.policy_sha256 or "")[:12]
     figures = "" if wide else "; observed and limit: --json, or a wider terminal"
+    noisy = any(c.noise_scale is not None for c in decision.checks)
     t = table(
         title=f"gate: {decision.model} version {decision.version} — {verdict}",
-        caption=f"policy {policy_path} (sha256 {sha}…); ok/FAIL: each check's result{figures}",
+        caption=f"policy {policy_path} (sha256 {sha}…); ok/FAIL: each check's result{figures}"
+        + (evaluation_caption(decision) if decision.evaluation is not None else ""),
     )
     t.add_column("", no_wrap=True)
     t.add_column("check", overflow="fold")
     if wide:
         t.add_column("observed", justify="right", no_wrap=True)
         t.add_column("limit", justify="right", no_wrap=True)
+    if noisy:  # judged on a DP-evaluated release: the noise beside each figure
+        t.add_column("noise", justify="right", no_wrap=True)
     t.add_column("reason", ratio=1)
     for c in decision.checks:
         figures_cells = [_fmt(c, c.observed), _fmt(c, c.limit)] if wide else []
+        noise_cells = [noise_cell(c.noise_scale)] if noisy else []
         t.add_row(
             "[green]ok[/]" if c.passed else "[bold red]FAIL[/]",
             c.name,
             *figures_cells,
+            *noise_cells,
             c.reason,
         )
     out.print(t)
+
+
+def noise_cell(scale: float | None) -> str:
+    """A check's noise scale as the table shows it: ``±`` the standard deviation of the
+    judged figure due to the release's noise alone; blank for checks not judged on one."""
+    return "" if scale is None else f"±{scale:.2g}"
+
+
+def evaluation_caption(decision: Decision) -> str:
+    """What the caption adds for a gate judged on a DP-evaluated release."""
+    ev = decision.evaluation
+    if ev is None:
+        return ""
+    if not ev.recorded:
+        return "; evaluation.private: no DP-evaluated release recorded"
+    spent = "; fresh test data is needed for another release" if ev.fresh_test_data_needed else ""
+    eta = f"{ev.eta_check:.2g}" if ev.eta_check is not None else "—"
+    return (
+        f"; DP-evaluated release (attempt {ev.attempt}, ε={ev.epsilon:.3g}): floors on lower "
+        f"and limits on upper bounds at η={eta} each ({ev.bounds} bounds, η={ev.eta:g} in "
+        f"all); noise: ± the judged figure's standard deviation from the noise alone{spent}"
+    )
 
 
 def gate(
