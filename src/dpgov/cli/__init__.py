@@ -33,6 +33,7 @@ _COMMAND_MODULES = [
     "dpgov.cli.sweep",
     "dpgov.cli.schedule",
     "dpgov.cli.policy",
+    "dpgov.cli.audit_model",
 ]
 
 for _name in _COMMAND_MODULES:
