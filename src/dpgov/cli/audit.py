@@ -175,6 +175,11 @@ def _render(report: AuditReport, anchored: dict[str, Any] | None, html: str | No
             redact(f"non-private reference: {x.model} v{x.version} @{x.alias}: {x.sentence()}"),
             markup=False,
         )
+    for e in report.evaluated_releases:  # issue 17: DP-evaluated test metrics and their cost
+        con.print(
+            redact(f"DP-evaluated: {e.model} v{e.version} @{e.alias}: {e.sentence()}"),
+            markup=False,
+        )
     if report.blocks:
         t = table(
             title="ε per block (recomputed from the entries)",

@@ -27,6 +27,7 @@ from dpgov.report.checks.anchors import FileAnchors, check_anchors, read_file_an
 from dpgov.report.checks.budgets import block_requests, check_budgets
 from dpgov.report.checks.chain import check_chain
 from dpgov.report.checks.data_versions import check_data_versions
+from dpgov.report.checks.evaluations import check_evaluations, evaluated_releases
 from dpgov.report.checks.membership import (
     MembershipFacts,
     check_membership,
@@ -194,12 +195,16 @@ def audit(
     used_reference = reference_releases(ledger.rows, releases, tracking.artifacts)
     findings += check_reference(used_reference, policy)
     by_release = {(x.model, x.version, x.alias): x for x in used_reference}
+    evaluated = evaluated_releases(releases, tracking.artifacts, r, eps, policy)
+    findings += check_evaluations(ledger.rows, releases, tracking.artifacts, evaluated, policy)
+    by_evaluation = {(x.model, x.version, x.alias): x for x in evaluated}
 
     block_eps = {(b.dataset, b.block): b.epsilon for b in blocks}
     for rel in releases:
         art = tracking.artifacts.get((rel.model, rel.version))
         ref = by_release.get((rel.model, rel.version, rel.alias))
-        rel.statement = release_statement(rel, art, r, eps, policy, block_eps, ref)
+        ev = by_evaluation.get((rel.model, rel.version, rel.alias))
+        rel.statement = release_statement(rel, art, r, eps, policy, block_eps, ref, ev)
 
     runs = _run_rows(r, claimed, eps, policy)
 
@@ -261,6 +266,7 @@ def audit(
         counts=counts,
         findings_before_since=before,
         reference_releases=used_reference,
+        evaluated_releases=evaluated,
     )
 
 

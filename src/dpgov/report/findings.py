@@ -23,6 +23,8 @@ released facts
     ``release_facts_mismatch``, ``release_recalled``
 the non-private reference
     ``release_used_reference``
+DP-evaluated releases
+    ``release_not_dp_evaluated``, ``evaluation_not_charged``
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ KINDS = (
     # a release judged against the non-private reference that the policy in force forbids
     # (issue 16): dpgov.report.checks.reference
     "release_used_reference",
+    # DP-evaluated releases (issue 17): dpgov.report.checks.evaluations
+    "release_not_dp_evaluated",
+    "evaluation_not_charged",
 )
 
 # Findings about the state as a whole are always reported; those tied to one moment (a run,

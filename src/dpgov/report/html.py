@@ -511,6 +511,12 @@ def _releases(report: AuditReport) -> str:
         out.append(
             f"<p>Released models that depended on a non-private reference:</p><ul>{listed}</ul>"
         )
+    if report.evaluated_releases:  # issue 17: DP-evaluated test metrics and their cost
+        listed = "".join(
+            f"<li>{esc(x.model)} version {esc(x.version)} @{esc(x.alias)}: {esc(x.sentence())}</li>"
+            for x in report.evaluated_releases
+        )
+        out.append(f"<p>Released models with DP-evaluated test metrics:</p><ul>{listed}</ul>")
     for rel in report.releases:
         out.append("<div class='card'>")
         out.append(f"<h3>{esc(rel.model)} version {esc(rel.version)} @{esc(rel.alias)}</h3>")

@@ -324,6 +324,9 @@ class PrivacyStatement:
     cumulative_epsilon_per_block: dict[Any, float | None]
     epsilon_per_block_limit: float
     block_delta: float
+    # the test metrics: {"private": False} when exact, else the DP-evaluated release and its
+    # cost (dpgov.report.checks.evaluations.EvaluatedRelease as a dict, "private" added)
+    evaluation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -466,6 +469,9 @@ class AuditReport:
     findings_before_since: int = 0
     # releases whose gate used the non-private reference (dpgov.report.checks.reference)
     reference_releases: list[Any] = field(default_factory=list)
+    # releases whose test metrics are DP-evaluated, with their cost
+    # (dpgov.report.checks.evaluations)
+    evaluated_releases: list[Any] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -490,4 +496,5 @@ class AuditReport:
             "policies": [p.to_dict() for p in self.policies],
             "releases": [r.to_dict() for r in self.releases],
             "reference_releases": [x.to_dict() for x in self.reference_releases],
+            "evaluated_releases": [x.to_dict() for x in self.evaluated_releases],
         }

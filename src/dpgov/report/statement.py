@@ -10,7 +10,9 @@ It also says where the noise came from (the run's recorded ``noise_source``: a s
 reproducible noise voids the guarantee), and, when the gate decision the release rests on
 judged fairness widening against the non-private reference
 (:mod:`dpgov.report.checks.reference`), that the release depended on a model trained without
-differential privacy.
+differential privacy. And it says whether the test metrics were DP-evaluated (issue 17: at what
+ε, on which test blocks and attempt, recomputed from the ledger's charge) or exact, which it
+then lists under "not covered".
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from dpgov.accounting import AccountantFailed
 from dpgov.contracts import NOT_COVERED, TAG_PRIVATE, TAG_RESERVATION
 from dpgov.policy import LoadedPolicy
+from dpgov.report.checks.evaluations import EvaluatedRelease
 from dpgov.report.checks.reference import ReferenceRelease
 from dpgov.report.replay import Epsilons, Replay
 from dpgov.report.rows import PrivacyStatement, ReleaseRow, ReleaseStatement
@@ -36,10 +39,14 @@ def release_statement(
     policy: LoadedPolicy,
     block_eps: dict[tuple[str, str], float | None],
     reference: ReferenceRelease | None = None,
+    evaluation: EvaluatedRelease | None = None,
 ) -> ReleaseStatement:
     """The statement of one released model version, its subgroup metrics, gaps and utility
     (from the run's candidate facts), and the statement the run logged. ``reference``: the
-    non-private reference its gate decision used (said in the text)."""
+    non-private reference its gate decision used (said in the text). ``evaluation``: the
+    DP-evaluated release its test metrics come from, with its cost as the ledger charged it
+    (:mod:`dpgov.report.checks.evaluations`); without one the exact test metrics are listed
+    as not covered."""
     facts = (artifacts.facts if artifacts else None) or {}
     tags = release.tags or {}
     rid = facts.get("reservation_id") or tags.get(TAG_RESERVATION) or None
@@ -82,7 +89,7 @@ def release_statement(
         max_grad_norm=facts.get("max_grad_norm"),
         policy_sha256=release.check.policy_sha256,
         approvers=[a.by for a in release.check.approvals],
-        not_covered=NOT_COVERED,
+        not_covered=not_covered(evaluation is not None),
         delta=delta,
         accountant=accountant,
         epsilon=epsilon,
@@ -96,6 +103,7 @@ def release_statement(
         cumulative_epsilon_per_block={b: block_eps.get((str(dataset), b)) for b in blocks},
         epsilon_per_block_limit=budget.epsilon_per_block,
         block_delta=budget.delta,
+        evaluation=_evaluation(evaluation, dataset, block_eps),
     )
     return ReleaseStatement(
         statement=s,
@@ -107,6 +115,62 @@ def release_statement(
         utility={k: facts.get(k) for k in UTILITY if facts.get(k) is not None},
         logged_statement=artifacts.statement if artifacts else None,
         artifact_problems=list(artifacts.problems) if artifacts else ["not read"],
+    )
+
+
+EXACT_TEST_METRICS = (
+    "the exact test metrics (AUROC, accuracy, Brier score, calibration, per-subgroup AUROC "
+    "and false-negative rates, their gaps, and the reference's), released without noise: "
+    "the test metrics were not DP-evaluated"
+)
+DP_TEST_METRICS = (
+    "the test split's patients beyond the DP-evaluated release stated above (charged to their "
+    "test blocks; the exact test metrics are never written)"
+)
+
+
+def not_covered(dp_evaluated: bool) -> tuple[str, ...]:
+    """:data:`NOT_COVERED` with the test split's line said as it is for this release: the
+    exact test metrics, or the DP-evaluated release that replaced them."""
+    line = DP_TEST_METRICS if dp_evaluated else EXACT_TEST_METRICS
+    return tuple(line if item == NOT_COVERED[0] else item for item in NOT_COVERED)
+
+
+def _evaluation(
+    evaluation: EvaluatedRelease | None,
+    dataset: Any,
+    block_eps: dict[tuple[str, str], float | None],
+) -> dict[str, Any]:
+    """The statement's ``evaluation``: the release and its cost, with each test block's
+    cumulative ε now (every release charged to its patients so far)."""
+    if evaluation is None:
+        return {"private": False}
+    return {
+        **evaluation.to_dict(),
+        "cumulative_epsilon_per_test_block": {
+            b: block_eps.get((str(dataset), b)) for b in evaluation.test_blocks
+        },
+    }
+
+
+def evaluation_text(ev: dict[str, Any] | None) -> str:
+    """The sentence on the test metrics: DP-evaluated (at what ε, on which test blocks and
+    attempt, and the ledger's charge) or exact."""
+    if not ev or not ev.get("private", True) or "epsilon" not in ev:
+        return "Test metrics: exact, NOT differentially private (see Not covered)."
+    eps = ev.get("epsilon_ledger")
+    eps = eps if isinstance(eps, int | float) else ev.get("epsilon")
+    blocks = ", ".join(str(b) for b in ev.get("test_blocks") or []) or "none"
+    cum = ", ".join(
+        f"{b} ε = {_num(v)}" for b, v in (ev.get("cumulative_epsilon_per_test_block") or {}).items()
+    )
+    return (
+        f"Test metrics: DP-evaluated, one release of noisy per-class score histograms "
+        f"(Gaussian mechanism, attempt {ev.get('attempt')} on these test blocks): "
+        f"(ε = {_num(eps)}, δ = {_num(ev.get('delta'), 'g')}) charged to the test patients of "
+        f"block(s) {blocks} (reservation {ev.get('reservation') or 'none'}: "
+        f"{ev.get('charge')}); the gate judged bounds that cover sampling and noise."
+        + (f" Test patients have spent, over all releases so far: {cum}." if cum else "")
     )
 
 
@@ -184,6 +248,7 @@ def statement_text(s: PrivacyStatement) -> str:
         f"Every patient in those blocks has spent, over all runs so far: {cum} "
         f"(limit {s.epsilon_per_block_limit:g} at δ = {s.block_delta:g})."
     )
+    lines.append(evaluation_text(s.evaluation))
     lines.append("Not covered: " + "; ".join(s.not_covered) + ".")
     approvers = ", ".join(s.approvers) or "none recorded"
     lines.append(
