@@ -54,12 +54,39 @@ def decision_markdown(
         lines.append("")
         lines += [f"- `{c['name']}`: {_cell('', c.get('reason'))}" for c in failing]
         lines.append("")
-    lines.append("| check | observed | limit | result | reason |")
-    lines.append("|---|---:|---:|---|---|")
+    ev = decision.get("evaluation")
+    if ev and ev.get("recorded"):
+        lines.append(
+            f"DP-evaluated release: attempt {ev.get('attempt')}, "
+            f"ε = {_cell('', ev.get('epsilon'))} at δ = {_cell('', ev.get('delta'))} "
+            "on test block(s) "
+            f"{', '.join(ev.get('test_blocks') or []) or 'none'}; bounds judged at η = "
+            f"{_cell('', ev.get('eta_check'))} each ({ev.get('bounds')} bounds, η = "
+            f"{_cell('', ev.get('eta'))} in all); noise: the judged figure's standard deviation "
+            "from the release's noise alone"
+            + (
+                "; fresh test data is needed for another release"
+                if ev.get("fresh_test_data_needed")
+                else ""
+            )
+        )
+        lines.append("")
+    elif ev:
+        lines.append("evaluation.private is true but no DP-evaluated release is recorded")
+        lines.append("")
+    noisy = any(c.get("noise_scale") is not None for c in checks)
+    if noisy:
+        lines.append("| check | observed | limit | noise | result | reason |")
+        lines.append("|---|---:|---:|---:|---|---|")
+    else:
+        lines.append("| check | observed | limit | result | reason |")
+        lines.append("|---|---:|---:|---|---|")
     for c in checks:
         name = str(c.get("name"))
+        scale = c.get("noise_scale")
+        noise = (f"±{scale:.2g} | " if scale is not None else "— | ") if noisy else ""
         lines.append(
             f"| `{name}` | {_cell(name, c.get('observed'))} | {_cell(name, c.get('limit'))} | "
-            f"{'pass' if c.get('passed') else '**FAIL**'} | {_cell('', c.get('reason'))} |"
+            f"{noise}{'pass' if c.get('passed') else '**FAIL**'} | {_cell('', c.get('reason'))} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
 """The ``next:`` hint printed after a gate decision (a run, the demo): what to do next, naming
 every check that will still block promotion after an approval, so a hint never leads to a
-promotion that the gate refuses again."""
+promotion that the gate refuses again. A blocked DP-evaluated release whose test blocks are
+spent says that a retrain needs fresh test data first (another release on them is refused)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ def still_blocking(failing: Sequence[str]) -> list[str]:
     return [name for name in failing if name not in APPROVER_CHECKS]
 
 
+def spent_test_blocks(decision: Mapping[str, Any]) -> list[str]:
+    """The test blocks of the decision's DP-evaluated release that can afford no further
+    release (retired: :mod:`dpgov.gate.dp_checks`); empty for exact-metric decisions."""
+    ev = decision.get("evaluation") or {}
+    if not ev.get("fresh_test_data_needed"):
+        return []
+    return [str(b) for b in ev.get("blocks_retired") or []] or ["?"]
+
+
 def next_hint(decision: Mapping[str, Any]) -> str | None:
     """One line for ``decision`` (the gate's ``to_dict()``); None when nothing is left to do
     (a recall blocks for good: the hint names it like any other check)."""
@@ -26,9 +36,16 @@ def next_hint(decision: Mapping[str, Any]) -> str | None:
     blocking = still_blocking(failing)
     if blocking:
         need = " and an approval" if "approvals" in failing else ""
+        spent = spent_test_blocks(decision)
+        retrain = (
+            "Retrain"
+            if not spent
+            else f"Fresh test data is needed before another DP-evaluated release (test "
+            f"block(s) {', '.join(spent)} spent): prepare or ingest new patients, then retrain"
+        )
         return (
             f"next: an approval will not ship {model} {version}: still blocked by "
-            f"{', '.join(blocking)}{need}. Retrain, or change the policy in force: try one "
+            f"{', '.join(blocking)}{need}. {retrain}, or change the policy in force: try one "
             f"with `dpgov gate {model} {version} --preview --policy FILE` (nothing recorded), "
             "then `dpgov policy set FILE --reason TEXT`"
         )
