@@ -178,7 +178,8 @@ NOT_COVERED: tuple[str, ...] = (
     # the split and the blocks are per-patient functions (docs/data.md); these are not
     "what stays data-dependent and is used without noise: the exact numbers of training "
     "patients and block sizes behind the sampling rate q, the subgroup counts of the fairness "
-    "checks, the decision threshold (the test split's positive rate), and the feature "
+    "checks, the decision threshold (the validation split's positive rate: training "
+    "patients held out from DP-SGD, read without noise), and the feature "
     "encoding's training statistics (medians, means, standard deviations)",
 )
 """What a dpgov privacy statement's guarantee does not cover, in every statement."""

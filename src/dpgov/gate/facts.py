@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from dpgov.gate.dp_facts import PrivateEvaluation
+
 
 class _Facts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -84,9 +86,14 @@ class CandidateFacts(_Facts):
     auroc_lo: float | None = None
     auroc_hi: float | None = None
     accuracy: float
-    brier: float
-    calibration_error: float  # expected calibration error, 10 equal-width bins
+    brier: float | None  # None when DP-evaluated (not computable from the histograms)
+    # expected calibration error: 10 equal-width bins, or the release's bins when DP-evaluated
+    calibration_error: float
     subgroups: list[SubgroupMetric]
     gaps: list[Gap]
     reference: ReferenceFacts | None = None
     policy_sha256: str
+    # the DP-evaluated release every test metric above comes from (evaluation.private): the
+    # gate, promotion and previews recompute them from it (dpgov.gate.dp_metrics), never
+    # drawing noise; None when the test metrics are exact (the statement says so)
+    private_evaluation: PrivateEvaluation | None = None

@@ -85,9 +85,16 @@ def _none(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+DP_PREFIX = "dp_"
+"""MLflow metric keys of DP-evaluated metrics start with it (``dp_auroc``, ``dp_auroc_lo``,
+``dp_subgroup.sex.F.fnr`` …); exact test metrics never do."""
+
+
 @dataclass
 class Evaluation:
-    """What one model scored on the test split."""
+    """What one model scored on the test split: exact (``private`` False), or from one
+    DP-evaluated release (``private`` True: :func:`from_release`; ``brier`` is NaN, not
+    computable from the histograms, and never logged)."""
 
     n: int
     positives: int
@@ -100,15 +107,30 @@ class Evaluation:
     auroc_hi: float | None = None
     subgroups: list[SubgroupMetric] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
+    private: bool = False
+    calibration_error_hi: float | None = None
+    accuracy_lo: float | None = None
+    accuracy_hi: float | None = None
+    noise_scale: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """Flat metric names → values (finite values only) for MLflow."""
-        out: dict[str, float] = {
+        """Flat metric names → values (finite values only) for MLflow; DP-evaluated ones
+        prefixed :data:`DP_PREFIX` (the threshold is not a test metric: never prefixed)."""
+        out = self._metrics()
+        if not self.private:
+            return out
+        return {(k if k == "threshold" else DP_PREFIX + k): v for k, v in out.items()}
+
+    def _metrics(self) -> dict[str, float]:
+        out: dict[str, float | None] = {
             "auroc": self.auroc,
             "accuracy": self.accuracy,
             "brier": self.brier,
             "calibration_error": self.calibration_error,
             "threshold": self.threshold,
+            "calibration_error_hi": self.calibration_error_hi,
+            "accuracy_lo": self.accuracy_lo,
+            "accuracy_hi": self.accuracy_hi,
         }
         if self.auroc_lo is not None and self.auroc_hi is not None:
             out["auroc_lo"], out["auroc_hi"] = self.auroc_lo, self.auroc_hi
@@ -119,8 +141,13 @@ class Evaluation:
                 out[f"subgroup.{key}.auroc"] = s.auroc
             if s.fnr is not None:
                 out[f"subgroup.{key}.fnr"] = s.fnr
+            if self.private:  # the DP intervals (the exact run's bootstrap ones stay in CSV)
+                for m in ("auroc_lo", "auroc_hi", "fnr_lo", "fnr_hi"):
+                    out[f"subgroup.{key}.{m}"] = getattr(s, m)
         for g in self.gaps:
             out[f"gap.{_safe(g.attribute)}.{g.metric}"] = g.gap
+            if self.private and g.hi is not None:
+                out[f"gap.{_safe(g.attribute)}.{g.metric}_hi"] = g.hi
         return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
 
     def table(self) -> list[dict[str, Any]]:
@@ -133,12 +160,38 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in str(text))
 
 
-def resolve_threshold(threshold: float | str, y_test: np.ndarray) -> float:
-    """``prevalence``: predict positive when the score reaches the test split's positive rate."""
+def resolve_threshold(threshold: float | str, y: np.ndarray) -> float:
+    """``prevalence``: predict positive when the score reaches the positive rate of ``y``
+    (a governed run passes its validation split's labels, never the test split's:
+    :mod:`dpgov.training.validation_split`)."""
     if threshold == "prevalence":
-        rate = float(np.mean(y_test)) if len(y_test) else 0.5
+        rate = float(np.mean(y)) if len(y) else 0.5
         return min(max(rate, 1e-6), 1 - 1e-6)
     return float(threshold)
+
+
+def from_release(dm: Any, threshold: float) -> Evaluation:
+    """The :class:`Evaluation` of one model's :class:`~dpgov.gate.dp_metrics.DPMetrics`
+    (every figure from the noisy histograms; undefined metrics NaN, never logged)."""
+    nan = float("nan")
+    return Evaluation(
+        n=int(dm.n),
+        positives=int(dm.positives),
+        threshold=float(threshold),
+        auroc=nan if dm.auroc is None else float(dm.auroc),
+        accuracy=nan if dm.accuracy is None else float(dm.accuracy),
+        brier=nan,
+        calibration_error=nan if dm.calibration_error is None else float(dm.calibration_error),
+        auroc_lo=dm.auroc_lo,
+        auroc_hi=dm.auroc_hi,
+        subgroups=list(dm.subgroups),
+        gaps=list(dm.gaps),
+        private=True,
+        calibration_error_hi=dm.calibration_error_hi,
+        accuracy_lo=dm.accuracy_lo,
+        accuracy_hi=dm.accuracy_hi,
+        noise_scale=dict(dm.noise_scale),
+    )
 
 
 def evaluate(

@@ -10,6 +10,10 @@ rules it keeps:
   is a refusal (exit 1) and nothing is reserved.
 - **plan** checks everything that can be checked before budget moves; nothing is written.
 - **reserve** charges the planned mechanism to every block atomically; no training without it.
+  With ``evaluation.private`` the DP-evaluated release is reserved on the test blocks first
+  (step ``reserve-evaluation``): a release they cannot afford is refused with nothing charged,
+  and a training reservation refused after it returns it (no noise drawn); from training on it
+  stays charged, and ``evaluate`` draws it once and commits it.
 - **train** settles the ledger when it fails (release if no step ran, else abort: charged).
 - **commit** replaces the plan with the steps actually taken.
 - a failure after the commit (evaluate, track, gate) leaves the charge and marks the MLflow
@@ -37,17 +41,19 @@ from dpgov.training.budget_warning import low_budget_warning
 from dpgov.training.inputs import load_data
 from dpgov.training.params import data_params, prepared_path
 from dpgov.training.planning import plan
+from dpgov.training.private_eval import settle_evaluation
 from dpgov.training.retraining import budget_rows
 from dpgov.training.settle import end_failed_run
-from dpgov.training.steps import commit, evaluate, reserve, train
+from dpgov.training.steps import commit, evaluate, reserve, reserve_evaluation, train
 from dpgov.training.track import track
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.data.validation.ensure import Validated
-    from dpgov.ledger import Ledger
+    from dpgov.ledger import Ledger, Reservation
     from dpgov.policy import LoadedPolicy
     from dpgov.training.evaluate import Evaluation
     from dpgov.training.params import RunParams
+    from dpgov.training.steps import EvalOutcome
 
 T = TypeVar("T")
 
@@ -142,6 +148,7 @@ class RunSummary:
     data: dict[str, Any] | None = None  # what the demo prepared and versioned
     release: dict[str, Any] | None = None  # the demo's release: policy, approval, promotion, audit
     warnings: list[str] = field(default_factory=list)  # e.g. calibration left no useful model
+    private_evaluation: dict[str, Any] | None = None  # the DP-evaluated release, when private
     # in-process only (not in to_dict): the evaluations themselves, for a sweep's summary
     evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
     reference_evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
@@ -184,21 +191,40 @@ def run_governed(
     )
     data, version = run("load-data", load_data, str(prepared_path(params)))
     p = run("plan", plan, params, policy, data, ledger=ledger, data_version=version)
-    reservation = run("reserve", reserve, p, ledger=ledger)
-    outcome = run(
-        "train",
-        train,
-        p,
-        reservation,
-        ledger=ledger,
-        progress=opts.progress,
-        on_step=opts.on_step,
-        parent_run_id=opts.parent_run_id,
-        tags=opts.train_tags,
-    )
+    evaluation = None  # the DP-evaluated release's reservation (evaluation.private)
+    if p.evaluation is not None:
+        evaluation = run("reserve-evaluation", reserve_evaluation, p, ledger=ledger)
+    try:
+        reservation = run("reserve", reserve, p, ledger=ledger)
+    except BaseException as err:  # nothing was drawn: the evaluation's charge is returned
+        settle_evaluation(ledger, evaluation, err, drawn=False)
+        raise
+    try:
+        outcome = run(
+            "train",
+            train,
+            p,
+            reservation,
+            ledger=ledger,
+            progress=opts.progress,
+            on_step=opts.on_step,
+            parent_run_id=opts.parent_run_id,
+            tags=opts.train_tags,
+        )
+    except BaseException as err:
+        settle_evaluation(ledger, evaluation, err, drawn=True)  # conservative: stays charged
+        raise
     try:  # the ledger keeps the charge from here on; MLflow shows a failure
         entry = run("commit", commit, reservation, outcome, ledger=ledger)
-        evals = run("evaluate", evaluate, p, outcome, progress=opts.progress)
+        evals = run(
+            "evaluate",
+            evaluate,
+            p,
+            outcome,
+            progress=opts.progress,
+            ledger=ledger,
+            evaluation_reservation=evaluation,
+        )
         tracked = run(
             "track",
             track,
@@ -211,8 +237,10 @@ def run_governed(
             register=opts.register,
             parent_run_id=opts.parent_run_id,
             tags=opts.reference_tags,
+            evaluation_reservation=evaluation,
         )
     except BaseException as err:
+        settle_evaluation(ledger, evaluation, err, drawn=True)
         end_failed_run(outcome.run_id, err)
         raise
     budgets = run("budgets", _budgets, ledger, policy, p.dataset)
@@ -258,7 +286,27 @@ def run_governed(
         evaluation=evals.private,
         reference_evaluation=ref,
         warnings=[low] if low else [],
+        private_evaluation=_release_summary(evals, evaluation),
     )
+
+
+def _release_summary(evals: EvalOutcome, res: Reservation | None) -> dict[str, Any] | None:
+    """The DP-evaluated release in the run summary (None when the test metrics are exact)."""
+    pe = evals.release
+    if pe is None or res is None:
+        return None
+    return {
+        "reservation": res.id,
+        "ledger_entry": res.seq,
+        "epsilon": pe.epsilon,
+        "delta": pe.delta,
+        "sigma": pe.sigma,
+        "noise_multiplier": pe.noise_multiplier,
+        "models": list(pe.models),
+        "test_blocks": list(pe.test_blocks),
+        "attempt": pe.attempt,
+        "eta_check": evals.eta_check,
+    }
 
 
 def enforced_policy(

@@ -88,7 +88,14 @@ class TrainParams(_Strict):
     reference: bool = Field(default=True, description="also train a non-private reference")
     threshold: float | Literal["prevalence"] = Field(
         default="prevalence",
-        description="score cut-off for 0/1 predictions; prevalence = test rate",
+        description="score cut-off for 0/1 predictions; prevalence = the validation split's rate",
+    )
+    validation_fraction: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=0.5,
+        description="training patients held out from DP-SGD for the threshold and model "
+        "selection (keyed per patient; 0: none, the threshold from the training patients)",
     )
     min_group_n: int = Field(default=50, ge=1, description="smallest subgroup judged for gaps")
     n_boot: int = Field(default=50, ge=0, description="bootstrap resamples (0 = no intervals)")

@@ -22,12 +22,14 @@ from dpgov.contracts import exceeds
 from dpgov.errors import Refused, UsageError
 from dpgov.training.inputs import Arrays, PreparedLike, arrays, data_version_of, subset
 from dpgov.training.models import build_model, input_spec
+from dpgov.training.private_eval import EvaluationPlan, plan_evaluation
 from dpgov.training.trainer import (
     check_secure_rng,
     choose_grad_sample_mode,
     resolve_device,
     sampling_plan,
 )
+from dpgov.training.validation_split import split_validation
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.ledger import Ledger
@@ -57,6 +59,10 @@ class RunPlan:
     device: str
     grad_sample_mode: str
     calibrated: bool
+    # the training patients held out from DP-SGD for the threshold (dpgov.training.
+    # validation_split) and the DP-evaluated release, when the policy asks for one
+    validation: Arrays | None = None
+    evaluation: EvaluationPlan | None = None
 
     @property
     def target_epsilon(self) -> float:
@@ -83,6 +89,8 @@ class RunPlan:
             "device": self.device,
             "grad_sample_mode": self.grad_sample_mode,
             "model": self.params.model.name,
+            "n_validation_patients": len(self.validation.y) if self.validation else 0,
+            "evaluation": self.evaluation.summary() if self.evaluation else None,
         }
 
 
@@ -112,8 +120,22 @@ def plan(
     blocks = _choose_blocks(cfg.blocks, meta, train_all, dataset, ledger, budget)
     train = subset(train_all, np.isin(train_all.block, blocks))
     _check_unit_of_privacy(train, test)
+    train, validation = split_validation(train, cfg.validation_fraction, cfg.seed)
     if len(np.unique(train.y)) < 2:
         raise UsageError(f"training data of blocks {blocks}: labels hold one class only")
+    if cfg.validation_fraction > 0 and len(validation.y) == 0:
+        raise UsageError(
+            f"train.validation_fraction: {cfg.validation_fraction:g} of the "
+            f"{len(train.y)} training patients of blocks {blocks} leaves no validation patient"
+        )
+    evaluation, test = plan_evaluation(
+        policy,
+        meta,
+        test,
+        ledger=ledger,
+        dataset=dataset,
+        reference=bool(cfg.reference and policy.policy.release.allow_reference),
+    )
 
     model = build_model(params.model, input_spec(meta))
     mode = choose_grad_sample_mode(cfg.grad_sample_mode, model)
@@ -184,6 +206,8 @@ def plan(
         device=str(device),
         grad_sample_mode=mode,
         calibrated=calibrated,
+        validation=validation,
+        evaluation=evaluation,
     )
 
 

@@ -34,6 +34,7 @@ from dpgov.gate.noise import NOISE_SEED, TAG_NOISE_SOURCE
 from dpgov.training.trainer import noise_source
 
 if TYPE_CHECKING:  # pragma: no cover
+    from dpgov.gate.dp_facts import PrivateEvaluation
     from dpgov.ledger import Entry, Reservation
     from dpgov.training.evaluate import Evaluation
     from dpgov.training.planning import RunPlan
@@ -117,11 +118,15 @@ def privacy_statement(
     block_epsilon: dict[str, float],
     *,
     reference_run: str | None = None,
+    release: PrivateEvaluation | None = None,
+    release_reservation: Reservation | None = None,
 ) -> dict[str, Any]:
     """What this model's guarantee is, for whom, and what it does not cover.
 
     ``reference_run``: the MLflow run of the non-private reference whose subgroup gaps this
-    model's gate compares against (said in the statement)."""
+    model's gate compares against (said in the statement). ``release``: the DP-evaluated
+    release of the test metrics (``evaluation``: its ε, σ, test blocks and ledger
+    reservation); without one the exact test metrics are listed as not covered."""
     eps = epsilon([p.mechanism.with_steps(steps)], delta=p.delta, accountant=p.accountant)
     reference = None
     if reference_run is not None:
@@ -160,9 +165,58 @@ def privacy_statement(
         },
         "cumulative_epsilon_per_block": block_epsilon,
         "epsilon_per_block_limit": p.policy.policy.budget.epsilon_per_block,
-        "not_covered": list(NOT_COVERED),
+        "evaluation": evaluation_statement(release, release_reservation),
+        "not_covered": not_covered(release),
         "ledger": {"reservation": reservation.id, "entries": [reservation.seq, commit_entry.seq]},
         "policy_sha256": p.policy.sha256,
+    }
+
+
+EXACT_TEST_METRICS = (
+    "the exact test metrics (AUROC, accuracy, Brier score, calibration, per-subgroup AUROC "
+    "and false-negative rates, and the reference's), released without noise: "
+    "evaluation.private is false"
+)
+DP_TEST_METRICS = (
+    "the test split's patients beyond the DP-evaluated release above (charged to their test "
+    "blocks; the exact test metrics are never written)"
+)
+
+
+def not_covered(release: PrivateEvaluation | None) -> list[str]:
+    """:data:`NOT_COVERED`, the test split's line said as it is for this run: the exact test
+    metrics, or the DP-evaluated release that replaced them."""
+    test_line = NOT_COVERED[0]
+    return [
+        (DP_TEST_METRICS if release is not None else EXACT_TEST_METRICS)
+        if item == test_line
+        else item
+        for item in NOT_COVERED
+    ]
+
+
+def evaluation_statement(
+    release: PrivateEvaluation | None, reservation: Reservation | None
+) -> dict[str, Any]:
+    """What the test metrics are: a DP-evaluated release (its cost and where it is charged)
+    or exact."""
+    if release is None:
+        return {"private": False}
+    return {
+        "private": True,
+        "mechanism": "gaussian_histograms",
+        "epsilon": release.epsilon,
+        "delta": release.delta,
+        "sigma": release.sigma,
+        "noise_multiplier": release.noise_multiplier,
+        "sensitivity": release.sensitivity,
+        "models": list(release.models),
+        "test_blocks": list(release.test_blocks),
+        "attempt": release.attempt,
+        "noise_source": release.noise_source,
+        "reservation": reservation.id if reservation else release.reservation_id,
+        "ledger_entry": reservation.seq if reservation else None,
+        "unit_of_privacy": "patient (one test record each)",
     }
 
 
@@ -186,6 +240,7 @@ def statement_text(s: dict[str, Any]) -> str:
         + ", ".join(f"{b} {v:.4f}" for b, v in s["cumulative_epsilon_per_block"].items())
         + ".\n"
         + _noise_text(s)
+        + _evaluation_text(s)
         + _reference_text(s)
         + "Not covered: "
         + "; ".join(s["not_covered"])
@@ -209,6 +264,19 @@ def _noise_text(s: dict[str, Any]) -> str:
         "csprng": "drawn from a cryptographically secure generator (Opacus secure mode)",
     }.get(str(source), f"from {source}")
     return f"Noise: the Gaussian noise and the Poisson sampling were {how}.\n"
+
+
+def _evaluation_text(s: dict[str, Any]) -> str:
+    ev = s.get("evaluation") or {}
+    if not ev.get("private"):
+        return "Test metrics: exact (not differentially private; see Not covered).\n"
+    return (
+        f"Test metrics: DP-evaluated, one release of noisy score histograms (Gaussian, "
+        f"σ = {ev['sigma']:.4g} per count, sensitivity {ev['sensitivity']:.4g}): (ε = "
+        f"{ev['epsilon']:.4f}, δ = {ev['delta']:g}) charged to test blocks "
+        f"{', '.join(ev['test_blocks'])} (reservation {ev['reservation']}, attempt "
+        f"{ev['attempt']}).\n"
+    )
 
 
 def _reference_text(s: dict[str, Any]) -> str:
@@ -240,8 +308,11 @@ def candidate_facts(
     steps: int | None,
     eps: float | None,
     reference: Any = None,
+    release: PrivateEvaluation | None = None,
 ) -> dict[str, Any]:
-    """``candidate_facts.json``: validated through :class:`CandidateFacts`, then as JSON."""
+    """``candidate_facts.json``: validated through :class:`CandidateFacts`, then as JSON.
+    With ``release`` (a DP-evaluated run) every test metric of ``ev`` comes from it and it is
+    recorded as ``private_evaluation``; brier is then None."""
     cfg = p.params.train
     facts = CandidateFacts(
         model_name=model_name,
@@ -268,12 +339,13 @@ def candidate_facts(
         auroc_lo=ev.auroc_lo,
         auroc_hi=ev.auroc_hi,
         accuracy=ev.accuracy,
-        brier=ev.brier,
+        brier=None if ev.private else ev.brier,
         calibration_error=ev.calibration_error,
         subgroups=list(ev.subgroups),
         gaps=list(ev.gaps),
         reference=reference,
         policy_sha256=p.policy.sha256,
+        private_evaluation=release,
     )
     return facts.model_dump(mode="json")
 

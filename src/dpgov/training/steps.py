@@ -28,7 +28,8 @@ from dpgov.gate.noise import refuse_reproducible_noise
 from dpgov.gate.subgroups import rule_of
 from dpgov.tracking import runs
 from dpgov.tracking.anchor import try_record_anchor
-from dpgov.training import records
+from dpgov.training import private_eval, records
+from dpgov.training.evaluate import Evaluation, from_release, resolve_threshold
 from dpgov.training.evaluate import evaluate as score
 from dpgov.training.faults import fault_point
 from dpgov.training.models import build_model, input_spec
@@ -44,8 +45,8 @@ from dpgov.training.trainer import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from dpgov.gate.dp_facts import PrivateEvaluation
     from dpgov.ledger import Entry, Ledger, Reservation
-    from dpgov.training.evaluate import Evaluation
     from dpgov.training.planning import RunPlan
     from dpgov.training.trainer import TrainResult
 
@@ -61,6 +62,10 @@ class EvalOutcome:
     private: Evaluation
     reference: Evaluation | None = None
     reference_result: TrainResult | None = None
+    # the DP-evaluated release both evaluations come from (evaluation.private), and the η per
+    # check of the intervals recorded with them (dpgov.training.private_eval.recorded_eta)
+    release: PrivateEvaluation | None = None
+    eta_check: float | None = None
 
 
 def reserve(p: RunPlan, *, ledger: Ledger) -> Reservation:
@@ -81,6 +86,23 @@ def reserve(p: RunPlan, *, ledger: Ledger) -> Reservation:
         policy_sha256=p.policy.sha256,
         data_version=p.data_version,
         max_run_epsilon=p.target_epsilon * (1 + EPSILON_TOLERANCE),
+    )
+
+
+def reserve_evaluation(p: RunPlan, *, ledger: Ledger) -> Reservation:
+    """Charge the planned DP-evaluated release to the test blocks, before training
+    (:func:`dpgov.training.private_eval.reserve_evaluation`; refused with nothing charged
+    when they cannot afford it)."""
+    if p.evaluation is None:
+        raise UsageError("this run's policy does not ask for a DP-evaluated release")
+    return private_eval.reserve_evaluation(
+        p.evaluation,
+        p.test,
+        ledger=ledger,
+        dataset=p.dataset,
+        budget=p.policy.policy.budget,
+        policy_sha256=p.policy.sha256,
+        data_version=p.data_version,
     )
 
 
@@ -163,25 +185,41 @@ def commit(reservation: Reservation, outcome: TrainOutcome, *, ledger: Ledger) -
     return entry
 
 
-def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> EvalOutcome:
+def evaluate(
+    p: RunPlan,
+    outcome: TrainOutcome,
+    *,
+    progress: bool = False,
+    ledger: Ledger | None = None,
+    evaluation_reservation: Reservation | None = None,
+) -> EvalOutcome:
     """Score the test split; train and score the non-private reference when asked
-    (``train.reference``) and the policy allows it (``release.allow_reference``)."""
+    (``train.reference``) and the policy allows it (``release.allow_reference``).
+
+    The threshold comes from the validation split (never the test split). With a planned
+    DP-evaluated release (``p.evaluation``), both models are scored from one release drawn
+    here, once, under ``evaluation_reservation`` (committed on ``ledger``): no exact test
+    metric is computed."""
     cfg = p.params.train
     rule = rule_of(p.policy.policy.fairness)  # the gate's subgroup rule, for both models
+    cut = run_threshold(p)
 
     def judge(model: Any) -> Evaluation:
         return score(
             p.test.y,
             predict_scores(model, p.test.x),
             p.test.sensitive,
-            threshold=cfg.threshold,
+            threshold=cut,
             n_boot=cfg.n_boot,
             seed=cfg.seed,
             min_group_n=rule.min_size,
             min_group_positives=rule.min_positives,
         )
 
-    out = EvalOutcome(private=judge(outcome.result.model))
+    private = p.evaluation is not None
+    if private and (ledger is None or evaluation_reservation is None):
+        raise UsageError("a DP-evaluated release needs its reservation and the ledger")
+    out = EvalOutcome(private=judge(outcome.result.model) if not private else _pending())
     if cfg.reference and p.policy.policy.release.allow_reference:
         seed_everything(cfg.seed)
         ref_model = build_model(p.params.model, input_spec(p.meta))
@@ -196,5 +234,46 @@ def evaluate(p: RunPlan, outcome: TrainOutcome, *, progress: bool = False) -> Ev
             progress=progress,
         )
         out.reference_result = ref
-        out.reference = judge(ref.model)
+        if not private:
+            out.reference = judge(ref.model)
+    if private:
+        assert p.evaluation is not None and ledger is not None
+        assert evaluation_reservation is not None
+        models = {private_eval.CANDIDATE: outcome.result.model}
+        if out.reference_result is not None:
+            models[private_eval.REFERENCE] = out.reference_result.model
+        pe = private_eval.draw(
+            p.evaluation,
+            p.test,
+            {name: predict_scores(m, p.test.x) for name, m in models.items()},
+            threshold=cut,
+            reservation=evaluation_reservation,
+            ledger=ledger,
+            dataset=p.dataset,
+            budget=p.policy.policy.budget,
+            run_id=outcome.run_id,
+        )
+        eta = p.policy.policy.evaluation.eta
+        out.release, out.eta_check = pe, private_eval.recorded_eta(pe, eta)
+
+        def from_pe(name: str) -> Evaluation:
+            return from_release(private_eval.metrics_of(pe, name, eta=eta, policy=p.policy), cut)
+
+        out.private = from_pe(private_eval.CANDIDATE)
+        if private_eval.REFERENCE in pe.models:
+            out.reference = from_pe(private_eval.REFERENCE)
     return out
+
+
+def run_threshold(p: RunPlan) -> float:
+    """The decision threshold: ``train.threshold``, or with ``prevalence`` the positive rate
+    of the validation split (of the training patients when there is none), never the test
+    split's."""
+    held_out = p.validation if p.validation is not None and len(p.validation.y) else p.train
+    return resolve_threshold(p.params.train.threshold, held_out.y)
+
+
+def _pending() -> Evaluation:
+    """A placeholder until the release is drawn (replaced before evaluate returns)."""
+    nan = float("nan")
+    return Evaluation(0, 0, nan, nan, nan, nan, nan, private=True)

@@ -13,6 +13,7 @@ FAILED and propagates; the charge stands.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from dpgov.gate.reference import widening_on
 from dpgov.tracking import runs
 from dpgov.tracking.binding import bind_version
 from dpgov.training import records
-from dpgov.training.evaluate import price_of_privacy, reference_facts
+from dpgov.training.evaluate import DP_PREFIX, price_of_privacy, reference_facts
 from dpgov.training.faults import fault_point
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,6 +108,7 @@ def track(
     register: bool = True,
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    evaluation_reservation: Reservation | None = None,
 ) -> TrackOutcome:
     """Log both runs (private and reference) to MLflow; register the private model.
 
@@ -149,7 +151,14 @@ def track(
     run_id = outcome.run_id
     used = ref_run_id if ref_run_id is not None and widening_on(p.policy.policy) else None
     statement = records.privacy_statement(
-        p, reservation, commit_entry, steps, block_eps, reference_run=used
+        p,
+        reservation,
+        commit_entry,
+        steps,
+        block_eps,
+        reference_run=used,
+        release=evals.release,
+        release_reservation=evaluation_reservation,
     )
     ev = evals.private
     metrics: dict[str, float] = {
@@ -158,10 +167,14 @@ def track(
         "seconds_per_epoch": _mean(outcome.result.epoch_seconds),
         **{block_metric_key(b): v for b, v in block_eps.items()},
         **ev.metrics(),
+        **release_metrics(evals),
     }
     if evals.reference is not None:
-        metrics.update({f"price.{k}": v for k, v in price_of_privacy(ev, evals.reference).items()})
-        metrics["reference_auroc"] = evals.reference.auroc
+        dp = DP_PREFIX if ev.private else ""  # figures from the release stay marked as such
+        price = price_of_privacy(ev, evals.reference)
+        metrics.update({f"{dp}price.{k}": v for k, v in price.items()})
+        if math.isfinite(evals.reference.auroc):
+            metrics[f"{dp}reference_auroc"] = evals.reference.auroc
     runs.log_metrics(run_id, metrics)
     fault_point("during_track")
     runs.log_series(run_id, "train_loss", outcome.result.epoch_losses)
@@ -187,6 +200,7 @@ def track(
         steps=steps,
         eps=statement["epsilon"],
         reference=ref_facts,
+        release=evals.release,
     )
     version = _register(run_id, outcome.result.model, p, facts, ev, register=register)
     if version is not None:
@@ -204,6 +218,25 @@ def track(
         facts=facts,
         block_epsilon=block_eps,
     )
+
+
+def release_metrics(evals: EvalOutcome) -> dict[str, float]:
+    """The DP-evaluated release's cost and noise as MLflow metrics (none when exact):
+    ``evaluation_epsilon`` (at ``delta``), ``evaluation_sigma`` (per count),
+    ``evaluation_noise_multiplier``, ``evaluation_attempt`` and ``evaluation_eta_check`` (the
+    η per check of the ``dp_*_lo`` / ``_hi`` bounds logged beside them)."""
+    pe = evals.release
+    if pe is None:
+        return {}
+    out = {
+        "evaluation_epsilon": pe.epsilon,
+        "evaluation_sigma": pe.sigma,
+        "evaluation_noise_multiplier": pe.noise_multiplier,
+        "evaluation_attempt": float(pe.attempt),
+    }
+    if evals.eta_check is not None:
+        out["evaluation_eta_check"] = evals.eta_check
+    return out
 
 
 def _mean(values: list[float]) -> float:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dpgov.accounting import DpSgdMechanism, epsilon
@@ -274,7 +275,11 @@ def test_training_on_named_blocks_charges_only_those(
     policy = write_policy()
     ledger = Ledger.open()
     p, *_ = _steps(small_params(blocks=["b1"]), policy, small_data, ledger)
-    assert len(p.train.y) == small_data.meta["blocks"]["b1"]
+    # b1's training patients: DP-SGD trains on those outside the validation split
+    assert p.validation is not None and len(p.validation.y) > 0
+    assert len(p.train.y) + len(p.validation.y) == small_data.meta["blocks"]["b1"]
+    assert set(np.unique(p.validation.block)) == {"b1"}
+    assert not set(p.train.patient_id) & set(p.validation.patient_id)
     assert _status(ledger, policy, p.dataset, "b1").charges == 1
     assert [b.block for b in ledger.blocks(p.dataset)] == ["b1"]  # b0 never touched
 
