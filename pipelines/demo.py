@@ -23,16 +23,18 @@ from prefect import flow
 
 from dpgov import yamlio
 from dpgov.data.ingest import init_repo, wave_path
-from dpgov.errors import Refused
+from dpgov.errors import Refused, UsageError
 from dpgov.gate.in_force import policy_in_force
 from dpgov.gate.next_steps import still_blocking
-from dpgov.identity import acting_identity
+from dpgov.identity import Identity, acting_identity
 from dpgov.ledger import Ledger
 from dpgov.ledger.policies import SET, set_policy
+from dpgov.ledger.releases import binding_of
 from dpgov.policy import load_policy
 from dpgov.training.governed import RunOptions, RunSummary
 from dpgov.training.params import data_params, embedded_params_path, load_params
 from pipelines import run_names, tasks
+from pipelines.approver import approver_url, open_approver, same_ledger
 from pipelines.governed import run_gate, run_in_flow, run_params
 from pipelines.ingest import ingest
 from pipelines.retraining import retraining
@@ -68,8 +70,9 @@ def demo(
 ) -> RunSummary:
     """Prepare the bundled cohort under ``home`` and run the governed steps on it: the
     candidate is gated under the policy in force (blocked, at least for want of an approval);
-    then, with ``release``, :func:`ship` records the demo's release policy, approves, promotes
-    and audits."""
+    then, with ``release``, :func:`ship` records the demo's release policy, approves (as the
+    second identity of ``DPGOV_APPROVER_LEDGER_URL`` where one is given), promotes and
+    audits."""
     start_clock()
     base = Path(home)
     out = base / "prepared" / "flchain"
@@ -101,22 +104,38 @@ def demo(
 
 
 # the demo's release policy: what changes from the packaged one, and why (recorded with it)
-RELEASE_REASON = (
-    "dpgov demo: single-user release policy. approvals.allow_author: true (on this machine one "
-    "person trains and approves; where a second authenticated identity exists, keep it false). "
-    "fairness.max_fnr_gap and max_auroc_gap: off, because the age-band gaps are the cohort's "
-    "own (5-year mortality at one decision threshold: the non-private reference shows the same "
-    "FNR and AUROC gaps; no per-group operating point is chosen). The widening checks "
-    "(fairness.max_*_gap_widening: 0.05) stay on: privacy must not widen those gaps; "
-    "utility.max_auroc_drop: 0.1 (at most 0.1 below the reference's AUROC)"
+SINGLE_USER_REASON = (
+    "dpgov demo: single-user release policy. approvals.allow_author: true, because on this "
+    "machine one person trains and approves (with a second authenticated identity, "
+    "dpgov demo --approver-ledger-url, it stays false). "
 )
+TWO_PERSON_REASON = (
+    "dpgov demo: release policy approved by a second authenticated identity. "
+    "approvals.allow_author: false, as packaged (the approver is another role on this ledger). "
+)
+FAIRNESS_REASON = (
+    "fairness.max_fnr_gap and max_auroc_gap: off, for every attribute (one limit holds for "
+    "all). The age-band gaps come from one decision threshold for every age in a cohort "
+    "whose 5-year mortality rises steeply with age: the youngest band's few deaths fall below "
+    "it, the oldest band's above it, for any model; no per-group operating point is chosen. "
+    "The widening checks (fairness.max_*_gap_widening: 0.05) stay on, for every attribute: a "
+    "gap may be no more than 0.05 wider than the non-private reference's, so privacy does "
+    "not widen it. utility.max_auroc_drop: 0.1 (at most 0.1 below the reference's AUROC)"
+)
+RELEASE_REASON = SINGLE_USER_REASON + FAIRNESS_REASON  # the demo without a second identity
 
 
-def release_policy(path: Path) -> Path:
-    """The embedded policy with the demo's single-user changes (:data:`RELEASE_REASON`)."""
+def release_reason(*, second_identity: bool) -> str:
+    """Why the demo's release policy differs from the packaged one (recorded with it)."""
+    return (TWO_PERSON_REASON if second_identity else SINGLE_USER_REASON) + FAIRNESS_REASON
+
+
+def release_policy(path: Path, *, allow_author: bool = True) -> Path:
+    """The embedded policy with the demo's release changes (:func:`release_reason`);
+    ``allow_author`` false where a second identity approves."""
     file = embedded_policy()
     policy = yamlio.load_mapping(file, where=f"policy {file}")
-    policy["approvals"]["allow_author"] = True
+    policy["approvals"]["allow_author"] = allow_author
     policy["fairness"]["max_fnr_gap"] = None
     policy["fairness"]["max_auroc_gap"] = None
     policy["utility"]["max_auroc_drop"] = 0.1  # and at most 0.1 below the reference's AUROC
@@ -132,19 +151,43 @@ def ship(
     base: Path, model: str, version: str, plan: dict[str, Any], ledger: Ledger
 ) -> dict[str, Any]:
     """Record the release policy for the dataset (`dpgov policy set`), gate the candidate
-    under it, approve it as who acts (the author: the policy allows it), promote it (the
-    promotion re-checks the gate), then audit. A check an approval cannot pass leaves the
-    version unpromoted, said in ``status``; the audit runs either way."""
+    under it, approve it, promote it (the promotion re-checks the gate), then audit.
+
+    The approver is the second authenticated identity of :data:`APPROVER_LEDGER_ENV` where
+    one is given (the policy keeps ``approvals.allow_author: false``), else who acts (the
+    author: the policy allows it). A check an approval cannot pass leaves the version
+    unpromoted, said in ``status``; the audit runs either way."""
     dataset = str(plan["dataset"])
-    file = release_policy(base / "release-policy.yaml")
-    seq = put_in_force(ledger, file, dataset, RELEASE_REASON)
+    url = approver_url()
+    author = binding_of(ledger, model, version)
+    approver = open_approver(ledger, url, author=author.author if author else None) if url else None
+    try:
+        return _ship(base, model, version, dataset, ledger, approver)
+    finally:
+        if approver is not None:
+            approver[0].close()
+
+
+def _ship(
+    base: Path,
+    model: str,
+    version: str,
+    dataset: str,
+    ledger: Ledger,
+    approver: tuple[Ledger, Identity] | None,
+) -> dict[str, Any]:
+    second = approver is not None
+    reason = release_reason(second_identity=second)
+    file = release_policy(base / "release-policy.yaml", allow_author=not second)
+    seq = put_in_force(ledger, file, dataset, reason)
     loaded = policy_in_force(ledger, dataset)
     out: dict[str, Any] = {
         "policy_file": str(file),
         "policy_seq": seq,
         "policy_sha256": loaded.sha256,
-        "policy_reason": RELEASE_REASON,
+        "policy_reason": reason,
         "author_may_approve": loaded.policy.approvals.allow_author,
+        "approver": approver[1].to_dict() if approver else None,
     }
     before = run_gate(model, version, loaded, ledger)
     out["gate_before"] = before
@@ -152,12 +195,24 @@ def ship(
     if blocking:
         out["status"] = f"not shipped: blocked by {', '.join(blocking)}"
     else:
-        who = acting_identity(ledger).name
-        entry = tasks.record_approval(
-            model, version, who, "dpgov demo: the author approves (approvals.allow_author)",
-            loaded, ledger,
-        )  # fmt: skip
-        out["approval"] = {"by": who, "ledger_seq": entry.seq}
+        if approver is not None:
+            if not same_ledger(ledger, approver[0]):  # checked at the start, and once more
+                raise UsageError("the approver's ledger URL no longer reaches the demo's ledger")
+            by, note, where = (
+                approver[1].name,
+                "dpgov demo: a second identity approves",
+                approver[0],
+            )
+        else:
+            by, note = acting_identity(ledger).name, "dpgov demo: the author approves"
+            note, where = note + " (approvals.allow_author)", ledger
+        entry = tasks.record_approval(model, version, by, note, loaded, where)
+        out["approval"] = {
+            "by": by,
+            "ledger_seq": entry.seq,
+            "authenticated_by": entry.payload.get("authenticated_by"),
+            "author": entry.payload.get("author"),
+        }
         try:
             promoted = tasks.promote(model, version, loaded, ledger, None)
         except Refused as err:
@@ -170,7 +225,21 @@ def ship(
         "ok": bool(report.get("ok")),
         "findings": report.get("findings") or [],
     }
+    out["statement"] = _statement(report, model, version)
     return out
+
+
+def _statement(report: dict[str, Any], model: str, version: str) -> dict[str, Any] | None:
+    """What the audit's release statement says of who approved the shipped version."""
+    for rel in report.get("releases") or []:
+        if rel.get("model") == model and str(rel.get("version")) == str(version):
+            text = str(rel.get("statement_text") or "")
+            said = next((p for p in text.split("\n") if p.startswith("Approved by the run")), "")
+            return {
+                "approvers": list((rel.get("statement") or {}).get("approvers") or []),
+                "self_approval": said,
+            }
+    return None
 
 
 def scenario_policy(path: Path, epsilon_per_block: float) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up
+from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up, table
 
 
 def register(app: typer.Typer) -> None:
@@ -70,14 +70,25 @@ def demo(
         help="Retraining over time: the cohort arrives in this many enrollment waves, each "
         "ingested and followed by retraining (0: one governed run).",
     ),
+    approver_ledger_url: str | None = typer.Option(
+        None,
+        "--approver-ledger-url",
+        envvar="DPGOV_APPROVER_LEDGER_URL",
+        help="Approve the release as a second authenticated identity: the demo's ledger "
+        "(DPGOV_LEDGER_URL, PostgreSQL) reached as another role; the release policy then "
+        "keeps approvals.allow_author false. Default: the author approves (single user).",
+        show_default=False,
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """The governed pipeline on the bundled flchain data, with the embedded defaults; ends with
     the gate decision."""
+    import os
     from importlib.util import find_spec
 
     from dpgov import config
     from dpgov.errors import UsageError
+    from pipelines.approver import APPROVER_LEDGER_ENV, open_approver
     from pipelines.runtime import HEAVY_MODULES, orchestrate
 
     if find_spec("sksurv") is None:  # imported later, while the Prefect API starts
@@ -85,6 +96,21 @@ def demo(
             "dpgov demo needs the bundled flchain data from scikit-survival: "
             "pip install 'dpgov[demo]'"
         )
+    if approver_ledger_url:
+        if waves:
+            raise UsageError(
+                "--approver-ledger-url: the retraining waves (--waves) release nothing to approve"
+            )
+        from dpgov.ledger import Ledger
+
+        ledger = Ledger.open()
+        try:  # before anything starts or is charged: the same ledger, another identity
+            open_approver(ledger, approver_ledger_url)[0].close()
+        finally:
+            ledger.close()
+        os.environ[APPROVER_LEDGER_ENV] = approver_ledger_url  # for the flow, never a parameter
+    else:
+        os.environ.pop(APPROVER_LEDGER_ENV, None)
     home = config.home() / "demo"
 
     def call() -> dict[str, Any]:
@@ -115,8 +141,6 @@ def _ci(lo: float | None, hi: float | None) -> str:
 
 
 def _render(data: dict[str, Any]) -> None:
-    from rich.table import Table
-
     out = console()
     plan = data["plan"]
     prep = (data.get("data") or {}).get("prepare")
@@ -148,19 +172,7 @@ def _render(data: dict[str, Any]) -> None:
     out.print(f"utility: AUROC {data['auroc']:.3f}{price}")
     for line in data.get("warnings") or []:  # e.g. a σ that leaves no useful model
         out.print(f"[bold yellow]{line}[/]")
-    table = Table(title="Subgroups (test split)")
-    for col in ("attribute", "group", "n", "positives", "AUROC [95% CI]", "FNR [95% CI]"):
-        table.add_column(col)
-    for s in data["subgroups"]:
-        table.add_row(
-            s["attribute"],
-            s["group"],
-            str(s["n"]),
-            str(s["positives"]),
-            _fmt(s["auroc"]) + _ci(s["auroc_lo"], s["auroc_hi"]),
-            _fmt(s["fnr"]) + _ci(s["fnr_lo"], s["fnr_hi"]),
-        )
-    out.print(table)
+    out.print(subgroup_table(data["subgroups"]))
     ref_gaps = {(g["attribute"], g["metric"]): g["gap"] for g in data.get("reference_gaps") or []}
     for g in data["gaps"]:
         ref_gap = ref_gaps.get((g["attribute"], g["metric"]))
@@ -184,6 +196,31 @@ def _render(data: dict[str, Any]) -> None:
         render_release(data["release"], _render_gate)
 
 
+def subgroup_table(subgroups: list[dict[str, Any]]) -> Any:
+    """Per subgroup of the test split: size, positives, AUROC and FNR with their intervals
+    (about 70 columns; group names fold, figures never wrap)."""
+    t = table(
+        title="Subgroups (test split)",
+        caption="pos: positives; [95% CI]: bootstrap interval (none with train.n_boot 0)",
+    )
+    t.add_column("attribute", overflow="fold")
+    t.add_column("group", overflow="fold")
+    t.add_column("n", justify="right", no_wrap=True)
+    t.add_column("pos", justify="right", no_wrap=True)
+    t.add_column("AUROC [95% CI]", no_wrap=True)
+    t.add_column("FNR [95% CI]", no_wrap=True)
+    for s in subgroups:
+        t.add_row(
+            s["attribute"],
+            s["group"],
+            str(s["n"]),
+            str(s["positives"]),
+            _fmt(s["auroc"]) + _ci(s["auroc_lo"], s["auroc_hi"]),
+            _fmt(s["fnr"]) + _ci(s["fnr_lo"], s["fnr_hi"]),
+        )
+    return t
+
+
 def _render_seconds(data: dict[str, Any]) -> None:
     t = data.get("timings") or {}
     orch = data.get("orchestration") or {}
@@ -194,47 +231,42 @@ def _render_seconds(data: dict[str, Any]) -> None:
     )
 
 
-def _cell(name: str, value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if name == "release_epsilon" or name.startswith("block_budget"):
-            return eps_up(value)
-        return f"{value:.4g}"
-    return str(value)
+def decision_of(data: dict[str, Any]) -> Any:
+    """The :class:`dpgov.gate.decision.Decision` a decision's ``to_dict()`` was made from (so
+    a run's and the demo's gate print as ``dpgov gate`` does)."""
+    from dpgov.gate.decision import Check, Decision
+    from dpgov.gate.dp_checks import EvaluationSummary
+
+    evaluation = data.get("evaluation")
+    return Decision(
+        model=str(data["model"]),
+        version=str(data["version"]),
+        policy_sha256=data.get("policy_sha256"),
+        checks=tuple(_rebuilt(Check, c) for c in data["checks"]),
+        approvers=tuple(data.get("approvers") or ()),
+        refusers=tuple(data.get("refusers") or ()),
+        evaluation=_rebuilt(EvaluationSummary, evaluation) if evaluation else None,
+    )
+
+
+def _rebuilt(cls: Any, data: dict[str, Any]) -> Any:
+    """A frozen dataclass from its ``to_dict()`` (lists back to tuples; unknown keys left)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
 
 
 def _render_gate(decision: dict[str, Any]) -> None:
-    """The gate decision as a table (the demo ends with it)."""
-    from rich.table import Table
+    """The gate decision as ``dpgov gate`` prints it (the demo ends with it), the ledger entry
+    that recorded it, and the ``next:`` hint."""
+    from dpgov.cli.gate import render_decision
 
-    verdict = "[bold green]ALLOWED[/]" if decision["allowed"] else "[bold red]BLOCKED[/]"
-    sha = str(decision.get("policy_sha256") or "")[:12]
-    table = Table(
-        title=f"gate: {decision['model']} version {decision['version']} — {verdict}",
-        caption=f"policy {decision.get('policy_path')} (sha256 {sha}…); "
-        f"ledger entry {decision.get('ledger_seq')}",
-    )
-    for col, justify in (
-        ("check", "left"),
-        ("observed", "right"),
-        ("limit", "right"),
-        ("result", "left"),
-        ("reason", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for c in decision["checks"]:
-        table.add_row(
-            c["name"],
-            _cell(c["name"], c["observed"]),
-            _cell(c["name"], c["limit"]),
-            "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]",
-            "" if c["passed"] else c["reason"],
-        )
+    render_decision(decision_of(decision), str(decision.get("policy_path") or "-"))
     out = console()
-    out.print(table)
+    seq = decision.get("ledger_seq")
+    if seq is not None:
+        out.print(f"gate decision recorded: ledger entry {seq}")
     if not decision["allowed"] and decision.get("hint", True):
         from dpgov.gate.next_steps import next_hint
 
@@ -242,27 +274,23 @@ def _render_gate(decision: dict[str, Any]) -> None:
 
 
 def _render_waves(data: dict[str, Any]) -> None:
-    from rich.table import Table
-
     out = console()
     out.print(
         f"[bold]retraining over time[/bold]: {data['dataset']} in {len(data['waves'])} "
         f"enrollment waves, ε per block {data['epsilon_per_block']:g} (scenario policy "
         f"{data['policy']}); DVC repository {data['folder']}/repo"
     )
-    runs = Table(title="Waves: what arrived, what retraining did")
-    for col in (
-        "wave",
-        "enrolled",
-        "new blocks",
-        "trained on",
-        "retired",
-        "σ",
-        "ε run",
-        "AUROC",
-        "gate",
-    ):
-        runs.add_column(col)
+    runs = table(
+        title="Waves: what arrived, what retraining did",
+        caption="new: blocks the wave registered; gate: its decision (failing checks)",
+    )
+    runs.add_column("wave", justify="right", no_wrap=True)
+    runs.add_column("enrolled", no_wrap=True)
+    for col in ("new", "trained on", "retired"):
+        runs.add_column(col, overflow="fold")
+    for col in ("σ", "ε run", "AUROC"):
+        runs.add_column(col, justify="right", no_wrap=True)
+    runs.add_column("gate", overflow="fold")
     for w in data["waves"]:
         r = w["retraining"]
         sel = r["selection"]
@@ -299,12 +327,13 @@ def _render_waves(data: dict[str, Any]) -> None:
         for row in w["retraining"]["budgets"]:
             if row["block"] not in blocks:
                 blocks.append(row["block"])
-    budget = Table(
-        title=f"ε spent per block after each wave (limit {data['epsilon_per_block']:g}; R: retired)"
+    budget = table(
+        title=f"ε spent per block after each wave (limit {data['epsilon_per_block']:g})",
+        caption="cells: ε spent (charges); R: retired, it takes no further charges",
     )
-    budget.add_column("block")
+    budget.add_column("block", no_wrap=True)
     for w in data["waves"]:
-        budget.add_column(f"after wave {w['wave']}", justify="right")
+        budget.add_column(f"after wave {w['wave']}", justify="right", no_wrap=True)
     for b in blocks:
         cells = []
         for w in data["waves"]:
@@ -313,10 +342,9 @@ def _render_waves(data: dict[str, Any]) -> None:
                 cells.append("—")
             else:
                 mark = " R" if row["state"] == "retired" else ""
-                cells.append(f"{row['epsilon_spent']:.3f} ({row['charges']}){mark}")
+                cells.append(f"{eps_up(row['epsilon_spent'])} ({row['charges']}){mark}")
         budget.add_row(b, *cells)
     out.print(budget)
-    out.print("cells: ε spent (charges); a retired block takes no further charges")
     orch = data.get("orchestration") or {}
     out.print(
         f"done in {orch.get('flow_seconds', data.get('seconds', 0.0)):.1f} s of flows; Prefect "
