@@ -218,7 +218,7 @@ def evaluation_lines(
     ev = policy.evaluation
     if not ev.private:
         return [], None
-    pe: PrivateEvaluation | None = getattr(facts, "private_evaluation", None)
+    pe: PrivateEvaluation | None = facts.private_evaluation
     if pe is None:
         why = (
             "the non-private reference has no DP-evaluated release"
@@ -483,7 +483,7 @@ def utility_lines(policy: Policy, judged: Judged | str) -> tuple[list[Line], Lin
 def judge(policy: Policy, facts: CandidateFacts) -> Judged | str:
     """The metrics the gate judges, recomputed from the facts' release at η per bound, or
     why there are none (the reason every DP line then gives)."""
-    pe: PrivateEvaluation | None = getattr(facts, "private_evaluation", None)
+    pe: PrivateEvaluation | None = facts.private_evaluation
     if pe is None:
         return "policy judges DP-evaluated bounds; the facts record no DP-evaluated release"
     problem = _layout_problem(policy, pe)

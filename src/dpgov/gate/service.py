@@ -108,7 +108,7 @@ def collect_evaluation_facts(
     blocks, ε of the mechanism charged at the release's δ) and each test block (spent ε at the
     policy's δ, releases charged, retired, split). None when the policy does not evaluate
     privately or the facts record no release (the gate then fails ``dp_evaluation``)."""
-    pe = getattr(facts, "private_evaluation", None)
+    pe = facts.private_evaluation
     if not policy.evaluation.private or pe is None:
         return None
     blocks = []
