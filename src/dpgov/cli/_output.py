@@ -66,6 +66,12 @@ def console() -> Any:
     return Console()
 
 
+def prose(text: str) -> None:
+    """A line of prose for people, wrapped at the terminal's width (80 when piped); printed
+    as written (no markup, no highlighting)."""
+    console().print(text, markup=False, highlight=False, emoji=False)
+
+
 def table(title: str | None = None, caption: str | None = None, **kwargs: Any) -> Any:
     """A rich table that reads at 80 columns (the width of piped output): no vertical rules,
     one space between columns, a rule under the header, title and caption on the left.

@@ -15,6 +15,7 @@ from dpgov.cli._output import (
     console,
     emit,
     eps_up,
+    prose,
     resolve_prefix,
     table,
 )
@@ -188,17 +189,17 @@ def verify(
                 f"ledger verification FAILED at entry {result.first_bad_seq}: {result.reason}",
                 err=True,
             )
-        typer.echo(tables.summary())
-        typer.echo(result.signature_note())
+        prose(tables.summary())  # wrapped at 80 columns when piped
+        prose(result.signature_note())
         for r in result.restores:
-            typer.echo(
+            prose(
                 f"restored at entry {r.seq} ({r.time[:19]}, by {r.actor}) from a backup whose "
                 f"head is entry {r.backup_seq}: entries {r.backup_seq + 1}..{r.lost_through} lost"
             )
         sources = ", ".join(f"{n} in the {k}" for k, n in beyond.sources.items())
-        typer.echo(f"anchors: {beyond.anchors} checked ({sources or 'none configured'})")
+        prose(f"anchors: {beyond.anchors} checked ({sources or 'none configured'})")
         for note in beyond.notes:
-            typer.echo(f"note: {note}")
+            prose(f"note: {note}")
         for failure in beyond.failures:
             typer.echo(f"ledger verification FAILED: {failure}", err=True)
 

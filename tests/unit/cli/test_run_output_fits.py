@@ -180,3 +180,18 @@ def test_a_decision_is_rebuilt_whole_from_its_json() -> None:
     )
     d = replace(d, checks=(noisy, *d.checks[1:]), evaluation=summary)
     assert decision_of(d.to_dict()) == d
+
+
+def test_prose_wraps_at_80_columns_as_written(narrow) -> None:
+    """`ledger verify`'s summary lines (and any prose printed with it) wrap, whole and
+    unmarked: brackets and URLs stay as written."""
+    from dpgov.cli._output import prose
+
+    text = (
+        "tables: 8 blocks, 1 reservations, 4 charges, 4 cached states agree with the entries; "
+        "[bold]not markup[/bold] at sqlite:///home/someone/.dpgov/ledger.db"
+    )
+    prose(text)
+    lines = narrow()
+    assert len(lines) == 2
+    assert " ".join(" ".join(lines).split()) == text
