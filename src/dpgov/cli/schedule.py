@@ -15,7 +15,7 @@ from uuid import UUID
 
 import typer
 
-from dpgov.cli._output import JsonOption, NoPolicyOption, emit
+from dpgov.cli._output import JsonOption, NoPolicyOption, either, emit, hidden_alias
 
 flows_app = typer.Typer(
     help="Run dpgov's Prefect flows: trigger deployments, approvals, ingest.",
@@ -305,13 +305,23 @@ def ingest_cmd(
     arrival: Path = typer.Argument(
         ..., help="Newly arrived records (CSV or Parquet).", show_default=False
     ),
-    raw: Path = typer.Option(
-        ..., "--raw", help="The dataset's raw table (appended to).", show_default=False
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="The dataset's raw table, appended to (as data prepare --data). Required.",
+        show_default=False,
     ),
+    raw: Path | None = hidden_alias("--data", "--raw"),
     prepared: Path = typer.Option(
         ..., "--prepared", help="Its prepared folder.", show_default=False
     ),
-    repo: Path = typer.Option(Path("."), "--repo", help="The DVC repository holding both."),
+    dvc_root: Path | None = typer.Option(
+        None,
+        "--dvc-root",
+        help="The DVC repository holding both (as audit --dvc-root). Default: here.",
+        show_default=False,
+    ),
+    repo: Path | None = hidden_alias("--dvc-root", "--repo"),
     contract: Path | None = typer.Option(
         None, "--contract", help="Data contract YAML.", show_default=False
     ),
@@ -323,8 +333,13 @@ def ingest_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Version an arrival with DVC (add, commit, push) and register its new blocks."""
+    from dpgov.errors import UsageError
     from pipelines.runtime import orchestrate
 
+    source = either(data, raw, name="--data", old="--raw")
+    if source is None:
+        raise UsageError("--data: give the dataset's raw table (the file arrivals append to)")
+    root = either(dvc_root, repo, name="--dvc-root", old="--repo") or Path(".")
     run_params = _params_dict(params)
 
     def call() -> dict[str, Any]:
@@ -332,9 +347,9 @@ def ingest_cmd(
 
         return ingest(
             arrival=str(arrival),
-            raw=str(raw),
+            raw=str(source),  # the flow's parameters keep their names (deployments use them)
             prepared=str(prepared),
-            repo=str(repo),
+            repo=str(root),
             contract=str(contract) if contract else None,
             params=run_params if run_params is not None else {},
             push=not no_push,
