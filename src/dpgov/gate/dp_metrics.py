@@ -15,21 +15,23 @@ q = Φ⁻¹(1 − η). η is *measured*, not guaranteed (benchmarks/RESULTS_dp_e
 
 - AUROC: Mann-Whitney over the bins (a tie within a bin counts half): the AUROC of the binned
   score. Sampling variance: DeLong's structural components over the bins.
-- False-negative rate at the threshold (an edge of the bins): missed / all positives.
-  Sampling variance: Agresti–Coull (centre and variance of the adjusted proportion).
+- False-negative rate at the threshold (an edge of the bins): missed / all positives. Bounds:
+  a score interval widened for the noise (:func:`_fnr`), which never divides by a noisy count.
 - Calibration error: ECE over the release's bins with each bin's midpoint as its confidence;
   ``calibration_error_hi`` adds half the widest bin, so that it bounds the usual ECE (mean
   score per bin) over the same bins.
 - Accuracy at the threshold: correct / all.
 - Subgroups: AUROC and FNR with bounds at η each; judged (``GroupRule``) on the *noisy* n and
   positives.
-- Gaps over the judged subgroups: an upper bound at η from the pairwise differences
-  (:func:`_gap_bounds`), and a lower bound at η (Bonferroni over the ordered pairs).
+- Gaps over the judged subgroups, upper bound at η: AUROC from the pairwise differences
+  (:func:`_gap_bounds`), FNR from the subgroups' score bounds by MOVER
+  (:func:`_fnr_gap_bounds`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -41,6 +43,7 @@ from dpgov.gate.facts import Gap, SubgroupMetric
 from dpgov.gate.subgroups import GroupRule
 
 _MAX_ATTEMPTS = 1_000_000
+_FNR_GRID = 4000  # FNR bounds to 1/4000 (rounded outwards: the grid's outermost kept points)
 
 
 class DPMetrics(BaseModel):
@@ -130,18 +133,29 @@ def _auroc(neg: Any, pos: Any, sigma: float) -> tuple[float, float, float] | Non
 
 
 def _fnr(pos: Any, cut: int, sigma: float, q: float) -> tuple[float, float, float, float] | None:
-    """(FNR, Agresti–Coull centre, sampling variance, noise variance) at the threshold edge."""
+    """(FNR, noise variance, lower, upper bound at q) at the threshold edge.
+
+    The bounds are a score (Wilson / Fieller) interval widened for the noise: at the true
+    rate f, ``(1 − f)·M − f·K`` (M missed, K caught, both noisy) has mean 0 and variance
+    ``N1·f(1 − f)`` (binomial, given the N1 positives) plus ``σ²((1 − f)²·b_M + f²·b_K)``
+    (b_M, b_K bins below and at or above the threshold), so the bounds are the smallest and
+    largest f on a grid of [0, 1] with ``|(1 − f)M − fK| ≤ q·sd(f)``. No noisy count is
+    divided by: a noisy N1 that happens to be large (which is also what makes a small
+    subgroup judged) does not shrink the interval, as the delta method's 1/N1 would."""
+    import numpy as np
+
     missed, caught = float(pos[:cut].sum()), float(pos[cut:].sum())
     n1 = missed + caught
     if n1 <= 0:
         return None
-    f = _clip01(missed / n1)
-    n_adj = n1 + q**2
-    centre = _clip01((missed + q**2 / 2) / n_adj)
-    var_s = centre * (1 - centre) / n_adj
     bins = len(pos)
     var_n = sigma**2 * (cut * caught**2 + (bins - cut) * missed**2) / n1**4
-    return f, centre, var_s, var_n
+    f = np.linspace(0.0, 1.0, _FNR_GRID + 1)
+    num = (1 - f) * missed - f * caught
+    var = n1 * f * (1 - f) + sigma**2 * ((1 - f) ** 2 * cut + f**2 * (bins - cut))
+    kept = f[np.abs(num) <= q * np.sqrt(var)]
+    lo, hi = (float(kept.min()), float(kept.max())) if kept.size else (0.0, 1.0)
+    return _clip01(missed / n1), var_n, lo, hi
 
 
 def _accuracy(neg: Any, pos: Any, cut: int, sigma: float) -> tuple[float, float, float] | None:
@@ -189,10 +203,9 @@ def _noisy_total(x: Any) -> int:
     return max(0, round(float(x.sum())))
 
 
-def _bounds(value: float, var: float, q: float, centre: float | None = None) -> tuple[float, float]:
-    c = value if centre is None else centre
+def _bounds(value: float, var: float, q: float) -> tuple[float, float]:
     half = q * math.sqrt(max(var, 0.0))
-    return _clip01(c - half), _clip01(c + half)
+    return _clip01(value - half), _clip01(value + half)
 
 
 def _cut(pe: PrivateEvaluation) -> int:
@@ -288,6 +301,48 @@ def _gap_bounds(groups: list[tuple[float, float]], eta: float) -> tuple[float, f
     return max(0.0, lo), min(1.0, hi)
 
 
+@dataclass(frozen=True)
+class _FnrSides:
+    """One judged subgroup's FNR: the point, and its score bounds at η, at η over the
+    ordered pairs (for the gap's lower bound) and at η/2 (for truncated pairs)."""
+
+    f: float
+    lo: float
+    hi: float
+    lo_pairs: float
+    hi_pairs: float
+    lo_half: float
+    hi_half: float
+
+
+_EDGE = 1e-9
+
+
+def _fnr_gap_bounds(sides: list[_FnrSides]) -> tuple[float, float]:
+    """Bounds on the FNR gap. The true gap is μ_i − μ_j for one ordered pair fixed by the
+    population, so the upper bound is the largest over ordered pairs of a bound on that
+    pair's difference at η, by MOVER (Newcombe 1998, method 10; Zou and Donner 2008):
+    ``f_i − f_j + √((hi_i − f_i)² + (f_j − lo_j)²)`` from the two score intervals, which need
+    not be symmetric. MOVER reads a half-width as a standard error, which a score interval
+    stopped at 1 (or 0) no longer is: for such a pair the bound is ``hi_i − lo_j`` from bounds
+    at η/2 each (a union bound, valid whenever the subgroups' bounds are). The lower bound:
+    the largest pairwise MOVER lower limit from bounds Bonferroni-corrected over the k(k − 1)
+    ordered pairs."""
+    hi = lo = 0.0
+    for i, a in enumerate(sides):
+        for j, b in enumerate(sides):
+            if i == j:
+                continue
+            if a.hi >= 1 - _EDGE or b.lo <= _EDGE:
+                hi = max(hi, a.hi_half - b.lo_half)
+            else:
+                up = max(0.0, a.hi - a.f) ** 2 + max(0.0, b.f - b.lo) ** 2
+                hi = max(hi, a.f - b.f + math.sqrt(up))
+            down = max(0.0, a.f - a.lo_pairs) ** 2 + max(0.0, b.hi_pairs - b.f) ** 2
+            lo = max(lo, a.f - b.f - math.sqrt(down))
+    return max(0.0, lo), min(1.0, hi)
+
+
 def _attribute(
     pe: PrivateEvaluation,
     model: str,
@@ -322,7 +377,11 @@ def _attribute(
     bounds: dict[tuple[str, str], tuple[float, float]] = {}
     points: dict[tuple[str, str], float] = {}
     scales: dict[tuple[str, str], float] = {}
-    centres: dict[tuple[str, str], tuple[float, float]] = {}  # (centre, total variance)
+    centres: dict[tuple[str, str], tuple[float, float]] = {}  # AUROC: (centre, variance)
+    sides: dict[str, _FnrSides] = {}
+    k_fnr = len(judged["fnr"])
+    q_pairs = _quantile(eta_check / max(1, k_fnr * (k_fnr - 1)))
+    q_half = _quantile(eta_check / 2)
     for g, s in stats.items():
         if s["auroc"] is not None:
             a, var_s, var_n = s["auroc"]
@@ -332,10 +391,13 @@ def _attribute(
                 centres[(g, "auroc")] = (a, var_s + var_n)
         fn = _fnr(s["pos"], cut, sigma, q)
         if fn is not None:
-            points[(g, "fnr")], scales[(g, "fnr")] = fn[0], math.sqrt(fn[3])
+            points[(g, "fnr")], scales[(g, "fnr")] = fn[0], math.sqrt(fn[1])
             if g in judged["fnr"]:
-                bounds[(g, "fnr")] = _bounds(fn[0], fn[2] + fn[3], q, centre=fn[1])
-                centres[(g, "fnr")] = (fn[1], fn[2] + fn[3])
+                bounds[(g, "fnr")] = (fn[2], fn[3])
+                strict = _fnr(s["pos"], cut, sigma, q_pairs)  # for the gap's lower bound
+                half = _fnr(s["pos"], cut, sigma, q_half)  # for truncated pairs
+                assert strict is not None and half is not None
+                sides[g] = _FnrSides(fn[0], fn[2], fn[3], strict[2], strict[3], half[2], half[3])
     rows: list[SubgroupMetric] = []
     for g, s in stats.items():
         a_lo, a_hi = bounds.get((g, "auroc"), (None, None))
@@ -366,7 +428,10 @@ def _attribute(
             values = {g: points[(g, metric)] for g in names}
             top, bottom = max(values, key=values.__getitem__), min(values, key=values.__getitem__)
             gap = values[top] - values[bottom]
-            lo, hi = _gap_bounds([centres[(g, metric)] for g in names], eta_check)
+            if metric == "auroc":
+                lo, hi = _gap_bounds([centres[(g, metric)] for g in names], eta_check)
+            else:
+                lo, hi = _fnr_gap_bounds([sides[g] for g in names])
             noise[gap_key(attribute, metric)] = math.hypot(
                 scales[(top, metric)], scales[(bottom, metric)]
             )

@@ -152,3 +152,23 @@ def test_unknown_model_is_refused(world: tuple) -> None:
     *_, pe = world
     with pytest.raises(UsageError, match="not in the release"):
         dp_metrics(pe, model="other", eta_check=0.01, min_group_n=30, min_group_positives=5)
+
+
+def test_fnr_gap_bound_is_mover_inside_and_a_union_bound_at_the_edges() -> None:
+    from dpgov.gate.dp_metrics import _fnr_gap_bounds, _FnrSides
+
+    inner = _FnrSides(
+        f=0.6, lo=0.5, hi=0.7, lo_pairs=0.45, hi_pairs=0.75, lo_half=0.48, hi_half=0.72
+    )
+    other = _FnrSides(
+        f=0.2, lo=0.1, hi=0.3, lo_pairs=0.05, hi_pairs=0.35, lo_half=0.08, hi_half=0.32
+    )
+    lo, hi = _fnr_gap_bounds([inner, other])
+    assert hi == pytest.approx(0.4 + math.sqrt(0.1**2 + 0.1**2))  # MOVER (Newcombe 1998)
+    assert hi < inner.hi_half - other.lo_half  # narrower than the union bound
+    assert lo == pytest.approx(0.4 - math.sqrt(0.15**2 + 0.15**2))
+    # a score interval stopped at 1: its half-width is no standard error, the pair takes
+    # the union bound from the bounds at eta/2
+    top = _FnrSides(f=0.9, lo=0.4, hi=1.0, lo_pairs=0.3, hi_pairs=1.0, lo_half=0.35, hi_half=1.0)
+    _, hi_edge = _fnr_gap_bounds([top, other])
+    assert hi_edge == pytest.approx(min(1.0, top.hi_half - other.lo_half))
