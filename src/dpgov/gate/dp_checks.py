@@ -12,7 +12,9 @@ judges every floor on a lower bound and every ceiling on an upper bound:
   ``utility.max_auroc_drop`` (both from the same release: an upper bound on the true drop);
 - ``auroc_gap:A`` / ``fnr_gap:A``: the gap's upper bound ≤ the limit;
 - ``*_gap_widening:A``: the candidate gap's upper bound minus the reference gap's lower bound
-  ≤ the limit (an upper bound on the true widening), both over the same subgroups.
+  ≤ the limit (an upper bound on the true widening), both over the candidate's judged
+  subgroups (the models' noisy counts are independent and may judge different ones:
+  :func:`_reference_lo_over`).
 
 η (``evaluation.eta``) is the release's false-accept probability. Attempt k on the same test
 blocks gets η·6/(π²k²) (the shares sum to η over all attempts) and splits it evenly over the
@@ -42,7 +44,7 @@ from typing import Any, Literal
 
 from dpgov.contracts import show_spent, within
 from dpgov.gate.dp_facts import MECHANISM_GAUSSIAN_HISTOGRAMS, PrivateEvaluation
-from dpgov.gate.dp_metrics import DPMetrics, dp_metrics, eta_per_check, gap_key
+from dpgov.gate.dp_metrics import DPMetrics, dp_metrics, eta_per_check, gap_key, subgroup_key
 from dpgov.gate.facts import CandidateFacts, Gap
 from dpgov.gate.noise import SECRET_SOURCES
 from dpgov.policy.schema import Policy
@@ -166,6 +168,7 @@ class Judged:
     candidate: DPMetrics
     reference: DPMetrics | None
     eta_check: float
+    pe: PrivateEvaluation | None = None  # the release (for bounds over chosen subgroups)
 
 
 def _recompute(policy: Policy, pe: PrivateEvaluation, bounds: int) -> Judged:
@@ -182,7 +185,7 @@ def _recompute(policy: Policy, pe: PrivateEvaluation, bounds: int) -> Judged:
         )
 
     ref = of(REFERENCE) if REFERENCE in pe.models and policy.release.allow_reference else None
-    return Judged(candidate=of(CANDIDATE), reference=ref, eta_check=eta_check)
+    return Judged(candidate=of(CANDIDATE), reference=ref, eta_check=eta_check, pe=pe)
 
 
 def _layout_problem(policy: Policy, pe: PrivateEvaluation) -> str | None:
@@ -620,38 +623,30 @@ def _gap_pair(
         )
         return out
     ref = _gap(judged.reference, attribute, metric)
-    if ref is None or ref.lo is None or ref.groups_judged < 2:
+    names = list(gap.groups or [])
+    if ref is not None and ref.lo is not None and sorted(ref.groups or []) == sorted(names):
+        ref_lo: float | None = ref.lo
+        ref_scale = judged.reference.noise_scale.get(gap_key(attribute, metric))
+        over = "the same subgroups"
+    else:  # the reference's noisy counts judged other subgroups: bound it over the candidate's
+        ref_lo, ref_scale = _reference_lo_over(judged, attribute, metric, names)
+        over = f"the candidate's subgroups ({', '.join(names)})"
+    if ref_lo is None:
         out.append(
             (
                 wname,
                 None,
                 max_widening,
                 False,
-                f"the reference has no judgeable {LABEL[metric]} gap for {attribute!r} in the "
-                "release",
+                f"the reference has no {LABEL[metric]} bounds over the candidate's subgroups of "
+                f"{attribute!r} ({', '.join(names)}) in the release",
                 None,
                 eta,
             )
         )
         return out
-    if sorted(ref.groups or []) != sorted(gap.groups or []):
-        out.append(
-            (
-                wname,
-                None,
-                max_widening,
-                False,
-                f"cannot compare: the reference's gap is over subgroups "
-                f"{', '.join(sorted(ref.groups or []))}, the candidate's over "
-                f"{', '.join(sorted(gap.groups or []))} (noisy counts)",
-                None,
-                eta,
-            )
-        )
-        return out
-    widening = gap.hi - ref.lo
+    widening = gap.hi - ref_lo
     ok = widening <= max_widening
-    ref_scale = judged.reference.noise_scale.get(gap_key(attribute, metric))
     both = math.hypot(scale or 0.0, ref_scale or 0.0) if scale or ref_scale else None
     out.append(
         (
@@ -659,13 +654,55 @@ def _gap_pair(
             widening,
             max_widening,
             ok,
-            f"gap upper bound {gap.hi:.4f} minus the reference's lower bound {ref.lo:.4f}: "
-            f"widened by at most {widening:+.4f}, {'within' if ok else 'over'} {max_widening:g}",
+            f"gap upper bound {gap.hi:.4f} minus the reference's lower bound {ref_lo:.4f} over "
+            f"{over}: widened by at most {widening:+.4f}, {'within' if ok else 'over'} "
+            f"{max_widening:g}",
             both,
             eta,
         )
     )
     return out
+
+
+def _reference_lo_over(
+    judged: Judged, attribute: str, metric: str, groups: list[str]
+) -> tuple[float | None, float | None]:
+    """A lower bound at ``eta_check`` on the reference's gap over ``groups`` (the candidate's
+    judged subgroups), and its noise scale: the two models' noisy counts are independent
+    draws, so the subgroups each judges can differ while the widening compares gaps over the
+    same subgroups. The gap over k subgroups is at least ``max lo − min hi`` whenever all 2k
+    one-sided subgroup bounds hold; each is taken at ``eta_check / (2k)`` (Bonferroni), so the
+    bound fails with probability at most ``eta_check``. (When both models judged the same
+    subgroups, :func:`~dpgov.gate.dp_metrics.dp_metrics`'s own pairwise bound is used.)"""
+    k = len(groups)
+    if judged.pe is None or k < 2:
+        return None, None
+    m = dp_metrics(
+        judged.pe,
+        model=REFERENCE,
+        eta_check=judged.eta_check / (2 * k),
+        min_group_n=0,
+        min_group_positives=0,
+    )
+    rows = {g.group: g for g in m.subgroups if g.attribute == attribute}
+    los, his, points = [], [], {}
+    for name in groups:
+        row = rows.get(name)
+        if row is None:
+            return None, None
+        value, lo, hi = (
+            (row.auroc, row.auroc_lo, row.auroc_hi)
+            if metric == "auroc"
+            else (row.fnr, row.fnr_lo, row.fnr_hi)
+        )
+        if value is None or lo is None or hi is None:
+            return None, None
+        los.append(lo)
+        his.append(hi)
+        points[name] = value
+    top, bottom = max(points, key=points.__getitem__), min(points, key=points.__getitem__)
+    scales = [m.noise_scale.get(subgroup_key(attribute, g, metric), 0.0) for g in (top, bottom)]
+    return max(0.0, max(los) - min(his)), math.hypot(*scales)
 
 
 __all__ = [

@@ -416,3 +416,41 @@ def test_next_hint_says_fresh_test_data_when_the_test_blocks_are_spent(pe):
     open_blocks = next_hint(decide(pe, strict).to_dict())
     assert open_blocks is not None and "Fresh test data" not in open_blocks
     assert "Retrain" in open_blocks
+
+
+def test_widening_over_subgroups_the_reference_judged_otherwise(pe):
+    """The two models' noisy counts are independent: when the reference's judged other
+    subgroups, its gap's lower bound is taken over the candidate's subgroups, from subgroup
+    bounds at eta_check / (2k) each (never "cannot compare" for one release)."""
+    shrunk = [
+        h.model_copy(update={"counts": [c * 0.2 for c in h.counts]})
+        if (h.model, h.attribute, h.group) == ("reference", "age_band", "70+")
+        else h
+        for h in pe.histograms
+    ]
+    odd = pe.model_copy(update={"histograms": shrunk})
+    pol = _private(fairness={"max_fnr_gap_widening": 1.0, "min_group_size": 400})
+    cand = next(
+        g for g in expected(odd, pol).gaps if (g.attribute, g.metric) == ("age_band", "fnr")
+    )
+    ref = next(
+        g
+        for g in expected(odd, pol, "reference").gaps
+        if (g.attribute, g.metric) == ("age_band", "fnr")
+    )
+    assert sorted(ref.groups) != sorted(cand.groups) and len(cand.groups) == 3
+    k = len(judged_bounds(pol, odd.models))
+    eta = 0.05 * 6 / math.pi**2 / k
+    rows = {
+        g.group: g
+        for g in dp_metrics(
+            odd, model="reference", eta_check=eta / 6, min_group_n=0, min_group_positives=0
+        ).subgroups
+        if g.attribute == "age_band"
+    }
+    lo = max(
+        0.0, max(rows[g].fnr_lo for g in cand.groups) - min(rows[g].fnr_hi for g in cand.groups)
+    )
+    c = decide(odd, pol, f=facts(private_evaluation=odd)).check("fnr_gap_widening:age_band")
+    assert c.observed == pytest.approx(cand.hi - lo)
+    assert "over the candidate's subgroups" in c.reason and c.passed
