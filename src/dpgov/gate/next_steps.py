@@ -37,12 +37,20 @@ def next_hint(decision: Mapping[str, Any]) -> str | None:
     if blocking:
         need = " and an approval" if "approvals" in failing else ""
         spent = spent_test_blocks(decision)
-        retrain = (
-            "Retrain"
-            if not spent
-            else f"Fresh test data is needed before another DP-evaluated release (test "
-            f"block(s) {', '.join(spent)} spent): prepare or ingest new patients, then retrain"
-        )
+        ev = decision.get("evaluation") or {}
+        if spent:
+            retrain = (
+                f"Fresh test data is needed before another DP-evaluated release (test "
+                f"block(s) {', '.join(spent)} spent): prepare or ingest new patients, then "
+                "retrain"
+            )
+        elif ev.get("recorded") and isinstance(ev.get("attempt"), int):
+            retrain = (
+                f"Retrain (its DP-evaluated release on the same test blocks is attempt "
+                f"{ev['attempt'] + 1} or later: charged again, judged at a smaller η)"
+            )
+        else:
+            retrain = "Retrain"
         return (
             f"next: an approval will not ship {model} {version}: still blocked by "
             f"{', '.join(blocking)}{need}. {retrain}, or change the policy in force: try one "

@@ -415,7 +415,7 @@ def test_next_hint_says_fresh_test_data_when_the_test_blocks_are_spent(pe):
     assert hint is not None and "Fresh test data is needed" in hint and TEST_BLOCK in hint
     open_blocks = next_hint(decide(pe, strict).to_dict())
     assert open_blocks is not None and "Fresh test data" not in open_blocks
-    assert "Retrain" in open_blocks
+    assert "Retrain" in open_blocks and "attempt 2 or later: charged again" in open_blocks
 
 
 def test_widening_over_subgroups_the_reference_judged_otherwise(pe):
