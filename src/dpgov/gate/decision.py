@@ -22,6 +22,9 @@ Conventions (documented in policies/README.md and docs/gate.md):
 * Widening is the candidate's judged gap minus the non-private reference's point gap, both over
   the same subgroups under the same rule (:mod:`dpgov.gate.subgroups`); a reference gap judged
   otherwise fails the check with "cannot compare".
+* Under ``evaluation.private: true`` (``judge_on: dp_interval``) the utility, drop and fairness
+  lines are judged on the bounds recomputed from the facts' DP-evaluated release, with the
+  ``dp_evaluation`` and ``test_budget:*`` lines beside them (:mod:`dpgov.gate.dp_checks`).
 * Approvals: see :mod:`dpgov.gate.standing` (latest action of each approver stands).
 * An ε is within a limit up to :func:`dpgov.contracts.within` (the accountants' round-off);
   spent ε is shown rounded up (:func:`dpgov.contracts.show_spent`).
