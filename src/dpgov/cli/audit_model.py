@@ -50,7 +50,7 @@ def audit_model(
     from dpgov.ledger import Ledger
     from dpgov.tracking.registry import Registry
     from dpgov.training.audit_model import audit_candidate
-    from dpgov.training.canary_audit import THREAT_DESCRIPTIONS, THREAT_MODELS
+    from dpgov.training.canary_audit import THREAT_DESCRIPTIONS, THREAT_MODELS, check_canaries
 
     names.options(model=model)
     version = parse_version(version)
@@ -58,8 +58,7 @@ def audit_model(
         raise UsageError(
             f"--threat-model: unknown {threat_model!r}; use {' or '.join(THREAT_MODELS)}"
         )
-    if not 2 <= canaries <= 1_000_000:
-        raise UsageError(f"--canaries: must be between 2 and 1000000, found {canaries}")
+    check_canaries(canaries)
     ledger = Ledger.open()
     try:
         outcome = audit_candidate(

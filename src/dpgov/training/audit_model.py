@@ -42,6 +42,7 @@ from dpgov.training.canary_audit import (
     WHITE_BOX,
     AuditMechanism,
     AuditResult,
+    check_canaries,
     run_audit,
 )
 from dpgov.training.inputs import Arrays, arrays, load_data, subset
@@ -152,8 +153,7 @@ def audit_candidate(
     )
     if sigma is None or q is None or steps is None or clip is None:
         raise UsageError(f"{where}: its facts record no complete mechanism (σ, q, T, C)")
-    if not 2 <= canaries <= 1_000_000:
-        raise UsageError(f"--canaries: must be between 2 and 1000000, found {canaries}")
+    check_canaries(canaries)
     loaded = policy_in_force(ledger, facts.dataset)
     budget = loaded.policy.budget
     mech = DpSgdMechanism(noise_multiplier=sigma, sample_rate=q, steps=steps)

@@ -49,6 +49,8 @@ THREAT_DESCRIPTIONS = {
     BLACK_BOX: "black-box input canaries (the auditor sees the final model only)",
 }
 CONFIDENCE = 0.95
+# white-box: each step holds a (batch + canaries sampled) × m block of per-unit gradients
+MAX_CANARIES = 100_000
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,11 @@ class AuditResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_canaries(canaries: int) -> None:
+    if not 2 <= canaries <= MAX_CANARIES:
+        raise UsageError(f"--canaries: must be between 2 and {MAX_CANARIES}, found {canaries}")
 
 
 def _generators(seed: int | None) -> tuple[Any, Any, np.random.Generator]:
@@ -161,8 +168,7 @@ def run_audit(
         raise UsageError(
             f"--threat-model: unknown {threat_model!r}; use {' or '.join(THREAT_MODELS)}"
         )
-    if canaries < 2:
-        raise UsageError(f"--canaries: must be at least 2, found {canaries}")
+    check_canaries(canaries)
     brk = _breakage or Breakage()
     started = time.perf_counter()
     sampler_gen, noise_gen, rng = _generators(seed)
