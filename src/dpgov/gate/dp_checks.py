@@ -58,6 +58,10 @@ REFERENCE = "reference"
 Line = tuple[str, Any, Any, bool, str, float | None, float | None]
 Metric = Literal["auroc", "fnr"]
 LABEL = {"auroc": "AUROC", "fnr": "FNR"}
+# the accountant a release's own ε is recomputed with: for one Gaussian mechanism (q = 1,
+# T = 1) the PLD is its exact privacy curve, the analytic Gaussian the release is calibrated to
+# (docs/evaluation.md); RDP and PRV would overstate it. The ledger enforces its own rule.
+RELEASE_ACCOUNTANT = "pld"
 FRESH_TEST_DATA = "fresh test data is needed for another DP-evaluated release"
 
 
@@ -709,6 +713,7 @@ __all__ = [
     "CANDIDATE",
     "FRESH_TEST_DATA",
     "REFERENCE",
+    "RELEASE_ACCOUNTANT",
     "EvalBlockFacts",
     "EvaluationLedgerFacts",
     "EvaluationSummary",

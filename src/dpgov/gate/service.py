@@ -24,7 +24,7 @@ from dpgov.gate.candidate import fit, load_candidate
 from dpgov.gate.candidate import parse_version as parse_version  # re-exported for callers
 from dpgov.gate.composition import Figures, figures_of
 from dpgov.gate.decision import BlockFacts, Decision, LedgerFacts, evaluate
-from dpgov.gate.dp_checks import EvalBlockFacts, EvaluationLedgerFacts
+from dpgov.gate.dp_checks import RELEASE_ACCOUNTANT, EvalBlockFacts, EvaluationLedgerFacts
 from dpgov.gate.empirical import EmpiricalAudit, latest_audit
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.figures import LedgerFactsWithFigures
@@ -152,7 +152,9 @@ def collect_evaluation_facts(
             rid, state, r_dataset, r_blocks = res.id, res.status, res.dataset, tuple(res.blocks)
             z = getattr(res.mechanism, "noise_multiplier", None)
             try:
-                eps = epsilon([res.mechanism], delta=pe.delta, accountant=policy.budget.accountant)
+                # one Gaussian: the PLD accountant's figure is its exact (analytic) ε, the
+                # figure the release is calibrated to; RDP or PRV would only overstate it
+                eps = epsilon([res.mechanism], delta=pe.delta, accountant=RELEASE_ACCOUNTANT)
             except (AccountantFailed, ValueError):
                 eps = math.inf
     return EvaluationLedgerFacts(

@@ -55,14 +55,14 @@ def _release(reservation_id: str | None, *, seed: int = 3):
     return drawn.model_copy(update={"noise_source": "os_entropy"})
 
 
-@pytest.fixture
-def released(env):
+def _charged(env, accountant: str = "pld"):
     """A private policy in force, a test block, a release charged to it and a version whose
     facts record that release."""
     from dpgov.policy import load_policy
     from dpgov.training.dp_evaluation import evaluation_mechanism
 
-    env.set_policy(_private_policy(env.policy_path.read_text()))
+    text = _private_policy(env.policy_path.read_text())
+    env.set_policy(text.replace("accountant: pld", f"accountant: {accountant}"))
     env.ledger.add_block(dataset="flchain", block=TEST_BLOCK, patients=N, split="test")
     drawn = _release(None)
     loaded = load_policy(env.policy_path)
@@ -77,6 +77,21 @@ def released(env):
     pe = drawn.model_copy(update={"reservation_id": res.id})
     version, _ = env.register(private_evaluation=pe, reference=None)
     return version, pe
+
+
+@pytest.fixture
+def released(env):
+    return _charged(env)
+
+
+def test_the_release_epsilon_is_its_own_whatever_accountant_the_budget_uses(env, cli):
+    """The release's ε is recomputed with the PLD (exact for one Gaussian), not the budget's
+    looser RDP accountant, which would put a release calibrated to evaluation.epsilon over it."""
+    version, pe = _charged(env, "rdp")
+    data = json.loads(cli("gate", MODEL, version, "--preview", "--json").out)
+    line = next(c for c in data["checks"] if c["name"] == "dp_evaluation")
+    assert line["passed"], line["reason"]
+    assert line["observed"] == pytest.approx(pe.epsilon, rel=1e-6)
 
 
 DP_LINES = ("auroc", "calibration_error", "auroc_gap:sex", "fnr_gap:age_band")

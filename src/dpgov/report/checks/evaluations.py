@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dpgov.accounting import AccountantFailed
+from dpgov.gate.dp_checks import RELEASE_ACCOUNTANT
 from dpgov.gate.dp_facts import PrivateEvaluation
 from dpgov.policy import LoadedPolicy
 from dpgov.report.findings import Finding, finding
@@ -99,7 +100,7 @@ def evaluated_releases(
                 eps_ledger = eps.of(
                     [charge.mechanism],
                     delta=pe.delta,
-                    accountant=charge.accountant or policy.policy.budget.accountant,
+                    accountant=RELEASE_ACCOUNTANT,  # exact for one Gaussian
                 )
             except (AccountantFailed, ValueError):
                 eps_ledger = None
