@@ -102,8 +102,14 @@ def test_budget_patients_fits_80_columns(cli, charged) -> None:
     assert rc == 0, err
     lines = fits(text)
     row(lines, DATASET, str(dom["patients"]), eps_up(dom["epsilon_max"]))
+    shown: dict[tuple[str, ...], int] = {}  # classes alike in every figure share a line shape
     for c in dom["history_classes"]:
-        row(lines, DATASET, str(c["patients"]), str(c["charges"]), eps_up(c["epsilon"]))
+        cells = (DATASET, str(c["patients"]), str(c["charges"]), eps_up(c["epsilon"]))
+        shown[cells] = shown.get(cells, 0) + 1
+    below = lines[next(i for i, ln in enumerate(lines) if ln.startswith("History classes")) :]
+    for cells, count in shown.items():
+        hits = [ln for ln in below if all(f" {x} " in f" {ln} " for x in cells)]
+        assert len(hits) == count, (cells, lines)
 
 
 def test_ledger_show_is_one_summary_line_per_entry(cli, charged) -> None:

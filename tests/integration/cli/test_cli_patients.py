@@ -139,7 +139,9 @@ def test_budget_patients_matches_the_ledger(cli, prepared) -> None:
     assert rc == 0, err
     (dom,) = json.loads(text)["domains"]
     classes = Ledger.open().patient_classes(_budget())
-    assert dom["domain"] == "coh" and dom["patients"] == train["patient_id"].nunique()
+    test = pd.read_parquet(prepared[0] / "test.parquet")  # the test blocks' patients
+    patients = train["patient_id"].nunique() + test["patient_id"].nunique()
+    assert dom["domain"] == "coh" and dom["patients"] == patients
     assert dom["classes"] == len(classes)
     charged = train[train["block"] == "2001"]["patient_id"].nunique()
     eps = max(c.epsilon for c in classes)

@@ -54,7 +54,8 @@ def test_regrouped_blocks_inherit_their_patients_spend(cli, tmp_path) -> None:
         cli, "data", "prepare", "--contract", str(regrouped), "--out", str(tmp_path / "p2")
     )
     new = sorted(again["blocks"])
-    assert new == ["1995-1996", "1997-2003"] and again["registered"] == new
+    assert new == ["1995-1996", "1997-2003"]
+    assert again["registered"] == new + [f"test-{b}" for b in new]  # and their test blocks
 
     budget = _json(cli, "budget", "--dataset", "flchain")
     rows = {b["block"]: b for b in budget["datasets"][0]["blocks"]}
@@ -77,4 +78,4 @@ def test_regrouped_blocks_inherit_their_patients_spend(cli, tmp_path) -> None:
     (dom,) = _json(cli, "budget", "--patients")["domains"]
     assert dom["domain"] == "flchain" and dom["patients_over_limit"] == 0
     assert 7.5 < dom["epsilon_max"] <= 8 * (1 + 1e-6)
-    assert dom["patients"] == sum(first["blocks"].values())
+    assert dom["patients"] == sum(first["blocks"].values()) + first["n_test"]  # test too

@@ -40,8 +40,13 @@ def test_prepare_without_arguments_prepares_flchain_and_registers_its_blocks(
     assert all(n >= 600 for n in result["blocks"].values())
     assert (project / "data/prepared/flchain/train.parquet").is_file()
     led = Ledger.open()
-    assert {b.block: b.patients for b in led.blocks("flchain")} == result["blocks"]
-    assert [e.kind for e in led.entries()] == ["pseudonym_key"] + ["block_added"] * 4
+    registered = {b.block: b.patients for b in led.blocks("flchain")}
+    assert {b: registered[b] for b in result["blocks"]} == result["blocks"]
+    # beside each training block its test block (the test split's patients, split test)
+    tests = {b: n for b, n in registered.items() if b not in result["blocks"]}
+    assert sorted(tests) == [f"test-{b}" for b in result["blocks"]]
+    assert sum(tests.values()) == result["n_test"]
+    assert [e.kind for e in led.entries()] == ["pseudonym_key"] + ["block_added"] * 8
 
 
 def test_validate_without_arguments_passes_on_flchain(project, monkeypatch, capsys) -> None:

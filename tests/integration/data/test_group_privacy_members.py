@@ -44,5 +44,6 @@ def test_a_patient_in_two_blocks_is_charged_by_both(tmp_path, dpgov_home) -> Non
     twice = epsilon([RUN, RUN], delta=BUDGET.delta)
     assert classes[2].epsilon == pytest.approx(twice, rel=1e-6)
     for status in led.budget(BUDGET, dataset="gp"):  # each block shows its worst member
-        assert status.epsilon_spent == pytest.approx(twice, rel=1e-6)
+        if status.split == "train":  # the test blocks beside them hold other patients
+            assert status.epsilon_spent == pytest.approx(twice, rel=1e-6)
     assert twice > epsilon([RUN], delta=BUDGET.delta) * 1.2

@@ -24,7 +24,8 @@ def test_prepare_attaches_members_to_blocks_registered_without_them(tmp_path, dp
                   data_version="an-older-version")  # fmt: skip
     again = prepare(data, contract, out=tmp_path / "p", params=PARAMS, ledger_url=url)
     assert again.data_version == first.data_version
-    assert again.registered == ["2003", "2004"]
+    # the new training blocks, and every test block (none were registered)
+    assert again.registered == ["2003", "2004", *(f"test-{b}" for b in sorted(first.blocks))]
     status = {s.block: s for s in led.budget(BUDGET, dataset="old")}
     assert status["2001"].members and status["2001"].classes == 1
     assert not status["2002"].members  # another data version: stays conservative

@@ -51,13 +51,16 @@ def test_ingest_versions_with_dvc_and_registers_new_blocks(
 
     c = cohort()
     first = _ingest(c, 0)
-    assert first["new_blocks"] == first["registered"] == ["2001", "2002"]
+    # the new training blocks, then their test blocks (the test split's patients)
+    assert first["new_blocks"] == ["2001", "2002"]
+    assert first["registered"] == ["2001", "2002", "test-2001", "test-2002"]
     assert set(first["dvc"]["added"]) == {"raw/synth.csv", "prepared/synth"}
     assert first["dvc"]["pushed"] > 0 and first["dvc"]["git_commit"]
     assert (c.root / "prepared" / "synth.dvc").is_file()
 
     second = _ingest(c, 1)
-    assert second["new_blocks"] == second["registered"] == ["2003", "2004"]
+    assert second["new_blocks"] == ["2003", "2004"]
+    assert second["registered"] == ["2003", "2004", "test-2003", "test-2004"]
     assert second["blocks"]["2001"] == first["blocks"]["2001"]
     assert second["data_version"] != first["data_version"]
     log = subprocess.run(

@@ -282,3 +282,50 @@ def test_a_release_the_test_blocks_cannot_afford_is_refused_with_nothing_charged
     assert err.value.exit_code == 1
     assert _entries(world) == before
     assert math.isfinite(p.evaluation.enforced_epsilon)
+
+
+def test_planning_never_trains_on_a_test_block(world: World) -> None:
+    from dpgov.data import load_prepared
+    from dpgov.ledger import Ledger
+    from dpgov.policy import load_policy
+    from dpgov.training.planning import plan
+
+    train = world.params.train.model_copy(update={"blocks": ["test-2001"]})
+    params = world.params.model_copy(update={"train": train})
+    led = Ledger.open()  # the world's home (DPGOV_HOME)
+    try:
+        with pytest.raises(UsageError, match="unknown block"):
+            plan(params, load_policy(world.policy), load_prepared(train.data), ledger=led)
+    finally:
+        led.close()
+
+
+def test_spent_test_blocks_are_retired_and_then_fresh_test_data_is_needed(world: World) -> None:
+    """Last in the module: it retires the world's test blocks."""
+    import dataclasses
+
+    from dpgov.ledger import Ledger
+    from dpgov.policy import load_policy
+    from dpgov.training.private_eval import RETIRE_REASON, enforced_epsilon, retire_spent
+
+    p = _plan_under(world, "again")
+    assert p.evaluation is not None
+    budget = load_policy(world.policy).policy.budget
+    ev = p.evaluation
+    two = enforced_epsilon(ev.mechanism, 2, budget, ev.domain)
+    three = enforced_epsilon(ev.mechanism, 3, budget, ev.domain)
+    led = Ledger.open()  # the world's home (DPGOV_HOME)
+    try:
+        # two releases are charged: a cap between two and three releases retires every block
+        spent = dataclasses.replace(ev, cap=(two + three) / 2)
+        assert retire_spent(spent, ledger=led, dataset="dpeval", budget=budget) == list(
+            ev.test_blocks
+        )
+        retired = [e for e in led.entries("block_retired") if e.payload["block"] in ev.test_blocks]
+        assert {e.payload["reason"] for e in retired} == {RETIRE_REASON}
+        assert retire_spent(spent, ledger=led, dataset="dpeval", budget=budget) == []
+    finally:
+        led.close()
+    with pytest.raises(Refused, match="fresh test data is needed") as err:
+        _plan_under(world, "after")
+    assert err.value.exit_code == 1

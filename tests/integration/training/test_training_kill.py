@@ -52,6 +52,7 @@ def test_killed_run_stays_charged(dpgov_home: Path, tmp_path: Path) -> None:
             "train": {
                 "epochs": 1000,
                 "batch_size": 40,
+                "validation_fraction": 0.0,  # the plan's steps follow from n below
                 "noise_multiplier": 50.0,
                 "target_epsilon": 3.0,
                 "reference": False,
