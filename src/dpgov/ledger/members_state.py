@@ -16,7 +16,12 @@ per-patient accounting (issue 15):
   domain, addressed by the digest of the domain's membership digests). A class seal may carry
   the ε its state gives at the charge's δ (``epsilon``, ``delta``): budget reads take it from
   here instead of loading and evaluating the state again (the entry is hash-checked like the
-  seal itself).
+  seal itself);
+- on the same kinds, ``class_rdp``: a history class's summed RDP vector at a grid of orders,
+  by the digest of its multiset (``{"multiset", "orders", "rdp"}``; an infinite order as
+  null), as the entry that charged it computed it. Budget reads take the adaptive filter's
+  figure from it, so that ``dpgov budget`` needs no accounting library; a reservation and a
+  calibration compute their own (they never trust a seal for enforcement).
 
 Nothing here trusts a table: :mod:`dpgov.ledger.classes` uses a cached structure or state only
 when a seal recorded here vouches for its bytes.
@@ -56,6 +61,8 @@ class MemberState:
     structure_seals: dict[str, str] = field(default_factory=dict)  # structure key -> SHA-256
     # (multiset digest, accountant key, δ) -> ε, as the entry that composed it recorded
     epsilons: dict[tuple[str, str, float], float] = field(default_factory=dict)
+    # (multiset digest, orders) -> the summed RDP vector at those orders, as recorded
+    rdp: dict[tuple[str, tuple[float, ...]], tuple[float, ...]] = field(default_factory=dict)
 
     def of(self, key: BlockKey) -> VMembership:
         found = self.blocks.get(key)
@@ -114,10 +121,11 @@ class MemberBuilder:
         self.class_seals = dict(base.class_seals)
         self.structure_seals = dict(base.structure_seals)
         self.epsilons = dict(base.epsilons)
+        self.rdp = dict(base.rdp)
 
     def freeze(self) -> MemberState:
         return MemberState(
-            self.blocks, self.key, self.class_seals, self.structure_seals, self.epsilons
+            self.blocks, self.key, self.class_seals, self.structure_seals, self.epsilons, self.rdp
         )
 
     def block_added(self, seq: int, key: BlockKey, patients: int, p: dict[str, Any]) -> None:
@@ -189,6 +197,13 @@ class MemberBuilder:
                     ):
                         raise ValueError(f"class seal ε {eps!r} at δ {delta!r} is not a number")
                     self.epsilons[(multiset, acc, delta)] = eps
+        rdp = p.get("class_rdp")
+        if rdp is not None:
+            if not isinstance(rdp, list):
+                raise ValueError(f"'class_rdp' is {rdp!r}, not a list of RDP vectors")
+            for item in rdp:
+                multiset, orders, vector = _rdp_seal(item)
+                self.rdp[(multiset, orders)] = vector
         structures = p.get("class_structure")
         if structures is not None:
             if not isinstance(structures, list):
@@ -200,6 +215,36 @@ class MemberBuilder:
                 self.structure_seals[key] = _digest(s.get("state"), "'state'")
 
 
+def rdp_seal(multiset: str, orders: tuple[float, ...], vector: list[float]) -> dict[str, Any]:
+    """The ``class_rdp`` item of a multiset's RDP vector (infinite orders written as null:
+    canonical JSON has no infinity)."""
+    return {
+        "multiset": multiset,
+        "orders": [float(a) for a in orders],
+        "rdp": [None if math.isinf(v) else float(v) for v in vector],
+    }
+
+
+def _rdp_seal(item: Any) -> tuple[str, tuple[float, ...], tuple[float, ...]]:
+    if not isinstance(item, dict):
+        raise ValueError(f"RDP seal {item!r} is not an object")
+    multiset = _digest(item.get("multiset"), "'multiset'")
+    orders, vector = item.get("orders"), item.get("rdp")
+    if not isinstance(orders, list) or not isinstance(vector, list) or len(orders) != len(vector):
+        raise ValueError(f"RDP seal of {multiset}: orders and vector are not lists of one length")
+    if not orders or not all(isinstance(a, float) and math.isfinite(a) and a > 1 for a in orders):
+        raise ValueError(f"RDP seal of {multiset}: orders {orders!r} are not numbers > 1")
+    out = []
+    for v in vector:
+        if v is None:
+            out.append(math.inf)
+        elif isinstance(v, float) and math.isfinite(v) and v >= 0:
+            out.append(v)
+        else:
+            raise ValueError(f"RDP seal of {multiset}: {v!r} is not an RDP value")
+    return multiset, tuple(orders), tuple(out)
+
+
 __all__ = [
     "EMPTY_MEMBERS",
     "MEMBER_KINDS",
@@ -207,4 +252,5 @@ __all__ = [
     "MemberBuilder",
     "MemberState",
     "VMembership",
+    "rdp_seal",
 ]

@@ -107,6 +107,18 @@ class PatientStore(LedgerStore):
             total = [a + b for a, b in zip(total, self._rdp[k], strict=True)]
         return total
 
+    def _read_rdp_of(
+        self, st: VerifiedState, multiset: Multiset, orders: Sequence[float]
+    ) -> list[float]:
+        """:meth:`_rdp_of` for reads: the vector a chained entry recorded for this multiset at
+        these orders (``class_rdp``, computed by :meth:`_rdp_of` when it charged the class:
+        the same floats), else computed. Reservations and calibration call :meth:`_rdp_of`
+        itself: enforcement never takes a recorded vector."""
+        sealed = st.members.rdp.get((digest(multiset), tuple(float(a) for a in orders)))
+        if sealed is not None:
+            return list(sealed)
+        return self._rdp_of(multiset, orders)
+
     def _adaptive_epsilons(
         self,
         st: VerifiedState,
@@ -115,7 +127,8 @@ class PatientStore(LedgerStore):
         orders: Sequence[float] = FILTER_ORDERS,
     ) -> dict[str, float]:
         """Each class's ε under the RDP filter over ``orders`` (Λ; valid under full
-        adaptivity: Feldman and Zrnic 2021, Thm 3.1; docs/composition.md)."""
+        adaptivity: Feldman and Zrnic 2021, Thm 3.1; docs/composition.md), from the RDP
+        vectors the chain records where it records them (:meth:`_read_rdp_of`)."""
         out: dict[str, float] = {}
         memo: dict[str, float] = {}
         for c in found:
@@ -125,7 +138,7 @@ class PatientStore(LedgerStore):
                 continue
             d = digest(multiset)
             if d not in memo:
-                memo[d] = filter_epsilon(self._rdp_of(multiset, orders), delta, orders)
+                memo[d] = filter_epsilon(self._read_rdp_of(st, multiset, orders), delta, orders)
             out[c.key] = memo[d]
         return out
 

@@ -19,11 +19,13 @@ outside the lock as well, so that the entry can seal it for the next reader.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dpgov import names
@@ -50,23 +52,29 @@ from dpgov.ledger.composition import (
     with_charge,
     without,
 )
+from dpgov.ledger.members_state import rdp_seal
 from dpgov.ledger.patients import FIXED
 from dpgov.ledger.records import Reservation
 from dpgov.ledger.schedules import ScheduleStore, free_slot, read_schedules
-from dpgov.ledger.schema import charges_t, reservations_t
+from dpgov.ledger.schema import charges_t, entries_t, reservations_t
 from dpgov.ledger.verified import REPAIR_KIND, Multiset, Seal, VerifiedState
 from dpgov.policy.schema import Budget
 
 # A block's charges before a close, after it, and the state composed for after.
 Closing = dict[str, tuple[Multiset, Multiset, Any, Any]]
-# A class's charges before a close, after it, and the state composed for after (by class key).
-ClassClosing = dict[str, tuple[Multiset, Multiset, Any]]
+# A class's charges before a close, after it, the state composed for after and its ε at the
+# reservation's δ (by class key), with the RDP seals of the multisets after the close.
+ClassClosing = dict[str, tuple[Multiset, Multiset, Any, float | None]]
 
 
 @dataclass
 class ClassPlan:
     """The history classes a charge to some blocks reaches, their charges now, and (per
-    distinct multiset) the state now, the state with the charge and its ε."""
+    distinct multiset) what judging the charge needs: for classes under the fixed rule the
+    state now, the state with the charge and its ε; for classes under the adaptive rule the
+    RDP filter's ε now and after; for every class the RDP vector after (sealed on the entry
+    for budget reads). The accountant's state of a class under the adaptive rule is not
+    composed here (it decides nothing): the close composes it (:meth:`Ledger._close`)."""
 
     views: dict[str, tuple[DomainView, bool]]
     affected: list[HClass]
@@ -74,6 +82,8 @@ class ClassPlan:
     states: dict[str, tuple[Any, Any, float]] = field(default_factory=dict)  # by digest
     # by digest, for classes under the adaptive rule: the RDP filter's ε now and after
     filtered: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # by digest: the RDP vector over the budget's orders of the multiset with the charge
+    rdp_after: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Ledger(ScheduleStore):
@@ -240,8 +250,8 @@ class Ledger(ScheduleStore):
                 store_state(conn, dataset, b, acc, planned[b].after, planned[b].after_state)
                 for b in blocks
             ]
-            class_seals, structure_seals = self._store_plan(
-                conn, cplan, acc, mechanism, budget.delta
+            class_seals, structure_seals, rdp_seals = self._store_plan(
+                conn, cplan, acc, mechanism, budget
             )
             entry = append_entry(
                 conn,
@@ -260,6 +270,7 @@ class Ledger(ScheduleStore):
                     "composition": [seal.to_dict() for seal in seals],
                     "class_composition": class_seals,
                     "class_structure": structure_seals,
+                    "class_rdp": rdp_seals,
                     "enforced": sorted({budget.mode_for(c.domain) for c in cplan.affected}),
                     "schedule": slot,
                 },
@@ -316,9 +327,9 @@ class Ledger(ScheduleStore):
         if mechanism is None or budget is None:
             return plan
         comp = classes.Composer(conn, st, acc)
-        for c in affected:
+        for c in affected:  # the accountant's composition, for classes under the fixed rule
             d = digest(plan.before[c.key])
-            if d in plan.states:
+            if budget.mode_for(c.domain) != FIXED or d in plan.states:
                 continue
             if prior is not None and d in prior.states:
                 plan.states[d] = prior.states[d]
@@ -326,18 +337,24 @@ class Ledger(ScheduleStore):
             state = comp.state(c, plan.before[c.key])[0]
             after = acc.add(state, mechanism)
             plan.states[d] = (state, after, self._epsilon(acc, after, budget.delta))
-        for c in affected:  # the RDP filter for classes under the adaptive rule (cheap)
+        for c in affected:  # the RDP vectors after the charge, and the filter (cheap)
             d = digest(plan.before[c.key])
+            if d not in plan.rdp_after:
+                if prior is not None and d in prior.rdp_after:
+                    plan.rdp_after[d] = prior.rdp_after[d]
+                else:
+                    plan.rdp_after[d] = self._rdp_of(
+                        classes.plus(plan.before[c.key], mechanism), budget.orders
+                    )
             if budget.mode_for(c.domain) == FIXED or d in plan.filtered:
                 continue
             if prior is not None and d in prior.filtered:
                 plan.filtered[d] = prior.filtered[d]
                 continue
             now = self._rdp_of(plan.before[c.key], budget.orders)
-            after_rdp = self._rdp_of(classes.plus(plan.before[c.key], mechanism), budget.orders)
             plan.filtered[d] = (
                 filter_epsilon(now, budget.delta, budget.orders) if plan.before[c.key] else 0.0,
-                filter_epsilon(after_rdp, budget.delta, budget.orders),
+                filter_epsilon(plan.rdp_after[d], budget.delta, budget.orders),
             )
         return plan
 
@@ -373,10 +390,10 @@ class Ledger(ScheduleStore):
             worst = max(cs, key=lambda c: after[c.key], default=None)
             if worst is not None and after[worst.key] > limit:
                 d = digest(plan.before[worst.key])
-                before = plan.states[d][0]
                 if d in plan.filtered:
                     spent = plan.filtered[d][0]
                 else:
+                    before = plan.states[d][0]
                     spent = (
                         self._epsilon(acc, before, budget.delta) if plan.before[worst.key] else 0.0
                     )
@@ -421,11 +438,12 @@ class Ledger(ScheduleStore):
 
     @staticmethod
     def _store_plan(
-        conn: Connection, plan: ClassPlan, acc: Any, mechanism: DpSgdMechanism, delta: float
-    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-        """Cache each affected class's state after the charge, and each domain's structure
-        not yet sealed; the seals the reservation entry carries (with each class's ε after
-        the charge at ``delta``, so budget reads need not compose it again)."""
+        conn: Connection, plan: ClassPlan, acc: Any, mechanism: DpSgdMechanism, budget: Budget
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[dict[str, Any]]]:
+        """Cache the state after the charge of each affected class it was composed for (the
+        fixed rule's), and each domain's structure not yet sealed; the seals the reservation
+        entry carries: with each such class's ε after the charge at the budget's δ, and each
+        class's RDP vector after the charge, so budget reads need neither compose again."""
         class_seals = [
             classes.store_class_state(
                 conn,
@@ -433,16 +451,26 @@ class Ledger(ScheduleStore):
                 acc,
                 classes.plus(plan.before[c.key], mechanism),
                 plan.states[digest(plan.before[c.key])][1],
-                epsilon=(delta, plan.states[digest(plan.before[c.key])][2]),
+                epsilon=(budget.delta, plan.states[digest(plan.before[c.key])][2]),
             )
             for c in plan.affected
+            if digest(plan.before[c.key]) in plan.states
         ]
         structure_seals = [
             classes.store_structure(conn, v.structure_key, v.structure)
             for v, is_sealed in plan.views.values()
             if not is_sealed
         ]
-        return class_seals, structure_seals
+        rdp_seals: dict[str, dict[str, Any]] = {}
+        done: set[str] = set()
+        for c in plan.affected:
+            d = digest(plan.before[c.key])
+            if d in done or d not in plan.rdp_after:
+                continue
+            done.add(d)
+            after = digest(classes.plus(plan.before[c.key], mechanism))
+            rdp_seals[after] = rdp_seal(after, budget.orders, plan.rdp_after[d])
+        return class_seals, structure_seals, [rdp_seals[k] for k in sorted(rdp_seals)]
 
     def _closing(self, reservation_id: str, actual: DpSgdMechanism | None) -> Closing:
         """For a close that changes what its blocks are charged (a release: ``actual`` None; a
@@ -468,27 +496,74 @@ class Ledger(ScheduleStore):
             except (DpgovError, ArithmeticError, MemoryError, RuntimeError, ValueError):
                 return {}
 
-    def _class_closing(self, reservation_id: str, actual: DpSgdMechanism | None) -> ClassClosing:
-        """For a close that changes what its classes are charged, each reached class's charges
-        before and after it and the state composed for after, outside the lock (an
-        optimisation, like :meth:`_closing`: a failure leaves the close unsealed)."""
+    def _class_closing(
+        self, reservation_id: str, actual: DpSgdMechanism | None
+    ) -> tuple[ClassClosing, list[dict[str, Any]], float | None]:
+        """For a close (``actual``: the mechanism charged after it, None when nothing stays
+        charged), each reached class's charges before and after it, with the accountant's
+        state composed for after and its ε at the reservation's δ where no entry records that
+        ε yet, and the RDP vectors (at the reservation's orders) of the multisets after it that
+        no entry records. Outside the lock; an optimisation, like :meth:`_closing`: a failure
+        leaves the close unsealed, and budget reads compose what is not sealed.
+
+        This is where the accountant's figure of a class under the adaptive rule is composed
+        (:meth:`reserve` judges those by the RDP filter alone): once, for the mechanism that
+        actually ran, not for the plan and again for a commit of fewer steps."""
         with self._read() as conn:
             st = self._state(conn)
             res = st.reservation(reservation_id)
-            if res.status != "pending" or actual == res.planned:
-                return {}
+            if res.status != "pending":
+                return {}, [], None
             try:
+                delta, orders = self._reserved_under(conn, res.seq)
                 acc = self._acc(res.accountant or "pld")
+                acc_key = accountant_key(acc)
                 plan = self._class_plan(conn, st, res.dataset, res.blocks, acc, None)
                 comp = classes.Composer(conn, st, acc)
                 out: ClassClosing = {}
+                rdp_seals: dict[str, dict[str, Any]] = {}
+                eps: dict[str, float] = {}
                 for c in plan.affected:
                     before = plan.before[c.key]
-                    after = without(before, res.planned, actual)
-                    out[c.key] = (before, after, comp.state(c, after)[0])
-                return out
+                    after = (
+                        before if actual == res.planned else without(before, res.planned, actual)
+                    )
+                    if not after:
+                        continue
+                    d = digest(after)
+                    if orders and (d, orders) not in st.members.rdp and d not in rdp_seals:
+                        rdp_seals[d] = rdp_seal(d, orders, self._rdp_of(after, orders))
+                    known = None if delta is None else st.members.epsilons.get((d, acc_key, delta))
+                    seal = st.members.class_seals.get((c.key, acc_key))
+                    if known is not None and seal is not None and seal[0] == d:
+                        continue  # its state and ε are sealed already
+                    # the class's own cache is extended even where its ε is known (another
+                    # class of the same charges sealed it), so that each class's state grows
+                    # one charge at a time, in the order the charges came
+                    state = comp.state(c, after)[0]
+                    if known is None and delta is not None and d not in eps:
+                        eps[d] = self._epsilon(acc, state, delta)
+                    out[c.key] = (before, after, state, eps.get(d, known))
+                return out, [rdp_seals[k] for k in sorted(rdp_seals)], delta
             except (DpgovError, ArithmeticError, MemoryError, RuntimeError, ValueError):
-                return {}
+                return {}, [], None
+
+    @staticmethod
+    def _reserved_under(
+        conn: Connection, seq: int
+    ) -> tuple[float | None, tuple[float, ...] | None]:
+        """The δ and the filter orders of the budget a reservation entry recorded (None
+        where it recorded none). Read for sealing only: a seal names its own δ and orders."""
+        raw = conn.execute(sa.select(entries_t.c.payload).where(entries_t.c.seq == seq)).scalar()
+        try:
+            budget = json.loads(str(raw)).get("budget") or {}
+            delta = budget.get("delta")
+            delta = float(delta) if isinstance(delta, float) and 0 < delta < 1 else None
+            orders = budget.get("orders")
+            grid = tuple(float(a) for a in orders) if isinstance(orders, list) and orders else None
+        except (TypeError, ValueError, AttributeError):
+            return None, None
+        return delta, grid
 
     def _close(
         self,
@@ -501,9 +576,12 @@ class Ledger(ScheduleStore):
     ) -> Entry:
         closing: Closing = {}
         class_closing: ClassClosing = {}
-        if status in ("committed", "released"):  # an abort leaves the plan charged
+        rdp_seals: list[dict[str, Any]] = []
+        delta: float | None = None
+        if status in ("committed", "released"):  # an abort leaves the plan charged (and a
+            # crash's recovery composes nothing: budget reads compose what is not sealed)
             closing = self._closing(reservation_id, mechanism)
-            class_closing = self._class_closing(reservation_id, mechanism)
+            class_closing, rdp_seals, delta = self._class_closing(reservation_id, mechanism)
         with self._write() as conn:
             st = self._state(conn)
             info = st.reservation(reservation_id)
@@ -520,9 +598,11 @@ class Ledger(ScheduleStore):
             body = {"reservation": reservation_id, **payload}
             if seals:
                 body["composition"] = [seal.to_dict() for seal in seals]
-            class_seals = self._close_class_seals(conn, info.accountant, class_closing)
+            class_seals = self._close_class_seals(conn, info.accountant, class_closing, delta)
             if class_seals:
                 body["class_composition"] = class_seals
+            if rdp_seals:
+                body["class_rdp"] = rdp_seals
             entry = append_entry(conn, kind, body, actor)
             values: dict[str, Any] = {"status": status, "closed_seq": entry.seq}
             if mechanism is not None:
@@ -535,17 +615,20 @@ class Ledger(ScheduleStore):
             return entry
 
     def _close_class_seals(
-        self, conn: Connection, accountant: str | None, closing: ClassClosing
-    ) -> list[dict[str, str]]:
-        """Cache the states composed for a close's classes; their seals. (A seal binds the
-        class, the multiset and the blob, so a state stored here is used only by a class whose
-        charges are that multiset, or more: storing it is safe even if charges changed.)"""
+        self, conn: Connection, accountant: str | None, closing: ClassClosing, delta: float | None
+    ) -> list[dict[str, Any]]:
+        """Cache the states composed for a close's classes; their seals, with each state's ε
+        at ``delta``. (A seal binds the class, the multiset and the blob, and the ε the
+        multiset, so a state stored here is used only by a class whose charges are that
+        multiset, or more: storing it is safe even if charges changed.)"""
         if not closing:
             return []
         acc = self._acc(accountant or "pld")
         return [
-            classes.store_class_state(conn, key, acc, after, state)
-            for key, (_, after, state) in closing.items()
+            classes.store_class_state(
+                conn, key, acc, after, state, None if delta is None or eps is None else (delta, eps)
+            )
+            for key, (_, after, state, eps) in closing.items()
         ]
 
     def commit(
