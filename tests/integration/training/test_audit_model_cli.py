@@ -119,6 +119,25 @@ def test_audit_model_charges_records_and_feeds_the_gate(
     after = _gate_check(version)
     assert after.passed and after.observed == data["epsilon_lower_bound"]
     assert "no violation shown" in after.reason
+    # the readable table fits 80 columns and names both numbers and the ceiling
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_dpgov(
+        monkeypatch,
+        capsys,
+        "audit-model",
+        MODEL,
+        version,
+        "--canaries",
+        "50",
+        "--threat-model",
+        "black-box",
+        "--data",
+        str(world.prepared),
+    )
+    assert code == 0, err
+    assert "ε lower bound" in out and "ε claimed" in out and "ceiling" in out
+    assert "black-box input canaries" in out.replace("\n", " ")
+    assert max(len(line) for line in out.splitlines()) <= 80
     # a later record showing a violation (forged here) fails the gate: the newest one counts
     _a_recorded_violation_fails_the_gate(candidate)
 
