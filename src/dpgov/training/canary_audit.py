@@ -207,6 +207,8 @@ def run_audit(
         generator=noise_gen,
     )
     loader = _loader(n_units, q, brk.shuffled, sampler_gen)
+    if not brk.shuffled and getattr(loader, "sample_rate", None) != q:  # Opacus changed
+        raise RuntimeError(f"Opacus samples at q={loader.sample_rate}, the audit asked for {q}")
     criterion = torch.nn.BCEWithLogitsLoss(reduction="mean")
     claimed_sigma, claimed_q = mechanism.noise_multiplier, mechanism.sample_rate
     scores = np.zeros(canaries)

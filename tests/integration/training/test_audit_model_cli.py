@@ -68,6 +68,7 @@ def test_audit_model_charges_records_and_feeds_the_gate(
     # one governed candidate for every case (a run costs seconds): bad input first
     _bad_input_exits_2_and_charges_nothing(candidate, monkeypatch, capsys, tmp_path)
     version = str(candidate.model_version)
+    _a_crash_mid_audit_stays_charged(candidate, world, monkeypatch)
     before = _gate_check(version)
     assert before.passed and before.reason.startswith("off")
     ledger = Ledger.open()
@@ -140,6 +141,36 @@ def test_audit_model_charges_records_and_feeds_the_gate(
     assert max(len(line) for line in out.splitlines()) <= 80
     # a later record showing a violation (forged here) fails the gate: the newest one counts
     _a_recorded_violation_fails_the_gate(candidate)
+
+
+def _a_crash_mid_audit_stays_charged(
+    candidate: Any, world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audit that fails after it reserved leaves its reservation aborted and fully charged
+    (its steps are not known: settled as if all ran), and records no audit."""
+    from dpgov.tracking.registry import Registry
+    from dpgov.training import audit_model
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("killed mid-audit")
+
+    ledger = Ledger.open()
+    try:
+        with monkeypatch.context() as mp, pytest.raises(RuntimeError, match="killed mid-audit"):
+            mp.setattr(audit_model, "run_audit", crash)
+            audit_model.audit_candidate(
+                MODEL,
+                str(candidate.model_version),
+                ledger=ledger,
+                registry=Registry(),
+                canaries=20,
+                data=world.prepared,
+            )
+        [aborted] = ledger.entries(kind="abort")
+        info = ledger.reservation(aborted.payload["reservation"])
+        assert info.status == "aborted" and not ledger.entries(kind=AUDIT_KIND)
+    finally:
+        ledger.close()
 
 
 def _a_recorded_violation_fails_the_gate(candidate: Any) -> None:
