@@ -166,8 +166,8 @@ class Release(_Strict):
     require_empirical_audit: bool = Field(
         default=False,
         description="release only models with an empirical privacy audit (dpgov audit-model) "
-        "whose lower bound on ε does not exceed the claimed ε; the run's plan then reserves "
-        "the candidate and its audit together",
+        "whose lower bound on ε does not exceed the claimed ε; the audit reserves its own "
+        "charge when it runs",
     )
 
     @field_validator("alias")
