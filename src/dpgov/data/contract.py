@@ -143,6 +143,48 @@ class PrivacyUnit(_Strict):
         return self
 
 
+class ImageTransformSpec(_Strict):
+    """What each image goes through (``dpgov.data.image_store``): channels, resize, centre
+    crop, normalisation; ``hflip`` is a per-example augmentation in training."""
+
+    channels: Literal[1, 3] = 1
+    resize: int | list[int] | None = None  # shorter side, or [H, W]
+    center_crop: int | list[int] | None = None
+    mean: list[float] = Field(default=[0.0], min_length=1)
+    std: list[float] = Field(default=[1.0], min_length=1)
+    hflip: bool = False
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ImageTransformSpec:
+        for key in ("resize", "center_crop"):
+            v = getattr(self, key)
+            sizes = [v] if isinstance(v, int) else list(v or [])
+            if v is not None and (len(sizes) not in (1, 2) or min(sizes) < 1):
+                raise ValueError(f"{key} must be a positive size or [height, width]")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) not in (1, self.channels):
+                raise ValueError(f"{key} needs 1 or {self.channels} values (one per channel)")
+        if min(self.std) <= 0:
+            raise ValueError("std values must be positive")
+        return self
+
+
+class ImageFilesSpec(_Strict):
+    """Images as files listed in a manifest (CSV or Parquet): the column holding each file's
+    path (relative to the manifest's folder, or absolute), the sizes allowed, the transform."""
+
+    path: str = "path"
+    min_size: int = Field(default=1, ge=1)  # smallest width and height, in pixels
+    max_size: int = Field(default=65536, ge=1)
+    transform: ImageTransformSpec = ImageTransformSpec()
+
+    @model_validator(mode="after")
+    def _range(self) -> ImageFilesSpec:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size {self.min_size} is above max_size {self.max_size}")
+        return self
+
+
 class Minimums(_Strict):
     patients_per_block: int = Field(default=100, ge=1)
     patients_per_subgroup: int = Field(default=30, ge=1)
@@ -166,6 +208,7 @@ class Contract(_Strict):
     columns: dict[str, ColumnSpec] = Field(min_length=1)
     privacy: PrivacyUnit = PrivacyUnit()
     minimum: Minimums = Minimums()
+    images: ImageFilesSpec | None = None  # kind image: a manifest over image files
     allow_extra_columns: bool = False
     description: str | None = None
 
@@ -230,6 +273,12 @@ class Contract(_Strict):
         if self.sensitive.age and self.columns[self.sensitive.age].type not in NUMERIC_TYPES:
             raise ValueError(f"sensitive.age column {self.sensitive.age!r} must be numeric")
         roles = {self.patient_id, self.label, self.block.column} - {None}
+        if self.images is not None:
+            if self.kind != "image":
+                raise ValueError("images: applies to contracts with kind: image")
+            need("images.path", self.images.path)
+            if self.columns[self.images.path].type != "string":
+                raise ValueError(f"images.path column {self.images.path!r} must be a string")
         if self.kind == "image":
             clash = set(IMAGE_KEY_COLUMNS) & set(self.columns)
             if clash:

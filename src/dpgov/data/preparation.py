@@ -36,6 +36,7 @@ from typing import Any
 
 from dpgov import __version__
 from dpgov.data.contract import RESERVED_COLUMNS, Contract, LoadedContract, load_contract
+from dpgov.data.manifest import IMAGE_COLUMN, copy_images, prepared_images
 from dpgov.data.params import DataParams
 from dpgov.data.pseudonym import METHOD as PSEUDONYM_METHOD
 from dpgov.data.pseudonym import PseudonymKey, load_key, pseudonymise
@@ -240,6 +241,8 @@ def build_prepared(
                 f"data {src.name}: column {c.patient_id!r} (patient id): missing value at row "
                 f"{pos + 1}; every record needs a patient"
             )
+    elif c.privacy.one_record_per_patient and c.images is not None:  # manifest: one per path
+        raw_ids = frame[c.images.path].astype(str)
     elif c.privacy.one_record_per_patient:  # images declared one per patient
         raw_ids = frame["split"].astype(str) + ":" + frame["index"].astype(str)
     else:  # the contract refuses this already; never count a record as a patient unsaid
@@ -263,7 +266,7 @@ def build_prepared(
         raw_block = pd.Series([c.block.constant] * len(frame), index=frame.index, dtype=object)
 
     # split by patient
-    if c.kind == "image":
+    if c.kind == "image" and src.manifest is None:
         is_test = (frame["split"] == "test").to_numpy()
     else:
         is_test = split_patients(pid, params.test_fraction, params.seed, key=key.key)
@@ -291,7 +294,12 @@ def build_prepared(
     arrays: dict[str, Any] = {}
     image_shape = None
     images_meta = None
-    if c.kind == "image":
+    if src.manifest is not None:  # image files: content-addressed copies (manifest.py)
+        files, arrays["files"], image_shape, images_meta = prepared_images(
+            src.manifest, c, src.name
+        )
+        table[IMAGE_COLUMN] = files
+    elif c.kind == "image":
         assert src.images is not None
         offsets = {"train": 0, "val": len(src.images["train"]), "test": 0}
         table["image_index"] = (frame["index"] + frame["split"].map(offsets)).astype("int64")
@@ -586,6 +594,9 @@ def write_prepared(
         train.to_parquet(tmp / "train.parquet", index=False)
         test.to_parquet(tmp / "test.parquet", index=False)
         for split, arr in arrays.items():
+            if split == "files":  # image files a manifest lists: {address: source file}
+                copy_images(tmp, arr)
+                continue
             np.save(tmp / IMAGE_FILES[split], arr, allow_pickle=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         version = compute_md5(tmp)

@@ -3,7 +3,9 @@ evaluation and validation consume. Writing it is :mod:`dpgov.data.preparation`'s
 
 ``data/prepared/<dataset>/`` holds ``train.parquet`` and ``test.parquet`` (disjoint patients),
 ``meta.json`` and, for images, ``train_images.npy`` / ``test_images.npy`` (N, C, H, W) indexed
-by the ``image_index`` column.
+by the ``image_index`` column, or (images from a manifest) content-addressed image files under
+``images/`` named by the ``image_file`` column and read per batch (:meth:`PreparedData.images`
+gives a lazy :class:`~dpgov.data.image_store.DiskImages`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpgov.data.image_store import DiskImages, Transform
 from dpgov.data.versioning import data_version
 from dpgov.errors import UsageError
 
@@ -86,13 +89,21 @@ class PreparedData:
         return self.frame(split)[list(self.meta["sensitive"])]
 
     def images(self, split: str) -> Any:
-        """Images of the split's rows, in row order, float32 (N, C, H, W) scaled to [0, 1]."""
+        """Images of the split's rows, in row order, float32 (N, C, H, W) scaled to [0, 1]
+        (image files: a lazy DiskImages, decoded and transformed per batch)."""
         import numpy as np
 
         if self.kind != "image":
             raise UsageError(f"prepared data {self.path} is tabular: it has no images")
         df = self.frame(split)
         info = self.meta["images"]
+        if info.get("storage") == "files":  # read from disk per batch, never all at once
+            return DiskImages(
+                self.path,
+                df[info["column"]].to_numpy(dtype=object),
+                Transform.from_dict(info["transform"]),
+                tuple(self.meta["image_shape"]),
+            )
         if split not in self._images:
             file = self.path / info["files"][split]
             try:

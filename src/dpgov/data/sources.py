@@ -16,6 +16,7 @@ from typing import Any
 
 from dpgov.data.contract import IMAGE_KEY_COLUMNS, ColumnSpec, Contract
 from dpgov.data.flchain import SOURCE, load_task_table
+from dpgov.data.manifest import ManifestImages, manifest_images
 from dpgov.errors import UsageError
 
 TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -39,6 +40,7 @@ class Source:
     sha256: str  # of the file bytes (all files for images); of the table for bundled data
     images: dict[str, Any] | None = None
     files: list[str] = field(default_factory=list)
+    manifest: ManifestImages | None = None  # image files a manifest lists (kind image)
 
 
 def is_bundled(source: str | Path | None) -> bool:
@@ -73,13 +75,21 @@ def load_source(
         raise UsageError(
             f"data {path}: unsupported file type {suffix or '(none)'!r}; use .csv, .parquet or .npz"
         )
-    if contract.kind != "tabular":
-        raise UsageError(f"data {path}: a contract with kind: image needs an .npz file")
+    if contract.kind != "tabular" and contract.images is None:
+        raise UsageError(
+            f"data {path}: a contract with kind: image needs an .npz file, or images: (a "
+            "manifest over image files)"
+        )
     if metadata is not None:
         raise UsageError("--metadata applies to image (.npz) data only")
     frame = read_table(path, contract)
     offset = 2 if TABLE_SUFFIXES[suffix] == "csv" else 1
     frame = coerce_table(frame, contract, str(path), row_offset=offset)
+    if contract.images is not None:  # a manifest: every image found, hashed and decoded
+        found = manifest_images(frame, path, contract, row_offset=offset)
+        return Source(
+            frame=frame, name=str(path), sha256=found.digest, files=[str(path)], manifest=found
+        )
     return Source(frame=frame, name=str(path), sha256=_file_sha256(path), files=[str(path)])
 
 

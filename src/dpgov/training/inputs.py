@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from dpgov import data as data_module
+from dpgov.data.image_store import DiskImages
 from dpgov.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,8 +49,10 @@ def arrays(data: PreparedLike, split: str) -> Arrays:
     """Features (reshaped to [N, C, H, W] for images), labels, ids, blocks, sensitive columns."""
     meta = data.meta
     frame = data.train if split == "train" else data.test
-    x = np.asarray(data.features(split), dtype=np.float32)
-    if meta.get("kind") == "image":
+    feats = data.features(split)
+    lazy = isinstance(feats, DiskImages)  # image files, read per batch from disk
+    x = feats if lazy else np.asarray(feats, dtype=np.float32)
+    if meta.get("kind") == "image" and not lazy:
         shape = meta.get("image_shape")
         if not shape:
             raise UsageError("meta.json: image data needs image_shape [C, H, W]")

@@ -224,6 +224,9 @@ def _tensors(x: np.ndarray, y: np.ndarray) -> Any:
     import torch
     from torch.utils.data import TensorDataset
 
+    from_disk = getattr(x, "torch_dataset", None)  # image files (dpgov.data.image_store)
+    if from_disk is not None:
+        return from_disk(y)
     xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
     return TensorDataset(xt, yt)

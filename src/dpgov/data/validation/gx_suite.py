@@ -41,7 +41,7 @@ def plan_expectations(frame: Any, c: Contract) -> list[tuple[str, Any, dict[str,
     """(expectation class name, kwargs, meta) for every GX expectation the contract implies."""
     plan: list[tuple[str, Any, dict[str, Any]]] = []
     expected = list(c.columns)
-    if c.kind == "image":
+    if c.kind == "image" and c.images is None:  # .npz images: rows named by split and index
         expected = list(IMAGE_KEY_COLUMNS) + [
             col for col in expected if col not in IMAGE_KEY_COLUMNS
         ]
@@ -141,17 +141,27 @@ def plan_expectations(frame: Any, c: Contract) -> list[tuple[str, Any, dict[str,
 
 
 def gx_checks(frame: Any, c: Contract, dataset: str) -> list[Check]:
+    return run_suite(frame, plan_expectations(frame, c), dataset)
+
+
+def run_suite(
+    frame: Any,
+    plan: list[tuple[str, Any, dict[str, Any]]],
+    dataset: str,
+    *,
+    table: str = "source",
+) -> list[Check]:
+    """Run the planned expectations on ``frame`` as one GX checkpoint; one Check each."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    plan = plan_expectations(frame, c)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = (
         ctx.data_sources.add_pandas(f"dpgov-{dataset}")
-        .add_dataframe_asset("source")
+        .add_dataframe_asset(table)
         .add_batch_definition_whole_dataframe("whole table")
     )
     expectations = [
@@ -160,10 +170,13 @@ def gx_checks(frame: Any, c: Contract, dataset: str) -> list[Check]:
     ]
     # built whole, then added once: adding expectations one by one re-serialises the suite
     suite = ctx.suites.add(
-        gx.ExpectationSuite(name=f"{dataset}-contract", expectations=expectations)
+        gx.ExpectationSuite(
+            name=f"{dataset}-contract" if table == "source" else f"{dataset}-{table}",
+            expectations=expectations,
+        )
     )
     definition = ctx.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{dataset}-source", data=batch, suite=suite)
+        gx.ValidationDefinition(name=f"{dataset}-{table}-validation", data=batch, suite=suite)
     )
     checkpoint = ctx.checkpoints.add(
         gx.Checkpoint(
@@ -175,7 +188,7 @@ def gx_checks(frame: Any, c: Contract, dataset: str) -> list[Check]:
     run = checkpoint.run(batch_parameters={"dataframe": frame})
     results = [r for vr in run.run_results.values() for r in vr.results]
     results.sort(key=_order)
-    return [_from_gx(r, len(frame)) for r in results]
+    return [_from_gx(r, len(frame), table) for r in results]
 
 
 def _order(r: Any) -> int:
@@ -183,7 +196,7 @@ def _order(r: Any) -> int:
     return int(((cfg.meta if cfg is not None else None) or {}).get("order", 0))
 
 
-def _from_gx(r: Any, n: int) -> Check:
+def _from_gx(r: Any, n: int, table: str = "source") -> Check:
     cfg = r.expectation_config
     meta = dict(cfg.meta or {})
     res = dict(r.result or {})
@@ -193,7 +206,7 @@ def _from_gx(r: Any, n: int) -> Check:
         return Check(
             rule=rule,
             name=meta.get("name", cfg.type),
-            table="source",
+            table=table,
             column=meta.get("column"),
             engine=GX,
             expectation=cfg.type,
@@ -255,7 +268,7 @@ def _from_gx(r: Any, n: int) -> Check:
     return Check(
         rule=rule,
         name=meta.get("name", cfg.type),
-        table="source",
+        table=table,
         column=meta.get("column"),
         engine=GX,
         expectation=cfg.type,

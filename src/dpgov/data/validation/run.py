@@ -13,6 +13,7 @@ from dpgov.data.params import DataParams
 from dpgov.data.prepared_data import load_prepared
 from dpgov.data.sources import load_source
 from dpgov.data.validation.gx_suite import gx_checks, gx_version
+from dpgov.data.validation.image_checks import image_checks
 from dpgov.data.validation.output_checks import prepared_checks
 from dpgov.data.validation.records import Check
 from dpgov.data.validation.report import VALIDATION_ROOT, ValidationResult, write_report
@@ -71,6 +72,10 @@ def validate(
     t = time.perf_counter()
     checks += prepared_checks(prep, c, delta=delta, images=src.images is not None)
     timings["prepared_checks"] = time.perf_counter() - t
+    if c.images is not None:  # image files: exist, match their address, decode, sizes
+        t = time.perf_counter()
+        checks += image_checks(prep, c, name)
+        timings["image_checks"] = time.perf_counter() - t
 
     result = ValidationResult(
         dataset=name,
