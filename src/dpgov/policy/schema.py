@@ -169,6 +169,23 @@ class Release(_Strict):
         "whose lower bound on ε does not exceed the claimed ε; the audit reserves its own "
         "charge when it runs",
     )
+    allowed_model_factories: list[str] = Field(
+        default_factory=list,
+        description="model.factory values a run may call ('package.module:function', shell "
+        "patterns such as 'monai.networks.nets:*'); empty: only the built-in models",
+    )
+
+    @field_validator("allowed_model_factories")
+    @classmethod
+    def _factory_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            module, sep, attr = pattern.partition(":")
+            if not sep or not module or not attr or module.startswith("*"):
+                raise ValueError(
+                    f"each allowed model factory is 'package.module:function' (a pattern may "
+                    f"end in '*' but must name its package), found {pattern!r}"
+                )
+        return value
 
     @field_validator("alias")
     @classmethod
