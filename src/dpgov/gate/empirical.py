@@ -13,6 +13,7 @@ true`` it fails when no audit is recorded; otherwise it is off, with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -111,3 +112,40 @@ def empirical_check(policy: Policy, audit: EmpiricalAudit | None) -> Line:
     if audit.passed:
         return (CHECK_NAME, lb, claimed, True, f"{figures}: no violation shown")
     return (CHECK_NAME, lb, claimed, False, f"{figures}: the claimed ε is violated")
+
+
+def latest_audits(entries: Iterable[Any]) -> dict[tuple[str, str], EmpiricalAudit]:
+    """The newest ``empirical_audit`` of each (model, version) among ledger entries (anything
+    with ``seq``, ``kind`` and ``payload``; unreadable payloads are skipped)."""
+    out: dict[tuple[str, str], EmpiricalAudit] = {}
+    for e in entries:
+        if e.kind != AUDIT_KIND or not isinstance(e.payload, dict):
+            continue
+        try:
+            audit = EmpiricalAudit.from_payload(e.payload, seq=e.seq)
+        except (KeyError, TypeError, ValueError):
+            continue
+        out[(audit.model, audit.version)] = audit
+    return out
+
+
+def empirical_text(audit: dict[str, Any] | None) -> str:
+    """The statement's sentence on the empirical audit (``audit``: an EmpiricalAudit as a
+    dict, or None when none is recorded)."""
+    if not audit:
+        return (
+            "Empirical audit: none recorded (dpgov audit-model); the ε above is an upper bound "
+            "computed from what the code says it did, not measured."
+        )
+    verdict = (
+        "no violation shown"
+        if not exceeds(audit["epsilon_lower_bound"], audit["epsilon_claimed"])
+        else "the claimed ε is VIOLATED"
+    )
+    return (
+        f"Empirical audit (ledger entry {audit.get('seq')}, {audit['threat_model']}, "
+        f"{audit['canaries']} canaries): lower bound ε ≥ {audit['epsilon_lower_bound']:.3f} at "
+        f"{audit['confidence']:.0%} confidence beside the claimed ε "
+        f"{audit['epsilon_claimed']:.3f} at δ = {audit['delta']:g} ({verdict}; the most "
+        f"this audit could show, every guess right, is {audit['ceiling']:.3f})."
+    )

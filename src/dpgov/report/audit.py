@@ -18,6 +18,7 @@ from typing import Any
 
 from dpgov.accounting import AccountantFailed
 from dpgov.errors import Refused
+from dpgov.gate.empirical import latest_audits
 from dpgov.gate.in_force import policy_in_force
 from dpgov.ledger import Ledger
 from dpgov.ledger.anchoring import ledger_name
@@ -200,11 +201,13 @@ def audit(
     by_evaluation = {(x.model, x.version, x.alias): x for x in evaluated}
 
     block_eps = {(b.dataset, b.block): b.epsilon for b in blocks}
+    audits = latest_audits(ledger.rows)  # empirical audits (dpgov.gate.empirical)
     for rel in releases:
         art = tracking.artifacts.get((rel.model, rel.version))
         ref = by_release.get((rel.model, rel.version, rel.alias))
         ev = by_evaluation.get((rel.model, rel.version, rel.alias))
-        rel.statement = release_statement(rel, art, r, eps, policy, block_eps, ref, ev)
+        emp = audits.get((rel.model, rel.version))
+        rel.statement = release_statement(rel, art, r, eps, policy, block_eps, ref, ev, emp)
 
     runs = _run_rows(r, claimed, eps, policy)
 

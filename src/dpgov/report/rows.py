@@ -327,6 +327,8 @@ class PrivacyStatement:
     # the test metrics: {"private": False} when exact, else the DP-evaluated release and its
     # cost (dpgov.report.checks.evaluations.EvaluatedRelease as a dict, "private" added)
     evaluation: dict[str, Any] | None = None
+    # the newest empirical audit of the version (dpgov.gate.empirical.EmpiricalAudit as a dict)
+    empirical: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

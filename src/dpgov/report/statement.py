@@ -17,10 +17,12 @@ then lists under "not covered".
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from dpgov.accounting import AccountantFailed
 from dpgov.contracts import NOT_COVERED, TAG_PRIVATE, TAG_RESERVATION
+from dpgov.gate.empirical import EmpiricalAudit, empirical_text
 from dpgov.policy import LoadedPolicy
 from dpgov.report.checks.evaluations import EvaluatedRelease
 from dpgov.report.checks.reference import ReferenceRelease
@@ -40,6 +42,7 @@ def release_statement(
     block_eps: dict[tuple[str, str], float | None],
     reference: ReferenceRelease | None = None,
     evaluation: EvaluatedRelease | None = None,
+    empirical: EmpiricalAudit | None = None,
 ) -> ReleaseStatement:
     """The statement of one released model version, its subgroup metrics, gaps and utility
     (from the run's candidate facts), and the statement the run logged. ``reference``: the
@@ -104,6 +107,7 @@ def release_statement(
         epsilon_per_block_limit=budget.epsilon_per_block,
         block_delta=budget.delta,
         evaluation=_evaluation(evaluation, dataset, block_eps),
+        empirical=asdict(empirical) if empirical is not None else None,
     )
     return ReleaseStatement(
         statement=s,
@@ -249,6 +253,7 @@ def statement_text(s: PrivacyStatement) -> str:
         f"(limit {s.epsilon_per_block_limit:g} at δ = {s.block_delta:g})."
     )
     lines.append(evaluation_text(s.evaluation))
+    lines.append(empirical_text(s.empirical))  # dpgov.gate.empirical (issue 18)
     lines.append("Not covered: " + "; ".join(s.not_covered) + ".")
     approvers = ", ".join(s.approvers) or "none recorded"
     lines.append(
