@@ -21,6 +21,8 @@ q = Φ⁻¹(1 − η). η is *measured*, not guaranteed (benchmarks/RESULTS_dp_e
   ``calibration_error_hi`` adds half the widest bin, so that it bounds the usual ECE (mean
   score per bin) over the same bins.
 - Accuracy at the threshold: correct / all.
+- The overall metrics use the overall histograms combined with each attribute's subgroup
+  sums (least squares, :func:`_combined_overall`): noise variance σ²/W instead of σ².
 - Subgroups: AUROC and FNR with bounds at η each; judged (``GroupRule``) on the *noisy* n and
   positives.
 - Gaps over the judged subgroups, upper bound at η: AUROC from the pairwise differences
@@ -199,6 +201,31 @@ def _counts(pe: PrivateEvaluation, model: str, attribute: str | None, group: str
     return neg, pos
 
 
+def _combined_overall(pe: PrivateEvaluation, model: str) -> tuple[Any, Any, float]:
+    """The overall class counts of ``model`` combined with every attribute's subgroup sums,
+    and the noise std per combined count.
+
+    Each attribute's subgroups partition the test patients, so the sum of its G subgroup
+    histograms is a second estimate of the overall histogram, with noise variance G·σ² per
+    bin (independent of the overall histogram's σ² and of the other attributes'). The least-
+    squares estimate under these constraints weights them by their precisions:
+    ``T = (o + Σ_a S_a/G_a) / W`` with ``W = 1 + Σ_a 1/G_a``, noise variance σ²/W per bin
+    (σ²/1.75 for sex and four age bands). Subgroup metrics keep their own histograms: the
+    constrained subgroup estimates would be correlated across subgroups, which the gap bounds
+    assume they are not."""
+    neg, pos = _counts(pe, model, None, None)
+    weight = 1.0
+    for attribute in pe.attributes:
+        groups = pe.groups(attribute)
+        if not groups:
+            continue
+        sums = [_counts(pe, model, attribute, g) for g in groups]
+        neg = neg + sum(c[0] for c in sums) / len(groups)
+        pos = pos + sum(c[1] for c in sums) / len(groups)
+        weight += 1.0 / len(groups)
+    return neg / weight, pos / weight, pe.sigma / math.sqrt(weight)
+
+
 def _noisy_total(x: Any) -> int:
     return max(0, round(float(x.sum())))
 
@@ -235,24 +262,24 @@ def dp_metrics(
     q = _quantile(eta_check)
     noise: dict[str, float] = {}
 
-    neg, pos = _counts(pe, model, None, None)
+    neg, pos, sigma_all = _combined_overall(pe, model)
     n_total = _noisy_total(neg + pos)
     positives = min(n_total, _noisy_total(pos))
 
     auroc = auroc_lo = auroc_hi = None
-    au = _auroc(neg, pos, sigma)
+    au = _auroc(neg, pos, sigma_all)
     if au is not None:
         auroc = au[0]
         auroc_lo, auroc_hi = _bounds(au[0], au[1] + au[2], q)
         noise["auroc"] = math.sqrt(au[2])
     ece = ece_hi = None
-    ec = _ece(neg, pos, mids, sigma)
+    ec = _ece(neg, pos, mids, sigma_all)
     if ec is not None:
         ece = ec[0]
         ece_hi = min(1.0, ec[0] + q * math.sqrt(ec[1] + ec[2]) + half_bin)
         noise["calibration_error"] = math.sqrt(ec[2])
     acc = acc_lo = acc_hi = None
-    ac = _accuracy(neg, pos, cut, sigma)
+    ac = _accuracy(neg, pos, cut, sigma_all)
     if ac is not None:
         acc = ac[0]
         acc_lo, acc_hi = _bounds(ac[0], ac[1] + ac[2], q)
