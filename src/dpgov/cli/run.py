@@ -35,6 +35,12 @@ def run(
         show_default=False,
     ),
     policy: Path | None = NoPolicyOption,
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Check params, data (validation) and model (one forward pass), plan sigma and "
+        "print the mechanism and each block's cost; charge nothing.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """One governed DP training run (a Prefect flow): validate, plan, reserve, train, commit,
@@ -51,6 +57,18 @@ def run(
         raise UsageError(
             f"train.data: no prepared data at {folder} (run `dpgov data prepare` first)"
         )
+    if dry_run:  # in this process, no Prefect: the ledger is only read
+        from dpgov.cli._dry_run_view import render_dry_run
+        from dpgov.ledger import Ledger
+        from dpgov.training.dry_run import dry_run as price_run
+
+        ledger = Ledger.open()
+        try:
+            found = price_run(loaded, ledger=ledger).to_dict()
+        finally:
+            ledger.close()
+        emit(as_json, found, lambda: render_dry_run(found))
+        return
 
     def call() -> dict[str, Any]:
         from pipelines.governed import governed_run
