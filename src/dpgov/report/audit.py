@@ -18,7 +18,7 @@ from typing import Any
 
 from dpgov.accounting import AccountantFailed
 from dpgov.errors import Refused
-from dpgov.gate.empirical import latest_audits
+from dpgov.gate.empirical import EmpiricalAudit, latest_audits
 from dpgov.gate.in_force import policy_in_force
 from dpgov.ledger import Ledger
 from dpgov.ledger.anchoring import ledger_name
@@ -208,6 +208,8 @@ def audit(
         ev = by_evaluation.get((rel.model, rel.version, rel.alias))
         emp = audits.get((rel.model, rel.version))
         rel.statement = release_statement(rel, art, r, eps, policy, block_eps, ref, ev, emp)
+        if emp is not None and not emp.passed:
+            findings.append(empirical_violation(rel.model, rel.version, rel.alias, emp))
 
     runs = _run_rows(r, claimed, eps, policy)
 
@@ -342,3 +344,14 @@ def charge_epsilon(c: Charge, eps: Epsilons, policy: LoadedPolicy) -> float | No
         return eps.of([c.mechanism], delta=delta, accountant=acc)
     except (AccountantFailed, ValueError):
         return None
+
+
+def empirical_violation(model: str, version: str, alias: str, audit: EmpiricalAudit) -> Finding:
+    """A released version whose newest empirical audit's lower bound exceeds its claimed ε."""
+    return Finding(
+        "release_empirical_violation",
+        f"{model} version {version} (@{alias}): its empirical audit (ledger entry "
+        f"{audit.seq}, {audit.threat_model}) shows ε ≥ {audit.epsilon_lower_bound:.3f} at "
+        f"{audit.confidence:.0%} confidence, above its claimed ε {audit.epsilon_claimed:.3f}",
+        {"model": model, "version": version, "alias": alias, "seq": audit.seq},
+    )

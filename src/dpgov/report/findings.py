@@ -25,6 +25,8 @@ the non-private reference
     ``release_used_reference``
 DP-evaluated releases
     ``release_not_dp_evaluated``, ``evaluation_not_charged``
+the empirical audit
+    ``release_empirical_violation``
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ KINDS = (
     # DP-evaluated releases (issue 17): dpgov.report.checks.evaluations
     "release_not_dp_evaluated",
     "evaluation_not_charged",
+    # a released version whose newest empirical audit proves its claimed ε wrong
+    # (dpgov.gate.empirical; dpgov.report.audit)
+    "release_empirical_violation",
 )
 
 # Findings about the state as a whole are always reported; those tied to one moment (a run,
@@ -90,6 +95,7 @@ TIMELESS = frozenset(
         "block_over_budget",
         "alias_outside_gate",
         "tracking_unavailable",
+        "release_empirical_violation",
     }
 )
 

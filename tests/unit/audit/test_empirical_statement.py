@@ -34,7 +34,7 @@ def _payload(lower: float, claimed: float = 2.0) -> dict[str, Any]:
     }
 
 
-def _release(*audits: dict[str, Any]) -> dict[str, Any]:
+def _report(*audits: dict[str, Any]) -> dict[str, Any]:
     rows = Rows(load_policy().sha256)
     rows.block("b1")
     rows.reserve("r1", ["b1"])
@@ -59,7 +59,11 @@ def _release(*audits: dict[str, Any]) -> dict[str, Any]:
     )
     rows.promotion(NASTY, "1", d.seq)
     ledger, tracking = world(rows)
-    (rel,) = audit(ledger, tracking, DvcIndex(), load_policy(), NOW).to_dict()["releases"]
+    return audit(ledger, tracking, DvcIndex(), load_policy(), NOW).to_dict()
+
+
+def _release(*audits: dict[str, Any]) -> dict[str, Any]:
+    (rel,) = _report(*audits)["releases"]
     return rel
 
 
@@ -77,8 +81,16 @@ def test_the_statement_says_when_no_audit_is_recorded() -> None:
     assert rel["statement"]["empirical"] is None
 
 
-def test_a_violation_is_stated_as_such() -> None:
+def test_a_violation_is_stated_as_such_and_is_a_finding() -> None:
     assert "VIOLATED" in empirical_text({**_payload(2.5), "seq": 9})
+    report = _report(_payload(2.5))
+    found = [f for f in report["findings"] if f["kind"] == "release_empirical_violation"]
+    assert len(found) == 1 and "ε ≥ 2.500" in found[0]["detail"] and not report["ok"]
+    (rel,) = report["releases"]
+    assert "VIOLATED" in rel["statement_text"]
+    # an audit within the claim is no finding
+    clean = _report(_payload(0.4))
+    assert "release_empirical_violation" not in {f["kind"] for f in clean["findings"]}
 
 
 def test_unreadable_entries_are_skipped() -> None:
