@@ -118,8 +118,8 @@ def make_image_folder(
     rng = np.random.default_rng(seed)
     rows = []
     for p in range(n_patients):
-        label = int(p % 3 == 0)  # a patient's label holds for all their images
-        sex = "F" if p % 2 else "M"
+        label = p % 2  # a patient's label holds for all their images
+        sex = "F" if (p // 2) % 2 else "M"
         age = float(30 + (p * 7) % 60)
         site = sites[p % len(sites)]
         for k in range(images_per_patient[p % len(images_per_patient)]):
