@@ -261,3 +261,35 @@ def test_dry_run_on_tabular_data_and_a_model_that_cannot_take_it(
     before = _entries()
     code, _, err = run_dpgov(monkeypatch, capsys, "run", "--dry-run", "--params", str(bad))
     assert code == 2 and "cnn" in err and _entries() == before
+
+
+def test_dp_sgd_reads_its_batches_from_disk(world: Path, tmp_path: Path, dpgov_home: Path) -> None:
+    """The trainer takes the lazy images as a map-style dataset (no array in memory)."""
+    import torch
+
+    from dpgov.data import load_prepared, prepare
+    from dpgov.training.inputs import arrays
+    from dpgov.training.models import build_model, input_spec
+    from dpgov.training.params import ModelParams, TrainParams
+    from dpgov.training.trainer import sampling_plan, train_private
+
+    prepare(world / "manifest.csv", world / "scans.yaml", out=tmp_path / "p", register=False)
+    prep = load_prepared(tmp_path / "p")
+    a = arrays(prep, "train")
+    model = build_model(ModelParams(name="cnn", channels=[4], groups=2), input_spec(prep.meta))
+    before = [p.detach().clone() for p in model.parameters()]
+    plan = sampling_plan(n=len(a.y), batch_size=8, epochs=1)
+    result = train_private(
+        model,
+        a.x,
+        a.y,
+        plan=plan,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        cfg=TrainParams(),
+        device=torch.device("cpu"),
+        grad_sample_mode="hooks",
+    )
+    assert result.steps == plan.steps > 0
+    after = list(result.model.parameters())
+    assert any(not torch.equal(b, c.detach()) for b, c in zip(before, after, strict=True))
