@@ -2,7 +2,7 @@
 # Set up dpgov in ./.venv: torch, then dpgov with its extras, all from the package index (or
 # indexes) pip is configured with: pip.conf, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS.
 # No index host is named here. Idempotent and quick when already done.
-# Usage: scripts/setup.sh [extras, default dev,demo,postgres]
+# Usage: scripts/setup.sh [extras, default dev,demo,postgres,imaging]
 #
 # Which torch build comes is pip's choice from what those indexes offer: PyPI's torch for
 # Linux x86_64 is the CUDA build (several GB with its nvidia-* libraries). For a CPU-only build
@@ -11,7 +11,7 @@
 # (README.md, "Installing"). A torch already in .venv is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${1:-dev,demo,postgres}"
+EXTRAS="${1:-dev,demo,postgres,imaging}"
 PY="${PYTHON:-python3}"
 TORCH="${DPGOV_TORCH:-torch==2.13.0}"   # the build the suite last passed with; any >= 2.6 works
 
