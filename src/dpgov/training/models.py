@@ -1,5 +1,8 @@
 """Models chosen by name in ``params.yaml`` (``model.name``): a registry, not an if-chain.
 
+``model.name: factory`` (set by giving ``model.factory``) builds your own model through
+:mod:`dpgov.training.factory`, only when the policy in force allow-lists the factory.
+
 Every model maps an input batch to one logit per example (shape ``[B]``); the loss is
 binary cross-entropy with logits. All of them are Opacus-compatible as built: no BatchNorm
 (GroupNorm instead, whose statistics are per example), no in-place activations (they break
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dpgov.errors import UsageError
+from dpgov.training.factory import build_from_factory
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -98,19 +102,34 @@ def _groups_for(width: int, wanted: int) -> int:
     return 1
 
 
+FACTORY = "factory"  # model.name of a model.factory model
+
 MODELS: dict[str, ModelFactory] = {
     "mlp": _mlp,
     "logreg": _logreg,
     "cnn": _cnn,
 }
+IMAGE_MODELS = ("cnn", FACTORY)  # the models that take image data
 
 
 def model_names() -> list[str]:
-    return sorted(MODELS)
+    return sorted([*MODELS, FACTORY])
 
 
-def build_model(cfg: Any, spec: InputSpec) -> nn.Module:
-    """Build the model named by ``cfg.name`` (a :class:`ModelParams`) for inputs ``spec``."""
+def takes_images(name: str) -> bool:
+    return name in IMAGE_MODELS
+
+
+def build_model(
+    cfg: Any, spec: InputSpec, *, allowed_factories: Sequence[str] | None = None
+) -> nn.Module:
+    """Build the model named by ``cfg.name`` (a :class:`ModelParams`) for inputs ``spec``.
+
+    ``allowed_factories``: the policy in force's ``release.allowed_model_factories``; a
+    ``model.factory`` model is refused (exit 2) unless it matches one of them."""
+    if cfg.name == FACTORY:
+        model: nn.Module = build_from_factory(cfg, spec, allowed_patterns=allowed_factories)
+        return model
     try:
         factory = MODELS[cfg.name]
     except KeyError:

@@ -33,11 +33,71 @@ class _Strict(BaseModel):
 
 
 class ModelParams(_Strict):
-    name: str = Field(default="mlp", description="registry key: mlp, logreg or cnn")
+    name: str = Field(
+        default="mlp", description="registry key: mlp, logreg, cnn; factory with model.factory"
+    )
     hidden: list[int] = Field(default_factory=lambda: [64, 32], description="MLP widths")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     channels: list[int] = Field(default_factory=lambda: [16, 32], description="CNN widths")
     groups: int = Field(default=4, ge=1, description="GroupNorm groups per CNN block (at most)")
+    # your own model (dpgov.training.factory, docs/models.md)
+    factory: str | None = Field(
+        default=None,
+        description="'package.module:function' returning a torch module; the policy in force "
+        "must allow-list it (release.allowed_model_factories)",
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword args of factory")
+    batchnorm: Literal["groupnorm", "frozen"] = Field(
+        default="groupnorm",
+        description="BatchNorm → GroupNorm, or frozen (pretrained statistics, eval mode)",
+    )
+    head: str | None = Field(
+        default=None, description="the factory model's last Linear, replaced by one output"
+    )
+    weights: str | None = Field(default=None, description="local state-dict file (pretrained)")
+    weights_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-fA-F]{64}$", description="required with weights"
+    )
+    weights_origin: str | None = Field(
+        default=None, description="where the weights come from (free text, in the statement)"
+    )
+    trainable: list[str] | None = Field(
+        default=None, description="parameter name prefixes that train; the rest frozen"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _factory_name(cls, data: Any) -> Any:
+        """``model.factory`` given: ``name`` is ``factory`` (another name with it: refused)."""
+        if isinstance(data, dict) and data.get("factory") is not None:
+            name = data.get("name", "factory")
+            if name != "factory":
+                raise ValueError(
+                    f"model.name {name!r} and model.factory both given: leave name out "
+                    "(or name: factory) to use the factory"
+                )
+            data = {**data, "name": "factory"}
+        return data
+
+    @model_validator(mode="after")
+    def _factory_keys(self) -> ModelParams:
+        own = ("weights", "weights_sha256", "weights_origin", "head", "trainable")
+        if self.factory is None:
+            if self.name == "factory":
+                raise ValueError("model.name factory needs model.factory")
+            given = [k for k in own if getattr(self, k) is not None]
+            if given or self.kwargs:
+                raise ValueError(
+                    f"model.{(given or ['kwargs'])[0]} needs model.factory (built-in models "
+                    "take no weights, head, trainable or kwargs)"
+                )
+        if self.weights is not None and self.weights_sha256 is None:
+            raise ValueError("model.weights needs model.weights_sha256 (the file's SHA-256)")
+        if self.weights is None and self.weights_sha256 is not None:
+            raise ValueError("model.weights_sha256 given without model.weights")
+        if self.trainable is not None and (not self.trainable or not all(self.trainable)):
+            raise ValueError("model.trainable: a non-empty list of parameter name prefixes")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -20,8 +20,9 @@ from dpgov.accounting.filters import calibrate_filter
 from dpgov.accounting.kinds import rdp_vector
 from dpgov.contracts import exceeds
 from dpgov.errors import Refused, UsageError
+from dpgov.training.factory import ModelReport, report_of
 from dpgov.training.inputs import Arrays, PreparedLike, arrays, data_version_of, subset
-from dpgov.training.models import build_model, input_spec
+from dpgov.training.models import build_model, input_spec, takes_images
 from dpgov.training.private_eval import EvaluationPlan, plan_evaluation
 from dpgov.training.trainer import (
     check_secure_rng,
@@ -63,6 +64,8 @@ class RunPlan:
     # validation_split) and the DP-evaluated release, when the policy asks for one
     validation: Arrays | None = None
     evaluation: EvaluationPlan | None = None
+    # what was done to a model.factory model to make it private (dpgov.training.factory)
+    model_report: ModelReport | None = None
 
     @property
     def target_epsilon(self) -> float:
@@ -91,6 +94,7 @@ class RunPlan:
             "model": self.params.model.name,
             "n_validation_patients": len(self.validation.y) if self.validation else 0,
             "evaluation": self.evaluation.summary() if self.evaluation else None,
+            "model_changes": self.model_report.change_lines() if self.model_report else [],
         }
 
 
@@ -112,8 +116,10 @@ def plan(
     version = data_version or data_version_of(data, None)
     device = resolve_device(cfg.device)
     check_secure_rng(cfg.secure_rng)
-    if meta.get("kind", "tabular") == "image" and params.model.name != "cnn":
-        raise UsageError(f"model.name: {params.model.name!r} cannot take image data; use cnn")
+    if meta.get("kind", "tabular") == "image" and not takes_images(params.model.name):
+        raise UsageError(
+            f"model.name: {params.model.name!r} cannot take image data; use cnn or model.factory"
+        )
 
     train_all = arrays(data, "train")
     test = arrays(data, "test")
@@ -137,7 +143,11 @@ def plan(
         reference=bool(cfg.reference and policy.policy.release.allow_reference),
     )
 
-    model = build_model(params.model, input_spec(meta))
+    model = build_model(
+        params.model,
+        input_spec(meta),
+        allowed_factories=policy.policy.release.allowed_model_factories,
+    )
     mode = choose_grad_sample_mode(cfg.grad_sample_mode, model)
     sampling = sampling_plan(n=len(train.y), batch_size=cfg.batch_size, epochs=cfg.epochs)
     if budget.delta >= 1.0 / len(train.y):
@@ -208,6 +218,7 @@ def plan(
         calibrated=calibrated,
         validation=validation,
         evaluation=evaluation,
+        model_report=report_of(model),
     )
 
 

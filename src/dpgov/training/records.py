@@ -31,6 +31,7 @@ from dpgov.contracts import (
 )
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.noise import NOISE_SEED, TAG_NOISE_SOURCE
+from dpgov.training.factory import model_sentence
 from dpgov.training.trainer import noise_source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,6 +62,8 @@ def run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) ->
         "device": p.device,
         "unit_of_privacy": "patient",
     }
+    if p.model_report is not None:  # model.factory: what made it private, weights' SHA-256
+        out.update(p.model_report.params())
     if private:
         out.update(
             {
@@ -169,6 +172,7 @@ def privacy_statement(
         "not_covered": not_covered(release),
         "ledger": {"reservation": reservation.id, "entries": [reservation.seq, commit_entry.seq]},
         "policy_sha256": p.policy.sha256,
+        "model": p.model_report.statement() if p.model_report else None,
     }
 
 
@@ -242,6 +246,7 @@ def statement_text(s: dict[str, Any]) -> str:
         + _noise_text(s)
         + _evaluation_text(s)
         + _reference_text(s)
+        + (model_sentence(s.get("model")) + "\n" if s.get("model") else "")
         + "Not covered: "
         + "; ".join(s["not_covered"])
         + ".\n"

@@ -146,7 +146,11 @@ def train(
                 on_step(steps, loss)
 
         seed_everything(p.params.train.seed)
-        model = build_model(p.params.model, input_spec(p.meta))
+        model = build_model(
+            p.params.model,
+            input_spec(p.meta),
+            allowed_factories=p.policy.policy.release.allowed_model_factories,
+        )
         result = train_private(
             model,
             p.train.x,
@@ -222,7 +226,11 @@ def evaluate(
     out = EvalOutcome(private=judge(outcome.result.model) if not private else _pending())
     if cfg.reference and p.policy.policy.release.allow_reference:
         seed_everything(cfg.seed)
-        ref_model = build_model(p.params.model, input_spec(p.meta))
+        ref_model = build_model(
+            p.params.model,
+            input_spec(p.meta),
+            allowed_factories=p.policy.policy.release.allowed_model_factories,
+        )
         ref = train_nonprivate(
             ref_model,
             p.train.x,
