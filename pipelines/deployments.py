@@ -12,6 +12,7 @@ audit/dpgov-audit      the audit                                ``--audit-cron``
 approval/dpgov-...     pause for an approver's answer           none (triggered)
 governed-run/dpgov-run one governed run                         none (triggered)
 ingest/dpgov-ingest    version an arrival, register its blocks  none (triggered)
+empirical-audit/...    audit one candidate with canaries        none (triggered)
 =====================  =======================================  ==========================
 """
 
@@ -26,6 +27,7 @@ from dpgov.errors import Refused, UsageError
 from pipelines.approval import approval, parse_answer
 from pipelines.audit import audit
 from pipelines.demo import embedded_params
+from pipelines.empirical_audit import empirical_audit
 from pipelines.governed import governed_run
 from pipelines.ingest import ingest
 from pipelines.retraining import retraining
@@ -40,6 +42,7 @@ AUDIT = "dpgov-audit"
 APPROVAL = "dpgov-approval"
 RUN = "dpgov-run"
 INGEST = "dpgov-ingest"
+EMPIRICAL_AUDIT = "dpgov-empirical-audit"
 TAGS = ["dpgov"]
 
 
@@ -125,6 +128,12 @@ def build(
         ingest.to_deployment(
             name=INGEST,
             description="Version newly arrived data with DVC; register its new blocks.",
+            tags=TAGS,
+            entrypoint_type=module,
+        ),
+        empirical_audit.to_deployment(
+            name=EMPIRICAL_AUDIT,
+            description="Audit one candidate with canaries: a lower bound on ε beside its claim.",
             tags=TAGS,
             entrypoint_type=module,
         ),

@@ -32,3 +32,12 @@ def test_markdown_shows_both_numbers_and_the_ceiling() -> None:
     assert "white-box gradient canaries" in text and "| ledger entry | 42 |" in text
     bad = audit_markdown({**RESULT, "epsilon_lower_bound": 2.5, "passed": False})
     assert "VIOLATION" in bad and "2.500" in bad
+
+
+def test_deployed_as_a_triggered_flow_by_module_path() -> None:
+    from pipelines.deployments import EMPIRICAL_AUDIT, build
+
+    made = {d.name: d for d in build(cron="0 3 * * *", audit_cron=None, params=None)}
+    d = made[EMPIRICAL_AUDIT]
+    assert d.entrypoint == "pipelines.empirical_audit.empirical_audit"
+    assert not d.schedules  # triggered: `dpgov flows run empirical-audit/... -p model=...`
