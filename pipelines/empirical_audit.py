@@ -65,13 +65,13 @@ def audit_markdown(result: dict[str, Any]) -> str:
 @flow(name="empirical-audit", persist_result=False)
 def empirical_audit(
     model: str,
-    version: str,
+    version: str | int,  # `-p version=3` arrives as a number
     canaries: int = 1000,
     threat_model: str = WHITE_BOX,
     data: str | None = None,
 ) -> dict[str, Any]:
     """Audit one candidate; publish the figures; fail when the bound exceeds the claim."""
-    result = audit_model_task(model, version, canaries, threat_model, data)
+    result = audit_model_task(model, str(version), canaries, threat_model, data)
     tasks.publish_markdown(audit_markdown(result), "empirical-audit", "dpgov empirical audit")
     if not result["passed"]:
         raise Refused(
