@@ -45,6 +45,7 @@ from dpgov.training.trainer import (
     TrainResult,
     _optimizer,
     _Progress,
+    _tensors,
     check_secure_rng,
     noise_generators,
     noise_source,
@@ -174,6 +175,18 @@ def patient_dp_optimizer(
     )
 
 
+def _rows(dataset: Any, idx: np.ndarray) -> tuple[Any, Any]:
+    """(images, labels) of rows ``idx``: sliced at once in memory, else read one by one."""
+    import torch
+    from torch.utils.data import TensorDataset, default_collate
+
+    if isinstance(dataset, TensorDataset):
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return dataset.tensors[0][index], dataset.tensors[1][index]
+    xb, yb = default_collate([dataset[int(i)] for i in idx])
+    return xb, yb
+
+
 def _empty_grad_samples(params: list[Any]) -> None:
     """A step that sampled no patient: zero per-example gradients, so only noise is added."""
     import torch
@@ -231,8 +244,7 @@ def train_patient_level(
     model = model.to(device)
     model.train()
     sampler_gen, noise_gen = noise_generators(source, cfg.seed, device)
-    xt = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
+    dataset = _tensors(x, y)  # in memory, or image files read per batch from disk
     sampler = UniformWithReplacementSampler(
         num_samples=plan.n, sample_rate=plan.sample_rate, generator=sampler_gen
     )
@@ -282,7 +294,7 @@ def train_patient_level(
                 max_seen = max([max_seen, *(len(r) for r in chosen)])
                 batches = pack_physical([len(r) for r in chosen], cfg.max_physical_batch_size)
                 loss_sum, n_images = _one_step(
-                    dp_model, optimizer, criterion, xt, yt, chosen, batches, trainable, device
+                    dp_model, optimizer, criterion, dataset, chosen, batches, trainable, device
                 )
                 counter.steps = sum(int(t) for _s, _q, t in accountant.history)
                 counter.examples_seen += n_images
@@ -326,8 +338,7 @@ def _one_step(
     dp_model: Any,
     optimizer: Any,
     criterion: Any,
-    xt: torch.Tensor,
-    yt: torch.Tensor,
+    dataset: Any,
     chosen: list[np.ndarray],
     batches: list[list[int]],
     trainable: list[Any],
@@ -346,7 +357,7 @@ def _one_step(
             local = np.concatenate(
                 [np.full(len(chosen[m]), j, dtype=np.int64) for j, m in enumerate(members)]
             )
-            xb, yb = xt[idx].to(device), yt[idx].to(device)
+            xb, yb = (t.to(device) for t in _rows(dataset, idx))
             loss = criterion(dp_model(xb), yb)
             with warnings.catch_warnings():  # inputs need no grad: Opacus's hooks still fire
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
