@@ -6,6 +6,7 @@ registers nothing; ``dpgov run --dry-run`` (images and tabular) charges nothing.
 from __future__ import annotations
 
 import json
+import re
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -15,6 +16,15 @@ import pytest
 from tests.cli import run_dpgov
 
 SIZE = 16
+REPO = Path(__file__).resolve().parents[3]
+
+
+def docs_manifest_contract() -> str:
+    """The manifest contract example of docs/data.md (the first test prepares under it)."""
+    text = (REPO / "docs" / "data.md").read_text()
+    found = re.search(r"<!-- manifest-contract -->\n```yaml\n(.*?)```", text, re.S)
+    assert found, "docs/data.md has no manifest contract example"
+    return found.group(1)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +36,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = make_image_folder(root, n_patients=24, size=SIZE)
     manifest.to_csv(root / "manifest.csv", index=False)
     manifest.to_parquet(root / "manifest.parquet", index=False)
-    (root / "scans.yaml").write_text(manifest_contract(size=SIZE, max_records=3))
+    (root / "scans.yaml").write_text(docs_manifest_contract())  # 16 px, 3 per patient
     (root / "one_each.yaml").write_text(manifest_contract(size=SIZE, max_records=1))
     (root / "large_only.yaml").write_text(manifest_contract(size=SIZE, min_size=32))
     return root
