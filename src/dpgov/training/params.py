@@ -134,6 +134,11 @@ class TrainParams(_Strict):
     momentum: float = Field(default=0.0, ge=0, lt=1)
     sampling: str = Field(default="poisson", description="only poisson matches the accounting")
     grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"
+    precision: Literal["fp32", "amp"] = Field(
+        default="fp32",
+        description="amp: forward/backward under bfloat16 autocast, per-sample norms, clipping "
+        "and noise in float32 (dpgov.training.precision; needs hooks)",
+    )
     device: str = "auto"
     seed: int = Field(
         default=0, description="model initialisation and the reference; never the DP noise"

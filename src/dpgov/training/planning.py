@@ -23,6 +23,7 @@ from dpgov.errors import Refused, UsageError
 from dpgov.training.factory import ModelReport, report_of
 from dpgov.training.inputs import Arrays, PreparedLike, arrays, data_version_of, subset
 from dpgov.training.models import build_model, input_spec, takes_images
+from dpgov.training.precision import check_precision
 from dpgov.training.private_eval import EvaluationPlan, plan_evaluation
 from dpgov.training.trainer import (
     check_secure_rng,
@@ -148,7 +149,9 @@ def plan(
         input_spec(meta),
         allowed_factories=policy.policy.release.allowed_model_factories,
     )
-    mode = choose_grad_sample_mode(cfg.grad_sample_mode, model)
+    mode = check_precision(
+        cfg.precision, cfg.grad_sample_mode, choose_grad_sample_mode(cfg.grad_sample_mode, model)
+    )
     sampling = sampling_plan(n=len(train.y), batch_size=cfg.batch_size, epochs=cfg.epochs)
     if budget.delta >= 1.0 / len(train.y):
         raise UsageError(

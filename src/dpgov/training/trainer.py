@@ -37,6 +37,7 @@ import numpy as np
 from dpgov.contracts import show_spent
 from dpgov.errors import UsageError
 from dpgov.gate.noise import NOISE_CSPRNG, NOISE_OS_ENTROPY, NOISE_SEED, NOISE_SOURCES
+from dpgov.training.precision import autocast, check_precision, grad_samples_to_fp32
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -315,6 +316,8 @@ def train_private(
         raise ValueError(f"plan was made for {plan.n} examples, got {len(x)}")
     check_secure_rng(cfg.secure_rng)
     source = noise_source(cfg)
+    precision = getattr(cfg, "precision", "fp32")  # dpgov.training.precision
+    check_precision(precision, grad_sample_mode, grad_sample_mode)
     counter = counter if counter is not None else StepCounter()
     seed_everything(cfg.seed)  # initialisation and dropout only: never the noise or the masks
     model = model.to(device)
@@ -379,8 +382,11 @@ def train_private(
                 for xb, yb in physical:
                     xb, yb = xb.to(device), yb.to(device)
                     dp_optimizer.zero_grad()
-                    loss = dp_criterion(dp_model(xb), yb)
+                    with autocast(precision, device):  # amp: forward in bfloat16
+                        out = dp_model(xb)
+                    loss = dp_criterion(out.float(), yb)
                     loss.backward()
+                    grad_samples_to_fp32(dp_optimizer.params)  # norms, clip, noise in fp32
                     dp_optimizer.step()
                     counter.steps = _accounted_steps(engine)
                     counter.examples_seen += len(xb)
