@@ -141,6 +141,8 @@ def test_audit_model_charges_records_and_feeds_the_gate(
     assert max(len(line) for line in out.splitlines()) <= 80
     # a later record showing a violation (forged here) fails the gate: the newest one counts
     _a_recorded_violation_fails_the_gate(candidate)
+    # an audit whose bound exceeds the claim exits 1, and is charged and recorded all the same
+    _a_violating_audit_exits_1(candidate, world, monkeypatch, capsys)
 
 
 def _a_crash_mid_audit_stays_charged(
@@ -171,6 +173,46 @@ def _a_crash_mid_audit_stays_charged(
         assert info.status == "aborted" and not ledger.entries(kind=AUDIT_KIND)
     finally:
         ledger.close()
+
+
+def _a_violating_audit_exits_1(
+    candidate: Any,
+    world: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The exit code and records of a violation (the audit's own result replaced here: the
+    broken mechanisms that produce one are tests/integration/training/test_canary_audit.py)."""
+    import dataclasses
+
+    from dpgov.training import audit_model
+
+    real = audit_model.run_audit
+
+    def violating(*args: Any, **kwargs: Any) -> Any:
+        r = real(*args, **kwargs)
+        return dataclasses.replace(r, epsilon_lower_bound=r.epsilon_claimed + 1, passed=False)
+
+    version = str(candidate.model_version)
+    with monkeypatch.context() as mp:
+        mp.setattr(audit_model, "run_audit", violating)
+        code, out, err = run_dpgov(
+            monkeypatch,
+            capsys,
+            "audit-model",
+            MODEL,
+            version,
+            "--canaries",
+            "20",
+            "--data",
+            str(world.prepared),
+            "--json",
+        )
+    assert code == 1, err
+    data = json.loads(out)
+    assert data["passed"] is False and data["epsilon_lower_bound"] > data["epsilon_claimed"]
+    check = _gate_check(version)
+    assert not check.passed and check.observed == data["epsilon_lower_bound"]
 
 
 def _a_recorded_violation_fails_the_gate(candidate: Any) -> None:
