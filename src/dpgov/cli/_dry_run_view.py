@@ -24,7 +24,7 @@ def render_dry_run(data: dict[str, Any]) -> None:
     out.print(f"mechanism: {m['kind']}")
     out.print(
         f"  unit of privacy: {m['unit_of_privacy']}, at most {m['max_records_per_patient']} "
-        "record(s) each"
+        "record(s) each" + ("; patients sampled" if m.get("patient_level") else "")
     )
     out.print(
         f"  σ = {m['noise_multiplier']:.4g}{' (calibrated)' if m['calibrated'] else ''}, "

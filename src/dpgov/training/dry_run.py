@@ -115,12 +115,15 @@ def dry_run(params: RunParams, policy: LoadedPolicy | None = None, *, ledger: Le
                 "epsilon_limit": st.epsilon_limit if st else float(budget.epsilon_per_block),
             }
         )
-    meta = p.meta
-    privacy = meta.get("privacy_unit") or {}
+    summary = p.summary()
+    # records per patient in the training data (the plan's, when it says: patient-level
+    # DP-SGD samples patients), else the contract's bound recorded at prepare
+    bound = (p.meta.get("privacy_unit") or {}).get("max_records_per_patient", 1)
     mechanism = {
         "kind": "poisson-subsampled gaussian (DP-SGD)",
-        "unit_of_privacy": "patient",
-        "max_records_per_patient": int(privacy.get("max_records_per_patient", 1)),
+        "unit_of_privacy": str(summary.get("unit_of_privacy", "patient")),
+        "patient_level": bool(summary.get("patient_level", False)),
+        "max_records_per_patient": int(summary.get("max_records_per_patient", bound)),
         "noise_multiplier": p.noise_multiplier,
         "sample_rate": p.sampling.sample_rate,
         "steps": p.sampling.steps,
@@ -135,7 +138,7 @@ def dry_run(params: RunParams, policy: LoadedPolicy | None = None, *, ledger: Le
         data_version=p.data_version,
         mechanism=mechanism,
         blocks=rows,
-        plan=p.summary(),
+        plan=summary,
         validation=validated.to_dict(),
         model=model,
     )
