@@ -143,6 +143,7 @@ def test_audit_model_charges_records_and_feeds_the_gate(
     _a_recorded_violation_fails_the_gate(candidate)
     # an audit whose bound exceeds the claim exits 1, and is charged and recorded all the same
     _a_violating_audit_exits_1(candidate, world, monkeypatch, capsys)
+    _an_edited_audit_entry_breaks_the_chain()
 
 
 def _a_crash_mid_audit_stays_charged(
@@ -213,6 +214,32 @@ def _a_violating_audit_exits_1(
     assert data["passed"] is False and data["epsilon_lower_bound"] > data["epsilon_claimed"]
     check = _gate_check(version)
     assert not check.passed and check.observed == data["epsilon_lower_bound"]
+
+
+def _an_edited_audit_entry_breaks_the_chain() -> None:
+    """The empirical_audit entries are chained: lowering a recorded bound (the append-only
+    trigger dropped first, as the table's owner could) fails verification."""
+    import sqlalchemy as sa
+
+    from dpgov.ledger.chain import canonical
+
+    ledger = Ledger.open()
+    try:
+        entry = ledger.entries(kind=AUDIT_KIND)[-1]
+        forged = dict(entry.payload, epsilon_lower_bound=0.0)
+        with ledger.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER dpgov_entries_no_update")
+            conn.execute(
+                sa.text("UPDATE dpgov_entries SET payload = :p WHERE seq = :s"),
+                {"p": canonical(forged), "s": entry.seq},
+            )
+    finally:
+        ledger.close()
+    fresh = Ledger.open()
+    try:
+        assert not fresh.verify().ok
+    finally:
+        fresh.close()
 
 
 def _a_recorded_violation_fails_the_gate(candidate: Any) -> None:
