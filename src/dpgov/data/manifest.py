@@ -64,7 +64,7 @@ def transform_of(c: Contract) -> Transform:
     )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -110,7 +110,7 @@ def manifest_images(frame: Any, manifest: Path, c: Contract, *, row_offset: int)
         if not path.is_file():
             raise UsageError(f"{at}: image {value}: no such file")
         try:
-            sha = _sha256(path)
+            sha = file_sha256(path)
             im = open_image(path)
         except OSError as err:
             raise UsageError(f"{at}: image {value}: cannot read ({err.strerror or err})") from err

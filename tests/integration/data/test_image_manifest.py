@@ -59,7 +59,7 @@ def test_csv_and_parquet_manifests_prepare_validate_and_read_from_disk(
 
     from dpgov.data import load_prepared, prepare, validate
     from dpgov.data.image_store import DiskImages
-    from dpgov.data.manifest import _sha256
+    from dpgov.data.manifest import file_sha256
     from dpgov.training.inputs import arrays
 
     contract = world / "scans.yaml"
@@ -80,7 +80,7 @@ def test_csv_and_parquet_manifests_prepare_validate_and_read_from_disk(
     assert batch.shape == (4, 1, SIZE, SIZE) and batch.dtype == np.float32
     # the first row's image: decoded, /255, normalised with the contract's mean 0.5, std 0.25
     rel = str(prep.train["image_file"].iloc[0])
-    assert Path(rel).stem == _sha256(tmp_path / "csv" / rel)  # content-addressed copy
+    assert Path(rel).stem == file_sha256(tmp_path / "csv" / rel)  # content-addressed copy
     raw = np.asarray(Image.open(tmp_path / "csv" / rel), dtype=np.float32) / 255.0
     np.testing.assert_allclose(batch[0, 0], (raw - 0.5) / 0.25, rtol=1e-6, atol=1e-6)
     item, label = a.x.torch_dataset(a.y)[3]

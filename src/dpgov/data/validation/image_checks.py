@@ -17,7 +17,7 @@ from typing import Any
 
 from dpgov.data.contract import Contract
 from dpgov.data.image_store import open_image
-from dpgov.data.manifest import _sha256
+from dpgov.data.manifest import file_sha256
 from dpgov.data.validation.gx_suite import run_suite
 from dpgov.data.validation.records import Check
 
@@ -44,7 +44,7 @@ def image_facts(prep: Any) -> Any:
                 "width": None,
             }
             if row["exists"]:
-                row["content_matches"] = Path(str(rel)).stem == _sha256(path)
+                row["content_matches"] = Path(str(rel)).stem == file_sha256(path)
                 try:
                     im = open_image(path)
                     row.update(decodes=True, height=int(im.height), width=int(im.width))
