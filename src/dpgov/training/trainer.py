@@ -527,6 +527,8 @@ def predict_scores(model: nn.Module, x: np.ndarray, *, batch_size: int = 4096) -
     import torch
 
     model = model.to("cpu").eval()
+    if hasattr(x, "torch_dataset"):  # image files decoded per batch: keep each batch small
+        batch_size = min(batch_size, 256)
     out: list[np.ndarray] = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
