@@ -128,6 +128,13 @@ class TrainParams(_Strict):
     epochs: int = Field(default=10, ge=1, le=100_000)
     batch_size: int = Field(default=512, ge=1, description="expected logical batch (Poisson)")
     max_physical_batch_size: int = Field(default=1024, ge=1)
+    max_images_per_patient_step: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="patient-level DP-SGD (patients with several records): at most this many "
+        "of a sampled patient's images in a step (a uniform subset when it holds more)",
+    )
     max_grad_norm: float = Field(default=5.0, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(default=0.2, gt=0)

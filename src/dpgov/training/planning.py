@@ -67,6 +67,15 @@ class RunPlan:
     evaluation: EvaluationPlan | None = None
     # what was done to a model.factory model to make it private (dpgov.training.factory)
     model_report: ModelReport | None = None
+    # patient-level DP-SGD (dpgov.training.patient_level) when a patient holds several
+    # training records: the sample rate is over patients, each patient's sum clipped
+    patient_level: bool = False
+    max_records_per_patient: int = 1
+
+    @property
+    def n_train_patients(self) -> int:
+        """The training patients (privacy units) DP-SGD samples from."""
+        return len(np.unique(self.train.patient_id)) if self.patient_level else len(self.train.y)
 
     @property
     def target_epsilon(self) -> float:
@@ -77,7 +86,11 @@ class RunPlan:
             "dataset": self.dataset,
             "data_version": self.data_version,
             "blocks": self.blocks,
-            "n_train_patients": len(self.train.y),
+            "n_train_patients": self.n_train_patients,
+            "n_train_records": len(self.train.y),
+            "unit_of_privacy": "patient",
+            "patient_level": self.patient_level,
+            "max_records_per_patient": self.max_records_per_patient,
             "n_test_patients": len(self.test.y),
             "noise_multiplier": self.noise_multiplier,
             "calibrated": self.calibrated,
@@ -126,7 +139,7 @@ def plan(
     test = arrays(data, "test")
     blocks = _choose_blocks(cfg.blocks, meta, train_all, dataset, ledger, budget)
     train = subset(train_all, np.isin(train_all.block, blocks))
-    _check_unit_of_privacy(train, test)
+    max_records = _check_unit_of_privacy(train, test, meta)
     train, validation = split_validation(train, cfg.validation_fraction, cfg.seed)
     if len(np.unique(train.y)) < 2:
         raise UsageError(f"training data of blocks {blocks}: labels hold one class only")
@@ -152,11 +165,18 @@ def plan(
     mode = check_precision(
         cfg.precision, cfg.grad_sample_mode, choose_grad_sample_mode(cfg.grad_sample_mode, model)
     )
-    sampling = sampling_plan(n=len(train.y), batch_size=cfg.batch_size, epochs=cfg.epochs)
-    if budget.delta >= 1.0 / len(train.y):
+    # several records for a patient: patient-level DP-SGD, q over patients (batch_size is
+    # then the expected patients per step), whose per-patient clipping needs per-example
+    # gradients (hooks, not ghost clipping)
+    patient_level = max_records > 1
+    if patient_level:
+        mode = _patient_level_mode(cfg.grad_sample_mode, cfg)
+    n_units = len(np.unique(train.patient_id)) if patient_level else len(train.y)
+    sampling = sampling_plan(n=n_units, batch_size=cfg.batch_size, epochs=cfg.epochs)
+    if budget.delta >= 1.0 / n_units:
         raise UsageError(
-            f"policy budget.delta: {budget.delta:g} is not below 1/n = {1 / len(train.y):.3g} "
-            f"for the {len(train.y)} training patients"
+            f"policy budget.delta: {budget.delta:g} is not below 1/n = {1 / n_units:.3g} "
+            f"for the {n_units} training patients"
         )
 
     registered = _registered_blocks(ledger, dataset)
@@ -222,6 +242,8 @@ def plan(
         validation=validation,
         evaluation=evaluation,
         model_report=report_of(model),
+        patient_level=patient_level,
+        max_records_per_patient=max_records,
     )
 
 
@@ -272,20 +294,42 @@ def _choose_blocks(
     return chosen
 
 
-def _check_unit_of_privacy(train: Arrays, test: Arrays) -> None:
-    """Record-level DP-SGD protects a patient only if each contributes one training record."""
+def _patient_level_mode(requested: str, cfg: Any) -> str:
+    """Patient-level DP-SGD sums per-example gradients per patient: Opacus's hooks."""
+    if requested == "ghost":
+        raise UsageError(
+            "train.grad_sample_mode: 'ghost' computes per-example norms only, and patients "
+            "with several records need their gradients summed per patient: use 'hooks' or 'auto'"
+        )
+    if cfg.max_images_per_patient_step > cfg.max_physical_batch_size:
+        raise UsageError(
+            f"train.max_images_per_patient_step: {cfg.max_images_per_patient_step} is more than "
+            f"train.max_physical_batch_size {cfg.max_physical_batch_size}: a patient's images "
+            "in a step must fit one physical batch"
+        )
+    return "hooks"
+
+
+def _check_unit_of_privacy(train: Arrays, test: Arrays, meta: dict[str, Any]) -> int:
+    """The most training records one patient holds. More than one is trained at the patient
+    level (dpgov.training.patient_level) where the contract declares it (``privacy:
+    max_records_per_patient``); beyond what it declares, refused."""
     ids, counts = np.unique(train.patient_id, return_counts=True)
-    if (counts > 1).any():
+    declared = int((meta.get("privacy_unit") or {}).get("max_records_per_patient") or 1)
+    most = int(counts.max()) if counts.size else 0
+    if most > declared:
         worst = ids[np.argmax(counts)]
         raise Refused(
-            f"unit of privacy: patient {worst!r} has {counts.max()} training records; "
-            "DP-SGD here protects a patient only with one record each"
+            f"unit of privacy: patient {worst!r} has {most} training records; the data "
+            f"contract declares at most {declared} per patient (privacy: "
+            "max_records_per_patient; more than one trains patient-level DP-SGD)"
         )
     overlap = np.intersect1d(ids, np.unique(test.patient_id))
     if overlap.size:
         raise UsageError(
             f"prepared data: {overlap.size} patient(s) appear in both train and test splits"
         )
+    return most
 
 
 def fresh_sigma(

@@ -155,7 +155,11 @@ def privacy_statement(
         "neighbouring": NEIGHBOURING,
         "unit_of_privacy": "patient",
         "unit_of_privacy_column": p.meta.get("patient_id", "patient_id"),
-        "records_per_patient": 1,
+        "records_per_patient": p.max_records_per_patient,
+        "patient_level": p.patient_level,
+        "max_images_per_patient_step": (
+            p.params.train.max_images_per_patient_step if p.patient_level else 1
+        ),
         "secure_rng": p.params.train.secure_rng,
         "noise_source": noise_source(p.params.train),
         "non_private_reference": reference,
@@ -163,7 +167,7 @@ def privacy_statement(
             "dataset": p.dataset,
             "blocks": p.blocks,
             "data_version": p.data_version,
-            "n_train_patients": len(p.train.y),
+            "n_train_patients": p.n_train_patients,
             "split": "train",
         },
         "cumulative_epsilon_per_block": block_epsilon,
@@ -224,6 +228,25 @@ def evaluation_statement(
     }
 
 
+def _clipping(s: dict[str, Any]) -> str:
+    return "per-patient" if s.get("patient_level") else "per-example"
+
+
+def _unit_line(s: dict[str, Any]) -> str:
+    """The statement's unit-of-privacy sentence (patient-level DP-SGD: dpgov.training.
+    patient_level; q is then the patient sample rate, the batch in patients)."""
+    column = s["unit_of_privacy_column"]
+    if s.get("patient_level"):
+        return (
+            f"Unit of privacy: patient (column {column!r}; patient-level DP-SGD: patients "
+            f"sampled at rate q, up to {s['max_images_per_patient_step']} of a patient's images "
+            f"per step, each patient's summed gradient clipped to C, so a patient with up to "
+            f"{s['records_per_patient']} training records is protected whole, with no "
+            "group-privacy factor)"
+        )
+    return f"Unit of privacy: one patient (column {column!r}, one training record per patient)"
+
+
 def statement_text(s: dict[str, Any]) -> str:
     """The privacy statement in words (``privacy_statement.txt``)."""
     covers = s["covers"]
@@ -233,10 +256,9 @@ def statement_text(s: dict[str, Any]) -> str:
         f"accountant.\n"
         f"Mechanism: DP-SGD, {SAMPLING} sampling at rate q = {s['sample_rate']:.6g} "
         f"(expected batch {s['expected_batch_size']:.1f}), noise multiplier σ = "
-        f"{s['noise_multiplier']:.6g}, per-example clipping norm C = {s['max_grad_norm']:g}, "
+        f"{s['noise_multiplier']:.6g}, {_clipping(s)} clipping norm C = {s['max_grad_norm']:g}, "
         f"{s['steps']} steps ({s['epochs']} epochs).\n"
-        f"Unit of privacy: one patient (column {s['unit_of_privacy_column']!r}, one training "
-        f"record per patient), add/remove-one neighbouring datasets.\n"
+        f"{_unit_line(s)}, add/remove-one neighbouring datasets.\n"
         f"Covers: dataset {covers['dataset']!r}, blocks {', '.join(covers['blocks'])}, data "
         f"version {covers['data_version']}, {covers['n_train_patients']} training patients.\n"
         "Cumulative ε per block after this run (all charges composed, limit "
@@ -339,7 +361,7 @@ def candidate_facts(
         max_grad_norm=cfg.max_grad_norm if private else None,
         secure_rng=bool(cfg.secure_rng) if private else False,
         noise_source=noise_source(cfg) if private else None,
-        n_train_patients=len(p.train.y),
+        n_train_patients=p.n_train_patients,
         auroc=ev.auroc,
         auroc_lo=ev.auroc_lo,
         auroc_hi=ev.auroc_hi,

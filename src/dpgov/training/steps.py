@@ -33,6 +33,7 @@ from dpgov.training.evaluate import Evaluation, from_release, resolve_threshold
 from dpgov.training.evaluate import evaluate as score
 from dpgov.training.faults import fault_point
 from dpgov.training.models import build_model, input_spec
+from dpgov.training.patient_level import train_patient_level
 from dpgov.training.settle import end_failed_run, settle_reservation
 from dpgov.training.trainer import (
     StepCounter,
@@ -151,21 +152,39 @@ def train(
             input_spec(p.meta),
             allowed_factories=p.policy.policy.release.allowed_model_factories,
         )
-        result = train_private(
-            model,
-            p.train.x,
-            p.train.y,
-            plan=p.sampling,
-            noise_multiplier=p.noise_multiplier,
-            max_grad_norm=p.params.train.max_grad_norm,
-            cfg=p.params.train,
-            device=resolve_device(p.device),
-            grad_sample_mode=p.grad_sample_mode,
-            counter=counter,
-            on_step=stepped,
-            epsilon_fn=eps_so_far,
-            progress=progress,
-        )
+        if p.patient_level:  # several records per patient: sample and clip per patient
+            result = train_patient_level(
+                model,
+                p.train.x,
+                p.train.y,
+                p.train.patient_id,
+                plan=p.sampling,
+                noise_multiplier=p.noise_multiplier,
+                max_grad_norm=p.params.train.max_grad_norm,
+                max_images_per_patient_step=p.params.train.max_images_per_patient_step,
+                cfg=p.params.train,
+                device=resolve_device(p.device),
+                counter=counter,
+                on_step=stepped,
+                epsilon_fn=eps_so_far,
+                progress=progress,
+            )
+        else:
+            result = train_private(
+                model,
+                p.train.x,
+                p.train.y,
+                plan=p.sampling,
+                noise_multiplier=p.noise_multiplier,
+                max_grad_norm=p.params.train.max_grad_norm,
+                cfg=p.params.train,
+                device=resolve_device(p.device),
+                grad_sample_mode=p.grad_sample_mode,
+                counter=counter,
+                on_step=stepped,
+                epsilon_fn=eps_so_far,
+                progress=progress,
+            )
         check_history(
             result.history,
             noise_multiplier=p.noise_multiplier,
