@@ -35,6 +35,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import importlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -541,7 +542,9 @@ def _check_dp_backward(model: nn.Module, shape: tuple[int, int, int]) -> None:
     gsm = GradSampleModule(model)
     try:
         gsm.train()
-        gsm(torch.zeros((2, *shape))).sum().backward()
+        with warnings.catch_warnings():  # blank inputs need no grad: the hook says so
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            gsm(torch.zeros((2, *shape))).sum().backward()
     except Exception as err:
         raise UsageError(
             "model: Opacus cannot compute per-example gradients of the factory's model "
