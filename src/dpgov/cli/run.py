@@ -97,6 +97,12 @@ def demo(
         "keeps approvals.allow_author false. Default: the author approves (single user).",
         show_default=False,
     ),
+    images: bool = typer.Option(
+        False,
+        "--images",
+        help="An imaging cohort instead: generated images (not real), several for some "
+        "patients, trained with patient-level DP-SGD and gated.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """The governed pipeline on the bundled flchain data, with the embedded defaults; ends with
@@ -109,7 +115,11 @@ def demo(
     from pipelines.approver import APPROVER_LEDGER_ENV, open_approver
     from pipelines.runtime import HEAVY_MODULES, orchestrate
 
-    if find_spec("sksurv") is None:  # imported later, while the Prefect API starts
+    if images and (waves or approver_ledger_url):
+        raise UsageError(
+            "--images: a demo of its own; it takes neither --waves nor --approver-ledger-url"
+        )
+    if not images and find_spec("sksurv") is None:  # imported later, as the Prefect API starts
         raise UsageError(
             "dpgov demo needs the bundled flchain data from scikit-survival: "
             "pip install 'dpgov[demo]'"
@@ -132,6 +142,10 @@ def demo(
     home = config.home() / "demo"
 
     def call() -> dict[str, Any]:
+        if images:  # a generated imaging cohort, patient-level DP-SGD (pipelines.demo)
+            from pipelines.demo import demo_images
+
+            return demo_images(home=str(home), progress=not as_json)
         if waves:
             from pipelines.demo import demo_waves
 
@@ -141,7 +155,9 @@ def demo(
         return demo_flow(home=str(home), progress=not as_json).to_dict()
 
     result, timings = orchestrate(
-        call, preload_modules=[*HEAVY_MODULES, "sksurv.datasets"], say=_say(as_json)
+        call,
+        preload_modules=[*HEAVY_MODULES, *([] if images else ["sksurv.datasets"])],
+        say=_say(as_json),
     )
     data = {**result, "orchestration": timings}
     emit(as_json, data, lambda: _render_waves(data) if waves else _render(data))
@@ -175,6 +191,14 @@ def _render(data: dict[str, Any]) -> None:
         f"[bold]run[/bold] {data['run_id']}  model {data['model_name']} "
         f"version {data['model_version']} (candidate)"
     )
+    if data.get("generated"):  # dpgov demo --images
+        out.print(f"data: {data['cohort']}")
+    if plan.get("patient_level"):
+        out.print(
+            f"unit of privacy: patient (patient-level DP-SGD: q over "
+            f"{plan['n_train_patients']} patients, up to {plan['max_records_per_patient']} "
+            "records each, each patient's summed gradient clipped to C)"
+        )
     out.print(
         f"privacy: ε = {eps_up(data['epsilon'])} at δ = {plan['delta']:g} ({plan['accountant']}) "
         f"on {plan['dataset']} blocks {', '.join(plan['blocks'])}; σ = "
