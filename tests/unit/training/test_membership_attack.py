@@ -1,0 +1,148 @@
+"""The membership-inference loss attack (dpgov.training.membership_attack): Clopper–Pearson
+intervals against the exact binomial, the operating point's threshold, one row per judged
+subgroup, and a clear AUC above 0.5 against a deliberately overfit non-private model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import beta, binom
+
+from dpgov.errors import UsageError
+from dpgov.training.membership_attack import (
+    OVERALL,
+    attack_row,
+    attack_table,
+    auc,
+    clopper_pearson,
+    lira_offline_scores,
+    logit_confidence,
+    loss_scores,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 400), data=st.data(), conf=st.sampled_from([0.9, 0.95, 0.99]))
+def test_clopper_pearson_is_the_exact_binomial_interval(
+    n: int, data: st.DataObject, conf: float
+) -> None:
+    k = data.draw(st.integers(0, n))
+    lo, hi = clopper_pearson(k, n, conf)
+    a = (1 - conf) / 2
+    # the defining equations: P(X >= k | lo) = a and P(X <= k | hi) = a (closed at 0 and n)
+    if k == 0:
+        assert lo == 0.0
+    else:
+        assert binom.sf(k - 1, n, lo) == pytest.approx(a, rel=1e-6, abs=1e-12)
+        assert lo == pytest.approx(beta.ppf(a, k, n - k + 1), rel=1e-9, abs=1e-12)
+    if k == n:
+        assert hi == 1.0
+    else:
+        assert binom.cdf(k, n, hi) == pytest.approx(a, rel=1e-6, abs=1e-12)
+        assert hi == pytest.approx(beta.ppf(1 - a, k + 1, n - k), rel=1e-9, abs=1e-12)
+    assert lo <= k / n <= hi
+
+
+def test_clopper_pearson_covers_at_least_its_confidence() -> None:
+    n, q, conf = 60, 0.2, 0.95
+    covered = sum(
+        binom.pmf(k, n, q)
+        for k in range(n + 1)
+        if (lambda c: c[0] <= q <= c[1])(clopper_pearson(k, n, conf))
+    )
+    assert covered >= conf
+
+
+def test_clopper_pearson_refuses_impossible_counts() -> None:
+    with pytest.raises(UsageError, match="k=5, n=3"):
+        clopper_pearson(5, 3)
+
+
+def test_the_operating_point_lets_exactly_k_nonmembers_through() -> None:
+    nonmembers = np.arange(100, dtype=float)  # the 10 highest: 90..99; threshold 89
+    members = np.array([95.0, 89.5, 89.0, 50.0])  # 2 strictly above 89
+    row = attack_row("all", "all", members, nonmembers, min_false_positives=10)
+    assert (row.false_positives, row.fpr) == (10, 0.10)
+    assert (row.true_positives, row.tpr) == (2, 0.5)
+    assert (row.tpr_lo, row.tpr_hi) == clopper_pearson(2, 4)
+    with pytest.raises(UsageError, match="11 non-members"):
+        attack_row("sex", "F", members, nonmembers[:10], min_false_positives=10)
+
+
+def test_auc_is_the_pairwise_probability() -> None:
+    m, n = np.array([3.0, 1.0]), np.array([2.0, 0.0, 1.0])
+    pairs = [(a > b) + 0.5 * (a == b) for a in m for b in n]
+    assert auc(m, n) == pytest.approx(np.mean(pairs))
+
+
+def test_the_table_has_the_overall_row_then_one_row_per_judged_subgroup() -> None:
+    rng = np.random.default_rng(0)
+    mg = pd.DataFrame({"sex": ["F"] * 60 + ["M"] * 40, "age": ["old"] * 95 + ["young"] * 5})
+    ng = pd.DataFrame({"sex": ["F"] * 50 + ["M"] * 10, "age": ["old"] * 30 + ["young"] * 30})
+    rows = attack_table(rng.normal(size=100), rng.normal(size=60), mg, ng, min_group_n=20)
+    # M: 10 non-members < 20; young: 5 members < 20; attributes in the frames' column order
+    got = [(r.attribute, r.group, r.members, r.nonmembers) for r in rows]
+    assert got == [(OVERALL, OVERALL, 100, 60), ("sex", "F", 60, 50), ("age", "old", 95, 30)]
+
+
+def test_loss_attack_on_an_overfit_nonprivate_model_is_clearly_above_chance() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    d, n = 40, 300
+    x = rng.normal(size=(2 * n, d)).astype(np.float32)
+    y = (rng.random(2 * n) < 0.5).astype(np.float32)  # labels independent of x: only memory helps
+    model = torch.nn.Sequential(torch.nn.Linear(d, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x[:n]), torch.from_numpy(y[:n])
+    for _ in range(300):  # full batch, no regularisation: memorises the members' labels
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(xt).reshape(-1), yt).backward()
+        opt.step()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).reshape(-1).numpy()
+    scores = loss_scores(logits, y)
+    groups = pd.DataFrame({"sex": np.where(rng.random(2 * n) < 0.5, "F", "M")})
+    rows = attack_table(
+        scores[:n], scores[n:], groups[:n], groups[n:].reset_index(drop=True), min_group_n=30
+    )
+    overall = rows[0]
+    assert overall.auc > 0.8
+    # at 10 false positives the loss attack is weak (Carlini et al. 2022): above the FPR,
+    # with the exact interval of its own counts
+    assert overall.false_positives == 10 and overall.tpr > overall.fpr
+    assert (overall.tpr_lo, overall.tpr_hi) == clopper_pearson(overall.true_positives, n)
+    assert {r.group for r in rows[1:]} == {"F", "M"}
+    assert all(r.auc > 0.7 for r in rows)
+
+
+def test_lira_offline_ranks_targets_against_their_out_shadows() -> None:
+    rng = np.random.default_rng(1)
+    k, n = 8, 200
+    shadow = rng.normal(0.0, 1.0, size=(k, n))
+    out = np.ones((k, n), dtype=bool)
+    member = rng.random(n) < 0.5
+    target = rng.normal(np.where(member, 2.0, 0.0), 1.0)
+    s = lira_offline_scores(target, shadow, out)
+    assert auc(s[member], s[~member]) > 0.8
+    with pytest.raises(UsageError, match="two OUT shadows"):
+        lira_offline_scores(target, shadow[:1], out[:1])
+
+
+def test_logit_confidence_is_the_logit_of_the_true_label_probability() -> None:
+    z, y = np.array([np.log(9), np.log(9)]), np.array([1, 0])  # p(label 1) = 0.9
+    assert logit_confidence(z, y) == pytest.approx([np.log(9), -np.log(9)])
+
+
+def test_losses_from_logits_are_the_cross_entropy_without_saturation() -> None:
+    z, y = np.array([0.0, 2.0, 40.0, 40.0]), np.array([1, 0, 1, 0])
+    p = 1 / (1 + np.exp(-z))
+    expected = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert -loss_scores(z[:2], y[:2]) == pytest.approx(expected[:2])
+    assert -loss_scores(z[2:3], y[2:3]) == pytest.approx([np.exp(-40.0)], rel=1e-9)
+    assert -loss_scores(z[3:], y[3:]) == pytest.approx([40.0])  # log(1 + e^40), no overflow
+    assert loss_scores(np.array([30.0]), [1])[0] > loss_scores(np.array([20.0]), [1])[0]
