@@ -29,6 +29,7 @@ from dpgov.report.checks.reference import ReferenceRelease
 from dpgov.report.replay import Epsilons, Replay
 from dpgov.report.rows import PrivacyStatement, ReleaseRow, ReleaseStatement
 from dpgov.tracking.records import ReleaseArtifacts
+from dpgov.training.factory import model_sentence
 
 UTILITY = ("auroc", "auroc_lo", "auroc_hi", "accuracy", "brier", "calibration_error")
 
@@ -113,7 +114,8 @@ def release_statement(
         statement=s,
         text=statement_text(s)
         + (_sources_text(facts, reference) if s.private else "")
-        + _self_approval_text(facts.get("author"), s.approvers),
+        + _self_approval_text(facts.get("author"), s.approvers)
+        + _model_text(artifacts.statement if artifacts else None),
         subgroups=list(facts.get("subgroups") or []),
         gaps=list(facts.get("gaps") or []),
         utility={k: facts.get(k) for k in UTILITY if facts.get(k) is not None},
@@ -176,6 +178,13 @@ def evaluation_text(ev: dict[str, Any] | None) -> str:
         f"{ev.get('charge')}); the gate judged bounds that cover sampling and noise."
         + (f" Test patients have spent, over all releases so far: {cum}." if cum else "")
     )
+
+
+def _model_text(logged: dict[str, Any] | None) -> str:
+    """The run's own model (``model.factory``) and its pretrained weights' SHA-256, as the
+    run's logged statement records them (checked before training; not in the ledger)."""
+    sentence = model_sentence((logged or {}).get("model"))
+    return f"\n{sentence}" if sentence else ""
 
 
 def _self_approval_text(author: Any, approvers: list[str]) -> str:
