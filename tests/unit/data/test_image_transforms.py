@@ -89,3 +89,25 @@ def test_contract_images_section_refuses_inconsistent_keys(edit: dict, said: str
         data["images"][key] = value
     with pytest.raises(UsageError, match=said):
         parse_contract(yaml.safe_dump(data), "c.yaml")
+
+
+def test_image_paths_are_not_checked_for_identifiers_other_text_columns_are() -> None:
+    """Paths (often holding dates or ids) never reach prepared data (content addresses)."""
+    import pandas as pd
+    import yaml
+
+    from dpgov.data.contract import parse_contract
+    from dpgov.data.validation.gx_suite import plan_expectations
+    from dpgov.testing.image_files import manifest_contract
+
+    c = parse_contract(manifest_contract(), "c.yaml").contract
+    frame = pd.DataFrame(
+        {"path": ["2019-03-04/a.png"], "patient_id": ["P1"], "sex": ["F"], "site": ["a"]}
+    ).astype(object)
+    checked = {
+        kw["column"]
+        for cls, kw, meta in plan_expectations(frame, c)
+        if meta["rule"] == "identifiers"
+    }
+    assert checked == {"sex", "site"}
+    assert yaml.safe_load(manifest_contract())["images"]["path"] == "path"

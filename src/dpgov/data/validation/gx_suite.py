@@ -126,6 +126,8 @@ def plan_expectations(frame: Any, c: Contract) -> list[tuple[str, Any, dict[str,
     for col in _text_columns(frame):
         if col == c.patient_id:
             continue  # replaced by a pseudonym in prepared data
+        if c.images is not None and col == c.images.path:
+            continue  # image paths never reach prepared data: content addresses replace them
         plan.append(
             (
                 "ExpectColumnValuesToNotMatchRegexList",
