@@ -244,3 +244,26 @@ def test_registered_model_gives_the_evaluated_scores(governed_run: Any) -> None:
 
     assert auroc(data.labels("test"), scores) == pytest.approx(summary.auroc, abs=1e-6)
     assert np.all((scores >= 0) & (scores <= 1))
+
+
+def test_the_threshold_is_the_validation_splits_prevalence_and_exact_metrics_are_not_covered(
+    governed_run: Any,
+) -> None:
+    """Exact evaluation (evaluation.private false): the cut-off is the positive rate of the
+    training patients held out as the validation split, never the test split's; the
+    statement lists the exact test metrics as not covered."""
+    from dpgov.training.records import EXACT_TEST_METRICS
+    from dpgov.training.validation_split import validation_mask
+
+    summary, data, _ = governed_run
+    ids = data.train["patient_id"].astype(str).to_numpy()
+    held_out = validation_mask(ids, 0.2, 0)
+    rate = float(np.mean(data.labels("train")[held_out]))
+    threshold = runs.read_run(summary.run_id)["metrics"]["threshold"]
+    assert threshold == pytest.approx(rate)
+    assert threshold != pytest.approx(float(np.mean(data.labels("test"))))
+    statement = runs.read_json(summary.run_id, "privacy_statement.json")
+    assert statement["evaluation"] == {"private": False}
+    assert EXACT_TEST_METRICS in statement["not_covered"]
+    facts = runs.read_json(summary.run_id, "candidate_facts.json")
+    assert facts["private_evaluation"] is None and facts["brier"] is not None
