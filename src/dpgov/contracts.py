@@ -38,6 +38,7 @@ TAG_REFERENCE_RUN = "dpgov.reference_run"
 TAG_PRIVATE_RUN = "dpgov.private_run"
 TAG_FAILURE = "dpgov.failure"
 TAG_RUN_ID = "dpgov.run_id"
+TAG_MEMBERSHIP_ATTACK = "dpgov.membership_attack"  # "nonprivate": attack figures logged
 TAG_EPSILON = "dpgov.epsilon"
 TAG_DELTA = "dpgov.delta"
 TAG_SWEEP = "dpgov.sweep"
@@ -61,6 +62,7 @@ ARTIFACT_PRIVACY_STATEMENT = "privacy_statement.json"
 ARTIFACT_PRIVACY_STATEMENT_TEXT = "privacy_statement.txt"
 ARTIFACT_SUBGROUPS_CSV = "subgroups.csv"
 ARTIFACT_SUBGROUPS_JSON = "subgroups.json"
+ARTIFACT_MEMBERSHIP_ATTACK = "membership_attack.json"  # non-private attack figures
 
 # --------------------------------------------------------------------------- metrics
 
@@ -183,3 +185,11 @@ NOT_COVERED: tuple[str, ...] = (
     "encoding's training statistics (medians, means, standard deviations)",
 )
 """What a dpgov privacy statement's guarantee does not cover, in every statement."""
+
+MEMBERSHIP_NOT_COVERED = (
+    "the membership-inference attack (train.membership_attack): the exact losses of training "
+    "and validation patients under the DP model and the non-private reference, and the attack "
+    "figures computed from them (AUC, TPR, per subgroup), are non-private uses of patient data; "
+    "so are any shadow models trained for it"
+)
+"""Added to a statement's "not covered" list when the run attacked its models."""

@@ -229,6 +229,10 @@ def _render(data: dict[str, Any]) -> None:
             )
             + extra
         )
+    if data.get("membership"):  # train.membership_attack
+        from dpgov.cli._membership_view import membership_table
+
+        out.print(membership_table(data["membership"]))
     _render_seconds(data)
     if data.get("gate"):
         _render_gate(data["gate"])

@@ -97,3 +97,7 @@ class CandidateFacts(_Facts):
     # gate, promotion and previews recompute them from it (dpgov.gate.dp_metrics), never
     # drawing noise; None when the test metrics are exact (the statement says so)
     private_evaluation: PrivateEvaluation | None = None
+    # the run's membership-inference attack (train.membership_attack; dpgov.training.
+    # membership_attack): its name when one ran, so the release statement lists it as not
+    # covered; None when none ran
+    membership_attack: str | None = None

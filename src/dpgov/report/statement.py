@@ -12,7 +12,8 @@ judged fairness widening against the non-private reference
 (:mod:`dpgov.report.checks.reference`), that the release depended on a model trained without
 differential privacy. And it says whether the test metrics were DP-evaluated (issue 17: at what
 ε, on which test blocks and attempt, recomputed from the ledger's charge) or exact, which it
-then lists under "not covered".
+then lists under "not covered", as it lists the membership-inference attack when the run's
+candidate facts record one (``membership_attack``: non-private uses of patient data).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import asdict
 from typing import Any
 
 from dpgov.accounting import AccountantFailed
-from dpgov.contracts import NOT_COVERED, TAG_PRIVATE, TAG_RESERVATION
+from dpgov.contracts import MEMBERSHIP_NOT_COVERED, NOT_COVERED, TAG_PRIVATE, TAG_RESERVATION
 from dpgov.gate.empirical import EmpiricalAudit, empirical_text
 from dpgov.policy import LoadedPolicy
 from dpgov.report.checks.evaluations import EvaluatedRelease
@@ -93,7 +94,8 @@ def release_statement(
         max_grad_norm=facts.get("max_grad_norm"),
         policy_sha256=release.check.policy_sha256,
         approvers=[a.by for a in release.check.approvals],
-        not_covered=not_covered(evaluation is not None),
+        not_covered=not_covered(evaluation is not None)
+        + ((MEMBERSHIP_NOT_COVERED,) if facts.get("membership_attack") else ()),
         delta=delta,
         accountant=accountant,
         epsilon=epsilon,

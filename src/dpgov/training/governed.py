@@ -39,6 +39,7 @@ from dpgov.gate.service import run_gate
 from dpgov.tracking.registry import Registry
 from dpgov.training.budget_warning import low_budget_warning
 from dpgov.training.inputs import load_data
+from dpgov.training.membership_attack import attack_run
 from dpgov.training.params import data_params, prepared_path
 from dpgov.training.planning import plan
 from dpgov.training.private_eval import settle_evaluation
@@ -65,11 +66,13 @@ STEPS = (
     "train",
     "commit",
     "evaluate",
+    "membership-attack",
     "track",
     "budgets",
     "gate",
 )
-"""The steps in order (``gate`` only when asked and a version was registered)."""
+"""The steps in order (``gate`` only when asked and a version was registered,
+``membership-attack`` only with ``train.membership_attack``)."""
 
 RETRYABLE = frozenset({"validate", "load-data", "budgets", "gate"})
 """Steps that may run again after a transient error: they read, validate, or record a gate
@@ -149,6 +152,7 @@ class RunSummary:
     release: dict[str, Any] | None = None  # the demo's release: policy, approval, promotion, audit
     warnings: list[str] = field(default_factory=list)  # e.g. calibration left no useful model
     private_evaluation: dict[str, Any] | None = None  # the DP-evaluated release, when private
+    membership: dict[str, Any] | None = None  # train.membership_attack: non-private figures
     # in-process only (not in to_dict): the evaluations themselves, for a sweep's summary
     evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
     reference_evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
@@ -161,6 +165,8 @@ class RunSummary:
             out.pop("data")
         if out["release"] is None:
             out.pop("release")
+        if out["membership"] is None:
+            out.pop("membership")
         return out
 
 
@@ -225,6 +231,9 @@ def run_governed(
             ledger=ledger,
             evaluation_reservation=evaluation,
         )
+        attack = None  # before track: the reference model is discarded after the run
+        if p.params.train.membership_attack:
+            attack = run("membership-attack", attack_run, p, outcome, evals)
         tracked = run(
             "track",
             track,
@@ -238,6 +247,7 @@ def run_governed(
             parent_run_id=opts.parent_run_id,
             tags=opts.reference_tags,
             evaluation_reservation=evaluation,
+            membership=attack,
         )
     except BaseException as err:
         settle_evaluation(ledger, evaluation, err, drawn=True)
@@ -287,6 +297,7 @@ def run_governed(
         reference_evaluation=ref,
         warnings=[low] if low else [],
         private_evaluation=_release_summary(evals, evaluation),
+        membership=attack.to_dict() if attack is not None else None,
     )
 
 

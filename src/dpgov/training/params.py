@@ -158,6 +158,11 @@ class TrainParams(_Strict):
         description="noise and Poisson sampling derived from seed (tests, debugging only)",
     )
     reference: bool = Field(default=True, description="also train a non-private reference")
+    membership_attack: bool = Field(
+        default=False,
+        description="after evaluation, a membership-inference loss attack on the DP model and "
+        "the reference, overall and per subgroup (non-private figures; docs/empirical_audit.md)",
+    )
     threshold: float | Literal["prevalence"] = Field(
         default="prevalence",
         description="score cut-off for 0/1 predictions; prevalence = the validation split's rate",

@@ -21,12 +21,15 @@ import numpy as np
 
 from dpgov.contracts import (
     ARTIFACT_CANDIDATE_FACTS,
+    ARTIFACT_MEMBERSHIP_ATTACK,
     ARTIFACT_PRIVACY_STATEMENT,
     ARTIFACT_PRIVACY_STATEMENT_TEXT,
     ARTIFACT_SUBGROUPS_CSV,
     ARTIFACT_SUBGROUPS_JSON,
+    MEMBERSHIP_NOT_COVERED,
     TAG_COMMIT,
     TAG_LEDGER_ENTRIES,
+    TAG_MEMBERSHIP_ATTACK,
     TAG_PRIVATE_RUN,
     TAG_REFERENCE_RUN,
     block_metric_key,
@@ -42,6 +45,7 @@ from dpgov.training.faults import fault_point
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.ledger import Entry, Ledger, Reservation
     from dpgov.training.evaluate import Evaluation
+    from dpgov.training.membership_attack import MembershipRisk
     from dpgov.training.planning import RunPlan
     from dpgov.training.steps import EvalOutcome, TrainOutcome
 
@@ -109,6 +113,7 @@ def track(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     evaluation_reservation: Reservation | None = None,
+    membership: MembershipRisk | None = None,
 ) -> TrackOutcome:
     """Log both runs (private and reference) to MLflow; register the private model.
 
@@ -116,7 +121,9 @@ def track(
     fails (:func:`dpgov.training.governed.run_governed` does, for every step after the
     commit). ``register=False`` logs neither model and registers no version (sweep trials are
     studies, not candidates); ``parent_run_id`` and ``tags`` apply to the reference run this
-    step opens.
+    step opens. ``membership``: the run's membership-inference attack
+    (:mod:`dpgov.training.membership_attack`), logged on the private run as non-private
+    metrics (tag ``dpgov.membership_attack: nonprivate``) and listed as not covered.
     """
     cfg = p.params.train
     model_name = cfg.model_name
@@ -160,6 +167,8 @@ def track(
         release=evals.release,
         release_reservation=evaluation_reservation,
     )
+    if membership is not None:  # non-private uses of patient data: the statement says so
+        statement["not_covered"] = [*statement["not_covered"], MEMBERSHIP_NOT_COVERED]
     ev = evals.private
     metrics: dict[str, float] = {
         "epsilon": statement["epsilon"],
@@ -175,7 +184,12 @@ def track(
         metrics.update({f"{dp}price.{k}": v for k, v in price.items()})
         if math.isfinite(evals.reference.auroc):
             metrics[f"{dp}reference_auroc"] = evals.reference.auroc
+    if membership is not None:
+        metrics.update(membership.metrics())
     runs.log_metrics(run_id, metrics)
+    if membership is not None:
+        runs.set_tags(run_id, {TAG_MEMBERSHIP_ATTACK: "nonprivate"})
+        runs.log_json(run_id, membership.to_dict(), ARTIFACT_MEMBERSHIP_ATTACK)
     fault_point("during_track")
     runs.log_series(run_id, "train_loss", outcome.result.epoch_losses)
     runs.set_tags(
@@ -202,6 +216,8 @@ def track(
         reference=ref_facts,
         release=evals.release,
     )
+    if membership is not None:  # the release statement lists it as not covered
+        facts["membership_attack"] = membership.attack
     version = _register(run_id, outcome.result.model, p, facts, ev, register=register)
     if version is not None:
         bind_version(
