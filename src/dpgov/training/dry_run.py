@@ -50,14 +50,21 @@ class DryRun:
         return asdict(self)
 
 
-def check_model(params: RunParams, meta: dict[str, Any], x: Any) -> dict[str, Any]:
+def check_model(
+    params: RunParams,
+    meta: dict[str, Any],
+    x: Any,
+    *,
+    allowed_factories: Any = None,
+) -> dict[str, Any]:
     """Build the run's model, run it forward on the first rows of ``x`` (one logit per
     example, finite), and ask Opacus's validator whether it can be made private. UsageError
     (exit 2) naming what failed."""
     import torch
     from opacus.validators import ModuleValidator
 
-    model = build_model(params.model, input_spec(meta))
+    # built as the train step builds it (a model.factory only where the policy lists it)
+    model = build_model(params.model, input_spec(meta), allowed_factories=allowed_factories)
     n = min(FORWARD_BATCH, len(x))
     batch = torch.as_tensor(np.ascontiguousarray(x[0:n]), dtype=torch.float32)
     model.eval()
@@ -99,7 +106,12 @@ def dry_run(params: RunParams, policy: LoadedPolicy | None = None, *, ledger: Le
     validated = validate_for(params, policy)
     data, version = load_data(str(prepared_path(params)))
     p = plan(params, policy, data, ledger=ledger, data_version=version)
-    model = check_model(params, p.meta, p.train.x)
+    model = check_model(
+        params,
+        p.meta,
+        p.train.x,
+        allowed_factories=policy.policy.release.allowed_model_factories,
+    )
     budget = policy.policy.budget
     status = {b.block: b for b in ledger.budget(budget, dataset=p.dataset)}
     rows = []

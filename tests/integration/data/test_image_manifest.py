@@ -249,6 +249,15 @@ def test_dry_run_on_images_checks_plans_and_charges_nothing(
     assert all(b["epsilon_spent"] == 0.0 and b["registered"] for b in found["blocks"])
     assert found["model"]["forward_batch"] == [8, 1, SIZE, SIZE]
     assert found["model"]["output_shape"] == [8]
+    # a model.factory the policy in force does not list: exit 2, one line, nothing charged
+    text = params.read_text().replace(
+        "  name: cnn\n", "  name: factory\n  factory: dpgov.testing.models:tiny_bn_net\n"
+    )
+    params.write_text(text)
+    before = _entries()
+    code, _, err = run_dpgov(monkeypatch, capsys, "run", "--dry-run", "--params", str(params))
+    assert code == 2 and "factory" in err and len(err.strip().splitlines()) == 1, err
+    assert _entries() == before
 
 
 def test_dry_run_on_tabular_data_and_a_model_that_cannot_take_it(
