@@ -37,6 +37,7 @@ import numpy as np
 
 from dpgov.errors import UsageError
 from dpgov.gate.noise import NOISE_CSPRNG
+from dpgov.training.precision import autocast
 from dpgov.training.trainer import (
     EpsilonFn,
     SamplingPlan,
@@ -294,7 +295,15 @@ def train_patient_level(
                 max_seen = max([max_seen, *(len(r) for r in chosen)])
                 batches = pack_physical([len(r) for r in chosen], cfg.max_physical_batch_size)
                 loss_sum, n_images = _one_step(
-                    dp_model, optimizer, criterion, dataset, chosen, batches, trainable, device
+                    dp_model,
+                    optimizer,
+                    criterion,
+                    dataset,
+                    chosen,
+                    batches,
+                    trainable,
+                    device,
+                    precision=getattr(cfg, "precision", "fp32"),
                 )
                 counter.steps = sum(int(t) for _s, _q, t in accountant.history)
                 counter.examples_seen += n_images
@@ -343,8 +352,12 @@ def _one_step(
     batches: list[list[int]],
     trainable: list[Any],
     device: torch.device,
+    *,
+    precision: str = "fp32",
 ) -> tuple[float, int]:
-    """One logical step over its physical batches; returns (summed loss, images)."""
+    """One logical step over its physical batches; returns (summed loss, images). Under
+    ``amp`` the forward runs in bfloat16 (dpgov.training.precision); the per-patient sums,
+    norms and clipping are float32 in :class:`PatientDPOptimizer` whatever the dtype."""
     import torch
 
     loss_sum, n_images = 0.0, 0
@@ -358,7 +371,9 @@ def _one_step(
                 [np.full(len(chosen[m]), j, dtype=np.int64) for j, m in enumerate(members)]
             )
             xb, yb = (t.to(device) for t in _rows(dataset, idx))
-            loss = criterion(dp_model(xb), yb)
+            with autocast(precision, device):
+                out = dp_model(xb)
+            loss = criterion(out.float(), yb)
             with warnings.catch_warnings():  # inputs need no grad: Opacus's hooks still fire
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 loss.backward()

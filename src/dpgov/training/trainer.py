@@ -4,6 +4,8 @@ The mechanism is a Poisson-subsampled Gaussian mechanism, add/remove-one neighbo
 each optimizer step includes every training example independently with probability ``q``,
 clips each example's gradient to L2 norm ``C`` (``max_grad_norm``), sums, adds
 ``N(0, σ²C²)`` and divides by the expected batch size ``qN``. ``T`` steps of it are charged.
+Where patients hold several records, :mod:`dpgov.training.patient_level` runs the same
+mechanism over patients (sampled and clipped per patient) on this module's pieces.
 
 ``q`` and the steps per epoch are exactly what Opacus runs: a loader of ``ceil(N/B)`` batches
 becomes a Poisson loader with ``q = 1/ceil(N/B)`` and ``int(1/q)`` steps per epoch

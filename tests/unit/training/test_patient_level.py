@@ -61,11 +61,16 @@ def _direct(model: torch.nn.Module, x, y, pid) -> tuple[list[torch.Tensor], list
     return total, norms
 
 
-def _opacus_sum(max_physical: int) -> tuple[list[torch.Tensor], torch.nn.Module]:
+def _opacus_sum(
+    max_physical: int, *, precision: str = "fp32", sizes: list[int] | None = None
+) -> tuple[list[torch.Tensor], torch.nn.Module]:
     from opacus import GradSampleModule
 
     model = _model()
     x, y, pid = _data()
+    if sizes is not None:  # the first patients only
+        keep = pid < len(sizes)
+        x, y, pid = x[torch.as_tensor(keep)], y[torch.as_tensor(keep)], pid[keep]
     dp_model = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     opt = patient_dp_optimizer(
         torch.optim.SGD(dp_model.parameters(), lr=0.0),  # lr 0: the step leaves p.grad to read
@@ -85,6 +90,7 @@ def _opacus_sum(max_physical: int) -> tuple[list[torch.Tensor], torch.nn.Module]
         batches,
         list(dp_model.parameters()),
         torch.device("cpu"),
+        precision=precision,
     )
     grads = [p.grad.detach().clone() for p in dp_model.parameters()]
     dp_model._close()
@@ -109,6 +115,17 @@ def test_clipped_patient_sums_equal_a_direct_computation(max_physical):
         for t, g in zip(per_image, grads, strict=True):
             t += min(1.0, C / (norm + 1e-6)) * g
     assert not all(torch.allclose(a, b) for a, b in zip(ours, per_image, strict=True))
+
+
+def test_under_bfloat16_autocast_a_patients_clipped_sum_stays_within_c():
+    grads, _ = _opacus_sum(10, precision="amp", sizes=[1, 3])  # patients 0 and 1
+    one, _ = _opacus_sum(10, precision="amp", sizes=[1])
+    for g in (grads, one):
+        assert all(t.dtype == torch.float32 for t in g)
+    norm_one = float(torch.sqrt(sum((t**2).sum() for t in one)))
+    assert C * 0.999 < norm_one <= C * (1 + 1e-5)  # clipped (binding), within C in fp32
+    norm_two = float(torch.sqrt(sum((t**2).sum() for t in grads)))
+    assert norm_two <= 2 * C * (1 + 1e-5)
 
 
 @settings(max_examples=60, deadline=None)
