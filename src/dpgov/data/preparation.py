@@ -358,6 +358,7 @@ def build_prepared(
         "sensitive": sensitive,
         "blocks": blocks,
         "test_blocks": test_blocks,
+        "sensitive_groups": declared_groups(c),
         "image_shape": image_shape,
         "images": images_meta,
         "n_train": len(train),
@@ -474,11 +475,8 @@ def fixed_blocks(
     return values.map(names).astype(object), grouped
 
 
-def age_bands(age: Any, edges: list[float]) -> Any:
-    """Band ages: edges [60, 70, 80] → '<60', '60-69', '70-79', '80+'; missing → 'unknown'."""
-    import numpy as np
-    import pandas as pd
-
+def age_band_labels(edges: list[float]) -> list[str]:
+    """The band names of ``edges``: [60, 70, 80] → '<60', '60-69', '70-79', '80+'."""
     integral = all(float(e).is_integer() for e in edges)
 
     def fmt(x: float) -> str:
@@ -488,6 +486,33 @@ def age_bands(age: Any, edges: list[float]) -> Any:
     for lo, hi in pairwise(edges):
         labels.append(f"{fmt(lo)}-{fmt(hi - 1)}" if integral else f"{fmt(lo)}-<{fmt(hi)}")
     labels.append(f"{fmt(edges[-1])}+")
+    return labels
+
+
+def declared_groups(c: Contract) -> dict[str, list[str]]:
+    """The subgroups of each sensitive attribute as the contract declares them, never as the
+    data shows them: the age bands of ``sensitive.age_bands`` and the ``allowed`` values of
+    the sex column, each with ``unknown`` (a missing value). A DP-evaluated release publishes
+    one histogram per declared subgroup, so which subgroups occur in the test split is not
+    revealed (docs/evaluation.md). An attribute whose values the contract does not list is
+    left out (its subgroups then come from the data)."""
+    out: dict[str, list[str]] = {}
+    if c.sensitive.sex:
+        spec = c.columns.get(c.sensitive.sex)
+        allowed = None if spec is None else spec.allowed
+        if allowed is not None:
+            out["sex"] = sorted({str(v) for v in allowed} | {"unknown"})
+    if c.sensitive.age:
+        out["age_band"] = [*age_band_labels(list(c.sensitive.age_bands)), "unknown"]
+    return out
+
+
+def age_bands(age: Any, edges: list[float]) -> Any:
+    """Band ages: edges [60, 70, 80] → '<60', '60-69', '70-79', '80+'; missing → 'unknown'."""
+    import numpy as np
+    import pandas as pd
+
+    labels = age_band_labels(edges)
     values = age.astype("float64").to_numpy()
     idx = np.searchsorted(np.asarray(edges, dtype=float), values, side="right")
     out = np.asarray(labels, dtype=object)[np.clip(idx, 0, len(labels) - 1)]

@@ -30,6 +30,7 @@ from the exact test split. What this module adds around the mechanism:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
@@ -261,8 +262,12 @@ def draw(
     dataset: str,
     budget: Budget,
     run_id: str | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> PrivateEvaluation:
-    """Draw the release once, commit its reservation, retire the test blocks it spent."""
+    """Draw the release once, commit its reservation, retire the test blocks it spent.
+    ``groups``: each attribute's subgroups as the contract declares them (prepared data's
+    ``sensitive_groups``), so the release has one histogram per declared subgroup whether or
+    not the test split holds it."""
     if tuple(scores) != plan.models:
         raise UsageError(f"the release plans models {list(plan.models)}, got {list(scores)}")
     pe = release(
@@ -276,6 +281,7 @@ def draw(
         attempt=plan.attempt,
         test_blocks=list(plan.test_blocks),
         reservation_id=reservation.id,
+        groups=groups,
     )
     if evaluation_mechanism(pe) != reservation.mechanism:
         raise RuntimeError(  # never released: the charge stands, nothing is recorded

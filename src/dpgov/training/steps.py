@@ -279,6 +279,7 @@ def evaluate(
             dataset=p.dataset,
             budget=p.policy.policy.budget,
             run_id=outcome.run_id,
+            groups=p.meta.get("sensitive_groups"),
         )
         eta = p.policy.policy.evaluation.eta
         out.release, out.eta_check = pe, private_eval.recorded_eta(pe, eta)

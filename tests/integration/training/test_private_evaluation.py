@@ -201,6 +201,29 @@ def test_the_recorded_release_recomputes_to_the_logged_values(world: World) -> N
     json.dumps(statement, allow_nan=False)
 
 
+def test_the_release_publishes_the_declared_subgroups_not_those_the_data_holds(
+    world: World,
+) -> None:
+    """One histogram per subgroup the contract declares (sex F/M, the age bands, each with
+    unknown), also where the test split holds nobody of it: which subgroups occur is not
+    released."""
+    pe = _facts(world.first.run_id).private_evaluation
+    assert pe is not None
+    published = {
+        (h.attribute, h.group)
+        for h in pe.histograms
+        if h.model == "candidate" and h.label == 1 and h.attribute is not None
+    }
+    assert {g for a, g in published if a == "sex"} == {"F", "M", "unknown"}
+    assert {g for a, g in published if a == "age_band"} == {
+        "<40",
+        "40-59",
+        "60-74",
+        "75+",
+        "unknown",
+    }
+
+
 def test_a_second_run_on_the_same_test_blocks_is_attempt_two(world: World) -> None:
     first = _facts(world.first.run_id).private_evaluation
     second = _facts(world.second.run_id).private_evaluation
