@@ -19,9 +19,10 @@ non-members, and at least ``min_false_positives`` non-members):
   Clopper–Pearson (exact binomial) intervals, from :func:`scipy.stats.binomtest`; the TPR's is
   conditional on the threshold the non-members chose.
 
-Offline LiRA (:func:`lira_offline_scores`, Carlini et al. 2022, section VI-C) calibrates each
-patient's confidence against shadow models that did not train on them; dpgov runs it in the
-benchmark only (benchmarks/bench_membership.py), where the shadow models' time is measured.
+Offline LiRA (:func:`lira_offline_scores`, the offline variant of Carlini et al. 2022)
+calibrates each patient's confidence against shadow models that did not train on them; dpgov
+runs it in the benchmark only (benchmarks/bench_membership.py), where the shadow models'
+time is measured.
 
 These figures are **non-private**: exact losses of identified patients, released without
 noise. A run lists them (and any shadow model) under "not covered" in its privacy statement.
@@ -82,19 +83,19 @@ def loss_scores(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def logit_confidence(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     """LiRA's statistic: the logit of the probability given to the true label,
-    log(c / (1 − c)) (Carlini et al. 2022, eq. 4), roughly Gaussian across shadow models;
+    log(c / (1 − c)) (Carlini et al. 2022), roughly Gaussian across shadow models;
     for a binary logit z it is z for label 1 and −z for label 0."""
     sign = np.where(np.asarray(y) > 0.5, 1.0, -1.0)
     return sign * np.asarray(logits, dtype=np.float64)
 
 
 def lira_offline_scores(target: np.ndarray, shadow: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Offline LiRA scores: for each example, the one-sided Gaussian CDF of its target
-    statistic under the OUT distribution of the shadow models that did not train on it
+    """Offline LiRA scores: for each example, its target statistic standardised under the
+    Gaussian fitted to the shadow models that did not train on it, (φ − μ_out) / σ_out
     (``shadow``: [K, N] statistics, ``out``: [K, N] True where shadow k left example n out).
-    Higher means more likely a member. Needs at least two OUT shadows per example."""
-    from scipy.stats import norm
-
+    The one-sided test's p-value is Φ of this score; the score itself ranks the same without
+    Φ's saturation at 1 (which would tie the most exposed examples). Higher means more
+    likely a member. Needs at least two OUT shadows per example."""
     shadow, out = np.asarray(shadow, dtype=np.float64), np.asarray(out, dtype=bool)
     n_out = out.sum(axis=0)
     if shadow.shape != out.shape or shadow.shape[1] != len(target) or (n_out < 2).any():
@@ -105,9 +106,8 @@ def lira_offline_scores(target: np.ndarray, shadow: np.ndarray, out: np.ndarray)
         )
     vals = np.where(out, shadow, np.nan)
     mu = np.nanmean(vals, axis=0)
-    sd = np.nanstd(vals, axis=0, ddof=1)
-    sd = np.maximum(sd, 1e-3)
-    return np.asarray(norm.cdf((np.asarray(target, dtype=np.float64) - mu) / sd))
+    sd = np.maximum(np.nanstd(vals, axis=0, ddof=1), 1e-3)
+    return (np.asarray(target, dtype=np.float64) - mu) / sd
 
 
 @dataclass(frozen=True)
