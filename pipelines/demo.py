@@ -22,6 +22,7 @@ import yaml
 from prefect import flow
 
 from dpgov import yamlio
+from dpgov.data.imaging_cohort import write_cohort
 from dpgov.data.ingest import init_repo, wave_path
 from dpgov.errors import Refused, UsageError
 from dpgov.gate.in_force import policy_in_force
@@ -382,8 +383,6 @@ def demo_images(home: str, progress: bool = False) -> dict[str, Any]:
     """``dpgov demo --images``: a generated imaging cohort (several images for some patients)
     prepared, versioned and validated; patient-level DP-SGD charged to the ledger
     (dpgov.training.patient_level); the candidate gated under the policy in force."""
-    from dpgov.data.imaging_cohort import write_cohort
-
     start_clock()
     base = Path(home)
     raw = base / "raw" / IMAGES_DATASET
