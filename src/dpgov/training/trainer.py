@@ -39,6 +39,7 @@ import numpy as np
 from dpgov.contracts import show_spent
 from dpgov.errors import UsageError
 from dpgov.gate.noise import NOISE_CSPRNG, NOISE_OS_ENTROPY, NOISE_SEED, NOISE_SOURCES
+from dpgov.training import poisson_loader
 from dpgov.training.precision import autocast, check_precision, grad_samples_to_fp32
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -324,10 +325,17 @@ def train_private(
     seed_everything(cfg.seed)  # initialisation and dropout only: never the noise or the masks
     model = model.to(device)
     model.train()
-    dataset = _tensors(x, y)
     sampler_gen, noise_gen = noise_generators(source, cfg.seed, device)
-    # Opacus's Poisson sampler takes the loader's generator (DPDataLoader.from_data_loader)
-    loader = DataLoader(dataset, batch_size=plan.batch_size, generator=sampler_gen)
+    # in memory: one Bernoulli(q) mask per step over tensors (dpgov.training.poisson_loader),
+    # Opacus's draw from the same generator; else Opacus's Poisson sampler takes the loader's
+    # generator (DPDataLoader.from_data_loader)
+    fast = poisson_loader.usable(x, source, plan.sample_rate, plan.steps_per_epoch)
+    if fast:
+        loader = poisson_loader.poisson_loader(
+            x, y, sample_rate=plan.sample_rate, steps=plan.steps_per_epoch, generator=sampler_gen
+        )
+    else:
+        loader = DataLoader(_tensors(x, y), batch_size=plan.batch_size, generator=sampler_gen)
     optimizer = _optimizer(model.parameters(), cfg)
     criterion = torch.nn.BCEWithLogitsLoss(reduction="mean")
     # The engine's accountant only records history here; dpgov's ledger does the accounting
@@ -342,7 +350,7 @@ def train_private(
         data_loader=loader,
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=not fast,  # fast: already Poisson; Opacus keeps it as it is
         grad_sample_mode=grad_sample_mode,
         noise_generator=noise_gen,
     )
@@ -351,6 +359,10 @@ def train_private(
     else:
         dp_model, dp_optimizer, dp_loader = wrapped
         dp_criterion = criterion
+    if fast:  # what poisson_sampling=True does besides wrapping the loader
+        dp_model.forbid_grad_accumulation()
+        if dp_loader is not loader:
+            raise RuntimeError("Opacus replaced dpgov's Poisson loader")
     # both secret generators must be the ones Opacus draws from (else: the global, seeded one)
     if sampler_gen is not None and dp_loader.batch_sampler.generator is not sampler_gen:
         raise RuntimeError("Opacus's Poisson sampler does not use dpgov's sampling generator")
@@ -480,7 +492,10 @@ def train_nonprivate(
     model = model.to(device)
     model.train()
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(_tensors(x, y), batch_size=batch_size, shuffle=True, generator=gen)
+    if poisson_loader.in_memory(x):  # fetched as the DP path's batches are (a fair ratio)
+        loader = poisson_loader.shuffled_loader(x, y, batch_size=batch_size, generator=gen)
+    else:
+        loader = DataLoader(_tensors(x, y), batch_size=batch_size, shuffle=True, generator=gen)
     optimizer = _optimizer(model.parameters(), cfg)
     criterion = torch.nn.BCEWithLogitsLoss(reduction="mean")
     bar = _Progress(progress, epochs * len(loader), "non-private", with_epsilon=False)
