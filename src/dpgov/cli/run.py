@@ -15,7 +15,15 @@ from typing import Any
 
 import typer
 
-from dpgov.cli._output import JsonOption, NoPolicyOption, console, emit, eps_up, table
+from dpgov.cli._output import (
+    JsonOption,
+    NoPolicyOption,
+    console,
+    emit,
+    eps_up,
+    prose,
+    table,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -212,6 +220,8 @@ def _render(data: dict[str, Any]) -> None:
     ref = data.get("reference_auroc")
     price = f"; non-private reference {ref:.3f}, price {ref - data['auroc']:+.3f}" if ref else ""
     out.print(f"utility: AUROC {data['auroc']:.3f}{price}")
+    for line in plan.get("model_changes") or []:  # model.factory: what made it private
+        prose(line)
     for line in data.get("warnings") or []:  # e.g. a σ that leaves no useful model
         out.print(f"[bold yellow]{line}[/]")
     out.print(subgroup_table(data["subgroups"]))

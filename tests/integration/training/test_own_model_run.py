@@ -95,7 +95,7 @@ def test_not_allow_listed_or_a_wrong_hash_is_refused_with_nothing_charged(
 
 
 def test_an_allowed_factory_trains_and_records_its_changes_and_weights(
-    home: Path, images: Any, tmp_path: Path
+    home: Path, images: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, sha = _weights(tmp_path)
     params = _params(images, weights=path, weights_sha256=sha, weights_origin="toy public set")
@@ -119,3 +119,12 @@ def test_an_allowed_factory_trains_and_records_its_changes_and_weights(
 
     text = mlflow.artifacts.load_text(f"runs:/{summary.run_id}/{ARTIFACT_PRIVACY_STATEMENT_TEXT}")
     assert f"Model: {FACTORY}" in text and f"sha256 {sha}" in text
+
+    from dpgov.cli.run import _render
+
+    capsys.readouterr()
+    _render(summary.to_dict())  # dpgov run's output: the change is reported, at 80 columns
+    out = capsys.readouterr().out
+    assert "model: 1 BatchNorm → GroupNorm: 1" in out
+    assert "model: weights" in out and sha[:12] in out
+    assert max(len(line) for line in out.splitlines()) <= 80
