@@ -57,6 +57,32 @@ class ReferenceFacts(_Facts):
     gaps: list[Gap]
 
 
+class MembershipRow(_Facts):
+    """One row of the run's membership-inference attack (dpgov.training.membership_attack):
+    non-private figures, overall (attribute and group ``all``) or one judged subgroup."""
+
+    model: Literal["dp", "reference"]
+    attribute: str
+    group: str
+    members: int
+    nonmembers: int
+    auc: float
+    fpr: float  # false positives / non-members at the operating point
+    tpr: float
+    tpr_lo: float  # Clopper-Pearson interval of the TPR
+    tpr_hi: float
+
+
+class MembershipFacts(_Facts):
+    """The run's membership-inference attack (``train.membership_attack``): NON-PRIVATE."""
+
+    attack: str  # "loss-threshold"
+    nonmember_split: str  # "validation" or "test"
+    min_false_positives: int
+    confidence: float
+    rows: list[MembershipRow]
+
+
 class CandidateFacts(_Facts):
     model_name: str
     model_version: str | None = None
@@ -97,7 +123,7 @@ class CandidateFacts(_Facts):
     # gate, promotion and previews recompute them from it (dpgov.gate.dp_metrics), never
     # drawing noise; None when the test metrics are exact (the statement says so)
     private_evaluation: PrivateEvaluation | None = None
-    # the run's membership-inference attack (train.membership_attack; dpgov.training.
-    # membership_attack): its name when one ran, so the release statement lists it as not
-    # covered; None when none ran
-    membership_attack: str | None = None
+    # the run's membership-inference attack (train.membership_attack): its non-private
+    # figures, so the release statement lists the attack as not covered and the audit report
+    # shows them; None when none ran
+    membership_attack: MembershipFacts | None = None

@@ -26,6 +26,7 @@ from dpgov.contracts import MEMBERSHIP_NOT_COVERED, NOT_COVERED, TAG_PRIVATE, TA
 from dpgov.gate.empirical import EmpiricalAudit, empirical_text
 from dpgov.policy import LoadedPolicy
 from dpgov.report.checks.evaluations import EvaluatedRelease
+from dpgov.report.checks.membership_risk import membership_text
 from dpgov.report.checks.reference import ReferenceRelease
 from dpgov.report.replay import Epsilons, Replay
 from dpgov.report.rows import PrivacyStatement, ReleaseRow, ReleaseStatement
@@ -116,6 +117,7 @@ def release_statement(
         statement=s,
         text=statement_text(s)
         + (_sources_text(facts, reference) if s.private else "")
+        + membership_text(facts.get("membership_attack"))
         + _self_approval_text(facts.get("author"), s.approvers)
         + _model_text(artifacts.statement if artifacts else None),
         subgroups=list(facts.get("subgroups") or []),

@@ -241,6 +241,27 @@ class MembershipRisk:
         out["private"] = False
         return out
 
+    def facts(self) -> dict[str, Any]:
+        """The candidate facts' ``membership_attack`` (:class:`dpgov.gate.facts.
+        MembershipFacts`): every row, without the false/true positive counts."""
+        keep = ("attribute", "group", "members", "nonmembers", "auc", "fpr", "tpr")
+        return {
+            "attack": self.attack,
+            "nonmember_split": self.nonmember_split,
+            "min_false_positives": self.min_false_positives,
+            "confidence": self.confidence,
+            "rows": [
+                {
+                    "model": ma.model,
+                    **{k: getattr(r, k) for k in keep},
+                    "tpr_lo": r.tpr_lo,
+                    "tpr_hi": r.tpr_hi,
+                }
+                for ma in self.models
+                for r in ma.rows
+            ],
+        }
+
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics under :data:`METRIC_PREFIX` (finite values only)."""
         from dpgov.training.evaluate import _safe

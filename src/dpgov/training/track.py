@@ -217,7 +217,7 @@ def track(
         release=evals.release,
     )
     if membership is not None:  # the release statement lists it as not covered
-        facts["membership_attack"] = membership.attack
+        facts["membership_attack"] = membership.facts()
     version = _register(run_id, outcome.result.model, p, facts, ev, register=register)
     if version is not None:
         bind_version(

@@ -73,9 +73,9 @@ def test_a_run_attacks_both_models_and_logs_non_private_figures(
     )
     statement = runs.read_json(summary.run_id, "privacy_statement.json")
     assert statement["not_covered"][-1] == MEMBERSHIP_NOT_COVERED
-    assert runs.read_json(summary.run_id, "candidate_facts.json")["membership_attack"] == (
-        "loss-threshold"
-    )
+    facts = runs.read_json(summary.run_id, "candidate_facts.json")["membership_attack"]
+    assert facts["attack"] == "loss-threshold" and facts["nonmember_split"] == "validation"
+    assert len(facts["rows"]) == sum(len(x["rows"]) for x in m["models"])
 
     from dpgov.cli.run import _render
 

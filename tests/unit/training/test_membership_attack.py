@@ -146,3 +146,29 @@ def test_losses_from_logits_are_the_cross_entropy_without_saturation() -> None:
     assert -loss_scores(z[2:3], y[2:3]) == pytest.approx([np.exp(-40.0)], rel=1e-9)
     assert -loss_scores(z[3:], y[3:]) == pytest.approx([40.0])  # log(1 + e^40), no overflow
     assert loss_scores(np.array([30.0]), [1])[0] > loss_scores(np.array([20.0]), [1])[0]
+
+
+def test_the_facts_record_every_row_and_the_report_names_the_most_exposed_subgroup() -> None:
+    from dpgov.gate.facts import MembershipFacts
+    from dpgov.report.checks.membership_risk import membership_text
+    from dpgov.training.membership_attack import MembershipRisk, ModelAttack
+
+    rng = np.random.default_rng(3)
+    mg = pd.DataFrame({"sex": rng.choice(["F", "M"], 200)})
+    ng = pd.DataFrame({"sex": rng.choice(["F", "M"], 120)})
+    models = []
+    for name, shift in (("dp", 0.0), ("reference", 1.0)):
+        members = rng.normal(np.where(mg["sex"] == "M", shift, 0.0), 1.0)
+        rows = attack_table(members, rng.normal(size=120), mg, ng, min_group_n=20)
+        models.append(ModelAttack(model=name, rows=tuple(rows)))
+    risk = MembershipRisk("loss-threshold", "validation", 200, 120, 10, 0.95, 0.0, tuple(models))
+    facts = MembershipFacts.model_validate(risk.facts())  # the candidate facts' contract
+    assert len(facts.rows) == sum(len(m.rows) for m in models) == 6
+    text = membership_text(risk.facts())
+    dp = models[0].rows
+    assert text.startswith("\nMembership inference (loss-threshold attack, NON-PRIVATE")
+    assert f"DP model AUC {dp[0].auc:.3f}" in text
+    assert f"non-private reference AUC {models[1].rows[0].auc:.3f}" in text
+    worst = max(dp[1:], key=lambda r: r.tpr - r.fpr)
+    assert f"most exposed judged subgroup: sex={worst.group} ({worst.members} members" in text
+    assert membership_text(None) == ""
