@@ -176,6 +176,13 @@ def patient_dp_optimizer(
     )
 
 
+def _secure_generator() -> Any:
+    """torchcsprng's /dev/urandom generator (what Opacus's ``secure_mode`` installs)."""
+    import torchcsprng
+
+    return torchcsprng.create_random_device_generator("/dev/urandom")
+
+
 def _rows(dataset: Any, idx: np.ndarray) -> tuple[Any, Any]:
     """(images, labels) of rows ``idx``: sliced at once in memory, else read one by one."""
     import torch
@@ -245,6 +252,10 @@ def train_patient_level(
     model = model.to(device)
     model.train()
     sampler_gen, noise_gen = noise_generators(source, cfg.seed, device)
+    if source == NOISE_CSPRNG:  # as Opacus's secure mode: one /dev/urandom generator for both
+        sampler_gen = noise_gen = _secure_generator()
+    if sampler_gen is None or noise_gen is None:  # never the global generator train.seed seeds
+        raise RuntimeError(f"noise source {source!r} gave no generator for masks or noise")
     dataset = _tensors(x, y)  # in memory, or image files read per batch from disk
     sampler = UniformWithReplacementSampler(
         num_samples=plan.n, sample_rate=plan.sample_rate, generator=sampler_gen
