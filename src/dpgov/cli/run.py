@@ -213,12 +213,22 @@ def _render(data: dict[str, Any]) -> None:
         f"{plan['noise_multiplier']:.4g}, q = {plan['sample_rate']:.4g}, "
         f"T = {data['steps']}, C = {plan['max_grad_norm']:g}"
     )
+    if plan.get("grad_sample_mode_reason"):  # dpgov.training.clipping_modes
+        prose(f"clipping: {plan['grad_sample_mode_reason']}")
     out.print(
         "cumulative ε per block: "
         + ", ".join(f"{b} {eps_up(v)}" for b, v in data["block_epsilon"].items())
     )
     ref = data.get("reference_auroc")
     price = f"; non-private reference {ref:.3f}, price {ref - data['auroc']:+.3f}" if ref else ""
+    pe = data.get("private_evaluation")
+    if pe:  # evaluation.private: every test figure below comes from one DP release
+        prose(
+            f"test metrics DP-evaluated: ε = {eps_up(pe['epsilon'])} at δ = {pe['delta']:g} "
+            f"on test blocks {', '.join(pe['test_blocks'])} (attempt {pe['attempt']}, noise "
+            f"σ = {pe['sigma']:.3g} per count, η per bound {pe['eta_check']:.2g}); the figures "
+            "below are DP estimates with intervals covering sampling and noise"
+        )
     out.print(f"utility: AUROC {data['auroc']:.3f}{price}")
     for line in plan.get("model_changes") or []:  # model.factory: what made it private
         prose(line)

@@ -195,3 +195,45 @@ def test_prose_wraps_at_80_columns_as_written(narrow) -> None:
     lines = narrow()
     assert len(lines) == 2
     assert " ".join(" ".join(lines).split()) == text
+
+
+def test_a_dp_evaluated_run_says_so_before_its_figures(narrow) -> None:
+    """Under evaluation.private the run output names the release its test figures come from
+    (ε, test blocks, attempt, noise), at 80 columns."""
+    from dpgov.cli.run import _render
+
+    data: dict[str, Any] = {
+        "plan": {
+            "delta": 1e-5,
+            "accountant": "pld",
+            "dataset": "flchain",
+            "blocks": ["1995", "1996"],
+            "noise_multiplier": 1.1,
+            "sample_rate": 0.01,
+            "max_grad_norm": 1.0,
+        },
+        "run_id": "r" * 32,
+        "model_name": "dpgov-flchain",
+        "model_version": "3",
+        "epsilon": 1.2345,
+        "steps": 500,
+        "block_epsilon": {"1995": 1.3, "1996": 1.3},
+        "auroc": 0.8,
+        "subgroups": [],
+        "gaps": [],
+        "private_evaluation": {
+            "epsilon": 0.5,
+            "delta": 1e-5,
+            "sigma": 17.2,
+            "test_blocks": ["test-1995", "test-1996"],
+            "attempt": 2,
+            "eta_check": 0.0031,
+        },
+    }
+    _render(data)
+    text = " ".join(" ".join(narrow()).split())
+    assert "test metrics DP-evaluated: ε = 0.5" in text
+    assert "test-1995, test-1996 (attempt 2" in text
+    data.pop("private_evaluation")
+    _render(data)
+    assert "DP-evaluated" not in " ".join(narrow())
