@@ -6,8 +6,10 @@ version it recorded, restricted to its blocks), its model (the registered archit
 re-initialised from the run's seed) and its optimizer (the run's MLflow params), and runs
 :func:`dpgov.training.canary_audit.run_audit` with ``m`` canaries. The audit touches the
 same patients' data as the candidate, so it reserves the same mechanism on the same blocks
-first (refused like any run when their budget cannot afford it), commits the steps it took,
-and settles the reservation on a failure (released before any step, aborted and fully
+first (refused like any run when their budget cannot afford it; under
+``release.require_empirical_audit`` the governed run prepaid that reservation with the
+candidate, :mod:`dpgov.training.prepaid_audit`, and the audit runs on it), commits the
+steps it took, and settles the reservation on a failure (released before any step, aborted and fully
 charged after). Then it records the result: an ``empirical_audit`` ledger entry (read by the
 gate, :mod:`dpgov.gate.empirical`) and metrics plus ``empirical_audit.json`` on the
 candidate's MLflow run. The claimed ε is the candidate's mechanism at the policy in force's
@@ -48,7 +50,8 @@ from dpgov.training.canary_audit import (
 from dpgov.training.inputs import Arrays, arrays, load_data, subset
 from dpgov.training.models import build_model, input_spec
 from dpgov.training.params import ModelParams, TrainParams
-from dpgov.training.settle import settle_reservation
+from dpgov.training.prepaid_audit import prepaid_for
+from dpgov.training.settle import quiet, reason, settle_reservation
 
 if TYPE_CHECKING:
     from dpgov.gate.facts import CandidateFacts
@@ -65,6 +68,7 @@ class AuditOutcome:
     reservation: str
     commit_seq: int
     record_seq: int
+    prepaid: bool = False  # the reservation was prepaid with the candidate
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +77,7 @@ class AuditOutcome:
             "version": self.version,
             "run_id": self.run_id,
             "reservation": self.reservation,
+            "prepaid": self.prepaid,
             "commit_seq": self.commit_seq,
             "ledger_seq": self.record_seq,
         }
@@ -179,15 +184,28 @@ def audit_candidate(
     cfg = _Cfg(run_params)
     net = _fresh_model(model, str(facts.model_version), run_params, prepared.meta)
 
-    reservation = ledger.reserve(
+    # prepaid with the candidate (release.require_empirical_audit), else reserved now
+    prepaid = prepaid_for(
+        ledger,
+        runs.read_run(facts.run_id)["tags"],
         dataset=facts.dataset,
-        blocks=facts.blocks,
+        blocks=list(facts.blocks),
         mechanism=mech,
-        budget=budget,
-        policy_sha256=loaded.sha256,
-        run_id=facts.run_id,
-        data_version=facts.data_version,
     )
+    fresh = None
+    if prepaid is not None:
+        reservation_id = prepaid.id
+    else:
+        fresh = ledger.reserve(
+            dataset=facts.dataset,
+            blocks=facts.blocks,
+            mechanism=mech,
+            budget=budget,
+            policy_sha256=loaded.sha256,
+            run_id=facts.run_id,
+            data_version=facts.data_version,
+        )
+        reservation_id = fresh.id
     try:
         result = run_audit(
             net,
@@ -204,17 +222,23 @@ def audit_candidate(
             confidence=confidence,
         )
     except BaseException as err:
-        # the steps that ran are not known here: settle as if all did (never undercount)
-        settle_reservation(ledger, reservation, steps, err)
+        # the steps that ran are not known here: settle as if all did (never undercount);
+        # a prepaid reservation is aborted likewise (it stays charged)
+        if fresh is not None:
+            settle_reservation(ledger, fresh, steps, err)
+        else:
+            why = f"the prepaid audit failed: {reason(err)}"
+            quiet(lambda: ledger.abort(reservation_id, reason=why))
         raise
-    commit = ledger.commit(reservation.id, steps=result.steps, run_id=facts.run_id)
+    commit = ledger.commit(reservation_id, steps=result.steps, run_id=facts.run_id)
     payload = json_safe(
         {
             **result.to_dict(),
             "model": model,
             "version": str(facts.model_version),
             "run_id": facts.run_id,
-            "reservation": reservation.id,
+            "reservation": reservation_id,
+            "prepaid": prepaid is not None,
             "commit_seq": commit.seq,
             "policy_sha256": loaded.sha256,
         }
@@ -234,7 +258,8 @@ def audit_candidate(
         model=model,
         version=str(facts.model_version),
         run_id=facts.run_id,
-        reservation=reservation.id,
+        reservation=reservation_id,
         commit_seq=commit.seq,
         record_seq=record.seq,
+        prepaid=prepaid is not None,
     )

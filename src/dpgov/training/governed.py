@@ -10,6 +10,9 @@ rules it keeps:
   is a refusal (exit 1) and nothing is reserved.
 - **plan** checks everything that can be checked before budget moves; nothing is written.
 - **reserve** charges the planned mechanism to every block atomically; no training without it.
+  Under ``release.require_empirical_audit`` the candidate's empirical audit is reserved right
+  after it (step ``reserve-audit``, :mod:`dpgov.training.prepaid_audit`): refused, the run's
+  reservation is released, nothing charged; a training failure returns it too.
   With ``evaluation.private`` the DP-evaluated release is reserved on the test blocks first
   (step ``reserve-evaluation``): a release they cannot afford is refused with nothing charged,
   and a training reservation refused after it returns it (no noise drawn); from training on it
@@ -29,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dpgov.data.validation.ensure import ensure_validated
@@ -42,10 +45,18 @@ from dpgov.training.inputs import load_data
 from dpgov.training.membership_attack import attack_run
 from dpgov.training.params import data_params, prepared_path
 from dpgov.training.planning import plan
+from dpgov.training.prepaid_audit import TAG_AUDIT_RESERVATION, release_unused
 from dpgov.training.private_eval import settle_evaluation
 from dpgov.training.retraining import budget_rows
 from dpgov.training.settle import end_failed_run
-from dpgov.training.steps import commit, evaluate, reserve, reserve_evaluation, train
+from dpgov.training.steps import (
+    commit,
+    evaluate,
+    reserve,
+    reserve_audit,
+    reserve_evaluation,
+    train,
+)
 from dpgov.training.track import track
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -153,6 +164,8 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)  # e.g. calibration left no useful model
     private_evaluation: dict[str, Any] | None = None  # the DP-evaluated release, when private
     membership: dict[str, Any] | None = None  # train.membership_attack: non-private figures
+    # release.require_empirical_audit: the reservation prepaid for the candidate's audit
+    audit_reservation: str | None = None
     # in-process only (not in to_dict): the evaluations themselves, for a sweep's summary
     evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
     reference_evaluation: Evaluation | None = field(default=None, repr=False, compare=False)
@@ -167,6 +180,8 @@ class RunSummary:
             out.pop("release")
         if out["membership"] is None:
             out.pop("membership")
+        if out["audit_reservation"] is None:
+            out.pop("audit_reservation")
         return out
 
 
@@ -196,15 +211,34 @@ def run_governed(
         "validate", validate_for, params, policy, validation_out=opts.validation_out
     )
     data, version = run("load-data", load_data, str(prepared_path(params)))
-    p = run("plan", plan, params, policy, data, ledger=ledger, data_version=version)
+    p = run(
+        "plan",
+        plan,
+        params,
+        policy,
+        data,
+        ledger=ledger,
+        data_version=version,
+        prepay_audit=opts.register,  # an audit needs a registered candidate
+    )
     evaluation = None  # the DP-evaluated release's reservation (evaluation.private)
     if p.evaluation is not None:
         evaluation = run("reserve-evaluation", reserve_evaluation, p, ledger=ledger)
     try:
         reservation = run("reserve", reserve, p, ledger=ledger)
+        if p.audit_prepaid:  # the candidate's empirical audit, prepaid (both or neither)
+            p = replace(
+                p,
+                audit_reservation=run(
+                    "reserve-audit", reserve_audit, p, reservation, ledger=ledger
+                ),
+            )
     except BaseException as err:  # nothing was drawn: the evaluation's charge is returned
         settle_evaluation(ledger, evaluation, err, drawn=False)
         raise
+    train_tags = dict(opts.train_tags or {})
+    if p.audit_reservation is not None:
+        train_tags[TAG_AUDIT_RESERVATION] = p.audit_reservation.id
     try:
         outcome = run(
             "train",
@@ -215,10 +249,11 @@ def run_governed(
             progress=opts.progress,
             on_step=opts.on_step,
             parent_run_id=opts.parent_run_id,
-            tags=opts.train_tags,
+            tags=train_tags or None,
         )
     except BaseException as err:
         settle_evaluation(ledger, evaluation, err, drawn=True)  # conservative: stays charged
+        release_unused(ledger, p.audit_reservation, err)  # no audit ran, no candidate left
         raise
     try:  # the ledger keeps the charge from here on; MLflow shows a failure
         entry = run("commit", commit, reservation, outcome, ledger=ledger)
@@ -298,6 +333,7 @@ def run_governed(
         warnings=[low] if low else [],
         private_evaluation=_release_summary(evals, evaluation),
         membership=attack.to_dict() if attack is not None else None,
+        audit_reservation=p.audit_reservation.id if p.audit_reservation else None,
     )
 
 

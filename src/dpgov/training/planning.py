@@ -34,7 +34,7 @@ from dpgov.training.trainer import (
 from dpgov.training.validation_split import split_validation
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dpgov.ledger import Ledger
+    from dpgov.ledger import Ledger, Reservation
     from dpgov.policy import LoadedPolicy
     from dpgov.policy.schema import Budget
     from dpgov.training.params import RunParams
@@ -71,6 +71,11 @@ class RunPlan:
     # training records: the sample rate is over patients, each patient's sum clipped
     patient_level: bool = False
     max_records_per_patient: int = 1
+    # release.require_empirical_audit: the candidate's audit (the same mechanism again on the
+    # same blocks) is calibrated for and reserved with the run (dpgov.training.prepaid_audit);
+    # audit_reservation is set once it is reserved (dataclasses.replace, by the governed run)
+    audit_prepaid: bool = False
+    audit_reservation: Reservation | None = None
 
     @property
     def n_train_patients(self) -> int:
@@ -109,6 +114,7 @@ class RunPlan:
             "n_validation_patients": len(self.validation.y) if self.validation else 0,
             "evaluation": self.evaluation.summary() if self.evaluation else None,
             "model_changes": self.model_report.change_lines() if self.model_report else [],
+            "empirical_audit_prepaid": self.audit_prepaid,
         }
 
 
@@ -119,8 +125,13 @@ def plan(
     *,
     ledger: Ledger,
     data_version: str | None = None,
+    prepay_audit: bool = True,
 ) -> RunPlan:
-    """Check the run and fix its mechanism; nothing is written anywhere."""
+    """Check the run and fix its mechanism; nothing is written anywhere.
+
+    Under ``release.require_empirical_audit`` (and ``prepay_audit``: a run that registers a
+    candidate) σ is calibrated for the run and its empirical audit together
+    (:mod:`dpgov.training.prepaid_audit`)."""
     cfg = params.train
     budget = policy.policy.budget
     meta = data.meta
@@ -205,6 +216,9 @@ def plan(
                 domain=domain,
             )
             calibrated = True
+        audit_prepaid = prepay_audit and policy.policy.release.require_empirical_audit
+        if audit_prepaid and calibrated:
+            sigma = max(sigma, _pair_sigma(ledger, dataset, known, sampling, budget, meta))
         mechanism = DpSgdMechanism(
             noise_multiplier=sigma, sample_rate=sampling.sample_rate, steps=sampling.steps
         )
@@ -244,7 +258,48 @@ def plan(
         model_report=report_of(model),
         patient_level=patient_level,
         max_records_per_patient=max_records,
+        audit_prepaid=audit_prepaid,
     )
+
+
+def _pair_sigma(
+    ledger: Ledger,
+    dataset: str,
+    known: list[str],
+    sampling: SamplingPlan,
+    budget: Budget,
+    meta: dict[str, Any],
+) -> float:
+    """The smallest σ keeping the blocks within their limit after the run *and* its audit:
+    two runs of (σ, q, T) compose exactly as one of (σ, q, 2T) (identical subsampled Gaussian
+    steps self-compose; tests/unit/training/test_prepaid_audit.py checks it with
+    dp_accounting), so the block limit is calibrated at 2T. The run's own target binds
+    separately, at T, in the caller."""
+    steps = 2 * sampling.steps
+    try:
+        if known:
+            return ledger.calibrate(
+                dataset=dataset,
+                blocks=known,
+                target_epsilon=budget.epsilon_per_block,
+                sample_rate=sampling.sample_rate,
+                steps=steps,
+                budget=budget,
+            )
+        domain = str((meta.get("pseudonymisation") or {}).get("domain") or dataset)
+        return fresh_sigma(
+            target_epsilon=budget.epsilon_per_block,
+            sample_rate=sampling.sample_rate,
+            steps=steps,
+            budget=budget,
+            domain=domain,
+        )
+    except (Refused, InfeasibleBudget) as err:
+        raise Refused(
+            "release.require_empirical_audit: no σ lets the run and its empirical audit "
+            f"({sampling.steps} + {sampling.steps} steps at q {sampling.sample_rate:.4g}) fit "
+            f"the blocks of dataset {dataset!r}; nothing charged ({err})"
+        ) from err
 
 
 def _registered_blocks(ledger: Ledger, dataset: str) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from dpgov.contracts import (
 )
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.noise import NOISE_SEED, TAG_NOISE_SOURCE
+from dpgov.training import prepaid_audit
+from dpgov.training.clipping_modes import REASON_PARAM
 from dpgov.training.factory import model_sentence
 from dpgov.training.trainer import noise_source
 
@@ -80,6 +82,7 @@ def run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) ->
                 "sampling": SAMPLING,
                 "neighbouring": NEIGHBOURING,
                 "grad_sample_mode": p.grad_sample_mode,
+                REASON_PARAM: p.grad_sample_mode_reason,
                 "secure_rng": cfg.secure_rng,
                 "noise_source": noise_source(cfg),
             }
@@ -177,6 +180,12 @@ def privacy_statement(
         "ledger": {"reservation": reservation.id, "entries": [reservation.seq, commit_entry.seq]},
         "policy_sha256": p.policy.sha256,
         "model": p.model_report.statement() if p.model_report else None,
+        # release.require_empirical_audit: the audit's reservation, prepaid with this run
+        **(
+            {"empirical_audit": prepaid_audit.statement(p.audit_reservation)}
+            if p.audit_reservation
+            else {}
+        ),
     }
 
 
@@ -268,6 +277,7 @@ def statement_text(s: dict[str, Any]) -> str:
         + _noise_text(s)
         + _evaluation_text(s)
         + _reference_text(s)
+        + prepaid_audit.statement_sentence(s)
         + (model_sentence(s.get("model")) + "\n" if s.get("model") else "")
         + "Not covered: "
         + "; ".join(s["not_covered"])

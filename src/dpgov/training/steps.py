@@ -1,6 +1,8 @@
 """The steps of a governed run after the plan: reserve → train → commit → evaluate.
 
 - **reserve** charges the planned mechanism to every block atomically. No training without it.
+  Under ``release.require_empirical_audit`` **reserve_audit** then charges it once more for
+  the candidate's empirical audit (:mod:`dpgov.training.prepaid_audit`): both or neither.
 - **train** runs DP-SGD under the reservation; on failure it settles the ledger
   (:mod:`dpgov.training.settle`) and marks the MLflow run failed.
 - **commit** replaces the plan with the steps actually taken (never less than ran) and anchors
@@ -28,7 +30,7 @@ from dpgov.gate.noise import refuse_reproducible_noise
 from dpgov.gate.subgroups import rule_of
 from dpgov.tracking import runs
 from dpgov.tracking.anchor import try_record_anchor
-from dpgov.training import private_eval, records
+from dpgov.training import prepaid_audit, private_eval, records
 from dpgov.training.evaluate import Evaluation, from_release, resolve_threshold
 from dpgov.training.evaluate import evaluate as score
 from dpgov.training.faults import fault_point
@@ -88,6 +90,16 @@ def reserve(p: RunPlan, *, ledger: Ledger) -> Reservation:
         data_version=p.data_version,
         max_run_epsilon=p.target_epsilon * (1 + EPSILON_TOLERANCE),
     )
+
+
+def reserve_audit(p: RunPlan, candidate: Reservation, *, ledger: Ledger) -> Reservation:
+    """Under ``release.require_empirical_audit`` (``p.audit_prepaid``), right after
+    :func:`reserve`: charge the candidate's mechanism again to its blocks for its empirical
+    audit (:mod:`dpgov.training.prepaid_audit`); refused, the candidate's reservation is
+    released, so nothing stays charged."""
+    if not p.audit_prepaid:
+        raise UsageError("this run's policy does not ask for an empirical audit")
+    return prepaid_audit.reserve_audit(p, candidate, ledger=ledger)
 
 
 def reserve_evaluation(p: RunPlan, *, ledger: Ledger) -> Reservation:
