@@ -20,6 +20,7 @@ from dpgov.accounting.filters import calibrate_filter
 from dpgov.accounting.kinds import rdp_vector
 from dpgov.contracts import exceeds
 from dpgov.errors import Refused, UsageError
+from dpgov.training.clipping_modes import REASON_PARAM, mode_reason
 from dpgov.training.factory import ModelReport, report_of
 from dpgov.training.inputs import Arrays, PreparedLike, arrays, data_version_of, subset
 from dpgov.training.models import build_model, input_spec, takes_images
@@ -71,6 +72,8 @@ class RunPlan:
     # training records: the sample rate is over patients, each patient's sum clipped
     patient_level: bool = False
     max_records_per_patient: int = 1
+    # why this grad_sample_mode (dpgov.training.clipping_modes.mode_reason), logged
+    grad_sample_mode_reason: str = ""
     # release.require_empirical_audit: the candidate's audit (the same mechanism again on the
     # same blocks) is calibrated for and reserved with the run (dpgov.training.prepaid_audit);
     # audit_reservation is set once it is reserved (dataclasses.replace, by the governed run)
@@ -110,6 +113,7 @@ class RunPlan:
             "accountant": self.accountant,
             "device": self.device,
             "grad_sample_mode": self.grad_sample_mode,
+            REASON_PARAM: self.grad_sample_mode_reason,
             "model": self.params.model.name,
             "n_validation_patients": len(self.validation.y) if self.validation else 0,
             "evaluation": self.evaluation.summary() if self.evaluation else None,
@@ -182,6 +186,9 @@ def plan(
     patient_level = max_records > 1
     if patient_level:
         mode = _patient_level_mode(cfg.grad_sample_mode, cfg)
+    reason = mode_reason(
+        cfg.grad_sample_mode, mode, model, precision=cfg.precision, patient_level=patient_level
+    )
     n_units = len(np.unique(train.patient_id)) if patient_level else len(train.y)
     sampling = sampling_plan(n=n_units, batch_size=cfg.batch_size, epochs=cfg.epochs)
     if budget.delta >= 1.0 / n_units:
@@ -252,6 +259,7 @@ def plan(
         accountant=budget.accountant,
         device=str(device),
         grad_sample_mode=mode,
+        grad_sample_mode_reason=reason,
         calibrated=calibrated,
         validation=validation,
         evaluation=evaluation,

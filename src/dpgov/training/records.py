@@ -32,6 +32,7 @@ from dpgov.contracts import (
 from dpgov.gate.facts import CandidateFacts
 from dpgov.gate.noise import NOISE_SEED, TAG_NOISE_SOURCE
 from dpgov.training import prepaid_audit
+from dpgov.training.clipping_modes import REASON_PARAM
 from dpgov.training.factory import model_sentence
 from dpgov.training.trainer import noise_source
 
@@ -81,6 +82,7 @@ def run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) ->
                 "sampling": SAMPLING,
                 "neighbouring": NEIGHBOURING,
                 "grad_sample_mode": p.grad_sample_mode,
+                REASON_PARAM: p.grad_sample_mode_reason,
                 "secure_rng": cfg.secure_rng,
                 "noise_source": noise_source(cfg),
             }

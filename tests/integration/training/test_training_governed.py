@@ -310,5 +310,11 @@ def test_cnn_on_images_runs_governed_with_per_sample_hooks(
     assert all(retry == (name in RETRYABLE) for name, retry in seen)
     assert summary.validation["ok"] is True
     assert summary.plan["grad_sample_mode"] == "hooks"
+    # auto's reason (dpgov.training.clipping_modes), in the plan and as the run's MLflow param
+    reason = summary.plan["grad_sample_mode_reason"]
+    assert reason.startswith("auto chose hooks") and "(Conv2d)" in reason
+    import mlflow
+
+    assert mlflow.get_run(summary.run_id).data.params["grad_sample_mode_reason"] == reason
     assert summary.steps == summary.plan["steps"]
     assert 0.0 <= summary.auroc <= 1.0
