@@ -295,44 +295,6 @@ def scores_of(model: Any, data: Arrays) -> np.ndarray:
     return loss_scores(predict_logits(model, data.x), data.y)
 
 
-def attack_models(
-    models: Sequence[tuple[str, Any]],
-    members: Arrays,
-    nonmembers: Arrays,
-    *,
-    nonmember_split: str,
-    min_group_n: int,
-    min_false_positives: int = MIN_FALSE_POSITIVES,
-    confidence: float = CONFIDENCE,
-) -> MembershipRisk:
-    """The loss attack on each named model, members against non-members."""
-    import time
-
-    started = time.perf_counter()
-    out = []
-    for name, model in models:
-        rows = attack_table(
-            scores_of(model, members),
-            scores_of(model, nonmembers),
-            members.sensitive,
-            nonmembers.sensitive,
-            min_group_n=min_group_n,
-            min_false_positives=min_false_positives,
-            confidence=confidence,
-        )
-        out.append(ModelAttack(model=name, rows=tuple(rows)))
-    return MembershipRisk(
-        attack=LOSS_ATTACK,
-        nonmember_split=nonmember_split,
-        members=len(members.y),
-        nonmembers=len(nonmembers.y),
-        min_false_positives=min_false_positives,
-        confidence=confidence,
-        seconds=time.perf_counter() - started,
-        models=tuple(out),
-    )
-
-
 def per_patient(scores: np.ndarray, data: Arrays) -> tuple[np.ndarray, Any]:
     """One score per patient (the mean over their records; the unit of privacy is the
     patient) and their sensitive attributes (their first record's); unchanged when every
@@ -350,46 +312,81 @@ def per_patient(scores: np.ndarray, data: Arrays) -> tuple[np.ndarray, Any]:
     return mean.to_numpy(), pd.DataFrame(first).reset_index(drop=True)
 
 
-def attack_run(p: Any, outcome: Any, evals: Any) -> MembershipRisk:
+def attack_models(
+    models: Sequence[tuple[str, Any]],
+    members: Arrays,
+    nonmembers: Arrays,
+    *,
+    nonmember_split: str,
+    min_group_n: int,
+    min_false_positives: int = MIN_FALSE_POSITIVES,
+    confidence: float = CONFIDENCE,
+) -> MembershipRisk:
+    """The loss attack on each named model, members against non-members, one score per
+    patient (:func:`per_patient`)."""
+    import time
+
+    started = time.perf_counter()
+    out = []
+    n_members = n_non = 0
+    for name, model in models:
+        ms, mg = per_patient(scores_of(model, members), members)
+        ns, ng = per_patient(scores_of(model, nonmembers), nonmembers)
+        n_members, n_non = len(ms), len(ns)
+        rows = attack_table(
+            ms,
+            ns,
+            mg,
+            ng,
+            min_group_n=min_group_n,
+            min_false_positives=min_false_positives,
+            confidence=confidence,
+        )
+        out.append(ModelAttack(model=name, rows=tuple(rows)))
+    return MembershipRisk(
+        attack=LOSS_ATTACK,
+        nonmember_split=nonmember_split,
+        members=n_members,
+        nonmembers=n_non,
+        min_false_positives=min_false_positives,
+        confidence=confidence,
+        seconds=time.perf_counter() - started,
+        models=tuple(out),
+    )
+
+
+def attack_run(p: Any, outcome: Any, evals: Any) -> MembershipRisk | None:
     """The governed run's hook (``train.membership_attack: true``), called after evaluate
     and before track, while the reference model still exists: the loss attack on the DP model
     and the reference, members = the patients DP-SGD trained on, non-members = the
     validation split (else the test split), subgroups judged by the policy's
-    ``fairness.min_group_size``."""
-    import time
-
+    ``fairness.min_group_size``. None (a logged warning, no figures, nothing listed) when
+    neither split holds more than :data:`MIN_FALSE_POSITIVES` patients: the run is already
+    charged, so an attack that cannot be made does not fail it."""
     from dpgov.gate.subgroups import rule_of
 
-    started = time.perf_counter()
     validation = getattr(p, "validation", None)
     if validation is not None and len(validation.y) > MIN_FALSE_POSITIVES:
         nonmembers, split = validation, "validation"
     else:
         nonmembers, split = p.test, "test"
-    if len(nonmembers.y) <= MIN_FALSE_POSITIVES:
-        raise UsageError(
-            f"train.membership_attack: needs more than {MIN_FALSE_POSITIVES} non-member "
-            f"patients (validation or test split), found {len(nonmembers.y)}"
+    if len(nonmembers.y) <= MIN_FALSE_POSITIVES:  # the run is charged by now: keep it
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "train.membership_attack: no attack, it needs more than %d non-member patients "
+            "(validation or test split), found %d",
+            MIN_FALSE_POSITIVES,
+            len(nonmembers.y),
         )
+        return None
     models: list[tuple[str, Any]] = [("dp", outcome.result.model)]
     if evals.reference_result is not None:
         models.append(("reference", evals.reference_result.model))
-    min_group_n = rule_of(p.policy.policy.fairness).min_size
-    out = []
-    n_members = n_non = 0
-    for name, model in models:
-        ms, mg = per_patient(scores_of(model, p.train), p.train)
-        ns, ng = per_patient(scores_of(model, nonmembers), nonmembers)
-        n_members, n_non = len(ms), len(ns)
-        rows = attack_table(ms, ns, mg, ng, min_group_n=min_group_n)
-        out.append(ModelAttack(model=name, rows=tuple(rows)))
-    return MembershipRisk(
-        attack=LOSS_ATTACK,
+    return attack_models(
+        models,
+        p.train,
+        nonmembers,
         nonmember_split=split,
-        members=n_members,
-        nonmembers=n_non,
-        min_false_positives=MIN_FALSE_POSITIVES,
-        confidence=CONFIDENCE,
-        seconds=time.perf_counter() - started,
-        models=tuple(out),
+        min_group_n=rule_of(p.policy.policy.fairness).min_size,
     )
