@@ -116,6 +116,8 @@ def test_a_candidate_on_the_whole_remaining_budget_is_still_audited_and_releasab
     assert statement["empirical_audit"]["prepaid"] is True
     entries_before = len(ledger.entries())
     ledger.close()
+    # never audited, it stays charged and `dpgov audit` lists it among the pending reservations
+    assert rid in _pending_in_audit_report()
 
     # the gate blocks the release until audited (required), and the audit runs on the prepaid
     # reservation: no new reservation, the prepaid one committed with the steps it ran
@@ -209,6 +211,13 @@ def test_the_pair_that_does_not_fit_is_refused_and_without_the_key_nothing_chang
     second = run_governed(params, relaxed, ledger=ledger, options=run_options)
     assert second.audit_reservation is None and second.model_version is not None
     ledger.close()
+
+
+def _pending_in_audit_report() -> list[str]:
+    from dpgov.report.audit import run_audit
+
+    report = run_audit(None, None, 24.0)
+    return [row["reservation"] for row in report["reservations"]["pending"]]
 
 
 def _tags(run_id: str) -> dict[str, str]:
