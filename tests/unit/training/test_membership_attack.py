@@ -4,6 +4,8 @@ subgroup, and a clear AUC above 0.5 against a deliberately overfit non-private m
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +174,38 @@ def test_the_facts_record_every_row_and_the_report_names_the_most_exposed_subgro
     worst = max(dp[1:], key=lambda r: r.tpr - r.fpr)
     assert f"most exposed judged subgroup: sex={worst.group} ({worst.members} members" in text
     assert membership_text(None) == ""
+
+
+def _arrays(ids: list[str], sex: list[str]) -> Any:
+    from dpgov.training.inputs import Arrays
+
+    n = len(ids)
+    return Arrays(
+        x=np.zeros((n, 2), dtype=np.float32),
+        y=np.ones(n, dtype=np.float32),
+        patient_id=np.asarray(ids),
+        block=np.asarray(["b"] * n),
+        sensitive=pd.DataFrame({"sex": sex}),
+    )
+
+
+def test_a_patient_with_several_records_scores_once_their_mean() -> None:
+    from dpgov.training.membership_attack import per_patient
+
+    data = _arrays(["b", "a", "b", "c"], ["M", "F", "M", "F"])
+    scores, groups = per_patient(np.array([1.0, 5.0, 3.0, 7.0]), data)
+    assert scores.tolist() == [5.0, 2.0, 7.0]  # patients a, b, c
+    assert groups["sex"].tolist() == ["F", "M", "F"]
+    one = _arrays(["x", "y"], ["F", "M"])
+    s, g = per_patient(np.array([1.0, 2.0]), one)
+    assert s.tolist() == [1.0, 2.0] and g is one.sensitive
+
+
+def test_too_few_non_members_skips_the_attack_rather_than_failing_a_charged_run() -> None:
+    from types import SimpleNamespace
+
+    from dpgov.training.membership_attack import attack_run
+
+    few = _arrays([str(i) for i in range(5)], ["F"] * 5)
+    p = SimpleNamespace(validation=few, test=few, train=few)
+    assert attack_run(p, SimpleNamespace(result=None), SimpleNamespace()) is None
