@@ -235,3 +235,65 @@ def _statement(run_id: str) -> dict[str, Any]:
         run_id=run_id, artifact_path=ARTIFACT_PRIVACY_STATEMENT
     )
     return dict(json.loads(Path(path).read_text()))
+
+
+def test_failures_settle_the_prepaid_reservation(
+    home: Path,
+    world: Any,
+    run_options: Any,
+    small_params: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+
+    from dpgov.tracking.registry import Registry
+    from dpgov.training import audit_model
+
+    ledger = Ledger.open()
+    loaded = _policy(tmp_path, epsilon_per_block=8.0, require=True)
+    _set(ledger, loaded)
+    params = world.params(small_params(model_name=MODEL))
+
+    # training fails after a step: the candidate is aborted (charged), its audit, which never
+    # ran and has no candidate left to audit, is released
+    def killed(steps: int, loss: float) -> None:
+        raise RuntimeError("killed mid-training")
+
+    with pytest.raises(RuntimeError, match="killed mid-training"):
+        run_governed(
+            params,
+            loaded,
+            ledger=ledger,
+            options=dataclasses.replace(run_options, on_step=killed),
+        )
+    [aborted] = ledger.entries(kind="abort")
+    [released] = ledger.entries(kind="release")
+    assert "no audit step ran" in released.payload["reason"]
+    assert aborted.payload["reservation"] != released.payload["reservation"]
+    assert all(r.status != "pending" for r in ledger.reservations())
+
+    # an audit that fails on its prepaid reservation aborts it (charged) and records nothing;
+    # the next audit, with no prepaid reservation left, reserves its own charge as before
+    summary = run_governed(params, loaded, ledger=ledger, options=run_options)
+    rid = summary.audit_reservation
+    assert rid is not None
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("killed mid-audit")
+
+    version = str(summary.model_version)
+    with monkeypatch.context() as mp, pytest.raises(RuntimeError, match="killed mid-audit"):
+        mp.setattr(audit_model, "run_audit", crash)
+        audit_model.audit_candidate(
+            MODEL, version, ledger=ledger, registry=Registry(), canaries=20, data=world.prepared
+        )
+    assert ledger.reservation(rid).status == "aborted"
+    assert not ledger.entries(kind=AUDIT_KIND)
+    reserved = len(ledger.entries(kind="reservation"))
+    again = audit_model.audit_candidate(
+        MODEL, version, ledger=ledger, registry=Registry(), canaries=20, data=world.prepared
+    )
+    assert again.prepaid is False and again.reservation != rid
+    assert len(ledger.entries(kind="reservation")) == reserved + 1
+    ledger.close()
