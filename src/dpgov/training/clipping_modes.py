@@ -67,7 +67,7 @@ def mode_reason(
         )
         return (
             "auto chose ghost: every weighted layer has a ghost-clipping norm sampler "
-            f"({', '.join(kinds)}); one norm pass, no per-example gradients kept"
+            f"({', '.join(kinds)}); per-example norms only, in two backward passes"
         )
     if missing is not None:
         name, kind = missing
