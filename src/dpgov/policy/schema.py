@@ -166,8 +166,8 @@ class Release(_Strict):
     require_empirical_audit: bool = Field(
         default=False,
         description="release only models with an empirical privacy audit (dpgov audit-model) "
-        "whose lower bound on ε does not exceed the claimed ε; the audit reserves its own "
-        "charge when it runs",
+        "whose lower bound on ε does not exceed the claimed ε; a governed run then reserves "
+        "its candidate's audit with it (calibrated together, both or neither)",
     )
     allowed_model_factories: list[str] = Field(
         default_factory=list,
