@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dpgov.errors import UsageError
+from dpgov.gate.subgroups import rule_of
+from dpgov.training.evaluate import _safe
 
 if TYPE_CHECKING:  # pragma: no cover
     from dpgov.training.inputs import Arrays
@@ -264,8 +266,6 @@ class MembershipRisk:
 
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics under :data:`METRIC_PREFIX` (finite values only)."""
-        from dpgov.training.evaluate import _safe
-
         out: dict[str, float] = {}
         for ma in self.models:
             for r in ma.rows:
@@ -363,8 +363,6 @@ def attack_run(p: Any, outcome: Any, evals: Any) -> MembershipRisk | None:
     ``fairness.min_group_size``. None (a logged warning, no figures, nothing listed) when
     neither split holds more than :data:`MIN_FALSE_POSITIVES` patients: the run is already
     charged, so an attack that cannot be made does not fail it."""
-    from dpgov.gate.subgroups import rule_of
-
     validation = getattr(p, "validation", None)
     if validation is not None and len(validation.y) > MIN_FALSE_POSITIVES:
         nonmembers, split = validation, "validation"
