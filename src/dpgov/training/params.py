@@ -22,7 +22,7 @@ from dpgov import names, yamlio
 from dpgov.data.params import DataParams
 from dpgov.errors import UsageError
 from dpgov.names import MODEL_NAME_MAX
-from dpgov.training.models import model_names
+from dpgov.training.models import FACTORY, model_names
 
 DEFAULT_PARAMS = Path("params.yaml")
 DEVICES = ("auto", "cpu", "cuda")
@@ -102,8 +102,11 @@ class ModelParams(_Strict):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in model_names():
-            raise ValueError(f"unknown model {value!r}; known: {', '.join(model_names())}")
+        if value not in model_names() and value != FACTORY:
+            raise ValueError(
+                f"unknown model {value!r}; known: {', '.join(model_names())} "
+                "(or model.factory for your own)"
+            )
         return value
 
     @field_validator("hidden", "channels")

@@ -84,8 +84,9 @@ def test_not_allow_listed_or_a_wrong_hash_is_refused_with_nothing_charged(
     put_in_force(policy, ledger=Ledger.open())
     before = Ledger.open().head()
     other = _params(images, factory="dpgov.testing.models:tiny_unprivate_net", head=None)
-    with pytest.raises(UsageError, match="is not allowed by the policy in force"):
+    with pytest.raises(UsageError, match="is not allowed by the policy in force") as refused:
         _run(images, other, policy, tmp_path)
+    assert refused.value.exit_code == 2 and "\n" not in str(refused.value)  # one line
     path, _sha = _weights(tmp_path)
     wrong = _params(images, weights=path, weights_sha256="ab" * 32)
     with pytest.raises(UsageError, match=r"not model\.weights_sha256"):
