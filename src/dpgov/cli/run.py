@@ -219,6 +219,11 @@ def _render(data: dict[str, Any]) -> None:
         "cumulative ε per block: "
         + ", ".join(f"{b} {eps_up(v)}" for b, v in data["block_epsilon"].items())
     )
+    if data.get("audit_reservation"):  # release.require_empirical_audit (prepaid_audit)
+        prose(
+            f"empirical audit prepaid: reservation {data['audit_reservation']} charges this "
+            "mechanism again to these blocks (included above); `dpgov audit-model` runs on it"
+        )
     ref = data.get("reference_auroc")
     price = f"; non-private reference {ref:.3f}, price {ref - data['auroc']:+.3f}" if ref else ""
     pe = data.get("private_evaluation")

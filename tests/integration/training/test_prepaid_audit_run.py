@@ -116,6 +116,15 @@ def test_a_candidate_on_the_whole_remaining_budget_is_still_audited_and_releasab
     assert statement["empirical_audit"]["prepaid"] is True
     entries_before = len(ledger.entries())
     ledger.close()
+    # dpgov run's output says so too, at 80 columns
+    from dpgov.cli.run import _render
+
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    _render(summary.to_dict())
+    shown = capsys.readouterr().out
+    assert "empirical audit prepaid" in shown and rid in shown.replace("\n", "")
+    assert max(len(line) for line in shown.splitlines()) <= 80
     # never audited, it stays charged and `dpgov audit` lists it among the pending reservations
     assert rid in _pending_in_audit_report()
 
