@@ -173,7 +173,15 @@ def allowed(factory: str, patterns: Sequence[str]) -> bool:
 
 
 def check_allowed(factory: str, patterns: Sequence[str] | None) -> None:
-    """Refuse (exit 2) a factory the policy in force does not allow-list, before any import."""
+    """Refuse (exit 2) a factory the policy in force does not allow-list, before any import.
+    The function part must be one public name (checked here too, so that a pattern ending in
+    ``*`` never admits an attribute chain)."""
+    _, _, attr = factory.partition(":")
+    if not attr.isidentifier() or attr.startswith("_"):
+        raise UsageError(
+            f"model.factory: expected 'package.module:function' with one public function "
+            f"name, found {factory!r}"
+        )
     if patterns is not None and allowed(factory, patterns):
         return
     listed = ", ".join(patterns or ()) or "none"
@@ -189,6 +197,12 @@ def resolve(factory: str) -> Callable[..., Any]:
     module_name, sep, attr = factory.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"model.factory: expected 'package.module:function', found {factory!r}")
+    if not attr.isidentifier() or attr.startswith("_"):
+        # one public name of the module: no attribute chains (``mod:os.system`` would reach
+        # past what an allow-list pattern such as ``mod:*`` means to admit)
+        raise UsageError(
+            f"model.factory: {attr!r} is not one public function name of {module_name!r}"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as err:  # ImportError, or a broken package failing at import
@@ -196,11 +210,9 @@ def resolve(factory: str) -> Callable[..., Any]:
             f"model.factory: module {module_name!r} does not import ({type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no message'})"
         ) from err
-    target: Any = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise UsageError(f"model.factory: {module_name!r} has no attribute {attr!r}")
+    target = getattr(module, attr, None)
+    if target is None:
+        raise UsageError(f"model.factory: {module_name!r} has no attribute {attr!r}")
     if not callable(target):
         raise UsageError(f"model.factory: {factory!r} is not callable")
     return target  # type: ignore[no-any-return]

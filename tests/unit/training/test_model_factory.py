@@ -60,6 +60,16 @@ def test_a_factory_not_allow_listed_is_refused_before_it_is_imported() -> None:
     assert "dpgov_never_imported_pkg" not in sys.modules
 
 
+@pytest.mark.parametrize(
+    "factory", ["dpgov.testing.models:Any.__init__", "dpgov.testing.models:_private", "m:a-b"]
+)
+def test_a_pattern_ending_in_star_admits_one_public_name_only(factory: str) -> None:
+    """``mod:*`` must not reach past the module's own names (``mod:os.system``)."""
+    cfg = parse_params({"model": {"factory": factory}}).model
+    with pytest.raises(UsageError, match="one public function name"):
+        build_model(cfg, SPEC, allowed_factories=["dpgov.testing.models:*", "m:*"])
+
+
 def test_allow_list_patterns_match_whole_names() -> None:
     from dpgov.training.factory import allowed
 
