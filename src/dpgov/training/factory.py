@@ -6,8 +6,9 @@ ledger's keys, so it is called only when the policy in force allow-lists it
 ``"monai.networks.nets:*"``); the check comes before the module is imported. What the factory
 returns becomes, in this order (:func:`build_from_factory`):
 
-1. **weights** (``model.weights``): a local state-dict file, its SHA-256 checked against
-   ``model.weights_sha256`` before it is read (mismatch: exit 2), loaded with
+1. **weights** (``model.weights``; weights the factory would fetch itself, through
+   :data:`FETCHED_WEIGHTS_KWARGS`, are refused): a local state-dict file, its SHA-256
+   checked against ``model.weights_sha256`` before it is read (mismatch: exit 2), loaded with
    ``torch.load(weights_only=True)`` into the factory's model as built (strict keys).
 2. **head** (``model.head``): the named ``Linear`` replaced by a fresh one with one output
    (the public pretraining's classes dropped).
@@ -239,6 +240,21 @@ def check_weights(path: str, expected: str | None) -> str:
             f"model.weights: sha256 of {path!r} is {actual}, not model.weights_sha256 {expected}"
         )
     return actual
+
+
+FETCHED_WEIGHTS_KWARGS = ("pretrained", "weights", "pretrained_weights", "checkpoint_path")
+
+
+def _refuse_fetched_weights(kwargs: dict[str, Any]) -> None:
+    """Weights the factory would fetch or read itself (torchvision's ``weights=``, MONAI's and
+    timm's ``pretrained=True``) bypass the SHA-256 check: refused, pointing to model.weights."""
+    for key in FETCHED_WEIGHTS_KWARGS:
+        value = kwargs.get(key)
+        if value not in (None, False, "", 0):
+            raise UsageError(
+                f"model.kwargs.{key}: {value!r} would have the factory load weights dpgov does "
+                "not check; give them as model.weights with model.weights_sha256"
+            )
 
 
 def _load_weights(net: nn.Module, path: str) -> None:
@@ -480,8 +496,9 @@ def build_from_factory(cfg: Any, spec: Any, *, allowed_patterns: Sequence[str] |
     factory = str(cfg.factory)
     check_allowed(factory, allowed_patterns)  # before the import: importing runs code too
     weights_sha = check_weights(cfg.weights, cfg.weights_sha256) if cfg.weights else None
-    fn = resolve(factory)
     kwargs = dict(cfg.kwargs)
+    _refuse_fetched_weights(kwargs)
+    fn = resolve(factory)
     try:
         net = fn(**kwargs)
     except TypeError as err:

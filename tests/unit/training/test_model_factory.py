@@ -101,6 +101,12 @@ def test_a_bad_factory_is_a_usage_error(factory: str, message: str) -> None:
         build_model(cfg, SPEC, allowed_factories=["dpgov*"])
 
 
+@pytest.mark.parametrize("kwargs", [{"pretrained": True}, {"weights": "IMAGENET1K_V1"}])
+def test_weights_the_factory_would_fetch_itself_are_refused(kwargs: dict) -> None:
+    with pytest.raises(UsageError, match=r"give them as model\.weights with model\.weights_sha256"):
+        build_model(_cfg(kwargs=kwargs), SPEC, allowed_factories=ALLOW)
+
+
 def test_bad_kwargs_are_a_usage_error() -> None:
     with pytest.raises(UsageError, match=r"model\.kwargs: dpgov\.testing\.models:tiny_bn_net"):
         build_model(_cfg(kwargs={"colour": 3}), SPEC, allowed_factories=ALLOW)
