@@ -107,6 +107,10 @@ class CandidateFacts(_Facts):
     # (dpgov.gate.noise; None: facts written before sources were recorded, judged as seed)
     noise_source: str | None = None
     n_train_patients: int
+    # training records a patient may hold (privacy.max_records_per_patient); above 1 the run
+    # used patient-level DP-SGD (each patient's summed gradient clipped). None: facts written
+    # before it was recorded, which were record-level (one record per patient)
+    max_records_per_patient: int | None = None
     # utility on the held-out test split
     auroc: float
     auroc_lo: float | None = None

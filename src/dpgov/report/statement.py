@@ -88,7 +88,7 @@ def release_statement(
         reservation=rid,
         ledger_charge=charge.status if charge else "missing",
         unit_of_privacy="patient",
-        records_per_patient=1,
+        records_per_patient=int(facts.get("max_records_per_patient") or 1),
         neighbouring="add/remove one patient",
         sampling="poisson",
         secure_rng=facts.get("secure_rng"),

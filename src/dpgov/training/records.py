@@ -372,6 +372,7 @@ def candidate_facts(
         secure_rng=bool(cfg.secure_rng) if private else False,
         noise_source=noise_source(cfg) if private else None,
         n_train_patients=p.n_train_patients,
+        max_records_per_patient=p.max_records_per_patient,
         auroc=ev.auroc,
         auroc_lo=ev.auroc_lo,
         auroc_hi=ev.auroc_hi,

@@ -77,3 +77,6 @@ def test_patients_with_several_images_are_charged_at_the_patient_level(
     assert statement["records_per_patient"] == plan["max_records_per_patient"]
     text = statement_text(statement)  # what track logs as privacy_statement.txt
     assert "Unit of privacy: patient" in text and "per-patient clipping" in text
+    # the candidate facts carry it, so a release's statement says it too (not 1)
+    facts = runs.read_json(summary.run_id, "candidate_facts.json")
+    assert facts["max_records_per_patient"] == plan["max_records_per_patient"]
