@@ -134,6 +134,24 @@ def _fresh_model(model: str, version: str, run_params: dict[str, str], meta: dic
     return net.train()
 
 
+def _auditable(where: str, facts: CandidateFacts, run_params: dict[str, str]) -> None:
+    """What this audit run cannot reproduce is refused before anything is charged (exit 2):
+    a ``model.factory`` model (the registry's export cannot be rebuilt as a trainable module
+    without running the factory again), and patient-level DP-SGD (the canary game here is
+    record-level: its canaries are records, not patients with several records)."""
+    if run_params.get("model.factory"):
+        raise UsageError(
+            f"{where} was built by model.factory {run_params['model.factory']!r}: an audit run "
+            "rebuilds only the built-in models (mlp, logreg, cnn) for now"
+        )
+    if (facts.max_records_per_patient or 1) > 1:
+        raise UsageError(
+            f"{where} was trained with patient-level DP-SGD (up to "
+            f"{facts.max_records_per_patient} records per patient): the audit run reproduces "
+            "record-level DP-SGD only for now"
+        )
+
+
 def audit_candidate(
     model: str,
     version: str,
@@ -173,6 +191,7 @@ def audit_candidate(
         )
     train_all = arrays(prepared, "train")
     run_params = runs.read_run(facts.run_id)["params"]
+    _auditable(where, facts, run_params)
     train = _trained_patients(
         subset(train_all, np.isin(train_all.block, facts.blocks)), facts, run_params
     )
