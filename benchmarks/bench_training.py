@@ -4,7 +4,11 @@
    and epochs, in the same invocation, for the tabular MLP (bundled flchain) and the CNN
    (generated 1×28×28 images). Each variant runs in its own child process, so its peak
    resident memory (CPU) or peak allocated memory (CUDA) is its own; variants alternate over
-   ``--repeats`` rounds to spread out noise from other work on the machine.
+   ``--repeats`` rounds to spread out noise from other work on the machine. Both sides use
+   the vectorised loader (:mod:`dpgov.training.poisson_loader`, issue 21); the ``…:rows``
+   variants rerun a side with the row-by-row loaders of before (Opacus's ``DPDataLoader`` over
+   a ``TensorDataset``; a shuffled ``DataLoader``) to show what the loader changed. The load
+   average is recorded at the start and the end: the machine may be shared.
 2. Utility: AUROC on the flchain test split at ε = 1, 3, 8 (σ calibrated from a fresh budget,
    PLD, δ = 1e-5) beside the non-private reference, with subgroup AUROC and gaps, over
    ``--seeds`` seeds.
@@ -64,6 +68,12 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     from dpgov.training.params import parse_params
 
     warnings.filterwarnings("ignore")
+    variant, _, loader = spec["variant"].partition(":")
+    if loader == "rows":  # the row-by-row loaders of before issue 21, for comparison
+        from dpgov.training import poisson_loader
+
+        poisson_loader.usable = lambda *_a: False  # type: ignore[assignment]
+        poisson_loader.in_memory = lambda _x: False  # type: ignore[assignment]
     torch.set_num_threads(int(spec.get("threads", torch.get_num_threads())))
     data = (
         _flchain(Path(spec["home"])) if spec["data"] == "flchain" else _images(spec["n_train"], 200)
@@ -88,7 +98,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     device = trainer.resolve_device(spec["device"])
     model = build_model(params.model, input_spec(data.meta))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    if spec["variant"] == "nonprivate":
+    if variant == "nonprivate":
         result = trainer.train_nonprivate(
             model,
             x,
@@ -109,7 +119,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             max_grad_norm=5.0,
             cfg=params.train,
             device=device,
-            grad_sample_mode=spec["variant"],
+            grad_sample_mode=variant,
         )
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     epochs = result.epoch_seconds[1:] or result.epoch_seconds  # first epoch warms up
@@ -135,7 +145,15 @@ def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def speed(home: Path, *, repeats: int, quick: bool, device: str) -> list[dict[str, Any]]:
+def speed(
+    home: Path,
+    *,
+    repeats: int,
+    quick: bool,
+    device: str,
+    only: list[str] | None = None,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
     cases = [
         {
             "name": "tabular MLP (flchain)",
@@ -143,7 +161,7 @@ def speed(home: Path, *, repeats: int, quick: bool, device: str) -> list[dict[st
             "model": "mlp",
             "batch": 512,
             "epochs": 4 if quick else 20,
-            "variants": ["nonprivate", "ghost", "hooks"],
+            "variants": ["nonprivate", "ghost", "hooks", "nonprivate:rows", "ghost:rows"],
         },
         {
             "name": "CNN (1×28×28 generated)",
@@ -152,11 +170,15 @@ def speed(home: Path, *, repeats: int, quick: bool, device: str) -> list[dict[st
             "batch": 128,
             "n_train": 1024 if quick else 4096,
             "epochs": 2 if quick else 3,
-            "variants": ["nonprivate", "hooks", "ghost"],
+            "variants": ["nonprivate", "hooks", "ghost", "nonprivate:rows", "hooks:rows"],
         },
     ]
+    if only:
+        cases = [c for c in cases if c["model"] in only]
     rows = []
     for case in cases:
+        if threads:
+            case["threads"] = threads
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in case["variants"]}
         for _ in range(repeats):
             for variant in case["variants"]:
@@ -171,8 +193,15 @@ def speed(home: Path, *, repeats: int, quick: bool, device: str) -> list[dict[st
         base_t = min(r["seconds_per_epoch"] for r in results["nonprivate"])
         base_m = min(r["peak_rss_bytes"] for r in results["nonprivate"])
         base_g = [r["peak_cuda_bytes"] for r in results["nonprivate"]]
+        rows_t = min(
+            (r["seconds_per_epoch"] for r in results.get("nonprivate:rows", [])), default=None
+        )
+        rounds = [r["seconds_per_epoch"] for r in results["nonprivate"]]
         for variant, runs in results.items():
             t = min(r["seconds_per_epoch"] for r in runs)
+            own_base = rows_t if variant.endswith(":rows") and rows_t else base_t
+            # per round: this variant over the non-private run of the same round (interleaved)
+            per_round = [r["seconds_per_epoch"] / b for r, b in zip(runs, rounds, strict=True)]
             m = min(r["peak_rss_bytes"] for r in runs)
             g = [r["peak_cuda_bytes"] for r in runs]
             rows.append(
@@ -185,6 +214,9 @@ def speed(home: Path, *, repeats: int, quick: bool, device: str) -> list[dict[st
                     "seconds_per_epoch_all": [r["seconds_per_epoch"] for r in runs],
                     "samples_per_second": runs[0]["n_train"] / t,
                     "time_ratio": t / base_t,
+                    "time_ratio_same_loader": t / own_base,
+                    "time_ratio_rounds": per_round,
+                    "time_ratio_median_round": statistics.median(per_round),
                     "peak_rss_mib": m / 2**20,
                     "memory_ratio": m / base_m,
                     "peak_cuda_mib": (min(g) / 2**20) if g[0] is not None else None,
@@ -310,15 +342,24 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "### DP-SGD against plain SGD (same model, data, batch, run)",
             "",
+            f"Load average (1 min) at start {result.get('load_start', '-')}, at end "
+            f"{result.get('load_end', '-')}. time × = min s/epoch over the non-private "
+            "(vectorised loader) min; per round = each round's ratio to the non-private run "
+            "of the same round; same loader = a :rows variant over nonprivate:rows.",
+            "",
             "| case | variant | N | batch | s/epoch (min of rounds) | samples/s | time × | "
-            "peak RSS MiB | memory × |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "per round × | same loader × | peak RSS MiB | memory × |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in result["speed"]:
+            rounds = ", ".join(f"{x:.2f}" for x in r.get("time_ratio_rounds", []))
+            if r.get("time_ratio_median_round") is not None:
+                rounds = f"median {r['time_ratio_median_round']:.2f} ({rounds})"
             lines.append(
                 f"| {r['case']} | {r['variant']} | {r['n_train']} | {r['batch']} | "
                 f"{r['seconds_per_epoch']:.3f} | {r['samples_per_second']:.0f} | "
-                f"{r['time_ratio']:.2f} | {r['peak_rss_mib']:.0f} | {r['memory_ratio']:.2f} |"
+                f"{r['time_ratio']:.2f} | {rounds} | {r.get('time_ratio_same_loader', 0):.2f} | "
+                f"{r['peak_rss_mib']:.0f} | {r['memory_ratio']:.2f} |"
             )
         lines.append("")
     if result.get("utility"):
@@ -377,6 +418,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds for the utility table")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--cases", help="speed cases to run, e.g. mlp or mlp,cnn (default all)")
+    parser.add_argument("--threads", type=int, help="torch threads per child (default torch's)")
     parser.add_argument("--skip-utility", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
@@ -395,12 +438,19 @@ def main() -> None:
             f"device {args.device}",
             "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         }
+        result["load_start"] = f"{os.getloadavg()[0]:.1f}"
         if not args.skip_speed:
             result["speed"] = speed(
-                home, repeats=args.repeats, quick=args.quick, device=args.device
+                home,
+                repeats=args.repeats,
+                quick=args.quick,
+                device=args.device,
+                only=args.cases.split(",") if args.cases else None,
+                threads=args.threads,
             )
         if not args.skip_utility:
             result["utility"] = utility(home, seeds=args.seeds, quick=args.quick)
+    result["load_end"] = f"{os.getloadavg()[0]:.1f}"
     result["seconds"] = time.time() - started
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
