@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from scipy import stats
 
@@ -187,3 +189,21 @@ def test_empty_batches_are_steps_taken_and_charged() -> None:
     res, plan = _dp_run(1, 20)
     assert res.steps == plan.steps == 40
     assert res.history == [(1.5, 1 / 20, 40)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 400), batch=st.integers(1, 400))
+def test_where_the_loader_is_used_opacus_derives_the_plans_q(n: int, batch: int) -> None:
+    # make_private takes q = 1/len(loader) and the expected batch int(N·q) from the loader
+    batch = min(batch, n)
+    plan = trainer.sampling_plan(n=n, batch_size=batch, epochs=1)
+    if not pl.usable(np.zeros((n, 1)), NOISE_SEED, plan.sample_rate, plan.steps_per_epoch):
+        assert 1.0 / plan.steps_per_epoch != plan.sample_rate  # only the truncated plans
+        return
+    x, y = np.zeros((n, 2), dtype=np.float32), np.zeros(n, dtype=np.float32)
+    loader = pl.poisson_loader(
+        x, y, sample_rate=plan.sample_rate, steps=plan.steps_per_epoch, generator=None
+    )
+    assert len(loader) == plan.steps_per_epoch
+    assert 1 / len(loader) == plan.sample_rate == loader.sample_rate
+    assert len(loader.dataset) == n
