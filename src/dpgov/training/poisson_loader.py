@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dpgov.gate.noise import NOISE_CSPRNG
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -167,8 +169,6 @@ def usable(x: Any, noise_source: str, sample_rate: float, steps: int) -> bool:
     """Whether the DP path can use :func:`poisson_loader`: rows in memory, the sampler's
     generator dpgov's own (not secure mode's, which Opacus installs in its own loader), and
     ``q = 1/steps`` exactly (:func:`fits_opacus`); else Opacus's ``DPDataLoader`` runs."""
-    from dpgov.gate.noise import NOISE_CSPRNG
-
     return (
         in_memory(x)
         and noise_source != NOISE_CSPRNG
