@@ -266,8 +266,9 @@ def train_patient_level_distributed(
     """Patient-level DP-SGD on ``world_size`` spawned processes (see the module docstring);
     returns rank 0's model as a :class:`TrainResult` and every rank's outcome. Raises
     RuntimeError when the ranks' weights or accountant histories differ, or when any rank's
-    history is not ``(σ, q, T)`` of ``plan``. ``counter.steps`` is set after the join only: a
-    crash leaves it unknown, and the caller charges the whole reservation."""
+    history is not ``(σ, q, T)`` of ``plan``. ``counter.steps`` is ``plan.steps`` from the spawn
+    on (the ranks' progress is unknown until they join), so a crash aborts the reservation
+    fully charged and never releases it; after the join it holds the steps the ranks took."""
     import torch
     import torch.multiprocessing as mp
 
@@ -290,6 +291,8 @@ def train_patient_level_distributed(
             f"({cfg.max_physical_batch_size}), found {max_images_per_patient_step}"
         )
     check_secure_rng(cfg.secure_rng)
+    if counter is not None:  # the ranks' progress is unknown until the join: count all steps,
+        counter.steps = plan.steps  # so a crash aborts the reservation fully charged
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dpgov-dpddp-") as tmp:
         job = _Job(

@@ -150,6 +150,14 @@ class TrainParams(_Strict):
         "and noise in float32 (dpgov.training.precision; needs hooks)",
     )
     device: str = "auto"
+    world_size: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="processes on this node for DP-SGD (Opacus DPDDP, one GPU each on cuda, "
+        "gloo CPU processes otherwise), patients sharded by rank; the mechanism is unchanged "
+        "(dpgov.training.distributed)",
+    )
     seed: int = Field(
         default=0, description="model initialisation and the reference; never the DP noise"
     )

@@ -74,6 +74,7 @@ def run_params(p: RunPlan, reservation: Reservation | None, *, private: bool) ->
                 "sample_rate": p.sampling.sample_rate,
                 "expected_batch_size": p.sampling.expected_batch_size,
                 "max_physical_batch_size": cfg.max_physical_batch_size,
+                "world_size": cfg.world_size,  # processes (dpgov.training.distributed)
                 "steps": p.sampling.steps,
                 "max_grad_norm": cfg.max_grad_norm,
                 "accountant": p.accountant,

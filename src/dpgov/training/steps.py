@@ -164,7 +164,9 @@ def train(
             input_spec(p.meta),
             allowed_factories=p.policy.policy.release.allowed_model_factories,
         )
-        if p.patient_level:  # several records per patient: sample and clip per patient
+        if p.params.train.world_size > 1:  # DPDDP on this node, patients sharded by rank
+            result = _train_distributed(p, model, counter)
+        elif p.patient_level:  # several records per patient: sample and clip per patient
             result = train_patient_level(
                 model,
                 p.train.x,
@@ -208,6 +210,35 @@ def train(
         end_failed_run(run_id, err)
         raise
     return TrainOutcome(result=result, run_id=run_id)
+
+
+def _train_distributed(p: RunPlan, model: Any, counter: StepCounter) -> Any:
+    """``train.world_size`` processes (dpgov.training.distributed): per-patient clipping, which
+    with one record per patient is per-record clipping; the plan's (σ, q, T) is unchanged."""
+    from dpgov.training.distributed import train_patient_level_distributed
+
+    cfg = p.params.train
+    if p.grad_sample_mode != "hooks":
+        raise UsageError(
+            f"train.world_size: {cfg.world_size} processes clip with hooks, but the plan "
+            f"chose {p.grad_sample_mode!r}; set train.grad_sample_mode: hooks"
+        )
+    device = resolve_device(p.device)
+    result, _ranks = train_patient_level_distributed(
+        model,
+        p.train.x,
+        p.train.y,
+        p.train.patient_id,
+        plan=p.sampling,
+        noise_multiplier=p.noise_multiplier,
+        max_grad_norm=cfg.max_grad_norm,
+        max_images_per_patient_step=cfg.max_images_per_patient_step,
+        cfg=cfg,
+        world_size=cfg.world_size,
+        backend="nccl" if device.type == "cuda" else "gloo",
+        counter=counter,
+    )
+    return result
 
 
 def commit(reservation: Reservation, outcome: TrainOutcome, *, ledger: Ledger) -> Entry:

@@ -55,7 +55,7 @@ def _cfg() -> TrainParams:
 
 
 @pytest.fixture(scope="module")
-def world() -> dict[str, Any]:
+def dpddp() -> dict[str, Any]:
     from dpgov.training.distributed import train_patient_level_distributed
     from dpgov.training.trainer import StepCounter
 
@@ -94,30 +94,30 @@ def _expected_std(plan: Any) -> float:
     return LR * SIGMA * CLIP * math.sqrt(plan.steps) / plan.expected_batch_size
 
 
-def test_ranks_hold_disjoint_patient_shards_covering_everyone(world: dict[str, Any]) -> None:
-    a, b = (set(o.patients) for o in world["outcomes"])
+def test_ranks_hold_disjoint_patient_shards_covering_everyone(dpddp: dict[str, Any]) -> None:
+    a, b = (set(o.patients) for o in dpddp["outcomes"])
     assert a and b
     assert not a & b
-    assert a | b == set(world["pid"].tolist())
-    rows = patient_shards(world["pid"], 2)
-    for shard, o in zip(rows, world["outcomes"], strict=True):
-        assert set(world["pid"][shard].tolist()) == set(o.patients)  # all records of each
+    assert a | b == set(dpddp["pid"].tolist())
+    rows = patient_shards(dpddp["pid"], 2)
+    for shard, o in zip(rows, dpddp["outcomes"], strict=True):
+        assert set(dpddp["pid"][shard].tolist()) == set(o.patients)  # all records of each
 
 
-def test_every_rank_ends_with_identical_weights(world: dict[str, Any]) -> None:
+def test_every_rank_ends_with_identical_weights(dpddp: dict[str, Any]) -> None:
     import torch
 
-    first, second = world["outcomes"]
+    first, second = dpddp["outcomes"]
     assert first.state_dict.keys() == second.state_dict.keys()
     for k in first.state_dict:
         assert torch.equal(first.state_dict[k], second.state_dict[k])
-    moved = world["result"].model[0].weight.detach() - world["initial"]
+    moved = dpddp["result"].model[0].weight.detach() - dpddp["initial"]
     assert float(moved.abs().max()) > 0  # it did take noisy steps
 
 
-def test_the_aggregated_noise_has_std_sigma_c_once_not_sqrt_w(world: dict[str, Any]) -> None:
-    plan = world["plan"]
-    update = (world["result"].model[0].weight.detach() - world["initial"]).numpy().ravel()
+def test_the_aggregated_noise_has_std_sigma_c_once_not_sqrt_w(dpddp: dict[str, Any]) -> None:
+    plan = dpddp["plan"]
+    update = (dpddp["result"].model[0].weight.detach() - dpddp["initial"]).numpy().ravel()
     expected = _expected_std(plan)
     measured = float(np.sqrt(np.mean(update**2)))  # mean zero: the data gradient is zero
     # D = 400 samples: the estimate's relative sd is 1/sqrt(2D) = 3.5 %; 4 sd = 14 %
@@ -125,14 +125,14 @@ def test_the_aggregated_noise_has_std_sigma_c_once_not_sqrt_w(world: dict[str, A
     assert abs(measured / (math.sqrt(2) * expected) - 1) > 0.2  # not noise from both ranks
 
 
-def test_the_charged_mechanism_is_the_single_process_plan(world: dict[str, Any]) -> None:
-    plan, result = world["plan"], world["result"]
+def test_the_charged_mechanism_is_the_single_process_plan(dpddp: dict[str, Any]) -> None:
+    plan, result = dpddp["plan"], dpddp["result"]
     single = DpSgdMechanism(noise_multiplier=SIGMA, sample_rate=plan.sample_rate, steps=plan.steps)
-    for o in world["outcomes"]:
+    for o in dpddp["outcomes"]:
         assert o.history == [(SIGMA, plan.sample_rate, plan.steps)]
     ((s, q, t),) = result.history
     assert DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=t) == single
-    assert world["counter"].steps == result.steps == plan.steps
+    assert dpddp["counter"].steps == result.steps == plan.steps
     assert plan.sample_rate == 1 / math.ceil(40 / BATCH)
 
 
@@ -153,3 +153,65 @@ def test_rank_generators_differ_by_rank_even_when_seeded() -> None:
         (s0, n0), (s1, n1) = (rank_generators(source, 7, r, cpu) for r in (0, 1))
         assert not torch.equal(torch.rand(8, generator=s0), torch.rand(8, generator=s1))
         assert not torch.equal(torch.randn(8, generator=n0), torch.randn(8, generator=n1))
+
+
+def test_a_rank_that_fails_leaves_every_planned_step_counted() -> None:
+    """The ranks' progress is unknown to the parent: a crash must abort (fully charged), so
+    the counter the governed run settles with holds all planned steps, never 0 (release)."""
+    from dpgov.training.distributed import train_patient_level_distributed
+    from dpgov.training.trainer import StepCounter
+
+    x, y, pid = _cohort()
+    plan = sampling_plan(n=len(np.unique(pid)), batch_size=BATCH, epochs=1)
+    counter = StepCounter()
+    bad_y = np.zeros((len(y), 2), dtype=np.float32)  # the loss fails inside every rank
+    with pytest.raises(Exception, match="size"):
+        train_patient_level_distributed(
+            _model(),
+            x,
+            bad_y,
+            pid,
+            plan=plan,
+            noise_multiplier=SIGMA,
+            max_grad_norm=CLIP,
+            max_images_per_patient_step=2,
+            cfg=_cfg(),
+            world_size=2,
+            counter=counter,
+        )
+    assert counter.steps == plan.steps
+
+
+def test_a_governed_run_on_two_processes_commits_the_planned_mechanism(
+    home: Any, world: Any, run_options: Any, small_params: Any
+) -> None:
+    from dpgov.ledger import Ledger
+    from dpgov.tracking import runs
+    from dpgov.training.governed import run_governed
+
+    params = world.params(small_params(epochs=1, grad_sample_mode="hooks", world_size=2))
+    ledger = Ledger.open()
+    summary = run_governed(params, ledger=ledger, options=run_options)
+    plan = summary.plan
+    [commit] = ledger.entries("commit")
+    charged = DpSgdMechanism.from_dict(commit.payload["mechanism"])
+    planned = DpSgdMechanism(
+        noise_multiplier=1.5, sample_rate=plan["sample_rate"], steps=plan["steps"]
+    )
+    assert charged == planned and summary.steps == plan["steps"]
+    assert runs.read_run(summary.run_id)["params"]["world_size"] == "2"
+
+
+def test_two_processes_refuse_a_plan_that_clips_with_ghost_and_charge_nothing(
+    home: Any, world: Any, run_options: Any, small_params: Any
+) -> None:
+    from dpgov.errors import UsageError
+    from dpgov.ledger import Ledger
+    from dpgov.training.governed import run_governed
+
+    params = world.params(small_params(epochs=1, grad_sample_mode="ghost", world_size=2))
+    ledger = Ledger.open()
+    with pytest.raises(UsageError, match=r"train\.world_size: 2 processes clip with hooks"):
+        run_governed(params, ledger=ledger, options=run_options)
+    assert ledger.entries("commit") == [] and ledger.entries("abort") == []
+    assert len(ledger.entries("release")) == 1
