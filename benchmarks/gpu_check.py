@@ -9,6 +9,8 @@
 3. **224×224 samples per second**: ResNet-18 (GroupNorm, 3 channels, one logit) on generated
    images: non-private SGD, DP-SGD fp32, DP-SGD amp (Opacus hooks), time per epoch after a
    warm-up epoch, peak CUDA memory, ratios against non-private in the same run.
+4. **DPDDP over 2 GPUs** (``train.world_size``, nccl; skipped with fewer GPUs): the update's
+   noise std is σC once, not √2 times; shards disjoint; history the plan's.
 
 The ResNet-18 is defined here (torchvision's layout, BatchNorm included) so that nothing but
 torch, Opacus and dpgov is needed on the machine; it goes through the same factory path a
@@ -132,6 +134,43 @@ def dp_step_on_cuda() -> dict[str, Any]:
     }
 
 
+def dpddp_on_cuda(d: int = 400) -> dict[str, Any]:
+    """DPDDP (train.world_size) over 2 GPUs with nccl: all-zero inputs to a bias-free linear
+    model, so the weights' change after T steps is the noise alone, std lr·σC·√T/(qP) when it
+    enters once (√2 times that if both ranks added it); ranks' weights equal (checked inside)."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from dpgov.training import trainer
+    from dpgov.training.distributed import train_patient_level_distributed
+    from dpgov.training.params import TrainParams
+
+    if torch.cuda.device_count() < 2:
+        return {"skipped": f"needs 2 GPUs, found {torch.cuda.device_count()}"}
+    n = 80
+    pid = np.array([f"p{i // 2:02d}" for i in range(n)])  # 40 patients, 2 records each
+    x, y = np.zeros((n, d), dtype=np.float32), (np.arange(n) % 2).astype(np.float32)
+    plan = trainer.sampling_plan(n=40, batch_size=10, epochs=5)
+    model = torch.nn.Sequential(torch.nn.Linear(d, 1, bias=False), torch.nn.Flatten(0))
+    before = model[0].weight.detach().clone()
+    cfg = TrainParams(device="cuda", noise_multiplier=1.0, max_grad_norm=1.0, learning_rate=1.0)
+    result, ranks = train_patient_level_distributed(
+        model, x, y, pid, plan=plan, noise_multiplier=1.0, max_grad_norm=1.0,
+        max_images_per_patient_step=2, cfg=cfg, world_size=2, backend="nccl",
+    )  # fmt: skip
+    change = (result.model[0].weight.detach() - before).numpy().ravel()
+    ratio = float(np.sqrt(np.mean(change**2))) / (math.sqrt(plan.steps) / plan.expected_batch_size)
+    shards = [set(r.patients) for r in ranks]
+    ok = (
+        abs(ratio - 1) < 0.14
+        and result.history == [(1.0, plan.sample_rate, plan.steps)]
+        and not shards[0] & shards[1]
+    )
+    return {"ok": ok, "noise_std_ratio": ratio, "steps": result.steps, "world_size": 2}
+
+
 def amp_norms_on_cuda(n: int = 64, clip: float = 0.05) -> dict[str, Any]:
     import torch
     from opacus import GradSampleModule
@@ -253,6 +292,15 @@ def markdown(out: dict[str, Any]) -> str:
             f"{a['max_ratio_fp32_cast']:.7f} with the fp32 cast, "
             f"{a['max_ratio_bfloat16_uncast']:.5f} without it ({a['examples']} examples)."
         )
+    g = out.get("dpddp")
+    if g:
+        lines.append(
+            f"- DPDDP over 2 GPUs (nccl): skipped, {g['skipped']}."
+            if "skipped" in g
+            else f"- DPDDP over 2 GPUs (nccl): {'ok' if g['ok'] else 'FAILED'}: update noise "
+            f"std / (lr·σC·√T/qP) {g['noise_std_ratio']:.3f} (√2 = 1.414 would be noise "
+            f"from both ranks), {g['steps']} steps, ranks' weights equal."
+        )
     rows = out.get("throughput") or []
     if rows:
         lines += [
@@ -295,6 +343,7 @@ def main() -> int:
     for name, fn in (
         ("dp_step", dp_step_on_cuda),
         ("amp_norms", amp_norms_on_cuda),
+        ("dpddp", dpddp_on_cuda),
         ("throughput", lambda: throughput(quick=args.quick)),
     ):
         t0 = time.perf_counter()
@@ -313,6 +362,7 @@ def main() -> int:
     failed = out["errors"] or not all(
         out.get(k, {}).get("ok", False) for k in ("dp_step", "amp_norms")
     )
+    failed = failed or not out.get("dpddp", {}).get("ok", "skipped" in out.get("dpddp", {}))
     return 1 if failed else 0
 
 
