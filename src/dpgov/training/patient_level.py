@@ -1,7 +1,7 @@
 """Patient-level DP-SGD: sample patients, clip each patient's summed gradient, noise once.
 
 When a patient holds several training records (images), record-level DP-SGD protects the
-patient only through group privacy (:mod:`dpgov.accounting.group`). Here the privacy unit is
+patient only through group privacy (:mod:`dpgov.accounting.group_privacy`). Here the privacy unit is
 the patient throughout:
 
 1. each step samples every *patient* independently with probability ``q`` (Poisson; Opacus's

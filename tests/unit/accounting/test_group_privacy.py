@@ -1,4 +1,4 @@
-"""Image-level group privacy, computed tightly (dpgov.accounting.group), against references:
+"""Image-level group privacy, computed tightly (dpgov.accounting.group_privacy), against references:
 k = 1 is the Poisson-subsampled Gaussian (dp_accounting's own event), one step of the mixture
 against a Monte-Carlo estimate of its hockey-stick divergence, and the generic k·ε bound above."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dpgov.accounting.errors import AccountingInputError
-from dpgov.accounting.group import (
+from dpgov.accounting.group_privacy import (
     group_privacy_delta,
     group_privacy_epsilon,
     naive_group_epsilon,
