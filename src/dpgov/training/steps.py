@@ -31,6 +31,7 @@ from dpgov.gate.subgroups import rule_of
 from dpgov.tracking import runs
 from dpgov.tracking.anchor import try_record_anchor
 from dpgov.training import prepaid_audit, private_eval, records
+from dpgov.training.distributed import train_patient_level_distributed
 from dpgov.training.evaluate import Evaluation, from_release, resolve_threshold
 from dpgov.training.evaluate import evaluate as score
 from dpgov.training.faults import fault_point
@@ -215,8 +216,6 @@ def train(
 def _train_distributed(p: RunPlan, model: Any, counter: StepCounter) -> Any:
     """``train.world_size`` processes (dpgov.training.distributed): per-patient clipping, which
     with one record per patient is per-record clipping; the plan's (σ, q, T) is unchanged."""
-    from dpgov.training.distributed import train_patient_level_distributed
-
     cfg = p.params.train
     if p.grad_sample_mode != "hooks":
         raise UsageError(
