@@ -144,7 +144,11 @@ def demo(
             open_approver(ledger, approver_ledger_url)[0].close()
         finally:
             ledger.close()
-        os.environ[APPROVER_LEDGER_ENV] = approver_ledger_url  # for the flow, never a parameter
+    # for the flow, never a parameter; restored afterwards, so a command run in-process (a
+    # test, a notebook) leaves the environment as it found it
+    before = os.environ.get(APPROVER_LEDGER_ENV)
+    if approver_ledger_url:
+        os.environ[APPROVER_LEDGER_ENV] = approver_ledger_url
     else:
         os.environ.pop(APPROVER_LEDGER_ENV, None)
     home = config.home() / "demo"
@@ -162,11 +166,17 @@ def demo(
 
         return demo_flow(home=str(home), progress=not as_json).to_dict()
 
-    result, timings = orchestrate(
-        call,
-        preload_modules=[*HEAVY_MODULES, *([] if images else ["sksurv.datasets"])],
-        say=_say(as_json),
-    )
+    try:
+        result, timings = orchestrate(
+            call,
+            preload_modules=[*HEAVY_MODULES, *([] if images else ["sksurv.datasets"])],
+            say=_say(as_json),
+        )
+    finally:
+        if before is None:
+            os.environ.pop(APPROVER_LEDGER_ENV, None)
+        else:
+            os.environ[APPROVER_LEDGER_ENV] = before
     data = {**result, "orchestration": timings}
     emit(as_json, data, lambda: _render_waves(data) if waves else _render(data))
 

@@ -10,6 +10,7 @@ afterwards."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -113,6 +114,9 @@ def test_the_demo_at_80_columns_released_by_a_second_identity(
     role, url = approver
     rc, out, err = cli("demo", "--approver-ledger-url", url)
     assert rc == 0, err
+    # the URL reached the flow through the environment and left it afterwards (a later command
+    # in the same process would otherwise approve as a role that may be gone)
+    assert "DPGOV_APPROVER_LEDGER_URL" not in os.environ
     lines = fits(out)
     flat = " ".join(out.split())  # the prose as read, whatever the wrapping
     # the run's tables are dpgov's compact ones: one line per subgroup, one per check at least
