@@ -153,6 +153,8 @@ def _rank_main(rank: int, job: _Job) -> None:
 
     if job.backend == "gloo":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.world_size))
+    else:  # nccl: this rank's GPU before the group forms
+        torch.cuda.set_device(rank)
     dist.init_process_group(
         job.backend,
         init_method=f"file://{job.init_file}",
