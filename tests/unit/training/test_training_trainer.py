@@ -134,6 +134,32 @@ def test_opacus_history_is_the_planned_mechanism() -> None:
     )
 
 
+def test_a_sample_rate_whose_inverse_truncates_trains_and_passes_the_check() -> None:
+    """N = 93, batch 1: q = 1/93, Opacus runs int(93 - 1e-14) = 92 steps at q and records
+    q = 1/92 (it used to fail the run after training, charged). The check takes that record
+    as the plan's q, and no other."""
+    x, y = _data(93)
+    plan = sampling_plan(n=93, batch_size=1, epochs=1)
+    assert plan.steps == 92 and plan.sample_rate == 1 / 93
+    result = train_private(
+        build_model(ModelParams(name="logreg"), SPEC),
+        x,
+        y,
+        plan=plan,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        cfg=TrainParams(batch_size=1, epochs=1),
+        device=torch.device("cpu"),
+        grad_sample_mode="hooks",
+    )
+    assert result.history == [(1.0, 1 / 92, 92)]
+    check_history(result.history, noise_multiplier=1.0, sample_rate=1 / 93, steps=92)
+    with pytest.raises(RuntimeError, match="Opacus ran"):
+        check_history([(1.0, 1 / 91, 92)], noise_multiplier=1.0, sample_rate=1 / 93, steps=92)
+    with pytest.raises(RuntimeError, match="Opacus ran"):  # a rate that does not truncate
+        check_history([(1.0, 0.1, 10)], noise_multiplier=1.0, sample_rate=1 / 11, steps=10)
+
+
 def test_history_check_refuses_a_mismatch() -> None:
     with pytest.raises(RuntimeError, match="Opacus ran"):
         check_history([(1.0, 0.1, 10)], noise_multiplier=1.0, sample_rate=0.1, steps=11)
