@@ -2,8 +2,9 @@
 
 1. ε of a patient with k images, at equal noise multiplier σ, sample rate q and steps T:
    image-level DP-SGD with group privacy computed tightly (the mixture of Gaussians
-   Σ_j Bin(k, q)_j N(jC, σ²C²) per step, dp_accounting's PLD: dpgov.accounting.group_privacy) and the
-   generic group-privacy bound (kε at k·e^{(k-1)ε}·δ), against patient-level DP-SGD
+   Σ_j Bin(k, q)_j N(jC, σ²C²) per step, dp_accounting's PLD:
+   dpgov.accounting.group_privacy) and the generic group-privacy bound (kε at
+   k·e^{(k-1)ε}·δ), against patient-level DP-SGD
    (dpgov.training.patient_level: q over patients, each patient's sum clipped: the ordinary
    subsampled Gaussian, whatever k).
 2. Seconds per epoch on the same small CNN and data (16×16 images, 1-4 per patient): the
@@ -164,8 +165,9 @@ def main() -> None:
         f"δ = {DELTA:g}. Image-level: every image sampled with probability q, clipped to C; a "
         "patient with k images is the mixture Σ_j Bin(k, q)_j N(jC, σ²C²) per step, composed "
         f"with dp_accounting's PLD (pessimistic, discretisation {COARSE:g}; "
-        "dpgov.accounting.group_privacy). The generic bound is kε at k·e^{(k-1)ε}·δ (no bound when that "
-        "δ reaches 1). Patient-level: patients sampled with probability q, each patient's "
+        "dpgov.accounting.group_privacy). The generic bound is kε at k·e^{(k-1)ε}·δ "
+        "(no bound when that δ reaches 1). Patient-level: patients sampled with probability "
+        "q, each patient's "
         "summed gradient clipped to C (dpgov.training.patient_level): the subsampled Gaussian "
         "whatever k (dpgov's PLD accountant). s: seconds to build the mixture's ε.",
         "",
