@@ -18,7 +18,6 @@ candidate's MLflow run. The claimed ε is the candidate's mechanism at the polic
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,7 @@ from dpgov.training.models import build_model, input_spec
 from dpgov.training.params import ModelParams, TrainParams
 from dpgov.training.prepaid_audit import prepaid_for
 from dpgov.training.settle import quiet, reason, settle_reservation
+from dpgov.training.validation_split import split_validation
 
 if TYPE_CHECKING:
     from dpgov.gate.facts import CandidateFacts
@@ -94,17 +94,12 @@ class _Cfg:
 
 def _trained_patients(train: Arrays, facts: CandidateFacts, params: dict[str, str]) -> Any:
     """The patients DP-SGD trained on: the blocks' training patients, less the validation
-    split where the run held one out (:mod:`dpgov.training.validation_split`, read where it
-    exists, with the run's fraction and seed); None when neither matches the facts' count."""
+    split where the run held one out (:mod:`dpgov.training.validation_split`, with the run's
+    fraction and seed); None when neither matches the facts' count."""
     if len(train.y) == facts.n_train_patients:
         return train
-    try:
-        split = importlib.import_module("dpgov.training.validation_split")
-    except ImportError:
-        return None
-    default = getattr(TrainParams(), "validation_fraction", 0.0)
-    fraction = float(params.get("validation_fraction", default))
-    kept, _validation = split.split_validation(train, fraction, int(params.get("seed", 0)))
+    fraction = float(params.get("validation_fraction", TrainParams().validation_fraction))
+    kept, _validation = split_validation(train, fraction, int(params.get("seed", 0)))
     return kept if len(kept.y) == facts.n_train_patients else None
 
 
