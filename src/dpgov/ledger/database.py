@@ -196,6 +196,17 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def _left_mid_command(err: sa.exc.ProgrammingError) -> bool:
+    """psycopg's client-side refusal to use a connection whose last command never completed
+    (no SQLSTATE: the server sent nothing): what a connection reset mid-command leaves, met by
+    SQLAlchemy's pre-ping when it switches autocommit ("can't change 'autocommit' now:
+    connection in transaction status ACTIVE"). Any other programming error is a bug, raised."""
+    orig = err.orig
+    return getattr(orig, "sqlstate", None) is None and "connection in transaction status" in str(
+        orig
+    )
+
+
 @contextmanager
 def answering(engine: Engine) -> Iterator[None]:
     """A database that stops answering (refused, reset, locked past the timeout) is
@@ -203,6 +214,12 @@ def answering(engine: Engine) -> Iterator[None]:
     try:
         yield
     except sa.exc.ProgrammingError as err:
+        if _left_mid_command(err):  # the server went away while a command was in flight
+            raise LedgerUnavailable(
+                f"ledger database {shown(engine)} does not answer: its connection broke during "
+                f"a command; nothing was recorded by this operation unless `dpgov ledger show` "
+                f"lists it"
+            ) from err
         if getattr(err.orig, "sqlstate", None) != "42501":  # insufficient_privilege
             raise
         reason = str(err.orig).strip().splitlines()[0]
