@@ -291,15 +291,17 @@ def _gap_pair(
     else:  # the reference's noisy counts judged other subgroups: bound it over the candidate's
         ref_lo, ref_scale = _reference_lo_over(judged, attribute, metric, names)
         over = f"the candidate's subgroups ({', '.join(names)})"
-    if ref_lo is None:
+    if ref_lo is None:  # not judgeable, like a gap of too few subgroups: the policy decides
+        passed = not f.require_judgeable
         out.append(
             (
                 wname,
                 None,
                 max_widening,
-                False,
-                f"the reference has no {LABEL[metric]} bounds over the candidate's subgroups of "
-                f"{attribute!r} ({', '.join(names)}) in the release",
+                passed,
+                f"not judged: the reference has no {LABEL[metric]} bounds over the candidate's "
+                f"subgroups of {attribute!r} ({', '.join(names)}) in the release"
+                + ("" if passed else " (policy requires a judgeable gap)"),
                 None,
                 eta,
             )

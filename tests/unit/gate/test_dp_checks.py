@@ -454,3 +454,33 @@ def test_widening_over_subgroups_the_reference_judged_otherwise(pe):
     c = decide(odd, pol, f=facts(private_evaluation=odd)).check("fnr_gap_widening:age_band")
     assert c.observed == pytest.approx(cand.hi - lo)
     assert "over the candidate's subgroups" in c.reason and c.passed
+
+
+@pytest.mark.parametrize("require", [True, False])
+def test_widening_the_reference_cannot_bound_follows_require_judgeable(pe, require):
+    """When the reference's noisy counts give no AUROC at all for one of the candidate's
+    subgroups (its positives' counts came out at or below zero), widening cannot be judged:
+    like a gap over too few subgroups, it fails only where the policy requires a judgeable
+    gap (it failed always, so a release's noise alone could block it)."""
+    gone = [
+        h.model_copy(update={"counts": [-1.0 for _ in h.counts]})
+        if (h.model, h.attribute, h.group, h.label) == ("reference", "age_band", "70+", 1)
+        else h
+        for h in pe.histograms
+    ]
+    odd = pe.model_copy(update={"histograms": gone})
+    pol = _private(
+        fairness={
+            "max_auroc_gap_widening": 1.0,
+            "min_group_size": 400,
+            "require_judgeable": require,
+        }
+    )
+    cand = next(
+        g for g in expected(odd, pol).gaps if (g.attribute, g.metric) == ("age_band", "auroc")
+    )
+    assert "70+" in cand.groups
+    c = decide(odd, pol, f=facts(private_evaluation=odd)).check("auroc_gap_widening:age_band")
+    assert c.observed is None and "not judged: the reference has no AUROC bounds" in c.reason
+    assert c.passed is (not require)
+    assert ("policy requires a judgeable gap" in c.reason) is require
