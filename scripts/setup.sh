@@ -31,4 +31,8 @@ fi
 
 # Everything else, pinned to the versions the test suite last passed with.
 pip install -q -c requirements/constraints.txt -e ".[${EXTRAS}]"
+# Flower (federated runs): its own pins conflict with the stack's newer typer/rich/fastapi, so
+# it comes without its dependency resolution, with what its simulation imports
+# (requirements/federated.txt explains).
+pip install -q --no-deps -r requirements/federated.txt
 echo "dpgov installed in .venv ($("$VPY" -m pip --version | cut -d' ' -f1-2))"
