@@ -21,7 +21,11 @@ Two privacy modes (docs/federated.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dpgov.ledger import Ledger
+    from dpgov.policy import LoadedPolicy
 
 Mode = Literal["record", "site"]
 
@@ -67,6 +71,33 @@ class FederatedSpec:
     experiment: str = "dpgov-federated"
     model_name: str = "dpgov-federated"
     seed: int | None = None  # only for the non-private parts (init, splits); noise is secret
+
+
+@dataclass
+class OpenSite:
+    """A site opened for a run (:func:`dpgov.federated.sites.open_sites`): its validated data,
+    its ledger and the policy in force on it, and the training blocks this run charges."""
+
+    spec: SiteSpec
+    ledger: Ledger
+    policy: LoadedPolicy  # the policy in force on the site's ledger for its dataset
+    dataset: str
+    data_version: str
+    path: str  # the prepared folder
+    blocks: list[str]  # the training blocks this run uses (and charges)
+    block_patients: dict[str, int]
+    block_members: dict[str, list[str]]  # pseudonyms per block
+    patients: int = 0
+    records: int = 0
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def domain(self) -> str:
+        return self.spec.domain
 
 
 @dataclass(frozen=True)
