@@ -43,6 +43,8 @@ class SiteSpec:
     data: str
     ledger_url: str | None = None
     id_domain: str | None = None
+    source: str | None = None  # the raw data validation reads (default: meta.json's params)
+    contract: str | None = None  # its data contract (default: meta.json's params)
 
     @property
     def domain(self) -> str:
