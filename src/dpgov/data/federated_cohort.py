@@ -8,8 +8,8 @@ cohort into site tables (written as CSV under ``out_dir/sources/``, with their s
 each site would hold them), writes the contract beside them (``out_dir/contracts/``), and
 prepares each table with :func:`dpgov.data.preparation.build_prepared` and
 :func:`~dpgov.data.preparation.write_prepared`, the same code ``dpgov data prepare`` runs,
-into ``out_dir/<site>/``. Nothing is registered in any ledger: each site's ledger registers its
-own blocks when the federated run opens the site.
+into ``out_dir/<site>/``. Nothing is registered in any ledger by :func:`prepare_sites`;
+:func:`register_site` registers one site's blocks in that site's ledger, as prepare would.
 
 Two sources:
 
@@ -36,9 +36,11 @@ from dpgov.data.contract import LoadedContract, load_contract
 from dpgov.data.flchain import CONTRACT_YAML as FLCHAIN_CONTRACT_YAML
 from dpgov.data.flchain import load_task_table
 from dpgov.data.params import DataParams
-from dpgov.data.preparation import build_prepared, write_prepared
+from dpgov.data.preparation import _register, block_members, build_prepared, write_prepared
+from dpgov.data.prepared_data import load_prepared
 from dpgov.data.pseudonym import PseudonymKey, fingerprint, load_key, pseudonymise
 from dpgov.data.sources import load_source
+from dpgov.data.test_blocks import evaluation_members
 from dpgov.errors import UsageError
 
 SourceName = Literal["covid_testing", "flchain"]
@@ -442,3 +444,21 @@ def _prepare_one(
         "blocks": dict(meta["blocks"]),
         "members": ids,
     }
+
+
+def register_site(site: PreparedSite, ledger_url: str | None = None) -> list[str]:
+    """Register a site's blocks in its ledger as ``dpgov data prepare`` does: the key's
+    fingerprint (another key recorded there is refused), each training block with its
+    members, domain and data version, and each test block ``test-<block>``. Returns the
+    blocks newly added (none when registered before)."""
+    prepared = load_prepared(site.path)
+    held_out = evaluation_members(prepared.test)
+    return _register(
+        prepared.dataset,
+        {**block_members(prepared.train), **held_out},
+        prepared.data_version,
+        ledger_url,
+        domain=site.domain,
+        key_fingerprint=str(prepared.meta["pseudonymisation"]["key_fingerprint"]),
+        test_blocks=frozenset(held_out),
+    )
