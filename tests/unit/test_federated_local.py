@@ -130,6 +130,20 @@ def test_dp_round_caps_q_at_one_and_never_touches_the_global_generator(
     assert not np.array_equal(again.arrays[0], result.arrays[0])  # fresh secret noise
 
 
+@pytest.mark.parametrize("site", ["records", "patients"])
+def test_steps_that_sample_no_one_are_taken_and_recorded(
+    sites: dict[str, LocalData], site: str
+) -> None:
+    """At q = 1/U a step samples no one with probability about 0.37: over 30 steps some
+    surely do (all 30 non-empty: about 1e-6). Each is still a noised step, and counted."""
+    data = sites[site]
+    spec = _spec(batch_size=1, local_steps=30)
+    start = get_arrays(build_site_model(spec, data))
+    result = train_local(start, data, spec, private=True)
+    assert result.history == [(1.0, 1 / data.units, 30)] and result.steps == 30
+    assert all(np.isfinite(a).all() for a in result.arrays)
+
+
 def test_site_mode_trains_without_noise_and_learns(sites: dict[str, LocalData]) -> None:
     data = sites["separable"]
     spec = _spec(local_steps=10, batch_size=32, lr=0.5)

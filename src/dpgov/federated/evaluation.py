@@ -243,7 +243,9 @@ def federated_fairness(
         "worst": worst,
         "smallest_site": smallest,
         "smallest_by": smallest_by,
-        "smallest_judged": next(r["judged"] for r in rows if r["site"] == smallest),
+        "smallest_judged": next(
+            (r["judged"] for r in rows if r["site"] == smallest), {"auroc": False, "fnr": False}
+        ),
         "smallest_is_worst": any(w is not None and w["smallest"] for w in worst.values()),
         "pooled": {"n": len(y), "subgroups": pooled_rows, "gaps": pooled_gaps},
     }
