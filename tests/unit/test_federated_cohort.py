@@ -110,6 +110,7 @@ def test_shared_patients(full: list[PreparedSite], raw: pd.DataFrame) -> None:
     at = raw.assign(site=raw["clinic_name"].map(mapping)).groupby("subject_id")["site"]
     sites_of = at.agg(lambda s: frozenset(s))
     members = {s.name: set(_records(s)["patient_id"]) for s in full}
+    tested = {s.name: set(load_data(s.path)[0].test["patient_id"]) for s in full}
     for site in full:
         mine = sites_of[sites_of.map(lambda v, n=site.name: n in v)]
         shared = mine[mine.map(len) > 1]
@@ -118,6 +119,7 @@ def test_shared_patients(full: list[PreparedSite], raw: pd.DataFrame) -> None:
         for sid, where in shared.head(25).items():  # the same pseudonym at each of its sites
             p = pseudonym(DOMAIN, str(sid), KEY)
             assert all(p in members[w] for w in where)
+            assert len({p in tested[w] for w in where}) == 1  # the same split at each site
 
 
 def test_meta_is_what_a_governed_run_reads(full: list[PreparedSite]) -> None:

@@ -183,7 +183,7 @@ def site_rule(source: str) -> str:
         return (
             "flchain: one record per patient; each patient goes to site-(1 + h mod N), h the "
             "first 8 bytes of BLAKE2b of a fixed label and the patient's pseudonym (itself "
-            f"keyed: domain {FLCHAIN_DOMAIN!r}, the deployment's key), so the split is "
+            f"keyed: domain {FLCHAIN_DOMAIN!r}, the pseudonym key), so the split is "
             "deterministic for a key, needs no count, and moves nobody when a patient is "
             "added. No patient is at two sites. Blocks: flchain's enrollment years (1995, "
             "1996, 1997, 1998-2003), with the per-block minimum lowered to 100 for the "
@@ -271,7 +271,8 @@ def _digest(label: bytes, pseudonyms: Any) -> Any:
 
 def _first_patients(frame: Any, id_col: str, domain: str, key: bytes, most: int) -> Any:
     """The records of the ``most`` patients with the smallest sample digest of their
-    pseudonym (the same patients at every site where they fit), in the table's order."""
+    pseudonym, in the table's order. The digest is the patient's own, the same at every site,
+    so a patient at two sites ranks alike at both and is usually kept at both."""
     import numpy as np
 
     pid = pseudonymise(domain, frame[id_col], key=key)
@@ -311,13 +312,13 @@ def contract_text(source: str, *, small: bool = False) -> tuple[str, str]:
         return "covid_testing.yaml", local.read_text() if local.is_file() else COVID_CONTRACT_YAML
     base = COVID_CONTRACT_YAML if source == "covid_testing" else FLCHAIN_CONTRACT_YAML
     spec = yaml.safe_load(base)
-    spec["dataset"] = f"{source}-sites" if source == "flchain" else source
+    name = source if source == "covid_testing" else f"{source}-sites"
+    name += "-small" if small else ""
+    spec["dataset"] = name
     spec["minimum"] = dict(SMALL_MINIMUM if small else FLCHAIN_SITE_MINIMUM)
-    name = f"{spec['dataset']}{'-small' if small else ''}"
     spec["description"] = f"{source} sites (dpgov.data.federated_cohort)" + (
         ": test-size option, minimums lowered" if small else ""
     )
-    spec["dataset"] = name
     return f"{name}.yaml", yaml.safe_dump(spec, sort_keys=False)
 
 
