@@ -174,6 +174,26 @@ def test_a_shared_patient_is_charged_at_both_ledgers_and_capped_across_them(tmp_
     assert [len(s.ledger.reservations()) for s in (a, b)] == [2, 1]
 
 
+def test_charges_outside_the_runs_blocks_count_for_a_shared_patient(tmp_path):
+    """A patient held at another site's ledger only in a block this run does not train on
+    (an evaluation block, another dataset of the domain) has those charges composed too."""
+    a = make_site(tmp_path, "a", {"a1": ids(0, 40)}, limit=LIMIT, domain="hosp")
+    b = make_site(tmp_path, "b", {"b1": ids(100, 150)}, limit=LIMIT, domain="hosp")
+    b.ledger.add_block(
+        dataset="other", block="eval", patients=10, members=ids(30, 40), domain="hosp"
+    )
+    budget = b.policy.policy.budget
+    for _ in range(3):
+        r = b.ledger.reserve(dataset="other", blocks=["eval"], mechanism=G, budget=budget)
+        b.ledger.commit(r.id)
+    led = SiteLedgers([a, b], run_tag="fedother")
+    assert led.shared_patients() == {"hosp": 0}  # not in two sites' training blocks
+    charges = led.reserve_round(1, {"a": G, "b": G})
+    assert charges["a"].refused and "10 patients" in charges["a"].refused
+    assert charges["b"].reservation is not None  # b's training patients are not shared
+    assert led.shared_spent() == {"hosp": pytest.approx(gaussian_filter_eps([2.0] * 3))}
+
+
 def test_the_shared_check_under_fixed_composition_is_the_tight_one(tmp_path):
     """Under ``fixed`` the cross-ledger figure is the tight (PLD) ε of all the patient's
     releases: checked against the exact Gaussian ε (Balle and Wang 2018)."""

@@ -33,7 +33,7 @@ time is the supported use (the lead's engine runs rounds one after the other).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dpgov.accounting import epsilon as tight_epsilon
@@ -74,16 +74,20 @@ class _LedgerRead:
     state: VerifiedState
     where: Mapping[Packed, tuple[BlockKey, ...]]
     legacy: tuple[BlockKey, ...]
+    memo: dict[tuple[BlockKey, ...], Multiset] = field(default_factory=dict)
 
     def history(self, domain: str, patient: Packed) -> Multiset:
         """The active charges that reached ``patient`` on this ledger (as the ledger's own
         history classes compose them: each reservation once, however many of its blocks hold
-        the patient)."""
+        the patient). Patients held by the same blocks share one history."""
         keys = self.where.get(patient, ())
         if not keys and not self.legacy:
             return []
-        reach = tuple(sorted({*keys, *self.legacy}))
-        return class_multiset(self.state, HClass(class_key(domain, keys), domain, keys, reach, 1))
+        if keys not in self.memo:
+            reach = tuple(sorted({*keys, *self.legacy}))
+            cls = HClass(class_key(domain, keys), domain, keys, reach, 1)
+            self.memo[keys] = class_multiset(self.state, cls)
+        return self.memo[keys]
 
 
 class SiteLedgers:
@@ -140,11 +144,13 @@ class SiteLedgers:
             out.setdefault(s.domain, []).append(s)
         return out
 
-    def register(self) -> None:
-        """Register every site's training blocks on its own ledger, with their members, id
-        domain and data version (idempotent; a block registered with other facts is refused
-        by the ledger, :class:`UsageError`, before any round charges anything)."""
-        for s in self.sites:
+    def register(self, sites: Sequence[str] | None = None) -> None:
+        """Register the training blocks of ``sites`` (default: all) on each one's own ledger,
+        with their members, id domain and data version (idempotent; a block registered with
+        other facts is refused by the ledger, :class:`UsageError`, before anything is
+        charged). :meth:`reserve_round` registers the sites it plans; a fixed-composition run
+        registers all first, to commit each site's schedule (``Ledger.plan_schedule``)."""
+        for s in self.sites if sites is None else [self.site(n) for n in sites]:
             if s.name in self._registered:
                 continue
             for b in s.blocks:
@@ -176,7 +182,7 @@ class SiteLedgers:
             self.site(name)
         if not planned:
             return {}
-        self.register()
+        self.register(list(planned))
         refused = self._shared_refusals(planned)
         charges: dict[str, SiteCharge] = {}
         try:
