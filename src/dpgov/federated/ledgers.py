@@ -32,12 +32,13 @@ time is the supported use (the lead's engine runs rounds one after the other).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpgov.accounting import AccountantFailed, group, rdp_vector
 from dpgov.accounting import epsilon as tight_epsilon
-from dpgov.accounting import group, rdp_vector
 from dpgov.accounting.accountants import quiet_absl
 from dpgov.accounting.filters import filter_epsilon
 from dpgov.errors import Refused, UsageError
@@ -401,7 +402,10 @@ class SiteLedgers:
                     if self._ledger_id(s.ledger) not in lids:
                         continue
                     limit = s.policy.policy.budget.epsilon_per_block
-                    eps = self._patient_epsilon(multiset, domain, s.policy.policy.budget)
+                    try:
+                        eps = self._patient_epsilon(multiset, domain, s.policy.policy.budget)
+                    except AccountantFailed:  # not shown to fit: refused, like the ledger does
+                        eps = math.inf
                     if eps <= limit:
                         continue
                     over.add(p)
@@ -413,11 +417,12 @@ class SiteLedgers:
                 if k:
                     eps, limit = worst[n]
                     mode = self._by_name[n].policy.policy.budget.mode_for(domain)
+                    figure = "ε not computable" if math.isinf(eps) else f"up to ε={eps:.4f}"
                     out[n] = (
                         f"{_plural(k, 'patient')} of this site, shared with other sites of id "
                         f"domain {domain!r}, would pass the per-patient limit ε={limit:g} "
-                        f"composed over every site's ledger ({mode} composition: up to "
-                        f"ε={eps:.4f}); nothing charged here"
+                        f"composed over every site's ledger ({mode} composition: {figure}); "
+                        f"nothing charged here"
                     )
         return out
 
