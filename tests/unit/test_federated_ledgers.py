@@ -194,6 +194,23 @@ def test_charges_outside_the_runs_blocks_count_for_a_shared_patient(tmp_path):
     assert led.shared_spent() == {"hosp": pytest.approx(gaussian_filter_eps([2.0] * 3))}
 
 
+def test_two_sites_on_one_ledger_are_composed_by_that_ledger(tmp_path):
+    """Sites pointing at one ledger are read once (no double count): the ledger itself
+    composes both sites' charges to the patients they share, one reservation after the other."""
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    a = make_site(tmp_path, "a", {"a1": ids(0, 40)}, limit=LIMIT, domain="hosp", url=url)
+    b = make_site(tmp_path, "b", {"b1": ids(30, 80)}, limit=LIMIT, domain="hosp", url=url)
+    led = SiteLedgers([a, b], run_tag="fedone")
+    assert led.shared_patients() == {"hosp": 10}
+    led.commit_round(led.reserve_round(1, {"a": G, "b": G}))
+    assert led.shared_spent() == {}  # one ledger: nothing to compose across
+    charges = led.reserve_round(2, {"a": G, "b": G})
+    assert charges["a"].reservation is not None  # the shared patients at 3 releases
+    assert charges["b"].refused and "budget refused" in charges["b"].refused  # 4: the ledger
+    led.commit_round(charges)
+    assert led.spent()["a"] == pytest.approx(gaussian_filter_eps([2.0] * 3), rel=1e-9)
+
+
 def test_the_shared_check_under_fixed_composition_is_the_tight_one(tmp_path):
     """Under ``fixed`` the cross-ledger figure is the tight (PLD) ε of all the patient's
     releases: checked against the exact Gaussian ε (Balle and Wang 2018)."""
@@ -301,6 +318,7 @@ def test_flower_dp_strategy_charges_the_site_ledgers(two, task_identity):
         # a patient's figure is above Flower's client-level one for the same releases
         assert flower.get_epsilon(1e-5) < spent.epsilon
     assert acc.pending == {}
+    assert acc.get_epsilon(1e-6) == pytest.approx(gaussian_filter_eps([2.0] * 3, 1e-6), rel=1e-9)
     # round 4 would bring every patient to 5.90 > 5.5: Flower raises, nothing is charged
     before = (led.spent(), [len(s.ledger.reservations()) for s in (a, b)])
     acc.begin_round(4, ["a", "b"])
