@@ -25,6 +25,11 @@ from dpgov.accounting.errors import (
     AccountingTooCostly,
     InfeasibleBudget,
 )
+from dpgov.accounting.federated import (
+    FedSiteMechanism,
+    effective_noise_multiplier,
+    site_round_mechanism,
+)
 from dpgov.accounting.kinds import (
     KINDS,
     MechanismKind,
@@ -51,6 +56,7 @@ __all__ = [
     "AccountingInputError",
     "AccountingTooCostly",
     "DpSgdMechanism",
+    "FedSiteMechanism",
     "InfeasibleBudget",
     "MechanismKind",
     "build_pld",
@@ -60,6 +66,7 @@ __all__ = [
     "check_pld_epsilon",
     "compose",
     "dp_event",
+    "effective_noise_multiplier",
     "epsilon",
     "get_accountant",
     "group",
@@ -72,4 +79,5 @@ __all__ = [
     "over_limit_by_lower_bound",
     "rdp_vector",
     "register",
+    "site_round_mechanism",
 ]

@@ -22,6 +22,13 @@ from typing import Any
 
 from dpgov.accounting.bounded import check_dp_sgd_domain
 from dpgov.accounting.errors import AccountingInputError
+from dpgov.accounting.federated import (
+    FedSiteMechanism,
+    fed_site_domain,
+    fed_site_lower_bound,
+    fed_site_pld,
+    fed_site_rdp,
+)
 from dpgov.accounting.lower_bounds import poisson_gaussian_lower_bound
 from dpgov.accounting.mechanism import DpSgdMechanism
 from dpgov.accounting.pld import PLD_DISCRETIZATION, poisson_gaussian_pld
@@ -212,5 +219,21 @@ DP_SGD = register(
         rdp=_dp_sgd_rdp,
         epsilon_lower_bound=_dp_sgd_lower_bound,
         domain=_dp_sgd_domain,
+    )
+)
+
+
+# ------------------------------------------------------------------ site-level DP-FedAvg
+
+FED_SITE = register(
+    MechanismKind(
+        name=FedSiteMechanism.kind,
+        cls=FedSiteMechanism,
+        from_dict=FedSiteMechanism.from_dict,
+        dp_event=FedSiteMechanism.to_dp_event,
+        pld=fed_site_pld,
+        rdp=fed_site_rdp,
+        epsilon_lower_bound=fed_site_lower_bound,
+        domain=fed_site_domain,
     )
 )

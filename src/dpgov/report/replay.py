@@ -36,6 +36,7 @@ from dpgov.accounting import (
     AccountantFailed,
     AccountingInputError,
     DpSgdMechanism,
+    FedSiteMechanism,
     build_pld,
     check_pld_epsilon,
     get_accountant,
@@ -479,11 +480,23 @@ def merge_key(mechanisms: Iterable[DpSgdMechanism]) -> StateKey:
     return tuple(sorted((s, q, nb, n) for (s, q, nb), n in steps.items()))
 
 
-def key_mechanisms(key: StateKey) -> list[DpSgdMechanism]:
-    return [
-        DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=n, neighbouring=nb)  # type: ignore[arg-type]
-        for s, q, nb, n in key
-    ]
+def key_mechanisms(key: StateKey) -> list[Any]:
+    return [key_mechanism(s, q, nb, n) for s, q, nb, n in key]
+
+
+# A merge key names its kind by the neighbouring relation, one relation per registered kind:
+# DP-SGD's add/remove, site-level DP-FedAvg's replace-one (docs/federated_accounting.md).
+_KIND_OF_NEIGHBOURING: dict[str, type] = {
+    "add_remove": DpSgdMechanism,
+    "replace_one": FedSiteMechanism,
+}
+
+
+def key_mechanism(sigma: float, q: float, neighbouring: str, steps: int) -> Any:
+    """The mechanism a merge-key entry stands for (an unknown relation is refused, so the
+    audit reports the block's ε as uncomputable instead of guessing what it charged)."""
+    cls = _KIND_OF_NEIGHBOURING.get(neighbouring, DpSgdMechanism)
+    return cls(noise_multiplier=sigma, sample_rate=q, steps=steps, neighbouring=neighbouring)
 
 
 def merge_steps(mechanisms: Iterable[DpSgdMechanism]) -> list[DpSgdMechanism]:
@@ -597,8 +610,10 @@ class Epsilons:
         from concurrent.futures import ProcessPoolExecutor
 
         steps = [
-            DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=1)
-            for s, q in sorted({(s, q) for key, _, a in todo if a == "pld" for s, q, _, _ in key})
+            key_mechanism(s, q, nb, 1)
+            for s, q, nb in sorted(
+                {(s, q, nb) for key, _, a in todo if a == "pld" for s, q, nb, _ in key}
+            )
         ]
         for one in steps:  # built once here, inherited by the workers
             try:  # bounded: a step too costly to build is refused again, and reported, by of_key
