@@ -24,6 +24,7 @@ from scipy import special
 from dpgov.accounting import (
     PLD_DISCRETIZATION,
     AccountingInputError,
+    AccountingTooCostly,
     DpSgdMechanism,
     FedSiteMechanism,
     build_pld,
@@ -385,3 +386,12 @@ def test_a_site_ledger_charges_reports_and_audits_site_rounds(tmp_path: Path, co
         assert block["epsilon_adaptive"] == pytest.approx(adaptive_ref, rel=1e-9)
     finally:
         ledger.close()
+
+
+def test_accounting_is_bounded_before_anything_is_built():
+    with pytest.raises(AccountingInputError, match="at least 2e-06"):
+        epsilon([FedSiteMechanism(noise_multiplier=1e-6, sample_rate=1.0, steps=1)], delta=DELTA)
+    with pytest.raises(AccountingTooCostly, match="one site-level round"):
+        epsilon([FedSiteMechanism(noise_multiplier=0.05, sample_rate=1e-3, steps=1)], delta=DELTA)
+    with pytest.raises(AccountingTooCostly, match="lower T"):
+        epsilon([FedSiteMechanism(noise_multiplier=1.0, sample_rate=0.3, steps=10**6)], delta=DELTA)

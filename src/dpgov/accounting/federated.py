@@ -34,6 +34,7 @@ from dpgov.accounting.bounded import (
     ADVICE,
     LOG_MASS_TRUNCATION,
     MAX_STEP_POINTS,
+    NOISE_MULTIPLIER_RANGE,
     SelfComposition,
     check_dp_sgd_domain,
     check_self_composition,
@@ -205,8 +206,12 @@ def fed_site_domain(m: FedSiteMechanism, count: int) -> None:
     check_dp_sgd_domain(
         noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate, steps=m.steps * count
     )
-    if m.sample_rate >= 1:
-        check_dp_sgd_domain(noise_multiplier=m.noise_multiplier / 2, sample_rate=1.0, steps=1)
+    lo = NOISE_MULTIPLIER_RANGE[0]
+    if m.sample_rate >= 1 and m.noise_multiplier / 2 < lo:
+        raise AccountingInputError(
+            f"noise_multiplier must be at least {2 * lo:g} to be accounted without site "
+            f"sampling (a round is then the Gaussian of σ/2), found {m.noise_multiplier:.6g}"
+        )
 
 
 def fed_site_pld(m: FedSiteMechanism, discretization: float, count: int) -> Any:
