@@ -20,6 +20,7 @@ from dp_accounting import NeighboringRelation, dp_event, pld, rdp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import special
+from scipy.stats import norm
 
 from dpgov.accounting import (
     PLD_DISCRETIZATION,
@@ -248,8 +249,8 @@ def hockey_stick_2d(q, sigma, x, x_prime, eps, n=601):
 
 @pytest.mark.parametrize(("q", "sigma"), [(0.2, 0.7), (0.6, 1.5)])
 def test_the_antipodal_pair_dominates_updates_anywhere_in_the_ball(q, sigma):
-    """The docs prove the reduction to two updates u, u' in the ball; that the antipodal pair
-    (-C, C) is the worst of them is checked here (C = 1) at several ε and positions."""
+    """docs/federated_accounting.md proves that the antipodal pair (-C, C) is the worst of
+    any two updates in the ball; checked here (C = 1) at several ε and positions."""
     positions = [
         ((1.0, 0.0), (0.0, 1.0)),  # orthogonal, both on the sphere
         ((1.0, 0.0), (0.0, 0.0)),  # a site's update replaced by nothing
@@ -261,6 +262,37 @@ def test_the_antipodal_pair_dominates_updates_anywhere_in_the_ball(q, sigma):
         worst = hockey_stick_2d(q, sigma, (-1.0, 0.0), (1.0, 0.0), eps)
         for x, x_prime in positions:
             assert hockey_stick_2d(q, sigma, x, x_prime, eps) <= worst + 1e-12
+
+
+@pytest.mark.parametrize(("q", "sigma"), [(0.1, 0.7), (0.5, 1.5)])
+def test_the_proofs_steps_hold_for_the_antipodal_pair(q, sigma):
+    """The two steps of the docs' proof, in one dimension: advanced joint convexity
+    H_γ'(μ_-1‖μ_1) = q·H_γ(φ_-1 ‖ (1-β)φ_0 + βφ_1), and the Neyman–Pearson bound at ‖a‖ = 1,
+    ‖b‖ = 2 attained by it."""
+    x = np.linspace(-30, 30, 300_001)
+    dx = x[1] - x[0]
+
+    def phi(c):
+        return norm.pdf(x, c, sigma)
+
+    def hs(gamma, p, r):
+        return float(np.sum(np.maximum(p - gamma * r, 0)) * dx)
+
+    p = np.linspace(1e-12, 1 - 1e-12, 200_001)
+    z = norm.ppf(p)
+    for eps in (0.2, 1.0, 2.5):
+        gamma_prime = math.exp(eps)
+        gamma = 1 + (gamma_prime - 1) / q
+        beta = gamma_prime / gamma
+        mixed = hs(gamma_prime, (1 - q) * phi(0) + q * phi(-1), (1 - q) * phi(0) + q * phi(1))
+        inner = q * hs(gamma, phi(-1), (1 - beta) * phi(0) + beta * phi(1))
+        bound = (
+            p
+            - gamma * (1 - beta) * norm.cdf(z - 1 / sigma)
+            - gamma * beta * norm.cdf(z - 2 / sigma)
+        )
+        assert mixed == pytest.approx(inner, rel=1e-9, abs=1e-15)
+        assert q * float(bound.max()) == pytest.approx(mixed, rel=1e-6, abs=1e-12)
 
 
 @settings(max_examples=25, deadline=None)

@@ -15,8 +15,9 @@ changes it into another clipped update: the site's contribution u becomes u' wit
   (1 - q)·N(0, σ²) + q·N(-1, σ²) against (1 - q)·N(0, σ²) + q·N(1, σ²), C = 1), and its RDP with
   a closed-form bound by joint convexity (``fed_site_rdp``).
 
-Why that pair dominates the round, and where it is only checked numerically, is in the docs;
-tests/unit/test_fed_site_mechanism.py holds the checks. Like every kind, a
+Why that pair dominates the round (the reduction to two updates in the ball, then advanced
+joint convexity and Neyman–Pearson) is proved in the docs; tests/unit/test_fed_site_mechanism.py
+checks it numerically. Like every kind, a
 :class:`FedSiteMechanism` only records what a run did; its accounting is registered in
 :mod:`dpgov.accounting.kinds`. numpy, scipy and dp_accounting are imported lazily.
 """
