@@ -31,6 +31,7 @@ terms of tied weights), Conv2d with a padding mode other than zeros, Embedding w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -248,21 +249,28 @@ def _rules() -> dict[type, tuple[Callable[..., _Layer], Callable[..., dict[Any, 
     }
 
 
-def _clipped_sums(layers: list[_Layer], max_grad_norm: float) -> tuple[dict[Any, Any], Any]:
-    """Each parameter's Σ_i c_i g_i, and the per-example norms, from one pass's layers."""
+def _clipped_sums(
+    layers: list[_Layer], max_grad_norm: float, scale: float
+) -> tuple[dict[Any, Any], Any]:
+    """Each parameter's Σ_i c_i g_i, and the per-example norms, from one pass's layers.
+
+    The layers' ``b`` are the mean loss's output gradients: the per-example gradients of the
+    summed loss are ``scale`` (the batch size) times theirs, which is folded into the norms
+    and the weights ``scale · c_i`` here rather than multiplied into every ``b``."""
     import torch
 
-    norm = torch.stack([layer.norm2 for layer in layers]).sum(0).clamp(min=0).sqrt()
+    norm = torch.stack([layer.norm2 for layer in layers]).sum(0).clamp(min=0).sqrt() * scale
     c = (max_grad_norm / (norm + _EPS)).clamp(max=1.0)
+    weights = c * scale
     rules = _rules()
     sums: dict[Any, Any] = {}
     for layer in layers:
         for param, g in layer.per_example.items():
-            sums[param] = torch.einsum("n,n...->...", c.to(g.dtype), g)
+            sums[param] = torch.einsum("n,n...->...", weights.to(g.dtype), g)
         if layer.activation is not None:
             rule = rules[type(layer.module)][1]
             assert rule is not None  # only rules with a sum keep activations
-            sums.update(rule(layer, c))
+            sums.update(rule(layer, weights))
     return sums, norm
 
 
@@ -279,6 +287,14 @@ def privacy_engine(grad_sample_mode: str, **kwargs: Any) -> Any:
 
 
 _CLASSES: list[tuple[Any, Any, Any]] = []
+
+
+def _needing_grad(a: Any) -> Any:
+    import torch
+
+    if isinstance(a, torch.Tensor) and a.is_floating_point() and not a.requires_grad:
+        return a.detach().requires_grad_(True)
+    return a
 
 
 def bk_classes() -> tuple[Any, Any, Any]:
@@ -331,16 +347,24 @@ def _define() -> tuple[Any, Any, Any]:
             self._inputs: dict[nn.Module, torch.Tensor] = {}
             self._layers: list[_Layer] = []
             self._queued = False
+            self._scale = 1.0
             self._trainable: list[Any] = [p for p in m.parameters() if p.requires_grad]
             for p in self._trainable:
                 p.bk_clipped = None
+            self._detach: list[tuple[str, Any]] = [
+                (f"{mname}.{pname}" if mname else pname, p)
+                for mname, module in m.named_modules()
+                if type(module) in self._rules and not isinstance(module, torch.nn.Embedding)
+                for pname, p in module.named_parameters(recurse=False)
+                if p.requires_grad
+            ]
+            self._detached = False
             self._handles: list[Any] = []
             for module in m.modules():
                 if type(module) in self._rules and any(
                     p.requires_grad for p in module.parameters(recurse=False)
                 ):
                     self._handles.append(module.register_forward_hook(self._keep_input))
-                    self._handles.append(module.register_full_backward_hook(self._keep_grad))
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             self._inputs.clear()  # a forward pass that no backward pass followed
@@ -351,9 +375,30 @@ def _define() -> tuple[Any, Any, Any]:
                     "Poisson sampling is not compatible with grad accumulation: call "
                     "optimizer.step() or zero_grad() after each backward pass"
                 )
-            return self._module(*args, **kwargs)
+            self._attach()
+            if not (self._module.training and torch.is_grad_enabled() and self.hooks_enabled):
+                return self._module(*args, **kwargs)
+            # The parameters whose clipped sums come from the hooks do not require grad while
+            # the graph is built: autograd then computes no (unclipped) gradient for them,
+            # which book-keeping would only throw away. They require grad again as soon as
+            # the backward pass reaches the first hook (and on zero_grad, cleanup and the next
+            # forward). Floating inputs require grad so that the first layer's output gradient
+            # still reaches its hook. Embedding weights stay as they are (their integer input
+            # cannot carry a gradient; autograd's sum for them is cheap).
+            for _name, p in self._detach:
+                p.requires_grad_(False)
+            self._detached = True
+            return self._module(*(_needing_grad(a) for a in args), **kwargs)
 
-        def _keep_input(self, module: nn.Module, inputs: Any, _output: Any) -> None:
+        def _attach(self) -> None:
+            if self._detached:
+                for _name, p in self._detach:
+                    p.requires_grad_(True)
+                self._detached = False
+
+        def _keep_input(self, module: nn.Module, inputs: Any, output: Any) -> None:
+            """Forward hook: keep the input; hook the output's gradient (a tensor hook, which
+            costs less than a module's full backward hook and sees the same gradient)."""
             if not (self.hooks_enabled and module.training and torch.is_grad_enabled()):
                 return
             if module in self._inputs:
@@ -362,16 +407,19 @@ def _define() -> tuple[Any, Any, Any]:
                     "pass (tied use); use grad_sample_mode hooks"
                 )
             self._inputs[module] = inputs[0].detach()
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(functools.partial(self._keep_grad, module))
 
-        def _keep_grad(self, module: nn.Module, _grad_input: Any, grad_output: Any) -> None:
+        def _keep_grad(self, module: nn.Module, grad_output: Any) -> None:
             if not self.hooks_enabled:
                 return
             a = self._inputs.pop(module, None)
             if a is None:
                 return
-            b = grad_output[0].detach().float()
-            if self.loss_reduction == "mean":  # per-example gradients of a summed loss
-                b = b * a.shape[0]
+            self._attach()
+            b = grad_output.detach().float()
+            # per-example gradients of a summed loss: b × n, folded in at the end
+            self._scale = float(a.shape[0]) if self.loss_reduction == "mean" else 1.0
             a = a.float() if a.is_floating_point() else a
             if a.shape[0] == 0:  # an empty Poisson batch: nothing to clip
                 layer = _Layer(module, torch.zeros(0, device=b.device))
@@ -383,10 +431,11 @@ def _define() -> tuple[Any, Any, Any]:
                 torch.autograd.Variable._execution_engine.queue_callback(self._finish)
 
         def _finish(self) -> None:
+            self._attach()
             self._queued = False
             layers, self._layers = self._layers, []
             self._inputs.clear()  # layers whose output did not reach the loss
-            sums, norms = _clipped_sums(layers, self.max_grad_norm)
+            sums, norms = _clipped_sums(layers, self.max_grad_norm, self._scale)
             self.per_sample_gradient_norms = norms
             for p in self._trainable:
                 g = sums.get(p)
@@ -403,11 +452,13 @@ def _define() -> tuple[Any, Any, Any]:
             self.grad_accumulation_allowed = True
 
         def zero_grad(self, set_to_none: bool = False) -> None:
+            self._attach()
             for p in self._trainable:
                 p.bk_clipped = None
             super().zero_grad(set_to_none)
 
         def remove_hooks(self) -> None:
+            self._attach()
             self.hooks_enabled = False
             while self._handles:
                 self._handles.pop().remove()

@@ -20,12 +20,28 @@ from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
+from dpgov.errors import UsageError
 from dpgov.training import bk_clipping, trainer
+from dpgov.training.clipping_modes import choose_mode, mode_reason
 from dpgov.training.models import InputSpec, build_model
 from dpgov.training.params import ModelParams, TrainParams
 
 N = 8  # examples in the fixed batch
 CPU = torch.device("cpu")
+
+
+class _Residual(nn.Module):
+    """A hooked layer's output modified in place (ResNets' ``out += identity``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 5)
+        self.b = nn.Linear(5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y += x
+        return self.b(torch.tanh(y)).reshape(-1)
 
 
 class _Embed(nn.Module):
@@ -48,6 +64,7 @@ def _case(name: str) -> tuple[nn.Module, torch.Tensor, type]:
     img = torch.randn(N, 2, 6, 6, generator=g)
     if name == "linear":
         return _seq(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 1)), torch.randn(N, 5), nn.Linear
+    layers: tuple[nn.Module, ...]
     if name == "linear_seq_ghost":  # T = 2 tokens, d = p = 16: ghost norm
         x = torch.randn(N, 2, 16, generator=g)
         layers = (nn.Linear(16, 16), nn.Tanh(), nn.Flatten(), nn.Linear(32, 1))
@@ -81,6 +98,8 @@ def _case(name: str) -> tuple[nn.Module, torch.Tensor, type]:
         ids = torch.randint(0, 10, (N, 3), generator=g)
         ids[:, 2] = ids[:, 0]
         return _Embed(), ids, nn.Embedding
+    if name == "residual_inplace":
+        return _Residual(), torch.randn(N, 5, generator=g), nn.Linear
     if name == "embedding_padding":
         ids = torch.randint(0, 10, (N, 3), generator=g)
         ids[:, 1] = 0
@@ -88,7 +107,7 @@ def _case(name: str) -> tuple[nn.Module, torch.Tensor, type]:
     raise KeyError(name)
 
 
-CASES = [
+CASES = [  # (Opacus's hooks cannot take residual_inplace: its hooked outputs are views)
     "linear",
     "linear_seq_ghost",
     "linear_seq_per_example",
@@ -155,7 +174,15 @@ def test_clipped_sum_equals_opacus_hooks_with_clipping_binding(name: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "name", ["groupnorm", "conv_ghost", "linear_seq_ghost", "layernorm", "embedding_padding"]
+    "name",
+    [
+        "groupnorm",
+        "conv_ghost",
+        "linear_seq_ghost",
+        "layernorm",
+        "embedding_padding",
+        "residual_inplace",
+    ],
 )
 def test_unclipped_examples_sum_to_autograds_gradient(name: str) -> None:
     # C far above every norm: c_i = 1, the clipped sum is N × the mean loss's gradient (and
@@ -165,6 +192,7 @@ def test_unclipped_examples_sum_to_autograds_gradient(name: str) -> None:
     plain = copy.deepcopy(model)
     _loss(plain(x)).backward()
     for g, p in zip(got, plain.parameters(), strict=True):
+        assert p.grad is not None
         torch.testing.assert_close(g, N * p.grad, rtol=1e-4, atol=1e-5)
 
 
@@ -174,7 +202,7 @@ def test_unclipped_examples_sum_to_autograds_gradient(name: str) -> None:
 )
 def test_conv_takes_the_ghost_norm_where_it_is_cheaper(name: str, ghost: bool) -> None:
     model, x, _ = _case(name)
-    conv = model[0]
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     a = x.float()
     b = torch.ones_like(conv(a))
     layer = bk_clipping._conv(conv, a, b)
@@ -242,3 +270,49 @@ def test_train_private_with_bk_charges_the_plan_and_trains_what_hooks_trains() -
     for a, b in zip(bk.model.parameters(), hooks.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert not any(hasattr(p, "bk_clipped") for p in bk.model.parameters())  # cleaned up
+
+
+def test_resnet18_groupnorm_through_the_factory_matches_hooks() -> None:
+    # the ResNet-18 a team brings (MONAI's, BatchNorm → GroupNorm by dpgov's factory):
+    # strided and 1×1 convolutions, both norm branches, residual additions
+    pytest.importorskip("monai")
+    from dpgov.training.params import parse_params
+
+    cfg = parse_params(
+        {
+            "model": {
+                "factory": "monai.networks.nets:resnet18",
+                "kwargs": {"spatial_dims": 2, "n_input_channels": 1, "num_classes": 1},
+            }
+        }
+    )
+    spec = InputSpec(kind="image", n_features=256, image_shape=(1, 16, 16))
+    torch.manual_seed(0)
+    inner = build_model(cfg.model, spec, allowed_factories=["monai.networks.nets:*"])
+    model = nn.Sequential(inner, nn.Flatten(start_dim=0))
+    assert bk_clipping.supports_bk(model) and choose_mode("auto", model) == "bk"
+    x = torch.randn(N, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    expected, norms = _hooks_clipped(copy.deepcopy(model), x, 1e-3)
+    assert bool((norms > 1e-2).all())
+    got, _ = _bk_clipped(copy.deepcopy(model), x, 1e-3)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-7)
+
+
+def test_auto_chooses_bk_where_every_layer_has_a_rule_and_says_why() -> None:
+    cnn = build_model(
+        ModelParams(name="cnn", channels=[4]), InputSpec("image", 64, image_shape=(1, 8, 8))
+    )
+    assert choose_mode("auto", cnn) == "bk"
+    reason = mode_reason("auto", "bk", cnn)
+    assert reason.startswith("auto chose bk") and "Conv2d, GroupNorm, Linear" in reason
+    assert len(reason) < 250
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 1))
+    mode = choose_mode("auto", bn)
+    assert mode == "hooks"
+    reason = mode_reason("auto", mode, bn)
+    assert "bk: layer 1 (BatchNorm2d) has no rule" in reason and len(reason) < 250
+    with pytest.raises(UsageError, match=r"'bk' cannot clip layer 1 \(BatchNorm2d\)"):
+        choose_mode("bk", bn)
+    assert choose_mode("bk", cnn) == "bk" and choose_mode("hooks", cnn) == "hooks"
+    assert mode_reason("bk", "bk", cnn) == "bk: asked for (train.grad_sample_mode: bk)"
