@@ -327,19 +327,10 @@ def test_amplified_pld_epsilon_is_never_above_unamplified(sigma, q, rounds):
     assert e_amp <= e_full + 1e-9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PrvAccountant (accounting/accountants.py, not this kind's file) accounts any "
-    "mechanism as Poisson-subsampled DP-SGD under add/remove: it under-charges this kind "
-    "and must refuse it (reported to the lead)",
-)
 def test_the_prv_accountant_does_not_undercharge_this_kind():
     m = FedSiteMechanism(noise_multiplier=1.0, sample_rate=0.3, steps=5)
-    try:
-        prv = epsilon([m], delta=DELTA, accountant="prv")
-    except AccountingInputError:
-        return  # refused: sound
-    assert prv >= 0.99 * epsilon([m], delta=DELTA)
+    with pytest.raises(AccountingInputError, match="prv accountant composes DP-SGD"):
+        epsilon([m], delta=DELTA, accountant="prv")
 
 
 # ----------------------------------------------------------------- the ledger, end to end

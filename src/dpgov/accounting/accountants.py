@@ -171,6 +171,11 @@ class PrvAccountant:
 
     def add(self, state: Any, mechanism: DpSgdMechanism, count: int = 1) -> Any:
         check_domain(mechanism, count)
+        if not isinstance(mechanism, DpSgdMechanism):  # Opacus's PRV knows DP-SGD only
+            raise AccountingInputError(
+                f"the prv accountant composes DP-SGD (add/remove) only, not "
+                f"{type(mechanism).kind!r}: use accountant pld or rdp"
+            )
         key = (mechanism.noise_multiplier, mechanism.sample_rate)
         new = dict(state)
         new[key] = new.get(key, 0) + mechanism.steps * count
