@@ -236,14 +236,16 @@ def test_a_module_used_twice_in_one_forward_is_refused() -> None:
         gsm(torch.randn(2, 3))
 
 
-def _dp_run(mode: str) -> tuple[Any, trainer.SamplingPlan]:
+def _dp_run(mode: str, n: int = 96, batch: int = 16) -> tuple[Any, trainer.SamplingPlan]:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 4)).astype(np.float32)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.float32)
-    cfg = TrainParams(seed=7, batch_size=16, learning_rate=0.5, reproducible_noise=True, epochs=2)
+    cfg = TrainParams(
+        seed=7, batch_size=batch, learning_rate=0.5, reproducible_noise=True, epochs=2
+    )
     trainer.seed_everything(cfg.seed)
     model = build_model(ModelParams(name="mlp", hidden=[8]), InputSpec("tabular", 4))
-    plan = trainer.sampling_plan(n=96, batch_size=16, epochs=2)
+    plan = trainer.sampling_plan(n=n, batch_size=batch, epochs=2)
     res = trainer.train_private(
         model,
         x,
@@ -270,6 +272,16 @@ def test_train_private_with_bk_charges_the_plan_and_trains_what_hooks_trains() -
     for a, b in zip(bk.model.parameters(), hooks.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert not any(hasattr(p, "bk_clipped") for p in bk.model.parameters())  # cleaned up
+
+
+def test_empty_poisson_batches_are_noised_steps_as_in_hooks() -> None:
+    # q = 1/20 over 20 rows: about a third of the 40 steps have no example
+    bk, plan = _dp_run("bk", n=20, batch=1)
+    assert bk.steps == plan.steps == 40 and bk.history == [(1.5, 1 / 20, 40)]
+    hooks, _ = _dp_run("hooks", n=20, batch=1)
+    for a, b in zip(bk.model.parameters(), hooks.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert all(p.requires_grad for p in bk.model.parameters())
 
 
 def test_resnet18_groupnorm_through_the_factory_matches_hooks() -> None:
