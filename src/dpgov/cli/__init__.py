@@ -34,6 +34,7 @@ _COMMAND_MODULES = [
     "dpgov.cli.schedule",
     "dpgov.cli.policy",
     "dpgov.cli.audit_model",
+    "dpgov.cli.federated",
 ]
 
 for _name in _COMMAND_MODULES:

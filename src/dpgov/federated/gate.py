@@ -22,7 +22,7 @@ from typing import Any
 from dpgov.contracts import json_safe
 from dpgov.federated.types import OpenSite, SiteCharge
 from dpgov.gate.decision import Check
-from dpgov.gate.standing import read_records, standing
+from dpgov.gate.standing import ApprovalRecord, standing
 
 ENTRY_KIND = "federated_gate"
 
@@ -93,8 +93,10 @@ def decide_site(
     evaluation: Mapping[str, Any] | None,
     site_gaps: Sequence[Mapping[str, Any]],
     noise_source: str,
+    approvals: Sequence[ApprovalRecord] = (),
 ) -> SiteDecision:
-    """The checks of one site (pure but for reading the site's ledger)."""
+    """The checks of one site (pure but for reading the site's ledger). ``approvals``: the
+    site's ``federated_approval`` records of this version (:mod:`dpgov.federated.release`)."""
     pol = site.policy.policy
     checks: list[Check] = []
     ver = site.ledger.verify()
@@ -172,9 +174,10 @@ def decide_site(
             )
     checks += _within_site_gaps(pol, evaluation)
     checks += _site_attribute(pol, site_gaps)
-    checks.append(_approvals(site, model, version, author))
+    s = standing(approvals, pol.approvals, author=author)
+    checks.append(_approvals(site, s))
     return SiteDecision(
-        site=site.name, checks=tuple(checks), approvers=_approvers(site, model, version, author)
+        site=site.name, checks=tuple(checks), approvers=tuple(r.by for r in s.approvals)
     )
 
 
@@ -237,18 +240,8 @@ def _site_attribute(pol: Any, gaps: Sequence[Mapping[str, Any]]) -> list[Check]:
     return out
 
 
-def _standing(site: OpenSite, model: str, version: str | None, author: str) -> Any:
-    records = read_records(site.ledger, model, version) if version else []
-    return standing(records, site.policy.policy.approvals, author=author)
-
-
-def _approvers(site: OpenSite, model: str, version: str | None, author: str) -> tuple[str, ...]:
-    return tuple(r.by for r in _standing(site, model, version, author).approvals)
-
-
-def _approvals(site: OpenSite, model: str, version: str | None, author: str) -> Check:
+def _approvals(site: OpenSite, s: Any) -> Check:
     required = site.policy.policy.approvals.required
-    s = _standing(site, model, version, author)
     n = len(s.approvals)
     passed = n >= required and not s.refusals
     why = f"approvals recorded on {site.name}'s ledger"

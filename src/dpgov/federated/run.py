@@ -118,7 +118,9 @@ def _summarise(
 ) -> FederatedSummary:
     charges = charges_of(result.rounds)
     author = getpass.getuser()
-    run_id, version = _track(spec, sites, result, spent, charges, register=register, tag=tag)
+    run_id, version = _track(
+        spec, sites, result, spent, charges, register=register, tag=tag, author=author
+    )
     gaps = [fgate.site_gap(result.evaluations, m) for m in ("auroc", "fnr")]
     decisions = [
         fgate.decide_site(
@@ -236,9 +238,11 @@ def _track(
     *,
     register: bool,
     tag: str,
+    author: str,
 ) -> tuple[str | None, str | None]:
     """The MLflow run of the federation: params, per-round and per-site metrics, the site
     charges as tags and a JSON artifact, the model registered as a candidate."""
+    import numpy as np
     import torch
 
     params = {
@@ -259,6 +263,7 @@ def _track(
         "dpgov.federated": "true",
         "dpgov.federated.run": tag,
         "dpgov.private": "true",
+        "dpgov.author": author,
         **{f"dpgov.site.{s.name}.data_version": s.data_version for s in sites},
         **{f"dpgov.site.{s.name}.epsilon": f"{spent.get(s.name, 0.0):.6g}" for s in sites},
     }
@@ -297,6 +302,9 @@ def _track(
                 },
                 "rounds": [_round_dict(r) for r in result.rounds],
                 "privacy": privacy_statement(spec),
+                "evaluations": result.evaluations,
+                "author": author,
+                "noise_source": result.noise_source,
             },
             "federated/charges.json",
         )
@@ -305,7 +313,7 @@ def _track(
             model = build_site_model(spec, data)
             set_arrays(model, result.arrays)
             model.eval()
-            example = data.test.x[:2] if len(data.test.x) else data.train.x[:2]
+            example = np.array(data.test.x[:2] if len(data.test.x) else data.train.x[:2])
             with torch.no_grad():
                 ref = runs.log_model(
                     run_id,
