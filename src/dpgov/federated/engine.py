@@ -17,7 +17,9 @@ One round, in either privacy mode (docs/federated.md):
    without sampling through Flower's own ``DifferentialPrivacyServerSideFixedClipping``,
    whose accountant is dpgov's ledgers (:mod:`dpgov.federated.accountant`); with sampling
    or unequal weights by dpgov's fixed-denominator estimator (Flower's accounted strategy
-   refuses both).
+   refuses both). :attr:`EngineResult.aggregator` says which ran (:mod:`.flower_dp`: on a
+   refusal Flower's strategy raises, the refusing sites are dropped and the round is
+   configured again with the rest).
 5. **commit** what ran (a crash mid-round aborts: the charge stays, conservative).
 
 After the last round each site evaluates the final model on its local test split.
@@ -37,15 +39,17 @@ from typing import TYPE_CHECKING, Any
 from dpgov.accounting import DpSgdMechanism, site_round_mechanism
 from dpgov.errors import Refused, UsageError
 from dpgov.federated.client import build_client_app
+from dpgov.federated.flower_dp import AGGREGATOR as FLOWER_AGGREGATOR
+from dpgov.federated.flower_dp import FlowerSiteRounds, secret_rng
 from dpgov.federated.types import FederatedSpec, OpenSite, RoundRecord, SiteCharge
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
     from dpgov.federated.ledgers import SiteLedgers
 
 NODE_WAIT_SECONDS = 180.0  # for every site's Flower node to register
 NOISE_SOURCE = "os_entropy"  # the server's noise and site sampling: seeded from `secrets`
+RECORD_AGGREGATOR = "dpgov-fedavg"  # mode record: FedAvg of the sites' DP models
+FIXED_DENOMINATOR = "dpgov-fixed-denominator"  # mode site with site sampling or records weights
 
 
 @dataclass
@@ -59,6 +63,18 @@ class EngineResult:
     engine: str = "flower-simulation"
     seconds: float = 0.0
     noise_source: str = NOISE_SOURCE
+    aggregator: str = FIXED_DENOMINATOR  # which path aggregated the rounds (see aggregator_of)
+
+
+def aggregator_of(spec: FederatedSpec) -> str:
+    """Which path aggregates a run's rounds: Flower's accounted DP strategy where it applies
+    (mode site, no site sampling, equal weights, fixed clipping), else dpgov's own."""
+    if spec.mode == "record":
+        return RECORD_AGGREGATOR
+    q = spec.site_sample_rate
+    if (q is None or q >= 1) and spec.weights == "equal" and spec.clipping == "fixed":
+        return FLOWER_AGGREGATOR
+    return FIXED_DENOMINATOR
 
 
 def record_rate(site: OpenSite, spec: FederatedSpec) -> float:
@@ -112,8 +128,19 @@ class Coordinator:
         self.stopped: str | None = None
         self.evaluations: dict[str, dict[str, Any]] = {}
         self.error: BaseException | None = None
-        self._rng = _secret_rng()
+        self._rng = secret_rng()
         self._sampler = secrets.SystemRandom()
+        self.aggregator = aggregator_of(spec)
+        self._flower = (
+            FlowerSiteRounds(
+                ledgers,
+                noise_multiplier=spec.noise_multiplier,
+                clip=spec.clip,
+                min_sites=spec.min_sites,
+            )
+            if self.aggregator == FLOWER_AGGREGATOR
+            else None
+        )
 
     # ------------------------------------------------------------------ the ServerApp main
     def run(self, grid: Any) -> None:
@@ -153,6 +180,8 @@ class Coordinator:
         return out
 
     def _round(self, grid: Any, nodes: dict[str, int], rnd: int) -> bool:
+        if self._flower is not None:
+            return self._flower_round(grid, nodes, rnd)
         started = time.perf_counter()
         spec = self.spec
         eligible = [n for n in self.sites if n not in self.out]
@@ -177,13 +206,7 @@ class Coordinator:
         reserved = {n: c for n, c in charges.items() if not c.refused}
         if len(able) < spec.min_sites:
             self.ledgers.release_round(reserved, "too few sites could afford the round")
-            record.charges = []
-            record.participants = []
-            self.stopped = (
-                f"round {rnd}: {len(able)} site(s) could afford it, fewer than min_sites "
-                f"{spec.min_sites}"
-            )
-            self._finish(record, started)
+            self._stop(record, len(able), started)
             return False
         try:
             replies = self._train(grid, nodes, rnd, record.participants)
@@ -192,6 +215,59 @@ class Coordinator:
             self.ledgers.abort_round(reserved, f"round {rnd} failed: {err}")
             raise
         self.ledgers.commit_round(reserved, steps)
+        self._finish(record, started)
+        return True
+
+    def _stop(self, record: RoundRecord, able: int, started: float) -> None:
+        """Fewer than ``min_sites`` could afford the round: nothing of it is charged."""
+        record.charges = []
+        record.participants = []
+        self.stopped = (
+            f"round {record.round}: {able} site(s) could afford it, fewer than min_sites "
+            f"{self.spec.min_sites}"
+        )
+        self._finish(record, started)
+
+    def _flower_round(self, grid: Any, nodes: dict[str, int], rnd: int) -> bool:
+        """A site-level round through Flower's accounted strategy (:mod:`.flower_dp`): it
+        reserves at every participant (retrying without the sites that refuse), clips,
+        averages, adds secret noise and commits; the record is the coordinator's own path's."""
+        import numpy as np
+
+        assert self._flower is not None
+        started = time.perf_counter()
+        eligible = [n for n in self.sites if n not in self.out]
+        cfg = {"round": rnd, "mode": self.spec.mode}
+        done = self._flower.configure(rnd, eligible, nodes, self.arrays, cfg, grid)
+        self.out |= set(done.refused)
+        record = RoundRecord(
+            round=rnd,
+            eligible=eligible,
+            participants=list(done.participants),
+            refused=dict(done.refused),
+            charges=list(done.charges),
+        )
+        if not done.messages:
+            self._stop(record, len(done.participants), started)
+            return False
+        try:
+            replies = list(grid.send_and_receive(done.messages))
+        except BaseException as err:
+            self._flower.abort(f"round {rnd} failed: {err}")
+            raise
+        out = self._flower.aggregate(rnd, replies)
+        if out is None:
+            failed = [r.error.reason for r in replies if r.has_error()]
+            raise RuntimeError(
+                f"round {rnd} train: {len(replies)} of {len(done.messages)} replies"
+                + (f", a site failed: {failed[0]}" if failed else "")
+                + " (nothing released; the round's reservations were returned)"
+            )
+        self.arrays = [
+            np.asarray(x).astype(np.asarray(g).dtype)
+            for g, x in zip(self.arrays, out.arrays, strict=True)
+        ]
+        record.metrics = out.metrics
         self._finish(record, started)
         return True
 
@@ -334,12 +410,6 @@ def _mean(values: Any) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def _secret_rng() -> np.random.Generator:
-    import numpy as np
-
-    return np.random.Generator(np.random.PCG64DXSM(secrets.randbits(128)))
-
-
 def _raise_if_error(reply: Any, what: str) -> None:
     if reply.has_error():
         raise RuntimeError(f"{what}: a site failed: {reply.error.reason}")
@@ -395,6 +465,7 @@ def run_rounds(
         stopped=coordinator.stopped,
         evaluations=coordinator.evaluations,
         seconds=time.perf_counter() - started,
+        aggregator=coordinator.aggregator,
     )
 
 
