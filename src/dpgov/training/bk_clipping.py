@@ -169,8 +169,11 @@ def _conv(module: Any, a: Any, b: Any) -> _Layer:
             layer.activation, layer.backprop = a, b
         else:
             gw = compute_conv_grad_sample(module, [a], b)[w]
-            layer.per_example[w] = gw
             layer.norm2 = layer.norm2 + gw.reshape(n, -1).pow(2).sum(1)
+            if gw.numel() <= a.numel() + b.numel() or isinstance(module.padding, str):
+                layer.per_example[w] = gw
+            else:  # the sum from a and b later: less memory than n weight-sized gradients
+                layer.activation, layer.backprop = a, b
     if module.bias is not None and module.bias.requires_grad:
         gb = b3.sum(2)
         layer.per_example[module.bias] = gb
@@ -184,7 +187,13 @@ def _conv_sum(layer: _Layer, c: Any) -> dict[Any, Any]:
     m, a, b = layer.module, layer.activation, layer.backprop
     cb = b * c.reshape(-1, *([1] * (b.dim() - 1)))
     gw = conv2d_weight(
-        a, m.weight.shape, cb, stride=m.stride, padding=m.padding, dilation=m.dilation
+        a,
+        m.weight.shape,
+        cb,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=m.groups,
     )
     return {m.weight: gw}
 

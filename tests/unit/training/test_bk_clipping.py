@@ -78,6 +78,10 @@ def _case(name: str) -> tuple[nn.Module, torch.Tensor, type]:
     if name == "conv_ghost":  # stride 3: L = 4, d = 18, p = 16: ghost norm
         layers = (nn.Conv2d(2, 16, 3, stride=3, padding=1), nn.Flatten(), nn.Linear(64, 1))
         return _seq(*layers), img, nn.Conv2d
+    if name == "conv_wide":  # L = 16: per-example norm, but the sum from a and b (less memory)
+        x = torch.randn(N, 8, 4, 4, generator=g)
+        layers = (nn.Conv2d(8, 16, 3, padding=1), nn.Flatten(), nn.Linear(256, 1))
+        return _seq(*layers), x, nn.Conv2d
     if name == "conv_groups":
         layers = (nn.Conv2d(2, 4, 3, groups=2, bias=False), nn.Flatten(), nn.Linear(64, 1))
         return _seq(*layers), img, nn.Conv2d
@@ -113,6 +117,7 @@ CASES = [  # (Opacus's hooks cannot take residual_inplace: its hooked outputs ar
     "linear_seq_per_example",
     "conv_per_example",
     "conv_ghost",
+    "conv_wide",
     "conv_groups",
     "groupnorm",
     "layernorm",
@@ -197,17 +202,24 @@ def test_unclipped_examples_sum_to_autograds_gradient(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "ghost"),
-    [("conv_ghost", True), ("conv_per_example", False), ("conv_groups", False)],
+    ("name", "from_a_and_b"),
+    [
+        ("conv_ghost", True),  # ghost norm; the sum from a and b
+        ("conv_wide", True),  # per-example norm; n weight-sized gradients would be larger
+        ("conv_per_example", False),  # per-example gradients kept: smaller than a and b
+        ("conv_groups", False),
+    ],
 )
-def test_conv_takes_the_ghost_norm_where_it_is_cheaper(name: str, ghost: bool) -> None:
+def test_conv_keeps_the_cheaper_of_its_inputs_or_per_example_gradients(
+    name: str, from_a_and_b: bool
+) -> None:
     model, x, _ = _case(name)
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     a = x.float()
     b = torch.ones_like(conv(a))
     layer = bk_clipping._conv(conv, a, b)
-    assert (layer.activation is not None) is ghost
-    assert (conv.weight in layer.per_example) is not ghost
+    assert (layer.activation is not None) is from_a_and_b
+    assert (conv.weight in layer.per_example) is not from_a_and_b
 
 
 def test_support_names_the_first_layer_bk_cannot_clip() -> None:
