@@ -189,7 +189,7 @@ def _within_site_gaps(pol: Any, evaluation: Mapping[str, Any] | None) -> list[Ch
         if limit is None or g.get("attribute") not in pol.fairness.sensitive_attributes:
             continue
         judged = int(g.get("groups_judged") or 0)
-        name = f"{g['metric']}_gap[{g['attribute']}]"
+        name = f"{g['metric']}_gap.{g['attribute']}"
         if judged < 2:
             out.append(
                 Check(
@@ -213,7 +213,7 @@ def _site_attribute(pol: Any, gaps: Sequence[Mapping[str, Any]]) -> list[Check]:
         limit = limits.get(str(g["metric"]))
         if limit is None:
             continue
-        name = f"{g['metric']}_gap[site]"
+        name = f"{g['metric']}_gap.site"
         if g.get("gap") is None:
             out.append(
                 Check(
