@@ -248,12 +248,19 @@ def test_a_module_used_twice_in_one_forward_is_refused() -> None:
         gsm(torch.randn(2, 3))
 
 
-def _dp_run(mode: str, n: int = 96, batch: int = 16) -> tuple[Any, trainer.SamplingPlan]:
+def _dp_run(
+    mode: str, n: int = 96, batch: int = 16, physical: int = 256
+) -> tuple[Any, trainer.SamplingPlan]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.float32)
     cfg = TrainParams(
-        seed=7, batch_size=batch, learning_rate=0.5, reproducible_noise=True, epochs=2
+        seed=7,
+        batch_size=batch,
+        learning_rate=0.5,
+        reproducible_noise=True,
+        epochs=2,
+        max_physical_batch_size=physical,
     )
     trainer.seed_everything(cfg.seed)
     model = build_model(ModelParams(name="mlp", hidden=[8]), InputSpec("tabular", 4))
@@ -284,6 +291,15 @@ def test_train_private_with_bk_charges_the_plan_and_trains_what_hooks_trains() -
     for a, b in zip(bk.model.parameters(), hooks.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert not any(hasattr(p, "bk_clipped") for p in bk.model.parameters())  # cleaned up
+
+
+def test_physical_batches_of_one_logical_step_are_summed_as_in_hooks() -> None:
+    # BatchMemoryManager cuts each Poisson batch (≈ 16) into physical batches of 4
+    bk, plan = _dp_run("bk", physical=4)
+    assert bk.history == [(1.5, plan.sample_rate, plan.steps)]
+    hooks, _ = _dp_run("hooks", physical=4)
+    for a, b in zip(bk.model.parameters(), hooks.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_empty_poisson_batches_are_noised_steps_as_in_hooks() -> None:
