@@ -1,4 +1,4 @@
-"""Each site's ledger in a federated round (issue 20): per-site charging on real ledgers, the
+"""Each site's ledger in a federated round: per-site charging on real ledgers, the
 patients two sites share composed across their ledgers, and Flower's own DP strategy charging
 dpgov through LedgerPrivacyAccountant. References are closed forms written out in
 tests/unit/_federated_fixtures.py and tests/filter_reference.py, not dpgov's accounting."""

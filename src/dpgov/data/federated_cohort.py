@@ -1,7 +1,7 @@
 """The federated cohort: N sites from one real cohort, each prepared as a governed run reads
 one dataset (docs/federated_cohort.md).
 
-A federated run (issue 20) needs sites that are each, on their own, ordinary dpgov data: a
+A federated run needs sites that are each, on their own, ordinary dpgov data: a
 source table, a contract, and a prepared folder that ``ensure_validated`` and
 ``load_data`` accept unchanged. So this module does not invent a second layout: it cuts a
 cohort into site tables (written as CSV under ``out_dir/sources/``, with their source ids, as

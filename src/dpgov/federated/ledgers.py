@@ -27,7 +27,7 @@ round; the reason counts such patients and never names one.
 What this does not do: there is no lock across ledgers. Two federated runs reserving on the
 same sites at the same moment could each pass the shared check before the other's charges
 land; each ledger's own check still holds for its own charges. One engine per id domain at a
-time is the supported use (the lead's engine runs rounds one after the other).
+time is the supported use (the coordinator runs rounds one after the other).
 """
 
 from __future__ import annotations
