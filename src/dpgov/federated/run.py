@@ -74,6 +74,13 @@ def run_federated(
     started = time.perf_counter()
     sites = step("open-sites", open_sites, spec, retry=True)
     try:
+        fixed = [s.name for s in sites if s.policy.policy.budget.composition == "fixed"]
+        if fixed:
+            raise UsageError(
+                f"site(s) {', '.join(fixed)}: budget.composition fixed charges only schedules "
+                f"committed in advance (`dpgov ledger plan`), which a federation's rounds are "
+                f"not; federated runs need budget.composition adaptive"
+            )
         datas = {s.name: load_site_data(s.path) for s in sites}
         _same_features(datas)
         first = datas[sites[0].name]

@@ -81,10 +81,11 @@ class _Spec(BaseModel):
                 "site_sample_rate: client sampling is for mode 'site' (DP-FedAvg); in mode "
                 "'record' every site that can afford a round trains"
             )
-        if self.mode == "site" and self.weights == "records" and self.site_sample_rate:
+        if self.weights == "records":
             raise ValueError(
-                "weights: 'records' with site sampling is not supported (the largest weight "
-                "would depend on who is sampled); use equal weights"
+                "weights: 'records' would weight each site by its exact number of records, "
+                "which changes when one patient is removed and is covered by no charge; use "
+                "equal weights"
             )
         if self.min_sites > len(self.sites):
             raise ValueError(
