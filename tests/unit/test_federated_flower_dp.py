@@ -16,14 +16,17 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.supercore.task_identity import TaskIdentity
 
 from dpgov.accounting import DpSgdMechanism, site_round_mechanism
+from dpgov.data.federated_cohort import prepare_sites
 from dpgov.federated.engine import (
     FIXED_DENOMINATOR,
     RECORD_AGGREGATOR,
     aggregator_of,
     planned_mechanism,
+    run_rounds,
 )
 from dpgov.federated.flower_dp import AGGREGATOR, FlowerSiteRounds, strategy_classes
 from dpgov.federated.ledgers import SiteLedgers
+from dpgov.federated.local import build_site_model, get_arrays, load_site_data
 from dpgov.federated.types import FederatedSpec, SiteSpec
 from tests.unit._federated_fixtures import gaussian_filter_eps, ids, make_site
 
@@ -233,3 +236,55 @@ def test_which_path_aggregates(tmp_path):
     # Flower's accounted strategy accepts ours: FedAvg's own aggregate_train is kept
     assert fedavg_cls.aggregate_train is strategy_classes()[0].__mro__[1].aggregate_train
     assert issubclass(dp_cls, DifferentialPrivacyServerSideFixedClipping)
+
+
+@pytest.mark.slow
+def test_a_flower_simulation_runs_site_rounds_through_flowers_strategy(tmp_path):
+    """The one full simulation: two sites, the second able to afford one round only, so the
+    second round is retried without it (min_sites 1) and charged at the first alone."""
+    cohort = prepare_sites(tmp_path / "data", sites=3, key=b"k" * 32, max_patients_per_site=60)
+    prepared = cohort[:2]  # the cohort is cut into 3-5 sites: the federation takes two
+    names = [p.name for p in prepared]
+    spec = FederatedSpec(
+        sites=tuple(SiteSpec(p.name, str(p.path)) for p in prepared),
+        mode="site",
+        rounds=2,
+        local_steps=2,
+        batch_size=16,
+        noise_multiplier=SIGMA,
+        clip=CLIP,
+        min_sites=1,
+        seed=1,
+    )
+    sites = [
+        make_site(tmp_path, n, {f"{n}-b": ids(100 * i, 100 * i + 30)}, limit=LIMIT)
+        for i, n in enumerate(names)
+    ]
+    led = SiteLedgers(sites, run_tag="fedsim")
+    first, last = names
+    for rnd in (1, 2):  # the second site can afford one round more (5.07), not two (5.90)
+        led.commit_round(led.reserve_round(rnd, {last: G}))
+    initial = get_arrays(build_site_model(spec, load_site_data(prepared[0].path)))
+    try:
+        result = run_rounds(spec, sites, led, initial)
+        assert result.aggregator == AGGREGATOR and result.stopped is None
+        one, two = result.rounds
+        assert one.participants == names and not one.refused
+        assert two.participants == [first] and set(two.refused) == {last}
+        assert [c.site for c in two.charges] == [first]
+        for r in result.rounds:  # each charge: a committed reservation of the round's kind
+            for c in r.charges:
+                info = led.site(c.site).ledger.reservation(c.reservation)
+                assert info.status == "committed"
+                assert info.mechanism == planned_mechanism(led.site(c.site), spec)
+            assert r.metrics["denominator"] == len(r.participants)
+            assert r.metrics["noise_std"] == pytest.approx(SIGMA * CLIP / len(r.participants))
+        spent = led.spent()
+    finally:
+        for s in sites:
+            s.ledger.close()
+    assert spent[first] == pytest.approx(gaussian_filter_eps([SIGMA / 2] * 2), rel=1e-9)
+    assert spent[last] == pytest.approx(gaussian_filter_eps([SIGMA / 2] * 3), rel=1e-9)
+    assert any(not np.array_equal(x, y) for x, y in zip(result.arrays, initial, strict=True))
+    assert [x.dtype for x in result.arrays] == [x.dtype for x in initial]
+    assert set(result.evaluations) == set(names)

@@ -77,9 +77,8 @@ def strategy_classes() -> tuple[type, type]:
 
         def __init__(self) -> None:
             super().__init__(
-                fraction_train=1.0,
-                fraction_evaluate=0.0,  # each site evaluates once, after the last round
-                min_train_nodes=1,
+                fraction_train=1.0,  # configure_evaluate is never called: the engine
+                min_train_nodes=1,  # has each site evaluate once, after the last round
                 min_available_nodes=1,
                 weighted_by_key="num-examples",  # the client sends 1: equal weights
             )
