@@ -1,6 +1,6 @@
 """Site-level rounds through Flower's own DP strategy, charging dpgov's site ledgers.
 
-Why: issue 20 asks that Flower's own DP strategies charge dpgov. A site-level round *without*
+Why: Flower's own DP strategies should charge dpgov. A site-level round *without*
 site sampling and with equal weights is exactly what Flower 1.42's accounted
 ``DifferentialPrivacyServerSideFixedClipping`` supports (it refuses amplification and unequal
 weights), so such rounds run through it, with
@@ -25,8 +25,9 @@ accountant has released whatever it reserved). :meth:`FlowerSiteRounds.configure
 ``accountant.last_refused``, drops those sites (they sit the run out, as in the coordinator's
 own path), names the round again with the rest and retries; below ``min_sites`` it gives up
 with nothing reserved. A round whose aggregation Flower skips (a site failed, or replies are
-missing: ``aggregate_train`` returns None) released nothing, so its reservations are returned
-(``release_pending``); a crash after reserving aborts them (they stay charged, conservative).
+missing: ``aggregate_train`` returns None) released nothing, but its sites trained and sent
+their updates, so its reservations are aborted (they stay charged, conservative), as is any
+crash after reserving.
 
 The privacy meaning is the coordinator's (docs/federated_accounting.md): removing a patient
 replaces their site's clipped update (a change of norm up to 2C in the sum, 2C/n in the
@@ -237,8 +238,8 @@ class FlowerSiteRounds:
 
     def aggregate(self, rnd: int, replies: list[Any]) -> Aggregated | None:
         """Flower's ``aggregate_train`` (clip, FedAvg, secret noise, ``compose``). None when
-        Flower skipped the aggregation: nothing was released, the reservations are returned.
-        Anything raised after reserving aborts them (they stay charged)."""
+        Flower skipped the aggregation: nothing was released, yet the sites trained, so the
+        reservations are aborted (they stay charged), as after anything raised."""
         try:
             arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         except BaseException as err:
@@ -246,7 +247,9 @@ class FlowerSiteRounds:
             raise
         if arrays is None:
             why = [str(r.error.reason) for r in replies if r.has_error()]
-            self.accountant.release_pending(
+            # the sites trained on their patients and sent unnoised updates: the charge stays
+            # (conservative; a crash never undercounts), as in the coordinator's own path
+            self.accountant.abort_pending(
                 f"round {rnd}: Flower skipped the aggregation (nothing released): "
                 + ("; ".join(why) if why else f"{len(replies)} replies")
             )
