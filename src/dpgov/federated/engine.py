@@ -442,7 +442,9 @@ def run_rounds(
 
     if quiet:
         for name in ("flwr", "ray"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)  # run_simulation's deprecation
+        # Ray's notice that it will stop overriding accelerator variables (no GPU is asked)
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cpus = max(1, min(len(sites), os.cpu_count() or 1))
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     run_simulation(

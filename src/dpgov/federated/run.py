@@ -54,6 +54,7 @@ class FederatedSummary:
     privacy: dict[str, Any]
     seconds: float
     engine: str
+    aggregator: str = ""
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +183,7 @@ def _summarise(
         privacy=privacy_statement(spec),
         seconds=0.0,
         engine=result.engine,
+        aggregator=result.aggregator,
         warnings=[result.stopped] if result.stopped else [],
     )
 
@@ -265,6 +267,8 @@ def _track(
         "federated.min_sites": spec.min_sites,
         "federated.sites": ",".join(s.name for s in sites),
         "noise_source": result.noise_source,
+        "federated.aggregator": result.aggregator,
+        "federated.engine": result.engine,
     }
     tags = {
         "dpgov.federated": "true",
