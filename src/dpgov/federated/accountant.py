@@ -34,13 +34,11 @@ a round that was reserved but never composed (:meth:`release_pending` when no si
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dpgov.accounting import DpSgdMechanism, mechanism_from_dict, mechanism_to_dict
+from dpgov.accounting import mechanism_from_dict, mechanism_to_dict, site_round_mechanism
 from dpgov.errors import UsageError
 from dpgov.federated.ledgers import SiteLedgers
 from dpgov.federated.types import SiteCharge
@@ -50,18 +48,10 @@ _BACKEND = "dpgov-ledger"
 
 
 def site_level_mechanism(noise_multiplier: float) -> Any:
-    """What one site-level round (server-side clipping, noise σ·C on the sum, no site
-    sampling, equal weights) charges each participating site's patients.
-
-    ``dpgov.accounting.federated`` is looked up by name while it is not yet committed (the
-    layout rule keeps internal imports at the top of a module): once it is, this becomes a
-    plain ``from dpgov.accounting import site_round_mechanism``."""
-    if importlib.util.find_spec("dpgov.accounting.federated") is not None:
-        federated = importlib.import_module("dpgov.accounting.federated")
-        return federated.site_round_mechanism(
-            noise_multiplier=noise_multiplier, site_sample_rate=1.0, rounds=1
-        )
-    return DpSgdMechanism(noise_multiplier=noise_multiplier / 2.0, sample_rate=1.0, steps=1)
+    """One site-level round without site sampling, as each participant is charged: the
+    replace-one Gaussian of the server's σ (:func:`dpgov.accounting.site_round_mechanism`,
+    exactly the Gaussian mechanism at σ/2)."""
+    return site_round_mechanism(noise_multiplier=noise_multiplier, site_sample_rate=1.0, rounds=1)
 
 
 class LedgerPrivacyAccountant:
