@@ -89,7 +89,7 @@ def run_federated(
         tag = f"fed-{uuid.uuid4().hex[:12]}"
         ledgers = SiteLedgers(sites, run_tag=tag)
         result = step("rounds", run_rounds, spec, sites, ledgers, initial, on_round=on_round)
-        trained = [r for r in result.rounds if r.participants]
+        trained = [r for r in result.rounds if r.charges]
         if not trained:
             raise Refused(
                 f"no round could run: {result.stopped or 'every site refused'}; nothing was "
@@ -171,11 +171,11 @@ def _summarise(
         )
     return FederatedSummary(
         mode=spec.mode,
-        rounds=sum(1 for r in result.rounds if r.participants),
+        rounds=sum(1 for r in result.rounds if r.charges),
         rounds_planned=spec.rounds,
         stopped=result.stopped,
         sites=rows,
-        round_log=[_round_dict(r) for r in result.rounds],
+        round_log=[_round_dict(r, secret=_secret_sampling(spec)) for r in result.rounds],
         gate={**fgate.gate_table(decisions), "site_gaps": gaps},
         run_id=run_id,
         model_name=spec.model_name,
@@ -188,11 +188,19 @@ def _summarise(
     )
 
 
-def _round_dict(r: RoundRecord) -> dict[str, Any]:
+def _secret_sampling(spec: FederatedSpec) -> bool:
+    """Amplified site sampling: which sites were sampled is part of what the noise hides."""
+    q = spec.site_sample_rate
+    return spec.mode == "site" and q is not None and q < 1 and spec.amplification
+
+
+def _round_dict(r: RoundRecord, *, secret: bool = False) -> dict[str, Any]:
+    """A round as recorded; under amplified sampling the sampled sites are not written
+    anywhere (every eligible site is charged, and the record says only that)."""
     return {
         "round": r.round,
         "eligible": r.eligible,
-        "participants": r.participants,
+        "participants": "secret (amplified site sampling)" if secret else r.participants,
         "refused": r.refused,
         "charged": [c.site for c in r.charges],
         "metrics": r.metrics,
@@ -311,7 +319,7 @@ def _track(
                     }
                     for s in sites
                 },
-                "rounds": [_round_dict(r) for r in result.rounds],
+                "rounds": [_round_dict(r, secret=_secret_sampling(spec)) for r in result.rounds],
                 "privacy": privacy_statement(spec),
                 "evaluations": result.evaluations,
                 "author": author,
