@@ -188,6 +188,12 @@ def _summarise(
     )
 
 
+def _released(metrics: dict[str, float]) -> dict[str, float]:
+    """A round's metrics that may be recorded: the sites' training loss is an exact statistic
+    of their patients that no charge covers, so it stays in the coordinator."""
+    return {k: v for k, v in metrics.items() if k != "loss"}
+
+
 def _secret_sampling(spec: FederatedSpec) -> bool:
     """Amplified site sampling: which sites were sampled is part of what the noise hides."""
     q = spec.site_sample_rate
@@ -203,7 +209,7 @@ def _round_dict(r: RoundRecord, *, secret: bool = False) -> dict[str, Any]:
         "participants": "secret (amplified site sampling)" if secret else r.participants,
         "refused": r.refused,
         "charged": [c.site for c in r.charges],
-        "metrics": r.metrics,
+        "metrics": _released(r.metrics),
         "seconds": round(r.seconds, 3),
     }
 
@@ -292,7 +298,8 @@ def _track(
     version = None
     try:
         for r in result.rounds:
-            runs.log_metrics(run_id, {f"round.{k}": v for k, v in r.metrics.items()}, step=r.round)
+            released = _released(r.metrics)
+            runs.log_metrics(run_id, {f"round.{k}": v for k, v in released.items()}, step=r.round)
         for site, ev in result.evaluations.items():
             metrics = {
                 f"site.{site}.{k}": float(v)
