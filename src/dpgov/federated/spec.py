@@ -58,7 +58,7 @@ class _Spec(BaseModel):
     weights: Literal["equal", "records"] = "equal"
     min_sites: int = Field(default=2, ge=1)
     clipping: Literal["fixed", "adaptive"] = "fixed"
-    model: Literal["mlp", "logistic"] = "mlp"
+    model: Literal["mlp", "logreg"] = "mlp"
     hidden: int = Field(default=32, ge=1, le=4096)
     experiment: str = "dpgov-federated"
     model_name: str = "dpgov-federated"
