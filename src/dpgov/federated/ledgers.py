@@ -168,7 +168,9 @@ class SiteLedgers:
 
     # ------------------------------------------------------------------ rounds
     def _run_id(self, rnd: int, site: str) -> str:
-        return f"{self.run_tag}/round-{rnd}/{site}"
+        """What every reservation of the run names: the federation's MLflow run (``run_tag``),
+        so ``dpgov audit`` on a site ledger finds the run each charge paid for."""
+        return self.run_tag
 
     def reserve_round(self, rnd: int, planned: Mapping[str, Any]) -> dict[str, SiteCharge]:
         """Reserve this round's mechanism at each planned site, on that site's ledger only

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import getpass
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,18 +85,31 @@ def run_federated(
         _same_features(datas)
         first = datas[sites[0].name]
         initial = get_arrays(build_site_model(spec, first))
-        tag = f"fed-{uuid.uuid4().hex[:12]}"
-        ledgers = SiteLedgers(sites, run_tag=tag)
-        result = step("rounds", run_rounds, spec, sites, ledgers, initial, on_round=on_round)
-        trained = [r for r in result.rounds if r.charges]
-        if not trained:
-            raise Refused(
-                f"no round could run: {result.stopped or 'every site refused'}; nothing was "
-                f"charged at any site"
-            )
-        spent = ledgers.spent()
+        author = getpass.getuser()
+        run_id = _start_run(spec, sites, author)  # every reservation names it
+        try:
+            ledgers = SiteLedgers(sites, run_tag=run_id)
+            result = step("rounds", run_rounds, spec, sites, ledgers, initial, on_round=on_round)
+            trained = [r for r in result.rounds if r.charges]
+            if not trained:
+                raise Refused(
+                    f"no round could run: {result.stopped or 'every site refused'}; nothing "
+                    f"was charged at any site"
+                )
+            spent = ledgers.spent()
+        except BaseException as err:
+            runs.end_run(run_id, failed=True, reason=str(err))
+            raise
         summary = step(
-            "track-and-gate", _summarise, spec, sites, result, spent, register=register, tag=tag
+            "track-and-gate",
+            _summarise,
+            spec,
+            sites,
+            result,
+            spent,
+            register=register,
+            run_id=run_id,
+            author=author,
         )
     finally:
         close_sites(sites)
@@ -122,12 +134,12 @@ def _summarise(
     spent: dict[str, float],
     *,
     register: bool,
-    tag: str,
+    run_id: str,
+    author: str,
 ) -> FederatedSummary:
     charges = charges_of(result.rounds)
-    author = getpass.getuser()
-    run_id, version = _track(
-        spec, sites, result, spent, charges, register=register, tag=tag, author=author
+    version = _track(
+        spec, sites, result, spent, charges, register=register, run_id=run_id, author=author
     )
     gaps = [fgate.site_gap(result.evaluations, m) for m in ("auroc", "fnr")]
     decisions = [
@@ -252,22 +264,10 @@ def privacy_statement(spec: FederatedSpec) -> dict[str, Any]:
     }
 
 
-def _track(
-    spec: FederatedSpec,
-    sites: Sequence[OpenSite],
-    result: EngineResult,
-    spent: dict[str, float],
-    charges: dict[str, Any],
-    *,
-    register: bool,
-    tag: str,
-    author: str,
-) -> tuple[str | None, str | None]:
-    """The MLflow run of the federation: params, per-round and per-site metrics, the site
-    charges as tags and a JSON artifact, the model registered as a candidate."""
-    import numpy as np
-    import torch
-
+def _start_run(spec: FederatedSpec, sites: Sequence[OpenSite], author: str) -> str:
+    """The federation's MLflow run, opened before the first round: every site reservation
+    names it. Tagged ``dpgov.private: federated``: its charges are on the site ledgers, each
+    reservation naming this run (``federated/charges.json`` lists them)."""
     params = {
         "federated.mode": spec.mode,
         "federated.rounds": spec.rounds,
@@ -280,20 +280,45 @@ def _track(
         "federated.batch_size": spec.batch_size,
         "federated.min_sites": spec.min_sites,
         "federated.sites": ",".join(s.name for s in sites),
-        "noise_source": result.noise_source,
-        "federated.aggregator": result.aggregator,
-        "federated.engine": result.engine,
     }
     tags = {
         "dpgov.federated": "true",
-        "dpgov.federated.run": tag,
-        "dpgov.private": "true",
+        "dpgov.private": "federated",
         "dpgov.author": author,
         **{f"dpgov.site.{s.name}.data_version": s.data_version for s in sites},
-        **{f"dpgov.site.{s.name}.epsilon": f"{spent.get(s.name, 0.0):.6g}" for s in sites},
     }
-    run_id = runs.start_run(
+    return runs.start_run(
         experiment=spec.experiment, run_name=f"federated-{spec.mode}", params=params, tags=tags
+    )
+
+
+def _track(
+    spec: FederatedSpec,
+    sites: Sequence[OpenSite],
+    result: EngineResult,
+    spent: dict[str, float],
+    charges: dict[str, Any],
+    *,
+    register: bool,
+    run_id: str,
+    author: str,
+) -> str | None:
+    """The end of the federation's MLflow run: what the rounds did, per-round and per-site
+    metrics, the site charges as tags and a JSON artifact, the model registered as a
+    candidate; the version (None when not registered)."""
+    import numpy as np
+    import torch
+
+    runs.log_params(
+        run_id,
+        {
+            "noise_source": result.noise_source,
+            "federated.aggregator": result.aggregator,
+            "federated.engine": result.engine,
+        },
+    )
+    runs.set_tags(
+        run_id, {f"dpgov.site.{s.name}.epsilon": f"{spent.get(s.name, 0.0):.6g}" for s in sites}
     )
     version = None
     try:
@@ -347,8 +372,14 @@ def _track(
                     input_example=example,
                     register_as=spec.model_name,
                     version_tags={
-                        **{k: v for k, v in tags.items() if len(v) < 5000},
-                        "dpgov.candidate": "true",
+                        "dpgov.federated": "true",
+                        "dpgov.author": author,
+                        "dpgov.federated.run": run_id,
+                        **{f"dpgov.site.{s.name}.data_version": s.data_version for s in sites},
+                        **{
+                            f"dpgov.site.{s.name}.epsilon": f"{spent.get(s.name, 0.0):.6g}"
+                            for s in sites
+                        },
                     },
                 )
             version = ref.version if ref is not None else None
@@ -356,7 +387,7 @@ def _track(
         runs.end_run(run_id, failed=True, reason=str(err))
         raise
     runs.end_run(run_id)
-    return run_id, version
+    return version
 
 
 def _tag_version(model: str, version: str, decisions: Sequence[fgate.SiteDecision]) -> None:

@@ -291,8 +291,9 @@ def _anchors(
         )
     elif tracking.anchors_error:
         out.append(finding("tracking_unavailable", tracking.anchors_error))
-    else:
-        tracked = tracking.anchors
+    else:  # several ledgers may anchor in one tracking store (a federation's sites): this
+        # ledger's anchors are those naming it (and older ones that name no ledger)
+        tracked = [a for a in tracking.anchors if a.ledger in (None, ledger.url)]
     if tracked is None and not files.anchors and not files.problems:
         return out, AnchorSummary()
     found, summary = check_anchors(
