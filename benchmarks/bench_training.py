@@ -248,6 +248,87 @@ def speed(
     return rows
 
 
+def _step_models(case: str) -> tuple[Any, Any, Any]:
+    """(model, x, y) of one expected batch of ``case`` (mlp, cnn, resnet18) for step timing."""
+    import torch
+
+    from dpgov.training.models import InputSpec, build_model
+    from dpgov.training.params import parse_params
+
+    g = torch.Generator().manual_seed(0)
+    if case == "mlp":
+        spec, x = InputSpec("tabular", 9), torch.randn(512, 9, generator=g)
+        cfg = parse_params({"model": {"name": "mlp"}}).model
+    elif case == "cnn":
+        spec = InputSpec("image", 784, image_shape=(1, 28, 28))
+        x = torch.randn(128, 1, 28, 28, generator=g)
+        cfg = parse_params({"model": {"name": "cnn"}}).model
+    else:
+        spec = InputSpec("image", 1024, image_shape=(1, 32, 32))
+        x, cfg = torch.randn(32, 1, 32, 32, generator=g), parse_params({"model": RESNET}).model
+    model = build_model(cfg, spec, allowed_factories=["monai.networks.nets:*"])
+    return model, x, (torch.rand(len(x), generator=g) > 0.5).float()
+
+
+def steps_interleaved(case: str, variants: list[str], steps: int) -> dict[str, Any]:
+    """Seconds per optimizer step, the variants alternating step by step in one process.
+
+    Children minutes apart see different load on a shared machine; here every variant's
+    k-th step runs within a second of the others', so the ratio of medians is far less
+    sensitive to it. Fixed batch (the expected Poisson batch), SGD, σ = 1, C = 5."""
+    import copy
+    import warnings
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dpgov.training import bk_clipping
+
+    warnings.filterwarnings("ignore")
+    model, x, y = _step_models(case)
+    crit = torch.nn.BCEWithLogitsLoss()
+    runs: dict[str, Any] = {}
+    for v in variants:
+        m = copy.deepcopy(model).train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.01)
+        if v == "nonprivate":
+            runs[v] = (m, opt, crit)
+            continue
+        engine = bk_clipping.privacy_engine(v, accountant="rdp")
+        loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
+        out = engine.make_private(
+            module=m,
+            optimizer=opt,
+            criterion=crit,
+            data_loader=loader,
+            noise_multiplier=1.0,
+            max_grad_norm=5.0,
+            grad_sample_mode=v,
+            poisson_sampling=False,
+        )
+        runs[v] = (out[0], out[1], out[2] if v == "ghost" else crit)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for k in range(steps + 2):  # two warm-up steps each
+        for v in variants:
+            m, opt, loss_fn = runs[v]
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            loss_fn(m(x).reshape(-1), y).backward()
+            opt.step()
+            if k >= 2:
+                times[v].append(time.perf_counter() - t0)
+    base = statistics.median(times["nonprivate"])
+    return {
+        v: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "ratio_median": statistics.median(t) / base,
+            "ratio_min": min(t) / min(times["nonprivate"]),
+        }
+        for v, t in times.items()
+    }
+
+
 # --------------------------------------------------------------------------- utility
 
 
@@ -444,7 +525,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per child (default torch's)")
     parser.add_argument("--skip-utility", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="instead: time this many optimizer steps per variant, interleaved in one process",
+    )
     args = parser.parse_args()
+    if args.steps:
+        import torch
+
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        out["load_start"] = f"{os.getloadavg()[0]:.1f}"
+        for case, variants in (
+            ("mlp", ["nonprivate", "bk", "ghost", "hooks"]),
+            ("cnn", ["nonprivate", "bk", "hooks", "ghost"]),
+            ("resnet18", ["nonprivate", "bk", "hooks"]),
+        ):
+            if args.cases and case not in args.cases.split(","):
+                continue
+            out[case] = steps_interleaved(case, variants, args.steps)
+            for v, r in out[case].items():
+                print(
+                    f"{case} {v}: median {r['median_s'] * 1e3:.2f} ms/step, "
+                    f"× {r['ratio_median']:.2f} (min-ratio {r['ratio_min']:.2f})",
+                    flush=True,
+                )
+        out["load_end"] = f"{os.getloadavg()[0]:.1f}"
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+        return
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return
