@@ -14,6 +14,12 @@
    ``--seeds`` seeds.
 
     .venv/bin/python benchmarks/bench_training.py [--quick] [--json out.json]
+
+Variants: ``nonprivate``; DP with ``bk`` (book-keeping clipping, :mod:`dpgov.training.bk_clipping`),
+``ghost`` or ``hooks``. The ResNet-18-GN case (MONAI's, through ``model.factory``) needs
+``monai``. ``--steps K`` instead times K optimizer steps of every variant interleaved step by
+step in one process (:func:`steps_interleaved`): on a shared machine that ratio is far less
+sensitive to the others' load than children run minutes apart.
 """
 
 from __future__ import annotations
