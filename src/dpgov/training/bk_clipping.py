@@ -5,8 +5,9 @@ Bu, Wang, Zha and Karypis, "Differentially Private Optimization on Large Model a
 per-example gradient; its ghost clipping computes only their norms but then runs a second
 backward pass with the loss reweighted by the clip factors. Book-keeping needs neither: during
 the one backward pass each supported layer's input activations ``a`` (forward hook) and output
-gradients ``b`` (backward hook) are kept, each example's squared gradient norm for the layer is
-computed from them, and when the pass ends (a callback queued on autograd's engine) the clip
+gradients ``b`` (a hook on the output tensor) are kept, each example's squared gradient norm
+for the layer is computed from them, and when the pass ends (a callback queued on autograd's
+engine, ``Variable._execution_engine.queue_callback``, as torch's own DDP does) the clip
 factors ``c_i = min(1, C / (‖g_i‖ + 1e-6))`` (Opacus's formula) give each parameter's clipped
 sum ``Σ_i c_i g_i`` directly: for a Linear layer ``bᵀ diag(c) a``, for a convolution the
 weight gradient of ``diag(c) b`` against ``a``, for an embedding an index-add of ``c_i b_i``.
