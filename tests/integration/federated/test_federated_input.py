@@ -32,6 +32,7 @@ class Sites:
     home: Path
     good: dict[str, dict[str, str]]  # site name -> its federation entry
     other_key: dict[str, dict[str, str]]  # the same sites prepared under another key
+    too_small: dict[str, dict[str, str]]  # 100 patients a site: dept-1's test split has no positive
 
 
 def _entries(prepared: list[Any]) -> dict[str, dict[str, str]]:
@@ -67,7 +68,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory, mlflow_store_template: Path)
         other = prepare_sites(
             root / "b", sites=3, max_patients_per_site=PATIENTS, key=b"another hospital key"
         )
-        yield Sites(root, home, _entries(good), _entries(other))
+        small = prepare_sites(root / "c", sites=3, max_patients_per_site=100)
+        yield Sites(root, home, _entries(good), _entries(other), _entries(small))
 
 
 @pytest.fixture
@@ -128,15 +130,24 @@ def test_a_site_without_a_contract(sites: Sites, run: Any) -> None:
 
 
 def test_a_site_whose_data_fails_validation(sites: Sites, run: Any) -> None:
+    """dept-1 cut to 100 patients fails its contract's checks (Great Expectations: both
+    classes must occur in train and test)."""
+    code, lines = run([sites.too_small["dept-1"], sites.good["dept-2"], sites.good["dept-3"]])
+    one_line(code, lines, "site dept-1", "validation of", "failed", "nothing was reserved")
+
+
+def test_a_site_whose_source_was_changed(sites: Sites, run: Any) -> None:
+    """A corrupted source table (ages past the contract's 120) is caught before validation:
+    the prepared data was made from other data."""
     import pandas as pd
 
     bad = sites.root / "dept-2-corrupt.csv"
     frame = pd.read_csv(sites.good["dept-2"]["source"])
-    frame.loc[frame.index[:5], "age"] = 500.0  # the contract's ages stop at 120
+    frame.loc[frame.index[:5], "age"] = 500.0
     frame.to_csv(bad, index=False)
     corrupt = {**sites.good["dept-2"], "source": str(bad)}
     code, lines = run([sites.good["dept-1"], corrupt, sites.good["dept-3"]])
-    one_line(code, lines, "site dept-2", "validation", "failed", "nothing was reserved")
+    one_line(code, lines, "site dept-2", "made from other data", "dpgov data prepare")
 
 
 def test_a_site_key_mismatch(sites: Sites, run: Any) -> None:
