@@ -1,34 +1,22 @@
 """Federated runs measured end to end (issue 20, "Measure"): utility, accounting, wall time.
 
-Every figure comes from real ``run_federated`` calls (Flower's simulation engine on Ray, each
-site with its own SQLite ledger, Great Expectations validation, MLflow registration and the
-per-site gate), in a fresh ``DPGOV_HOME`` under /tmp with a fixed test pseudonym key.
+Every figure comes from real ``run_federated`` calls (Flower's simulation engine on Ray, a
+SQLite ledger per site, Great Expectations validation, MLflow, the per-site gate) in a fresh
+``DPGOV_HOME`` under /tmp with a fixed test pseudonym key. Three parts, one section each:
 
-1. **Federated vs centralised DP at the same per-patient ε.** covid_testing, 4 sites (the
-   full cohort). Record mode: R rounds of ``LOCAL_STEPS`` patient-level DP-SGD steps per site
-   (σ = ``SIGMA``, B = ``BATCH`` expected patients). Each site's ε is what its ledger reports
-   in the summary (the default policy is ``adaptive``: the RDP filter). The centralised run
-   pools every site's training rows (a patient seen at two sites is one patient, with all
-   their records) and trains patient-level DP-SGD with :func:`train_local` for R · local
-   steps at B · sites expected patients, σ calibrated so that its ε equals the federation's
-   largest site ε, once on the ledger's measure (the RDP filter, by bisection) and once on
-   the tight PLD (:func:`calibrate_noise_multiplier`). Both are scored by the same code
-   (:func:`evaluate_site` per site, :func:`federated_fairness` for the site, sex and age
-   band gaps). Site mode (DP-FedAvg) runs too, σ calibrated so that its worst patient (one
-   held at the most sites, charged at each) reaches the record run's worst shared patient's ε:
-   calibrated on the per-site figure instead, the shared patients overspend and the ledgers
-   stop the run after half its rounds (seen in the first run of this script).
-2. **The same site-level run under Flower's accountant**: ``RdpAccountant`` with
-   ``PrivacyConfig(NO_AMPLIFICATION, ADD_OR_REMOVE_ONE)``, one ``GaussianPrivacyEvent`` per
-   round, beside the ledgers' per-patient figures.
-3. **Wall time per round** with 3 sites (covid_testing) and 10 sites (flchain cut into 5
-   sites, prepared twice with one key: every patient sits at two sites, which the ledgers
-   detect and compose, so the 10-site run is a timing run, not a meaningful federation).
+1. covid_testing, 4 sites (full cohort): record-level federation against centralised
+   patient-level DP-SGD on the pooled training rows, σ calibrated to the federation's largest
+   site ε (on the ledger's RDP filter by bisection, and on the PLD with dpgov's calibrate),
+   all scored by the federation's own evaluation; and a site-level run (DP-FedAvg), σ set so
+   that its worst patient (held at the most sites, charged at each) reaches the record run's
+   worst shared patient (calibrated per site instead, shared patients overspent and the
+   ledgers stopped the run after 4 of 8 rounds: the first run of this script).
+2. That site-level run under Flower's ``RdpAccountant`` beside the ledgers' per-patient ε.
+3. Wall time per round with 3, 4 and 10 sites (10: flchain's 5 sites prepared twice with one
+   key, so every patient is at two sites: a timing run, not a real federation).
 
-Run: .venv/bin/python benchmarks/bench_federated.py   (about 9 minutes on 2 cores at a load
-average of 6: other work shared the machine; the results say the load)
-Writes its three sections of benchmarks/RESULTS_federated.md; the section
-"## Accounting: dpgov vs Flower" (bench_fed_accounting.py) is kept.
+Run: .venv/bin/python benchmarks/bench_federated.py (5 min on 2 cores at load average 4; 9 at 7).
+Writes its three sections of benchmarks/RESULTS_federated.md and keeps the others.
 """
 
 from __future__ import annotations
@@ -56,24 +44,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from dpgov.accounting import (  # noqa: E402
-    DpSgdMechanism,
-    calibrate_noise_multiplier,
-    epsilon,
-    rdp_vector,
-    site_round_mechanism,
-)
+from dpgov import accounting  # noqa: E402
 from dpgov.accounting.filters import FILTER_ORDERS, filter_epsilon  # noqa: E402
 from dpgov.data.federated_cohort import PreparedSite, prepare_sites  # noqa: E402
+from dpgov.federated import local  # noqa: E402
 from dpgov.federated.engine import EngineResult, charges_of  # noqa: E402
 from dpgov.federated.evaluation import evaluate_site, federated_fairness, site_scores  # noqa: E402
-from dpgov.federated.local import (  # noqa: E402
-    LocalData,
-    build_site_model,
-    get_arrays,
-    load_site_data,
-    train_local,
-)
+from dpgov.federated.local import LocalData  # noqa: E402
 from dpgov.federated.run import FederatedSummary, run_federated  # noqa: E402
 from dpgov.federated.spec import parse_spec  # noqa: E402
 from dpgov.federated.types import FederatedSpec, RoundRecord  # noqa: E402
@@ -103,27 +80,23 @@ CENTRAL_REPEATS = 3  # the noise is secret and unseeded: the spread of three run
 class Load:
     """The 1-minute load average, sampled every 2 s while a phase runs."""
 
-    def __init__(self) -> None:
+    def __enter__(self) -> Load:
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.samples.append(os.getloadavg()[0])
             self._stop.wait(2.0)
 
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
     def text(self) -> str:
-        if not self.samples:
-            return "n/a"
         return f"{statistics.mean(self.samples):.1f} (max {max(self.samples):.1f})"
 
 
@@ -165,34 +138,18 @@ def federate(
     """One federation with fresh SQLite ledgers of its own (``<home>/<tag>/<site>.db``)."""
     folder = HOME / tag
     folder.mkdir(parents=True)
-    spec = parse_spec(
-        {
-            "mode": mode,
-            "rounds": rounds,
-            "local_steps": LOCAL_STEPS,
-            "batch_size": BATCH,
-            "lr": LR,
-            "noise_multiplier": sigma,
-            "min_sites": 2,
-            "seed": SEED,
-            "model_name": f"bench-{tag}",
-            "sites": [
-                {
-                    "name": s.name,
-                    "data": str(s.path),
-                    "source": str(s.source),
-                    "contract": str(s.contract),
-                    "ledger_url": f"sqlite:///{folder / s.name}.db",
-                }
-                for s in sites
-            ],
-        },
-        where=tag,
-    )
+    options = dict(mode=mode, rounds=rounds, local_steps=LOCAL_STEPS, batch_size=BATCH, lr=LR)
+    options.update(noise_multiplier=sigma, min_sites=2, seed=SEED, model_name=f"bench-{tag}")
+    listed = [
+        dict(name=s.name, data=str(s.path), source=str(s.source), contract=str(s.contract))
+        | {"ledger_url": f"sqlite:///{folder / s.name}.db"}
+        for s in sites
+    ]
+    spec = parse_spec({**options, "sites": listed}, where=tag)
     steps: dict[str, float] = {}
     captured: dict[str, Any] = {}
     callbacks: list[float] = []
-    ledger_seconds: dict[str, list[float]] = {}
+    ledger_seconds: dict[str, list[float]] = {}  # reserve_round / commit_round: each call's s
 
     def step(name: str, fn: Any, /, *args: Any, retry: bool = False, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -201,34 +158,21 @@ def federate(
             _time_ledgers(args[2], ledger_seconds)
         out = fn(*args, **kwargs)
         if name == "rounds":  # the ledgers are still open: read the shared patients' ε
-            ledgers = args[2]
-            captured["shared"] = ledgers.shared_spent()
-            captured["shared_patients"] = ledgers.shared_patients()
-            captured["result"] = out
+            captured.update(result=out, shared=args[2].shared_spent())
+            captured["shared_patients"] = args[2].shared_patients()
         steps[name] = time.perf_counter() - start
         return out
 
     def on_round(r: RoundRecord) -> None:
         callbacks.append(time.perf_counter() - captured["rounds_start"])
-        print(
-            f"  {tag} round {r.round}: {len(r.participants)} sites, {r.seconds:.2f} s", flush=True
-        )
+        print(f"  {tag} round {r.round}: {len(r.participants)} sites, {r.seconds:.2f} s")
 
     started = time.perf_counter()
     with Load() as load:
         summary = run_federated(spec, on_round=on_round, step=step)
-    return Federated(
-        summary=summary,
-        result=captured["result"],
-        spec=spec,
-        steps=steps,
-        callbacks=callbacks,
-        shared=captured["shared"],
-        shared_patients=captured["shared_patients"],
-        ledger_seconds=ledger_seconds,
-        wall=time.perf_counter() - started,
-        load=load.text(),
-    )
+    c, wall = captured, time.perf_counter() - started
+    rest = (c["shared"], c["shared_patients"], ledger_seconds, wall, load.text())
+    return Federated(summary, c["result"], spec, steps, callbacks, *rest)
 
 
 # --------------------------------------------------------------------------- accounting
@@ -236,7 +180,7 @@ def filter_eps(mechanisms: list[Any]) -> float:
     """ε of the composition on the RDP filter (the ``adaptive`` ledger's enforced figure)."""
     total = np.zeros(len(FILTER_ORDERS))
     for m in mechanisms:  # RDP composes by adding the vectors, order by order
-        total += np.asarray(rdp_vector(m, FILTER_ORDERS), dtype=float)
+        total += np.asarray(accounting.rdp_vector(m, FILTER_ORDERS), dtype=float)
     return float(filter_epsilon(total.tolist(), DELTA, FILTER_ORDERS))
 
 
@@ -261,8 +205,8 @@ def site_epsilons(run: Federated) -> dict[str, dict[str, float]]:
         out[row["site"]] = {
             "summary": float(row["epsilon_spent"]),
             "filter": filter_eps(mechs),
-            "pld": epsilon(mechs, delta=DELTA),
-            "rdp": epsilon(mechs, delta=DELTA, accountant="rdp"),
+            "pld": accounting.epsilon(mechs, delta=DELTA),
+            "rdp": accounting.epsilon(mechs, delta=DELTA, accountant="rdp"),
             "q": float(getattr(mechs[0], "sample_rate", 1.0)),
         }
     return out
@@ -270,23 +214,15 @@ def site_epsilons(run: Federated) -> dict[str, dict[str, float]]:
 
 def flower_epsilon(sigma: float, sites: int, rounds: int) -> float:
     """Flower 1.42's RdpAccountant, configured and fed as its fixed-clipping strategy does."""
-    from flwr.supercore.privacy_accounting import (
-        GaussianPrivacyEvent,
-        NeighboringRelation,
-        PrivacyConfig,
-        SamplingMethod,
-    )
+    from flwr.supercore import privacy_accounting as pa
     from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-    acc = RdpAccountant(
-        PrivacyConfig(
-            target_delta=DELTA,
-            population_size=sites,
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-            sampling_method=SamplingMethod.NO_AMPLIFICATION,
-        )
+    relation, sampling = pa.NeighboringRelation.ADD_OR_REMOVE_ONE, pa.SamplingMethod
+    config = pa.PrivacyConfig(DELTA, sites, relation, sampling.NO_AMPLIFICATION)
+    acc = RdpAccountant(config)
+    event = pa.GaussianPrivacyEvent(
+        noise_multiplier=sigma, sample_size=sites, population_size=sites
     )
-    event = GaussianPrivacyEvent(noise_multiplier=sigma, sample_size=sites, population_size=sites)
     for _ in range(rounds):
         acc.compose(event)
     return float(acc.get_epsilon(DELTA))
@@ -298,13 +234,10 @@ def pooled(datas: list[LocalData]) -> LocalData:
     sites has one pseudonym in the shared domain, so they are one unit of privacy here."""
 
     def cat(parts: list[Arrays]) -> Arrays:
-        return Arrays(
-            x=np.concatenate([p.x for p in parts]),
-            y=np.concatenate([p.y for p in parts]),
-            patient_id=np.concatenate([p.patient_id for p in parts]),
-            block=np.concatenate([p.block for p in parts]),
-            sensitive=pd.concat([p.sensitive for p in parts], ignore_index=True),
-        )
+        cols = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ("x", "y", "block")}
+        frame = pd.concat([p.sensitive for p in parts], ignore_index=True)
+        ids = np.concatenate([p.patient_id for p in parts])
+        return Arrays(**cols, patient_id=ids, sensitive=frame)
 
     train = cat([d.train for d in datas])
     return LocalData(
@@ -322,9 +255,13 @@ def _gap(gaps: list[dict[str, Any]], attribute: str, metric: str) -> float | Non
     return float(found[0]) if found else None
 
 
-def assess(arrays: list[np.ndarray], datas: dict[str, LocalData], spec: FederatedSpec) -> dict:
+def assess(
+    run: Federated | None, datas: dict[str, LocalData], arrays: Any = None, spec: Any = None
+) -> dict:
     """A model scored as the federation scores it: each site's test split at its training
     prevalence, then the site, sex and age band gaps over the pooled test rows."""
+    if run is not None:
+        arrays, spec = run.result.arrays, run.spec
     evals = [evaluate_site(name, arrays, d, spec) for name, d in datas.items()]
     scores = {name: site_scores(arrays, d, spec) for name, d in datas.items()}
     fair = federated_fairness(evals, scores)
@@ -343,12 +280,18 @@ def assess(arrays: list[np.ndarray], datas: dict[str, LocalData], spec: Federate
 
 
 def central(
-    initial: list[np.ndarray], data: LocalData, spec: FederatedSpec, sigma: float | None
-) -> list[np.ndarray]:
-    """The pooled run: R · local steps at B · sites expected patients (σ None: plain SGD)."""
-    private = sigma is not None
+    initial: list[np.ndarray], data: LocalData, spec: FederatedSpec, sigma: float | None, datas: Any
+) -> dict:
+    """The pooled run, R · local steps at B · sites expected patients (σ None: plain SGD),
+    assessed."""
     run_spec = dataclasses.replace(spec, noise_multiplier=sigma or 1.0)
-    return train_local(initial, data, run_spec, private=private).arrays
+    arrays = local.train_local(initial, data, run_spec, private=sigma is not None).arrays
+    return assess(None, datas, arrays, spec)
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.mean(known) if len(known) == len(values) else None
 
 
 def mean_of(rows: list[dict]) -> dict:
@@ -362,14 +305,7 @@ def mean_of(rows: list[dict]) -> dict:
             s: statistics.mean(float(r["sites"][s] or float("nan")) for r in rows)
             for s in rows[0]["sites"]
         },
-        "gaps": {
-            k: (
-                statistics.mean(r["gaps"][k] for r in rows)
-                if all(r["gaps"][k] is not None for r in rows)
-                else None
-            )
-            for k in keys
-        },
+        "gaps": {k: _mean_or_none([r["gaps"][k] for r in rows]) for k in keys},
     }
 
 
@@ -378,9 +314,9 @@ def timing(run: Federated) -> dict[str, Any]:
     """Round 1 (from the rounds step's start: Ray, node registration, the workers' imports
     and data loading, the first round) apart from the steady rounds."""
     rounds = [r.seconds for r in run.result.rounds if r.participants]
+    reserve, commit = (run.ledger_seconds.get(m, []) for m in ("reserve_round", "commit_round"))
     first_cb = run.callbacks[0]
     return {
-        "sites": len(run.spec.sites),
         "rounds": len(rounds),
         "open": run.steps["open-sites"],
         "startup": first_cb - rounds[0],
@@ -391,14 +327,7 @@ def timing(run: Federated) -> dict[str, Any]:
         "total": run.wall,
         "load": run.load,
         "stopped": run.summary.stopped,
-        "ledger": [
-            r + c
-            for r, c in zip(
-                run.ledger_seconds.get("reserve_round", []),
-                run.ledger_seconds.get("commit_round", []),
-                strict=False,
-            )
-        ][1:],  # the steady rounds' reserve + commit
+        "ledger": [r + c for r, c in zip(reserve, commit, strict=False)][1:],  # steady rounds
     }
 
 
@@ -415,18 +344,13 @@ def degenerate_note(rows: list[tuple[str, str, dict]]) -> list[str]:
     out = []
     if none:
         out.append(
-            "- " + "; ".join(none) + ": under 2 % of the tests are flagged positive at the "
-            "site's training-prevalence threshold (last column; every score falls below it), "
-            "so every group's FNR is about 1 and the FNR gaps of about 0 say nothing; the "
-            "AUROC gaps are the informative ones. A gate's FNR check would see a model that "
-            "misses almost every positive."
+            "- " + "; ".join(none) + ": under 2 % of tests flagged positive at the site's "
+            "training-prevalence threshold (every score falls below it), so every group's FNR "
+            "is about 1 and an FNR gap of about 0 says nothing (a gate's FNR check sees a model "
+            "missing almost every positive); the AUROC gaps are the informative ones."
         )
     if every:
-        out.append(
-            "- "
-            + "; ".join(every)
-            + ": over 95 % of the tests are flagged positive, so every group's FNR is near 0."
-        )
+        out.append("- " + "; ".join(every) + ": over 95 % of tests flagged, every FNR near 0.")
     return out
 
 
@@ -441,19 +365,16 @@ def utility_section(ctx: dict[str, Any]) -> str:
         f"{stamp()} · {machine()} · load average {ctx['load']} · `benchmarks/bench_federated.py`"
         f" ({ctx['seconds']:.0f} s for the whole script)",
         "",
-        f"covid_testing, 4 sites, the full cohort ({ctx['patients']} training patients, "
-        f"{ctx['records']} training records; no `max_patients_per_site`). Record mode: "
-        f"{ROUNDS} rounds × {LOCAL_STEPS} local patient-level DP-SGD steps, σ = {SIGMA:g}, "
-        f"C = 1, B = {BATCH} expected patients per step, lr = {LR:g}, MLP (32 hidden), equal "
-        f"weights, δ = {DELTA:g}. Centralised: the 4 sites' training rows pooled "
-        f"({ctx['pooled_units']} patients: a patient held at two sites is one), "
-        f"{ROUNDS * LOCAL_STEPS} DP-SGD steps at {BATCH * 4} expected patients (q = "
-        f"{ctx['central_q']:.4f}), the same initialisation, σ calibrated to the federation's "
-        f"largest site ε. Every model is scored the same way: each site's own test split at "
-        f"its training prevalence; gaps over the pooled test rows "
-        f"({ctx['test_rows']} tests), the federation's subgroup rule (≥ 30 rows, ≥ 10 "
-        "positives). Noise is secret and unseeded: the federated runs are one run each, the "
-        f"centralised ones the mean of {CENTRAL_REPEATS} (AUROC range in brackets).",
+        f"covid_testing, 4 sites, full cohort ({ctx['patients']} training patients, "
+        f"{ctx['records']} records; no `max_patients_per_site`). Record mode: {ROUNDS} rounds "
+        f"× {LOCAL_STEPS} local patient-level DP-SGD steps, σ = {SIGMA:g}, C = 1, B = {BATCH} "
+        f"expected patients, lr = {LR:g}, MLP (32 hidden), equal weights. Centralised: the "
+        f"training rows pooled ({ctx['pooled_units']} patients: one held at two sites is "
+        f"one), {ROUNDS * LOCAL_STEPS} steps at {BATCH * 4} expected patients (q = "
+        f"{ctx['central_q']:.4f}), same initialisation, σ calibrated to the largest site ε. "
+        "All scored alike: each site's test split at its training prevalence, gaps over the "
+        f"pooled {ctx['test_rows']} test rows (≥ 30 rows, ≥ 10 positives a group). Noise is "
+        f"secret: federated rows are one run, centralised the mean of {CENTRAL_REPEATS} [range].",
         "",
         "Per-patient ε of the record-level run, per site (δ = 1e-5):",
         "",
@@ -471,10 +392,9 @@ def utility_section(ctx: dict[str, Any]) -> str:
     sharedn = next(iter(rec.shared_patients.values()), 0)
     lines += [
         "",
-        f"The {sharedn} patients held at two or more sites are charged at each and composed "
-        f"across the ledgers: the largest such patient's ε is {_f(shared, 2)} (RDP filter). "
-        f"The summary's figures match the charges recomputed independently of the ledger "
-        f"({'yes' if ctx['summary_matches'] else 'NO'}, within 1e-6).",
+        f"The {sharedn} patients held at two or more sites are charged at each, composed across "
+        f"ledgers: the largest such ε is {_f(shared, 2)} (filter). The summary's figures equal "
+        f"the charges recomputed apart: {'yes' if ctx['summary_matches'] else 'NO'} (1e-6).",
         "",
         "| model | per-patient ε (filter / PLD) | AUROC, all sites | "
         + " | ".join(f"AUROC {n}" for n in names)
@@ -500,27 +420,23 @@ def utility_section(ctx: dict[str, Any]) -> str:
     fed, cen = ctx["rows"][0][2], ctx["rows"][1][2]
     sigma_site = site.spec.noise_multiplier
     noise = sigma_site / len(site.spec.sites)
+    stop = f" ({site.summary.stopped})" if site.summary.stopped else ""
     lines += [
         "",
-        f"- Record level against centralised (ε matched on the filter): AUROC over all sites "
-        f"{fed['auroc']:.3f} against {cen['auroc']:.3f} (centralised range "
-        f"{cen['range'][0]:.3f}–{cen['range'][1]:.3f}; the federated figure is one run, and "
-        "the two runs of this script while it was written gave 0.617 and 0.638: the "
-        "federated spread is of that order). "
-        "The centralised run pays its ε with one q for every patient; the federation's "
-        "largest sites run at a smaller q and so spend less than the matched ε (first table).",
+        f"- Record level against centralised (matched on the filter): AUROC {fed['auroc']:.3f} "
+        f"against {cen['auroc']:.3f} [{cen['range'][0]:.3f}–{cen['range'][1]:.3f}]; the "
+        "federated figure is one run. Four earlier runs of this script while it was written: "
+        "federated 0.617, 0.638, 0.627, 0.621; centralised means 0.614, 0.618, 0.615, 0.611. "
+        "The federation's large sites run at a smaller q and spend less than the matched ε.",
         *degenerate_note(ctx["rows"]),
-        f"- Site level: σ = {sigma_site:.2f} on the sum of the {len(site.spec.sites)} clipped "
-        f"site updates (C = 1, no site sampling, fixed denominator), calibrated so that a "
-        f"patient held at {ctx['most_sites']} sites (charged at each) reaches the record "
-        f"run's largest shared-patient ε, {_f(next(iter(rec.shared.values()), None), 2)}; its "
-        f"ledgers report {site_list} per site and {_f(next(iter(site.shared.values()), None), 2)} "
-        f"for a shared patient; {site.summary.rounds} of {site.summary.rounds_planned} rounds "
-        f"ran{' (' + site.summary.stopped + ')' if site.summary.stopped else ''}. With 4 sites "
-        f"the server's noise on the average is {noise:.2f} per coordinate each round, against "
-        f"clipped updates of norm at most 1 over {ctx['parameters']} parameters (noise norm "
-        f"about {noise * ctx['parameters'] ** 0.5:.0f}): DP-FedAvg needs many more sites than "
-        "four to learn anything at this ε.",
+        f"- Site level: σ = {sigma_site:.2f} on the sum of the clipped site updates (no site "
+        f"sampling), set so that a patient at {ctx['most_sites']} sites (charged at each) "
+        f"reaches the record run's largest shared ε, {_f(shared, 2)}; ledgers: {site_list} per "
+        f"site, {_f(next(iter(site.shared.values()), None), 2)} shared; {site.summary.rounds} of "
+        f"{site.summary.rounds_planned} rounds ran{stop}. The server's noise on the average is "
+        f"{noise:.2f} per coordinate a round over {ctx['parameters']} parameters (norm about "
+        f"{noise * ctx['parameters'] ** 0.5:.0f}) against updates of norm ≤ 1: four sites "
+        "are far too few for DP-FedAvg at this ε.",
         "",
     ]
     return "\n".join(lines)
@@ -532,7 +448,7 @@ def accounting_section(ctx: dict[str, Any]) -> str:
     sigma = site.spec.noise_multiplier
     n = len(site.spec.sites)
     flower = flower_epsilon(sigma, n, site.summary.rounds)
-    mech = site_round_mechanism(noise_multiplier=sigma, site_sample_rate=1.0, rounds=1)
+    mech = accounting.site_round_mechanism(noise_multiplier=sigma, site_sample_rate=1.0, rounds=1)
     lines = [
         HEADINGS[1],
         "",
@@ -558,20 +474,34 @@ def accounting_section(ctx: dict[str, Any]) -> str:
     shared = next(iter(site.shared.values()), None)
     lines += [
         "",
-        f"- Flower's figure is smaller: it protects a *client* added or removed (sensitivity "
-        f"C, the Gaussian of σ = {sigma:.2f}), dpgov's a *patient* of a site (removing them "
-        f"replaces the site's update, sensitivity 2C, the Gaussian of σ/2 = {sigma / 2:.2f}). "
-        "Flower's number is not a per-patient guarantee: a patient's influence on their "
-        "site's clipped update can move it anywhere in the ball, i.e. twice as far as "
-        "adding or removing the site does.",
-        "- Flower has no notion of a patient held at two sites: such a patient is charged at "
-        f"both and their ε composes across the ledgers ({_f(shared, 2)} on the filter here), "
-        "which no client-level accountant reports.",
+        f"- Flower's figure is smaller because it protects a *client* added or removed "
+        f"(sensitivity C: the Gaussian of σ = {sigma:.2f}); dpgov's protects a *patient* "
+        f"(removing them replaces their site's clipped update anywhere in the ball, "
+        f"sensitivity 2C: the Gaussian of σ/2 = {sigma / 2:.2f}). Flower's is not a "
+        "per-patient guarantee, nor does it see a patient held at two sites, charged at both "
+        f"and composed across the ledgers ({_f(shared, 2)} on the filter here).",
         "- The summary's figure is the RDP filter an `adaptive` ledger (the default policy) "
         "enforces; the PLD is what a `fixed` schedule would be charged.",
         "",
     ]
     return "\n".join(lines)
+
+
+def ledger_note(timings: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """How much of a steady round is the ledgers' work rather than Flower and training."""
+    parts = [
+        f"{label.split(' ', 1)[0]} sites{' (site level)' if 'site-level' in label else ''}: "
+        f"{100 * statistics.mean(t['ledger']) / statistics.mean(t['steady']):.0f} %"
+        for label, t in timings
+        if t["ledger"] and t["steady"]
+    ]
+    if not parts:
+        return []
+    return [
+        "- Share of a steady round in the ledgers' reserve and commit: " + ", ".join(parts) + "; "
+        "the rest is Flower's messages, local steps, aggregation. At 10 sites every patient is "
+        "shared by two sites, the worst case for the cross-ledger composition."
+    ]
 
 
 def timing_section(ctx: dict[str, Any]) -> str:
@@ -580,23 +510,19 @@ def timing_section(ctx: dict[str, Any]) -> str:
         "",
         f"{stamp()} · {machine()} · `benchmarks/bench_federated.py`",
         "",
-        f"{LOCAL_STEPS} local steps per round at B = {BATCH} (record mode: DP-SGD at each "
-        "site; the site-level row: plain SGD, the server clips and adds the noise), Flower's "
-        "simulation engine "
-        "(Ray, one CPU per site actor, at most as many actors as cores). `start-up` is from "
-        "the rounds step's start to the first round's start (Ray, the SuperNodes registering); "
-        "round 1 also pays each worker's first torch/Opacus import and data load; `after` is "
-        "the final evaluation at every site and Ray's shutdown; `of which ledgers` is a steady "
-        "round's reserve and commit on every site's ledger (with the shared patients' "
-        "composition across ledgers); `track & gate` is MLflow "
-        "logging and registration and every site's gate. Sites: covid_testing 3 sites (full); "
-        "the 4-site record run above; 10 sites = flchain cut into 5 sites by its keyed hash, "
-        "prepared twice with the same key (every patient is at two sites: the ledgers detect "
-        "and compose them each round, as for a real shared patient; it is a timing run, "
-        "not a federation with 10 distinct cohorts).",
+        f"{LOCAL_STEPS} local steps per round at B = {BATCH} (record: DP-SGD at each site; "
+        "site level: plain SGD, the server clips and noises), Flower's simulation engine (Ray, "
+        "one CPU per site actor, at most one actor per core). `start-up`: from the rounds "
+        "step's start to round 1's (Ray, SuperNodes registering); round 1 also pays each "
+        "worker's torch/Opacus imports and data load; `ledgers`: a steady round's reserve and "
+        "commit at every site (shared patients composed across ledgers); `after`: the final "
+        "evaluation at every site and Ray's shutdown; `track & gate`: MLflow logging, "
+        "registration, every site's gate. 10 sites: flchain cut into 5 sites by its keyed "
+        "hash, prepared twice with one key, so every patient is at two sites (the ledgers "
+        "detect and compose them each round): a timing run, not 10 distinct cohorts.",
         "",
         "| sites | rounds | open sites (s) | start-up (s) | round 1 (s) | steady round, mean "
-        "(min–max) (s) | of which ledgers: reserve + commit, mean (s) | after (s) "
+        "(min–max) (s) | of which ledgers, mean (s) | after (s) "
         "| track & gate (s) | total (s) | load average (max) |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
@@ -615,24 +541,13 @@ def timing_section(ctx: dict[str, Any]) -> str:
         "- Every run in this table ran all its rounds."
         if not stops
         else "- Runs that stopped early: " + "; ".join(stops),
-        "- The 4-site record run was the process's first: its `open sites` includes Great "
-        "Expectations' first import and its `track & gate` MLflow's first use (store, "
-        "registry); the later runs reuse both.",
-        "- The machine is shared: other work ran during the benchmark (the load average "
-        f"column); with {os.cpu_count()} cores at most {os.cpu_count()} sites train at once, "
-        "so a steady round grows with the number of sites.",
+        *ledger_note(ctx["timings"]),
+        "- The 4-site record run came first: it pays Great Expectations' import (open sites) "
+        "and MLflow's first use (track & gate). Other work shared the machine (load column); "
+        f"at most {os.cpu_count()} sites train at once on {os.cpu_count()} cores.",
         "",
     ]
     return "\n".join(lines)
-
-
-def _literal(text: str) -> Any:
-    """A re.sub replacement that inserts ``text`` as is (no backslash escapes)."""
-
-    def replace(_match: re.Match[str]) -> str:
-        return text
-
-    return replace
 
 
 def write(sections: list[str]) -> None:
@@ -641,8 +556,9 @@ def write(sections: list[str]) -> None:
     text = OUT.read_text() if OUT.exists() else "# Federated learning across sites (issue 20)\n\n"
     for heading, body in zip(HEADINGS, sections, strict=True):
         pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-        if pattern.search(text):
-            text = pattern.sub(_literal(body + "\n"), text)
+        found = pattern.search(text)
+        if found:
+            text = text[: found.start()] + body + "\n" + text[found.end() :]
         else:
             text = text.rstrip() + "\n\n" + body
     OUT.write_text(text.rstrip() + "\n")
@@ -661,98 +577,68 @@ def main() -> None:
         worst = max(eps, key=lambda n: eps[n]["summary"])
         target_filter, target_pld = eps[worst]["summary"], eps[worst]["pld"]
 
-        datas = {s.name: load_site_data(s.path) for s in covid4}
+        datas = {s.name: local.load_site_data(s.path) for s in covid4}
         pool = pooled(list(datas.values()))
         cspec = dataclasses.replace(
             rec.spec, local_steps=ROUNDS * LOCAL_STEPS, batch_size=BATCH * len(covid4)
         )
         q = min(1.0, cspec.batch_size / pool.units)
-        initial = get_arrays(build_site_model(rec.spec, datas[covid4[0].name]))
+        initial = local.get_arrays(local.build_site_model(rec.spec, datas[covid4[0].name]))
         steps = cspec.local_steps
 
         def dpsgd(s: float) -> list[Any]:
-            return [DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=steps)]
+            return [accounting.DpSgdMechanism(noise_multiplier=s, sample_rate=q, steps=steps)]
 
         sigma_filter = bisect_sigma(dpsgd, target_filter)
-        sigma_pld = calibrate_noise_multiplier(
+        sigma_pld = accounting.calibrate_noise_multiplier(
             target_epsilon=target_pld, delta=DELTA, sample_rate=q, steps=steps
         )
-        rows: list[tuple[str, str, dict]] = []
-        rows.append(
-            (
-                f"federated, record level (σ = {SIGMA:g})",
-                "per site "
-                + ", ".join(f"{e['summary']:.2f}" for e in eps.values())
-                + " / "
-                + ", ".join(f"{e['pld']:.2f}" for e in eps.values()),
-                assess(rec.result.arrays, datas, rec.spec),
-            )
-        )
+        per_site = [f"{e['summary']:.2f}" for e in eps.values()]
+        per_site_pld = [f"{e['pld']:.2f}" for e in eps.values()]
+        fed_eps = f"per site {', '.join(per_site)} / {', '.join(per_site_pld)}"
+        rows = [(f"federated, record level (σ = {SIGMA:g})", fed_eps, assess(rec, datas))]
         for label, sigma in (("filter", sigma_filter), ("PLD", sigma_pld)):
-            runs = [
-                assess(central(initial, pool, cspec, sigma), datas, rec.spec)
-                for _ in range(CENTRAL_REPEATS)
-            ]
-            f_eps = filter_eps(dpsgd(sigma))
-            p_eps = epsilon(dpsgd(sigma), delta=DELTA)
-            rows.append(
-                (
-                    f"centralised DP-SGD, ε matched on the {label} (σ = {sigma:.2f})",
-                    f"{f_eps:.2f} / {p_eps:.2f}",
-                    mean_of(runs),
-                )
-            )
-            print(f"  centralised ({label}) σ={sigma:.3f} ε={f_eps:.2f}/{p_eps:.2f}", flush=True)
-        plain = [assess(central(initial, pool, cspec, None), datas, rec.spec) for _ in range(2)]
+            runs = [central(initial, pool, cspec, sigma, datas) for _ in range(CENTRAL_REPEATS)]
+            f_eps, p_eps = filter_eps(dpsgd(sigma)), accounting.epsilon(dpsgd(sigma), delta=DELTA)
+            name = f"centralised DP-SGD, ε matched on the {label} (σ = {sigma:.2f})"
+            rows.append((name, f"{f_eps:.2f} / {p_eps:.2f}", mean_of(runs)))
+        plain = [central(initial, pool, cspec, None, datas) for _ in range(2)]
         rows.append(("centralised, no DP (plain SGD, same steps)", "∞", mean_of(plain)))
-
-        def fedavg(s: float) -> list[Any]:
-            return [site_round_mechanism(noise_multiplier=s, site_sample_rate=1.0, rounds=ROUNDS)]
 
         held = Counter(p for d in datas.values() for p in set(d.train.patient_id.tolist()))
         most = max(held.values())  # a patient at k sites is charged k site-level Gaussians
-        sigma_site = bisect_sigma(lambda s: fedavg(s) * most, max(rec.shared.values()))
+        fedavg = accounting.site_round_mechanism
+        sigma_site = bisect_sigma(
+            lambda s: [fedavg(noise_multiplier=s, site_sample_rate=1.0, rounds=ROUNDS)] * most,
+            max(rec.shared.values()),
+        )
         site = federate("site4", covid4, mode="site", sigma=sigma_site, rounds=ROUNDS)
         site_eps = site_epsilons(site)
-        rows.append(
-            (
-                f"federated, site level (σ = {sigma_site:.2f})",
-                f"{site_eps[covid4[0].name]['summary']:.2f} / "
-                f"{site_eps[covid4[0].name]['pld']:.2f} every site",
-                assess(site.result.arrays, datas, site.spec),
-            )
-        )
+        first = site_eps[covid4[0].name]
+        every = f"{first['summary']:.2f} / {first['pld']:.2f} every site"
+        rows.append((f"federated, site level (σ = {sigma_site:.2f})", every, assess(site, datas)))
 
         covid3 = prepare_sites(HOME / "covid3", source="covid_testing", sites=3)
         t3 = federate("timing3", covid3, mode="record", sigma=SIGMA, rounds=TIMING_ROUNDS)
         fl_a = prepare_sites(HOME / "flchain-a", source="flchain", sites=5)
         fl_b = prepare_sites(HOME / "flchain-b", source="flchain", sites=5)
-        ten = [dataclasses.replace(s, name=f"a-{s.name}") for s in fl_a] + [
-            dataclasses.replace(s, name=f"b-{s.name}") for s in fl_b
-        ]
+        assert [s.patients for s in fl_a] == [s.patients for s in fl_b], "one key, one split"
+        pairs = (("a", fl_a), ("b", fl_b))  # the same sites in two folders: two ledgers each
+        ten = [dataclasses.replace(s, name=f"{ab}-{s.name}") for ab, fl in pairs for s in fl]
         t10 = federate("timing10", ten, mode="record", sigma=SIGMA, rounds=TIMING_ROUNDS)
 
-    ctx.update(
-        record=rec,
-        site=site,
-        record_eps=eps,
-        site_eps=site_eps,
-        rows=rows,
-        load=load.text(),
-        patients=sum(len(np.unique(d.train.patient_id)) for d in datas.values()),
-        records=sum(len(d.train.y) for d in datas.values()),
-        pooled_units=pool.units,
-        central_q=q,
-        most_sites=most,
-        parameters=sum(int(a.size) for a in initial),
-        test_rows=sum(len(d.test.y) for d in datas.values()),
-        timings=[
-            ("3 (covid_testing)", timing(t3)),
-            ("4 (covid_testing, the record run above)", timing(rec)),
-            ("4 (covid_testing, the site-level run above)", timing(site)),
-            ("10 (flchain 5 sites, twice)", timing(t10)),
-        ],
-    )
+    ctx.update(record=rec, site=site, record_eps=eps, site_eps=site_eps, rows=rows)
+    ctx.update(load=load.text(), pooled_units=pool.units, central_q=q, most_sites=most)
+    ctx["patients"] = sum(len(np.unique(d.train.patient_id)) for d in datas.values())
+    ctx["records"] = sum(len(d.train.y) for d in datas.values())
+    ctx["test_rows"] = sum(len(d.test.y) for d in datas.values())
+    ctx["parameters"] = sum(int(a.size) for a in initial)
+    ctx["timings"] = [
+        ("3 (covid_testing)", timing(t3)),
+        ("4 (covid_testing, the record run above)", timing(rec)),
+        ("4 (covid_testing, the site-level run above)", timing(site)),
+        ("10 (flchain 5 sites, twice)", timing(t10)),
+    ]
     ctx["seconds"] = time.perf_counter() - start
     sections = [utility_section(ctx), accounting_section(ctx), timing_section(ctx)]
     for text in sections:
