@@ -143,7 +143,7 @@ class TrainParams(_Strict):
     learning_rate: float = Field(default=0.2, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     sampling: str = Field(default="poisson", description="only poisson matches the accounting")
-    grad_sample_mode: Literal["auto", "ghost", "hooks"] = "auto"
+    grad_sample_mode: Literal["auto", "bk", "ghost", "hooks"] = "auto"
     precision: Literal["fp32", "amp"] = Field(
         default="fp32",
         description="amp: forward/backward under bfloat16 autocast, per-sample norms, clipping "

@@ -20,7 +20,7 @@ from dpgov.accounting.filters import calibrate_filter
 from dpgov.accounting.kinds import rdp_vector
 from dpgov.contracts import exceeds
 from dpgov.errors import Refused, UsageError
-from dpgov.training.clipping_modes import REASON_PARAM, mode_reason
+from dpgov.training.clipping_modes import REASON_PARAM, choose_mode, mode_reason
 from dpgov.training.factory import ModelReport, report_of
 from dpgov.training.inputs import Arrays, PreparedLike, arrays, data_version_of, subset
 from dpgov.training.models import build_model, input_spec, takes_images
@@ -28,7 +28,6 @@ from dpgov.training.precision import check_precision
 from dpgov.training.private_eval import EvaluationPlan, plan_evaluation
 from dpgov.training.trainer import (
     check_secure_rng,
-    choose_grad_sample_mode,
     resolve_device,
     sampling_plan,
 )
@@ -177,9 +176,10 @@ def plan(
         input_spec(meta),
         allowed_factories=policy.policy.release.allowed_model_factories,
     )
-    mode = check_precision(
-        cfg.precision, cfg.grad_sample_mode, choose_grad_sample_mode(cfg.grad_sample_mode, model)
-    )
+    chosen = choose_mode(cfg.grad_sample_mode, model)
+    if cfg.world_size > 1 and cfg.grad_sample_mode == "auto":
+        chosen = "hooks"  # DPDDP's processes clip per patient with per-example gradients
+    mode = check_precision(cfg.precision, cfg.grad_sample_mode, chosen)
     # several records for a patient: patient-level DP-SGD, q over patients (batch_size is
     # then the expected patients per step), whose per-patient clipping needs per-example
     # gradients (hooks, not ghost clipping)

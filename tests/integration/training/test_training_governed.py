@@ -284,7 +284,7 @@ def test_training_on_named_blocks_charges_only_those(
     assert [b.block for b in ledger.blocks(p.dataset)] == ["b1"]  # b0 never touched
 
 
-def test_cnn_on_images_runs_governed_with_per_sample_hooks(
+def test_cnn_on_images_runs_governed_with_book_keeping_clipping(
     home: Path,
     tmp_path: Path,
     small_params: Callable[..., Any],
@@ -311,10 +311,11 @@ def test_cnn_on_images_runs_governed_with_per_sample_hooks(
     assert [n for n, _ in seen] == expected and summary.gate is not None
     assert all(retry == (name in RETRYABLE) for name, retry in seen)
     assert summary.validation["ok"] is True
-    assert summary.plan["grad_sample_mode"] == "hooks"
+    # every layer of the CNN has a book-keeping rule: auto chooses bk (one backward pass)
+    assert summary.plan["grad_sample_mode"] == "bk"
     # auto's reason (dpgov.training.clipping_modes), in the plan and as the run's MLflow param
     reason = summary.plan["grad_sample_mode_reason"]
-    assert reason.startswith("auto chose hooks") and "(Conv2d)" in reason
+    assert reason.startswith("auto chose bk") and "Conv2d" in reason
     import mlflow
 
     assert mlflow.get_run(summary.run_id).data.params["grad_sample_mode_reason"] == reason
