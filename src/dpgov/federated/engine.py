@@ -149,7 +149,8 @@ class Coordinator:
             for rnd in range(1, self.spec.rounds + 1):
                 if not self._round(grid, nodes, rnd):
                     break
-            self._evaluate(grid, nodes)
+            if any(r.charges for r in self.rounds):  # nothing trained: nothing to evaluate
+                self._evaluate(grid, nodes)
         except BaseException as err:  # surfaced by run_rounds after the simulation ends
             self.error = err
 

@@ -12,6 +12,7 @@ site's ledger.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ ARTIFACT = "federated/charges.json"
 def run_record(model: str, version: str) -> tuple[str, dict[str, Any]]:
     """The MLflow run of a federated model version and what it recorded (UsageError when the
     version is unknown or not federated)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: one line
     try:
         info = runs.read_model_version(model, version)
     except Exception as err:

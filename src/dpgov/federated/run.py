@@ -29,6 +29,7 @@ from dpgov.federated.sites import close_sites, open_sites
 from dpgov.federated.types import FederatedSpec, OpenSite, RoundRecord
 from dpgov.redaction import redact
 from dpgov.tracking import runs
+from dpgov.tracking.anchor import try_record_anchor
 from dpgov.tracking.store import mlflow_client
 from dpgov.training.governed import StepRunner, call_step
 
@@ -111,6 +112,9 @@ def run_federated(
             run_id=run_id,
             author=author,
         )
+        for s in sites:  # each site's chain head, anchored outside its database (as a run's
+            # commit is; a failure is only logged, and the audit reports unanchored commits)
+            try_record_anchor(*s.ledger.head(), ledger=s.ledger)
     finally:
         close_sites(sites)
     summary.seconds = time.perf_counter() - started
