@@ -21,6 +21,7 @@ ORDER = [
     "sweep",
     "reliability",
     "startup",
+    "federated",
 ]
 HEADER = """# Benchmark results
 

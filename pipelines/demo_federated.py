@@ -44,7 +44,7 @@ DEMO_REASON = (
 # the federation the demo runs (docs/federated.md); the sites are added by the flow
 DEMO_FEDERATION: dict[str, Any] = {
     "mode": "record",
-    "rounds": 8,  # benchmarks/RESULTS_federated.md: AUROC 0.638 over all sites (no DP: 0.642)
+    "rounds": 8,  # benchmarks/RESULTS_federated.md: AUROC 0.62-0.64 over all sites (no DP: 0.64)
     "local_steps": 10,
     "batch_size": 64,
     "lr": 0.5,
