@@ -288,7 +288,7 @@ def steps_interleaved(case: str, variants: list[str], steps: int) -> dict[str, A
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from dpgov.training import bk_clipping
+    from dpgov.training import bk_opacus
 
     warnings.filterwarnings("ignore")
     model, x, y = _step_models(case)
@@ -300,7 +300,7 @@ def steps_interleaved(case: str, variants: list[str], steps: int) -> dict[str, A
         if v == "nonprivate":
             runs[v] = (m, opt, crit)
             continue
-        engine = bk_clipping.privacy_engine(v, accountant="rdp")
+        engine = bk_opacus.privacy_engine(v, accountant="rdp")
         loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
         out = engine.make_private(
             module=m,

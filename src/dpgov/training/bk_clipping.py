@@ -284,18 +284,3 @@ def _clipped_sums(
             assert rule is not None  # only rules with a sum keep activations
             sums.update(rule(layer, weights))
     return sums, norm
-
-
-def privacy_engine(grad_sample_mode: str, **kwargs: Any) -> Any:
-    """Opacus's ``PrivacyEngine(**kwargs)``, or for ``bk`` its subclass that wraps the model
-    and the optimizer for book-keeping (everything else, accountant included, is Opacus's)."""
-    from dpgov.training import bk_opacus
-
-    return bk_opacus.privacy_engine(grad_sample_mode, **kwargs)
-
-
-def bk_classes() -> tuple[Any, Any, Any]:
-    """(BKGradSampleModule, BKDPOptimizer, BKPrivacyEngine): :mod:`dpgov.training.bk_opacus`."""
-    from dpgov.training import bk_opacus
-
-    return bk_opacus.bk_classes()

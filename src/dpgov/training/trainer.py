@@ -39,7 +39,7 @@ import numpy as np
 from dpgov.contracts import show_spent
 from dpgov.errors import UsageError
 from dpgov.gate.noise import NOISE_CSPRNG, NOISE_OS_ENTROPY, NOISE_SEED, NOISE_SOURCES
-from dpgov.training import bk_clipping, poisson_loader
+from dpgov.training import bk_opacus, poisson_loader
 from dpgov.training.precision import autocast, check_precision, grad_samples_to_fp32
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -341,8 +341,8 @@ def train_private(
     # (RDP keeps one merged (σ, q, steps) segment and never fails numerically).
     with warnings.catch_warnings():  # the secure-RNG notice: the run records noise_source
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
-        # Opacus's PrivacyEngine; for "bk" its subclass (dpgov.training.bk_clipping)
-        engine = bk_clipping.privacy_engine(
+        # Opacus's PrivacyEngine; for "bk" its subclass (dpgov.training.bk_opacus)
+        engine = bk_opacus.privacy_engine(
             grad_sample_mode, accountant="rdp", secure_mode=source == NOISE_CSPRNG
         )
     wrapped = engine.make_private(

@@ -21,7 +21,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from dpgov.errors import UsageError
-from dpgov.training import bk_clipping, trainer
+from dpgov.training import bk_clipping, bk_opacus, trainer
 from dpgov.training.clipping_modes import choose_mode, mode_reason
 from dpgov.training.models import InputSpec, build_model
 from dpgov.training.params import ModelParams, TrainParams
@@ -146,7 +146,7 @@ def _hooks_clipped(model: nn.Module, x: torch.Tensor, c: float) -> tuple[list[An
 
 
 def _bk_clipped(model: nn.Module, x: torch.Tensor, c: float) -> tuple[list[Any], Any]:
-    gsm_cls, opt_cls, _engine = bk_clipping.bk_classes()
+    gsm_cls, opt_cls, _engine = bk_opacus.bk_classes()
     gsm = gsm_cls(model, max_grad_norm=c)
     opt = opt_cls(
         torch.optim.SGD(gsm.parameters(), lr=0.1),
@@ -242,7 +242,7 @@ def test_support_names_the_first_layer_bk_cannot_clip() -> None:
 def test_a_module_used_twice_in_one_forward_is_refused() -> None:
     lin = nn.Linear(3, 3)
     model = nn.Sequential(lin, nn.Tanh(), lin)
-    gsm_cls, _, _ = bk_clipping.bk_classes()
+    gsm_cls, _, _ = bk_opacus.bk_classes()
     gsm = gsm_cls(model, max_grad_norm=1.0)
     with pytest.raises(NotImplementedError, match="twice"):
         gsm(torch.randn(2, 3))
