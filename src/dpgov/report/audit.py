@@ -23,6 +23,7 @@ from dpgov.gate.in_force import policy_in_force
 from dpgov.ledger import Ledger
 from dpgov.ledger.anchoring import ledger_name
 from dpgov.policy import LoadedPolicy, load_policy
+from dpgov.redaction import redact
 from dpgov.report.checks import count_by
 from dpgov.report.checks.anchors import FileAnchors, check_anchors, read_file_anchors
 from dpgov.report.checks.budgets import block_requests, check_budgets
@@ -275,6 +276,18 @@ def audit(
     )
 
 
+def own_anchors(anchors: list[Any], url: str) -> list[Any]:
+    """The anchors of the ledger at ``url``. Several ledgers may anchor in one tracking store
+    (a federation's sites, each its own ledger): when some anchors name this ledger (as
+    :func:`dpgov.tracking.anchor.ledger_name` does, redacted), only those and the ones naming
+    no ledger are its own. When none name it (a ledger and its store copied or restored
+    elsewhere, so the names are the old path) every anchor is checked against it, as before."""
+    names = {url, redact(url)}
+    if not any(a.ledger in names for a in anchors):
+        return list(anchors)
+    return [a for a in anchors if a.ledger is None or a.ledger in names]
+
+
 def _anchors(
     ledger: LedgerSnapshot, tracking: TrackingSnapshot, files: FileAnchors
 ) -> tuple[list[Finding], AnchorSummary]:
@@ -291,9 +304,8 @@ def _anchors(
         )
     elif tracking.anchors_error:
         out.append(finding("tracking_unavailable", tracking.anchors_error))
-    else:  # several ledgers may anchor in one tracking store (a federation's sites): this
-        # ledger's anchors are those naming it (and older ones that name no ledger)
-        tracked = [a for a in tracking.anchors if a.ledger in (None, ledger.url)]
+    else:
+        tracked = own_anchors(tracking.anchors, ledger.url)
     if tracked is None and not files.anchors and not files.problems:
         return out, AnchorSummary()
     found, summary = check_anchors(
