@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import yaml
 
+from dpgov import yamlio
 from dpgov.data.contract import LoadedContract, load_contract
 from dpgov.data.flchain import CONTRACT_YAML as FLCHAIN_CONTRACT_YAML
 from dpgov.data.flchain import load_task_table
@@ -311,7 +312,7 @@ def contract_text(source: str, *, small: bool = False) -> tuple[str, str]:
         local = Path("contracts/covid_testing.yaml")
         return "covid_testing.yaml", local.read_text() if local.is_file() else COVID_CONTRACT_YAML
     base = COVID_CONTRACT_YAML if source == "covid_testing" else FLCHAIN_CONTRACT_YAML
-    spec = yaml.safe_load(base)
+    spec = yamlio.parse_mapping(base, where=f"the embedded {source} contract")
     name = source if source == "covid_testing" else f"{source}-sites"
     name += "-small" if small else ""
     spec["dataset"] = name
