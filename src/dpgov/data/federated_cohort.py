@@ -37,7 +37,7 @@ from dpgov.data.contract import LoadedContract, load_contract
 from dpgov.data.flchain import CONTRACT_YAML as FLCHAIN_CONTRACT_YAML
 from dpgov.data.flchain import load_task_table
 from dpgov.data.params import DataParams
-from dpgov.data.preparation import _register, block_members, build_prepared, write_prepared
+from dpgov.data.preparation import block_members, build_prepared, register_members, write_prepared
 from dpgov.data.prepared_data import load_prepared
 from dpgov.data.pseudonym import PseudonymKey, fingerprint, load_key, pseudonymise
 from dpgov.data.sources import load_source
@@ -455,7 +455,7 @@ def register_site(site: PreparedSite, ledger_url: str | None = None) -> list[str
     blocks newly added (none when registered before)."""
     prepared = load_prepared(site.path)
     held_out = evaluation_members(prepared.test)
-    return _register(
+    return register_members(
         prepared.dataset,
         {**block_members(prepared.train), **held_out},
         prepared.data_version,

@@ -113,7 +113,7 @@ def prepare(
         if clash := sorted(set(held_out) & set(meta["blocks"])):
             raise UsageError(f"prepare {name}: training block {clash[0]!r} has a test block's name")
         registered.extend(
-            _register(
+            register_members(
                 name,
                 {**block_members(train), **held_out},
                 version,
@@ -148,7 +148,7 @@ def block_members(train: Any) -> dict[str, list[str]]:
     }
 
 
-def _register(
+def register_members(
     dataset: str,
     members: dict[str, list[str]],
     version: str,

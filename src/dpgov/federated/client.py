@@ -114,14 +114,4 @@ def record_sample_rate(data: Any, spec: FederatedSpec) -> float:
     """The Poisson rate of a site's local DP-SGD: ``batch_size`` expected units of privacy
     (patients when a patient holds several records, else records) out of the site's, at most
     1. The coordinator charges this rate; the site trains at it."""
-    units = _units(data)
-    return min(1.0, spec.batch_size / units)
-
-
-def _units(data: Any) -> int:
-    import numpy as np
-
-    ids = data.train.patient_id
-    if int(getattr(data, "records_per_patient", 1)) > 1:
-        return len(np.unique(ids))
-    return len(ids)
+    return min(1.0, spec.batch_size / data.units)

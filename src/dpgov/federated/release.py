@@ -20,7 +20,7 @@ from dpgov.errors import Refused, UsageError
 from dpgov.federated import gate as fgate
 from dpgov.federated.sites import close_sites, open_sites
 from dpgov.federated.types import FederatedSpec, OpenSite, SiteCharge
-from dpgov.gate.standing import ApprovalRecord, standing
+from dpgov.gate.standing import ApprovalRecord
 from dpgov.identity import acting_identity
 from dpgov.tracking import runs
 from dpgov.tracking.store import mlflow_client
@@ -179,7 +179,3 @@ def _promote(sites: Sequence[OpenSite], model: str, version: str) -> dict[str, A
             kind=PROMOTION_KIND, payload={"model": model, "version": version, "alias": alias}
         )
     return {"alias": alias, "version": version}
-
-
-def approvals_standing(site: OpenSite, model: str, version: str, author: str) -> Any:
-    return standing(approvals_on(site, model, version), site.policy.policy.approvals, author=author)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dpgov import config
 from dpgov.data.params import DataParams
-from dpgov.data.preparation import block_members
+from dpgov.data.preparation import block_members, register_members
 from dpgov.data.prepared_data import load_prepared
 from dpgov.data.test_blocks import evaluation_members
 from dpgov.data.validation.ensure import ensure_validated
@@ -158,31 +158,18 @@ def _open_one(s: SiteSpec, data: PreparedData) -> OpenSite:
             raise UsageError(f"site {s.name}: {err}") from err
         members = block_members(data.train)
         tests = evaluation_members(data.test)
-        pseudo = meta["pseudonymisation"]
-        try:
-            ledger.pseudonym_key(str(pseudo["key_fingerprint"]))
+        try:  # as `dpgov data prepare` registers: the key's fingerprint first, then the blocks
+            register_members(
+                dataset,
+                {**members, **tests},
+                version,
+                url,
+                domain=s.domain,
+                key_fingerprint=str(meta["pseudonymisation"]["key_fingerprint"]),
+                test_blocks=frozenset(tests),
+            )
         except UsageError as err:
-            raise UsageError(f"site {s.name}: site key mismatch with its ledger: {err}") from err
-        domain = s.domain
-        for block, ids in members.items():
-            ledger.add_block(
-                dataset=dataset,
-                block=block,
-                patients=len(ids),
-                data_version=version,
-                members=ids,
-                domain=domain,
-            )
-        for block, ids in tests.items():
-            ledger.add_block(
-                dataset=dataset,
-                block=block,
-                patients=len(ids),
-                data_version=version,
-                members=ids,
-                domain=domain,
-                split="test",
-            )
+            raise UsageError(f"site {s.name}: {err}") from err
     except BaseException:
         ledger.close()
         raise
