@@ -42,7 +42,10 @@ from dpgov.accounting.bounded import (
     dense_probs,
 )
 from dpgov.accounting.errors import AccountingInputError, AccountingTooCostly
-from dpgov.accounting.mechanism import MAX_STEPS
+from dpgov.accounting.mechanism import (
+    check_gaussian_fields,
+    normalise_gaussian_fields,
+)
 
 ReplaceOne = Literal["replace_one"]
 WEIGHT_SUM_TOLERANCE = 1e-9
@@ -67,28 +70,12 @@ class FedSiteMechanism:
     neighbouring: ReplaceOne = "replace_one"
 
     def __post_init__(self) -> None:
-        sigma, q, steps = self.noise_multiplier, self.sample_rate, self.steps
-        if isinstance(sigma, bool) or not isinstance(sigma, int | float):
-            raise AccountingInputError(f"noise_multiplier must be a number, found {sigma!r}")
-        if not math.isfinite(sigma) or sigma <= 0:
-            raise AccountingInputError(f"noise_multiplier must be > 0 and finite, found {sigma!r}")
-        if isinstance(q, bool) or not isinstance(q, int | float):
-            raise AccountingInputError(f"sample_rate must be a number, found {q!r}")
-        if not math.isfinite(q) or not 0 < q <= 1:
-            raise AccountingInputError(f"sample_rate must be in (0, 1], found {q!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise AccountingInputError(f"steps must be an integer, found {steps!r}")
-        if steps < 1:
-            raise AccountingInputError(f"steps must be >= 1, found {steps!r}")
-        if steps > MAX_STEPS:
-            raise AccountingInputError(f"steps must be <= {MAX_STEPS:_}, found {steps!r}")
+        check_gaussian_fields(self)
         if self.neighbouring != "replace_one":
             raise AccountingInputError(
                 f"neighbouring must be 'replace_one', found {self.neighbouring!r}"
             )
-        # Normalise ints to floats so equal mechanisms serialise and hash identically.
-        object.__setattr__(self, "noise_multiplier", float(sigma))
-        object.__setattr__(self, "sample_rate", float(q))
+        normalise_gaussian_fields(self)
 
     def with_steps(self, steps: int) -> FedSiteMechanism:
         """The same rounds, a different number of them."""

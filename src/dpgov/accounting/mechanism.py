@@ -19,6 +19,32 @@ Neighbouring = Literal["add_remove"]
 MAX_STEPS = 1_000_000_000
 
 
+def check_gaussian_fields(m: Any) -> None:
+    """The checks every (σ, q, steps) mechanism shares (DP-SGD, the site-level rounds of
+    :mod:`dpgov.accounting.federated`): σ > 0 finite, q in (0, 1], 1 <= steps <= MAX_STEPS."""
+    sigma, q, steps = m.noise_multiplier, m.sample_rate, m.steps
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float):
+        raise AccountingInputError(f"noise_multiplier must be a number, found {sigma!r}")
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise AccountingInputError(f"noise_multiplier must be > 0 and finite, found {sigma!r}")
+    if isinstance(q, bool) or not isinstance(q, int | float):
+        raise AccountingInputError(f"sample_rate must be a number, found {q!r}")
+    if not math.isfinite(q) or not 0 < q <= 1:
+        raise AccountingInputError(f"sample_rate must be in (0, 1], found {q!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise AccountingInputError(f"steps must be an integer, found {steps!r}")
+    if steps < 1:
+        raise AccountingInputError(f"steps must be >= 1, found {steps!r}")
+    if steps > MAX_STEPS:
+        raise AccountingInputError(f"steps must be <= {MAX_STEPS:_}, found {steps!r}")
+
+
+def normalise_gaussian_fields(m: Any) -> None:
+    """Ints to floats, so equal mechanisms serialise and hash identically (frozen classes)."""
+    object.__setattr__(m, "noise_multiplier", float(m.noise_multiplier))
+    object.__setattr__(m, "sample_rate", float(m.sample_rate))
+
+
 @dataclass(frozen=True, kw_only=True)
 class DpSgdMechanism:
     """DP-SGD: the Poisson-subsampled Gaussian mechanism, self-composed ``steps`` times.
@@ -36,28 +62,12 @@ class DpSgdMechanism:
     neighbouring: Neighbouring = "add_remove"
 
     def __post_init__(self) -> None:
-        sigma, q, steps = self.noise_multiplier, self.sample_rate, self.steps
-        if isinstance(sigma, bool) or not isinstance(sigma, int | float):
-            raise AccountingInputError(f"noise_multiplier must be a number, found {sigma!r}")
-        if not math.isfinite(sigma) or sigma <= 0:
-            raise AccountingInputError(f"noise_multiplier must be > 0 and finite, found {sigma!r}")
-        if isinstance(q, bool) or not isinstance(q, int | float):
-            raise AccountingInputError(f"sample_rate must be a number, found {q!r}")
-        if not math.isfinite(q) or not 0 < q <= 1:
-            raise AccountingInputError(f"sample_rate must be in (0, 1], found {q!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise AccountingInputError(f"steps must be an integer, found {steps!r}")
-        if steps < 1:
-            raise AccountingInputError(f"steps must be >= 1, found {steps!r}")
-        if steps > MAX_STEPS:
-            raise AccountingInputError(f"steps must be <= {MAX_STEPS:_}, found {steps!r}")
+        check_gaussian_fields(self)
         if self.neighbouring != "add_remove":
             raise AccountingInputError(
                 f"neighbouring must be 'add_remove', found {self.neighbouring!r}"
             )
-        # Normalise ints to floats so equal mechanisms serialise and hash identically.
-        object.__setattr__(self, "noise_multiplier", float(sigma))
-        object.__setattr__(self, "sample_rate", float(q))
+        normalise_gaussian_fields(self)
 
     def with_steps(self, steps: int) -> DpSgdMechanism:
         """The same mechanism run for a different number of steps."""
